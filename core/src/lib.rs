@@ -1,0 +1,20 @@
+//! Shared parts of Workpool: the pool spec, the work protocol (records, status, ids,
+//! messages, events), NATS names, and the JetStream objects a pool needs.
+//!
+//! Everything here is pure and unit-tested, except [`provision`], the one function that
+//! creates or updates a pool's NATS objects on a server.
+
+pub mod events;
+pub mod ids;
+pub mod message;
+pub mod names;
+pub mod provision;
+pub mod record;
+pub mod spec;
+pub mod streams;
+pub mod telemetry;
+
+pub use ids::WorkId;
+pub use names::PoolNames;
+pub use record::{WorkRecord, WorkStatus};
+pub use spec::PoolSpec;

@@ -1,0 +1,131 @@
+//! What clients submit and what travels on the work stream.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::WorkId;
+
+/// The task name used when a submission names none.
+pub const DEFAULT_TASK: &str = "default";
+
+/// The header carrying the KV revision of the `pending` record, so the worker's first
+/// compare-and-set needs no read.
+pub const RECORD_REVISION_HEADER: &str = "Workpool-Record-Revision";
+
+/// The body of `POST /api/v1/work`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkSubmission {
+    /// Any JSON value; the handler gets it as it is.
+    pub data: serde_json::Value,
+    /// A name for the kind of work (letters, digits, '-' and '_', at most 64); it labels
+    /// metrics and is passed to the handler. Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Work with the same key runs one at a time, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmissionError {
+    #[error("task must be 1-64 characters of letters, digits, '-' and '_'")]
+    BadTask,
+    #[error("key must be 1-256 characters")]
+    BadKey,
+}
+
+impl WorkSubmission {
+    pub fn task(&self) -> &str {
+        self.task.as_deref().unwrap_or(DEFAULT_TASK)
+    }
+
+    pub fn validate(&self) -> Result<(), SubmissionError> {
+        let task = self.task();
+        let task_ok = (1..=64).contains(&task.len())
+            && task
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !task_ok {
+            return Err(SubmissionError::BadTask);
+        }
+        if let Some(key) = &self.key
+            && !(1..=256).contains(&key.len())
+        {
+            return Err(SubmissionError::BadKey);
+        }
+        Ok(())
+    }
+
+    /// The id of this submission: from the idempotency key if given, else from content.
+    pub fn id(&self, idempotency_key: Option<&str>) -> WorkId {
+        match idempotency_key {
+            Some(key) => WorkId::from_idempotency_key(key),
+            None => WorkId::from_content(self.task(), self.key.as_deref(), &self.data),
+        }
+    }
+}
+
+/// The payload of a message on the work stream; also what `exec` and `http` handlers get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkMessage {
+    pub id: WorkId,
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl WorkMessage {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn submissions_refuse_unknown_fields_with_their_name() {
+        let err = serde_json::from_str::<WorkSubmission>(r#"{"data":1,"taks":"x"}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("taks"), "{err}");
+        assert!(serde_json::from_str::<WorkSubmission>(r#"{"task":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn task_and_key_are_checked() {
+        let mut work = WorkSubmission {
+            data: json!(1),
+            task: None,
+            key: None,
+        };
+        assert_eq!(work.validate(), Ok(()));
+        work.task = Some("a.b".into());
+        assert_eq!(work.validate(), Err(SubmissionError::BadTask));
+        work.task = Some("resize-image_2".into());
+        work.key = Some(String::new());
+        assert_eq!(work.validate(), Err(SubmissionError::BadKey));
+    }
+
+    #[test]
+    fn idempotency_key_overrides_content() {
+        let a = WorkSubmission {
+            data: json!(1),
+            task: None,
+            key: None,
+        };
+        let b = WorkSubmission {
+            data: json!(2),
+            task: None,
+            key: None,
+        };
+        assert_ne!(a.id(None), b.id(None));
+        assert_eq!(a.id(Some("order-7")), b.id(Some("order-7")));
+    }
+}

@@ -1,0 +1,184 @@
+//! NATS names of one pool (DESIGN section 5). `namespace` and `pool` are DNS labels, which
+//! are valid in stream, bucket and subject names alike.
+
+use crate::ids::WorkId;
+
+/// All NATS names of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolNames {
+    pub namespace: String,
+    pub pool: String,
+}
+
+/// The durable consumer of unkeyed work.
+pub const WORK_CONSUMER: &str = "workers";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{what} {value:?} is not a DNS label (lowercase letters, digits and '-', 1-63 characters, starting and ending with a letter or digit)"
+)]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Whether `text` is an RFC 1123 DNS label.
+pub fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let inner_ok = bytes
+        .iter()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    let edge_ok = |b: Option<&u8>| matches!(b, Some(b'a'..=b'z' | b'0'..=b'9'));
+    (1..=63).contains(&bytes.len()) && inner_ok && edge_ok(bytes.first()) && edge_ok(bytes.last())
+}
+
+impl PoolNames {
+    pub fn new(namespace: &str, pool: &str) -> Result<Self, InvalidName> {
+        for (what, value) in [("namespace", namespace), ("pool name", pool)] {
+            if !is_dns_label(value) {
+                return Err(InvalidName {
+                    what,
+                    value: value.to_owned(),
+                });
+            }
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        })
+    }
+
+    fn prefix(&self) -> String {
+        format!("wp.{}.{}", self.namespace, self.pool)
+    }
+
+    /// The work stream, also the name of the results bucket.
+    pub fn stream(&self) -> String {
+        format!("WP_{}_{}", self.namespace, self.pool)
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DLQ", self.stream())
+    }
+
+    pub fn bucket(&self) -> String {
+        self.stream()
+    }
+
+    /// Subjects the work stream captures.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        vec![
+            format!("{}.work.>", self.prefix()),
+            format!("{}.keyed.>", self.prefix()),
+        ]
+    }
+
+    /// The subject of unkeyed work; the id in it lets the api ask the stream whether a
+    /// message is still queued.
+    pub fn work_subject(&self, task: &str, id: &WorkId) -> String {
+        format!("{}.work.{task}.{id}", self.prefix())
+    }
+
+    pub fn work_filter(&self) -> String {
+        format!("{}.work.>", self.prefix())
+    }
+
+    pub fn keyed_subject(&self, partition: u32, id: &WorkId) -> String {
+        format!("{}.keyed.{partition}.{id}", self.prefix())
+    }
+
+    pub fn keyed_filter(&self, partition: u32) -> String {
+        format!("{}.keyed.{partition}.>", self.prefix())
+    }
+
+    pub fn keyed_consumer(partition: u32) -> String {
+        format!("keyed-{partition}")
+    }
+
+    pub fn dead_letter_subject(&self, id: &WorkId) -> String {
+        format!("{}.dead.{id}", self.prefix())
+    }
+
+    pub fn dead_letter_filter(&self) -> String {
+        format!("{}.dead.>", self.prefix())
+    }
+
+    /// `wp.<ns>.<pool>.events.<entity>.<verb>`
+    pub fn event_subject(&self, entity: &str, verb: &str) -> String {
+        format!("{}.events.{entity}.{verb}", self.prefix())
+    }
+
+    /// All events of the pool, for subscribers.
+    pub fn events_filter(&self) -> String {
+        format!("{}.events.>", self.prefix())
+    }
+
+    /// Request/reply inbox of one worker pod.
+    pub fn peer_subject(&self, pod: &str) -> String {
+        format!("{}.peer.{pod}", self.prefix())
+    }
+}
+
+/// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is
+/// fixed forever (unlike std's hasher), so every component agrees on the partition.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design_table() {
+        let names = PoolNames::new("default", "demo").expect("valid");
+        let id: WorkId = "0123456789abcdef0123456789abcdef".parse().expect("id");
+        assert_eq!(names.stream(), "WP_default_demo");
+        assert_eq!(names.dead_letter_stream(), "WP_default_demo_DLQ");
+        assert_eq!(names.bucket(), "WP_default_demo");
+        assert_eq!(
+            names.stream_subjects(),
+            ["wp.default.demo.work.>", "wp.default.demo.keyed.>"]
+        );
+        assert_eq!(
+            names.work_subject("echo", &id),
+            format!("wp.default.demo.work.echo.{id}")
+        );
+        assert_eq!(names.keyed_filter(3), "wp.default.demo.keyed.3.>");
+        assert_eq!(PoolNames::keyed_consumer(3), "keyed-3");
+        assert_eq!(
+            names.event_subject("work", "worked"),
+            "wp.default.demo.events.work.worked"
+        );
+        assert_eq!(
+            names.peer_subject("demo-worker-0"),
+            "wp.default.demo.peer.demo-worker-0"
+        );
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        for bad in ["", "Demo", "-a", "a-", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(PoolNames::new("default", bad).is_err(), "{bad:?}");
+        }
+        assert!(PoolNames::new("kube-system", "a-1").is_ok());
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        assert_eq!(
+            partition_of("customer-42", 16),
+            partition_of("customer-42", 16)
+        );
+        let spread: std::collections::HashSet<u32> = (0..200)
+            .map(|i| partition_of(&format!("key-{i}"), 16))
+            .collect();
+        assert_eq!(spread.len(), 16);
+        assert!(spread.iter().all(|p| *p < 16));
+    }
+}

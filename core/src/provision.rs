@@ -1,0 +1,154 @@
+//! Creates or updates a pool's NATS objects on a server. The operator calls this; tests and
+//! the local `make up` call it too. api and worker never create NATS objects themselves.
+
+use async_nats::jetstream::{self, consumer};
+use futures::TryStreamExt;
+
+use crate::names::PoolNames;
+use crate::spec::PoolSpec;
+use crate::streams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("creating or updating stream {name}: {source}")]
+    Stream {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("creating or updating bucket {name}: {source}")]
+    Bucket {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
+    #[error("creating or updating consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("listing consumers of {stream}: {message}")]
+    ListConsumers { stream: String, message: String },
+    #[error(
+        "consumer {name} still holds {pending} keyed messages; lower worker.partitions only once they are done"
+    )]
+    PartitionNotEmpty { name: String, pending: u64 },
+    #[error("deleting {what} {name}: {message}")]
+    Delete {
+        what: &'static str,
+        name: String,
+        message: String,
+    },
+}
+
+/// Makes the pool's stream, dead-letter stream, bucket and consumers match `spec`.
+/// Idempotent; safe to call on every reconcile.
+pub async fn provision(
+    js: &jetstream::Context,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> Result<(), ProvisionError> {
+    for config in [
+        streams::work_stream(names, spec),
+        streams::dead_letter_stream(names, spec),
+    ] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| ProvisionError::Stream { name, source })?;
+    }
+    js.create_or_update_key_value(streams::results_bucket(names, spec))
+        .await
+        .map_err(|source| ProvisionError::Bucket {
+            name: names.bucket(),
+            source,
+        })?;
+
+    let stream =
+        js.get_stream(names.stream())
+            .await
+            .map_err(|err| ProvisionError::ListConsumers {
+                stream: names.stream(),
+                message: err.to_string(),
+            })?;
+    let wanted: Vec<consumer::pull::Config> = std::iter::once(streams::work_consumer(names, spec))
+        .chain(streams::keyed_consumers(names, spec))
+        .collect();
+    for config in &wanted {
+        let name = config.durable_name.clone().unwrap_or_default();
+        stream
+            .create_consumer(config.clone())
+            .await
+            .map_err(|source| ProvisionError::Consumer { name, source })?;
+    }
+    remove_surplus_partitions(&stream, &wanted).await
+}
+
+/// Deletes keyed consumers beyond the partition count, if they hold no work.
+async fn remove_surplus_partitions(
+    stream: &jetstream::stream::Stream,
+    wanted: &[consumer::pull::Config],
+) -> Result<(), ProvisionError> {
+    let list_error = |err: &dyn std::fmt::Display| ProvisionError::ListConsumers {
+        stream: stream.cached_info().config.name.clone(),
+        message: err.to_string(),
+    };
+    let existing: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .map_err(|e| list_error(&e))?;
+    for name in existing {
+        let surplus = name.starts_with("keyed-")
+            && !wanted
+                .iter()
+                .any(|c| c.durable_name.as_deref() == Some(&name));
+        if !surplus {
+            continue;
+        }
+        let info = stream
+            .consumer_info(&name)
+            .await
+            .map_err(|e| list_error(&e))?;
+        let pending = info.num_pending + info.num_ack_pending as u64;
+        if pending > 0 {
+            return Err(ProvisionError::PartitionNotEmpty { name, pending });
+        }
+        stream
+            .delete_consumer(&name)
+            .await
+            .map_err(|err| ProvisionError::Delete {
+                what: "consumer",
+                name: name.clone(),
+                message: err.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Deletes the pool's streams and bucket (the operator's finalizer, unless `Retain`).
+/// Objects already gone are not an error.
+pub async fn deprovision(js: &jetstream::Context, names: &PoolNames) -> Result<(), ProvisionError> {
+    use jetstream::context::DeleteStreamErrorKind;
+    for (what, name) in [
+        ("stream", names.stream()),
+        ("stream", names.dead_letter_stream()),
+        ("bucket", format!("KV_{}", names.bucket())),
+    ] {
+        match js.delete_stream(&name).await {
+            Ok(_) => {}
+            Err(err)
+                if matches!(err.kind(), DeleteStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(err) => {
+                return Err(ProvisionError::Delete {
+                    what,
+                    name,
+                    message: err.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

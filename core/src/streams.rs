@@ -1,0 +1,184 @@
+//! The JetStream objects of one pool, derived from its spec as plain values (no server).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, kv, stream};
+
+use crate::names::{PoolNames, WORK_CONSUMER};
+use crate::spec::PoolSpec;
+
+/// How long the stream remembers message ids for deduplication.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Room for the message envelope (id, task, key, timestamps) around `data`.
+pub const ENVELOPE_BYTES: usize = 4096;
+
+/// Most unacknowledged unkeyed messages across all workers of a pool.
+pub const WORK_MAX_ACK_PENDING: i64 = 20_000;
+
+fn message_size_limit(spec: &PoolSpec) -> i32 {
+    i32::try_from(spec.queue.max_payload_bytes.saturating_add(ENVELOPE_BYTES)).unwrap_or(i32::MAX)
+}
+
+/// The work stream: a work queue (a message is gone once acked), deduplicated by id,
+/// refusing new messages when full so the api can answer 429.
+pub fn work_stream(names: &PoolNames, spec: &PoolSpec) -> stream::Config {
+    stream::Config {
+        name: names.stream(),
+        description: Some(format!(
+            "Workpool work queue of {}/{}",
+            names.namespace, names.pool
+        )),
+        subjects: names.stream_subjects(),
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        max_messages: spec.queue.max_pending,
+        max_message_size: message_size_limit(spec),
+        storage: stream::StorageType::File,
+        num_replicas: spec.nats.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Dead letters: copies of work that failed for good, kept for inspection.
+pub fn dead_letter_stream(names: &PoolNames, spec: &PoolSpec) -> stream::Config {
+    stream::Config {
+        name: names.dead_letter_stream(),
+        description: Some(format!(
+            "Workpool dead letters of {}/{}",
+            names.namespace, names.pool
+        )),
+        subjects: vec![names.dead_letter_filter()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: spec.queue.dead_letter_ttl,
+        max_message_size: message_size_limit(spec),
+        storage: stream::StorageType::File,
+        num_replicas: spec.nats.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Work records: one revision per key, gone `resultTTL` after their last write.
+pub fn results_bucket(names: &PoolNames, spec: &PoolSpec) -> kv::Config {
+    kv::Config {
+        bucket: names.bucket(),
+        description: format!("Workpool results of {}/{}", names.namespace, names.pool),
+        history: 1,
+        max_age: spec.result_ttl,
+        storage: stream::StorageType::File,
+        num_replicas: spec.nats.replicas,
+        ..Default::default()
+    }
+}
+
+fn pull_consumer(
+    name: String,
+    filter: String,
+    max_ack_pending: i64,
+    spec: &PoolSpec,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name),
+        filter_subject: filter,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.worker.ack_wait,
+        // Unlimited: the worker counts attempts itself and dead-letters after the last,
+        // so no message is ever left stranded by the server giving up on it.
+        max_deliver: -1,
+        max_ack_pending,
+        num_replicas: spec.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// The consumer all workers pull unkeyed work from.
+pub fn work_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Config {
+    pull_consumer(
+        WORK_CONSUMER.to_owned(),
+        names.work_filter(),
+        WORK_MAX_ACK_PENDING,
+        spec,
+    )
+}
+
+/// One consumer per partition; `max_ack_pending: 1` makes a key's work serial.
+pub fn keyed_consumers(names: &PoolNames, spec: &PoolSpec) -> Vec<consumer::pull::Config> {
+    (0..spec.worker.partitions)
+        .map(|p| pull_consumer(PoolNames::keyed_consumer(p), names.keyed_filter(p), 1, spec))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> (PoolNames, PoolSpec) {
+        (
+            PoolNames::new("default", "demo").expect("names"),
+            PoolSpec::default(),
+        )
+    }
+
+    #[test]
+    fn work_stream_is_a_deduplicated_work_queue_that_refuses_when_full() {
+        let (names, mut spec) = demo();
+        spec.queue.max_pending = 7;
+        let config = work_stream(&names, &spec);
+        assert_eq!(config.name, "WP_default_demo");
+        assert_eq!(config.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(config.discard, stream::DiscardPolicy::New);
+        assert_eq!(config.max_messages, 7);
+        assert_eq!(config.max_message_size, 1024 * 1024 + 4096);
+        assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+    }
+
+    #[test]
+    fn bucket_keeps_one_revision_for_the_result_ttl() {
+        let (names, mut spec) = demo();
+        spec.result_ttl = Duration::from_secs(2);
+        let config = results_bucket(&names, &spec);
+        assert_eq!(
+            (config.history, config.max_age),
+            (1, Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn consumers_cover_disjoint_subjects() {
+        let (names, mut spec) = demo();
+        spec.worker.partitions = 3;
+        spec.worker.ack_wait = Duration::from_secs(4);
+        let keyed = keyed_consumers(&names, &spec);
+        let filters: Vec<&str> = keyed.iter().map(|c| c.filter_subject.as_str()).collect();
+        assert_eq!(
+            filters,
+            [
+                "wp.default.demo.keyed.0.>",
+                "wp.default.demo.keyed.1.>",
+                "wp.default.demo.keyed.2.>"
+            ]
+        );
+        assert!(
+            keyed
+                .iter()
+                .all(|c| c.max_ack_pending == 1 && c.ack_wait == Duration::from_secs(4))
+        );
+        let work = work_consumer(&names, &spec);
+        assert_eq!(work.durable_name.as_deref(), Some("workers"));
+        assert_eq!(work.filter_subject, "wp.default.demo.work.>");
+        assert_eq!(work.max_deliver, -1);
+    }
+
+    #[test]
+    fn dead_letters_expire_and_use_their_own_subjects() {
+        let (names, spec) = demo();
+        let config = dead_letter_stream(&names, &spec);
+        assert_eq!(config.subjects, ["wp.default.demo.dead.>"]);
+        assert_eq!(config.retention, stream::RetentionPolicy::Limits);
+        assert_eq!(config.max_age, spec.queue.dead_letter_ttl);
+    }
+}
