@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The id of one piece of work (the `callback` of the POST answer).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[0-9a-f]{32}$", example = "acbd18db4cc2f85cedef654fccc4a4d8")]
 pub struct WorkId(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

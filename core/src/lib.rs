@@ -4,8 +4,10 @@
 //! Everything here is pure and unit-tested, except [`provision`], the one function that
 //! creates or updates a pool's NATS objects on a server.
 
+pub mod config;
 pub mod events;
 pub mod ids;
+pub mod labels;
 pub mod message;
 pub mod names;
 pub mod provision;

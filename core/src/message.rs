@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::WorkId;
+use crate::record::WorkRecord;
 
 /// The task name used when a submission names none.
 pub const DEFAULT_TASK: &str = "default";
@@ -75,12 +76,23 @@ pub struct WorkMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub data: serde_json::Value,
+    pub accepted_by: String,
     pub created_at: DateTime<Utc>,
 }
 
 impl WorkMessage {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The record of this work before any worker touched it.
+    pub fn pending_record(&self) -> WorkRecord {
+        WorkRecord::pending(
+            &self.task,
+            self.key.as_deref(),
+            &self.accepted_by,
+            self.created_at,
+        )
     }
 }
 

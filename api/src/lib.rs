@@ -1,0 +1,213 @@
+//! The Workpool api: an axum gateway that accepts work over HTTP, records it in the pool's
+//! results bucket, queues it on the pool's stream, and answers its status.
+
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod queue;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use workpool_core::PoolNames;
+use workpool_core::config::{PoolArgs, PoolConfig};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+use crate::queue::Queue;
+
+/// Command-line settings of the api.
+#[derive(Debug, clap::Parser)]
+#[command(name = "workpool-api", about = "Workpool HTTP gateway")]
+pub struct Args {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "WORKPOOL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// File holding the HS256 secret; when set, /api/v1/work requires a bearer JWT.
+    #[arg(long, env = "WORKPOOL_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] workpool_core::config::ConfigError),
+    #[error("reading JWT secret {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("connecting to NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Shared by all handlers.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    config: PoolConfig,
+    queue: OnceLock<Queue>,
+    metrics: ApiMetrics,
+    auth: Option<Auth>,
+}
+
+impl AppState {
+    pub fn new(config: PoolConfig, auth: Option<Auth>) -> Result<Self, prometheus::Error> {
+        let metrics = ApiMetrics::new(&config.names.namespace, &config.names.pool)?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            queue: OnceLock::new(),
+            metrics,
+            auth,
+        })))
+    }
+
+    /// The bound queue, or 503 while the api has not reached NATS yet.
+    pub fn queue(&self) -> Result<&Queue, ApiError> {
+        self.0
+            .queue
+            .get()
+            .ok_or_else(|| ApiError::Unavailable("not yet bound to the pool's NATS objects".into()))
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.0.config.pod
+    }
+
+    pub fn names(&self) -> &PoolNames {
+        &self.0.config.names
+    }
+
+    pub fn metrics(&self) -> &ApiMetrics {
+        &self.0.metrics
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.0.config.spec.queue.max_payload_bytes
+    }
+
+    pub fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.0.auth {
+            Some(auth) => auth.check(headers),
+            None => Ok(()),
+        }
+    }
+
+    /// Binds to the pool's NATS objects, retrying until they exist.
+    pub async fn bind(&self, client: async_nats::Client) {
+        let config = &self.0.config;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Queue::bind(client.clone(), config.names.clone(), &config.spec).await {
+                Ok(queue) => {
+                    let _ = self.0.queue.set(queue);
+                    tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let work = Router::new()
+        .route("/api/v1/work", axum::routing::post(routes::submit))
+        .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes()));
+    Router::new()
+        .merge(work)
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .fallback(
+            |request: Request| async move { ApiError::NoRoute(request.uri().path().to_owned()) },
+        )
+        .method_not_allowed_fallback(|| async {
+            ApiError::bad_request(
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
+        .with_state(state)
+}
+
+async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics().request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Runs the api until `shutdown` completes.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let config = args.pool.load()?;
+    let auth = match &args.jwt_secret_file {
+        Some(path) => {
+            let secret = std::fs::read(path).map_err(|source| StartError::Secret {
+                path: path.clone(),
+                source,
+            })?;
+            Some(Auth::hs256(secret.trim_ascii()))
+        }
+        None => None,
+    };
+    let client = workpool_core::config::connect_nats(
+        &config.spec.nats.url,
+        &format!("workpool-api {}", config.pod),
+    )
+    .await?;
+    let state = AppState::new(config, auth)?;
+    let binder = state.clone();
+    tokio::spawn(async move { binder.bind(client).await });
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, pod = state.pod(), "api serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! The OpenAPI document, generated from the handlers' annotations. A checked-in copy lives
+//! in `docs/openapi.json`; a test fails when it drifts.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::error::ErrorBody;
+use crate::routes::{self, SubmitAnswer, WorkView};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Workpool API",
+        description = "Submit work, poll for its result."
+    ),
+    paths(
+        routes::submit,
+        routes::get,
+        routes::cancel,
+        routes::healthz,
+        routes::readyz,
+        routes::metrics,
+        serve
+    ),
+    components(schemas(
+        SubmitAnswer,
+        WorkView,
+        ErrorBody,
+        workpool_core::WorkStatus,
+        workpool_core::message::WorkSubmission
+    ))
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a trailing newline.
+pub fn document() -> String {
+    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn serve() -> Json<serde_json::Value> {
+    Json(
+        ApiDoc::openapi()
+            .to_json()
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,271 @@
+//! The api's side of the queue: records in the results bucket and messages on the work
+//! stream. The api binds to objects the operator provisioned; it never creates them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::DirectGetErrorKind};
+use async_nats::{Client, connection::State};
+use chrono::Utc;
+use futures::StreamExt;
+use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
+use workpool_core::names::partition_of;
+use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
+
+use crate::error::ApiError;
+
+/// Handles on one pool's stream and bucket.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    names: PoolNames,
+    client: Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+    stream: jetstream::stream::Stream,
+    partitions: u32,
+}
+
+/// What a POST did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// New work, durably queued.
+    Accepted,
+    /// The same work was already known; its current record.
+    Existing(WorkRecord),
+}
+
+fn unavailable(err: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(err.to_string())
+}
+
+/// How many times a compare-and-set is retried when another writer got there first.
+const CAS_ATTEMPTS: usize = 8;
+
+impl Queue {
+    /// Binds to the pool's bucket and stream; fails if they do not exist yet.
+    pub async fn bind(client: Client, names: PoolNames, spec: &PoolSpec) -> Result<Self, ApiError> {
+        let js = jetstream::new(client.clone());
+        let kv = js
+            .get_key_value(names.bucket())
+            .await
+            .map_err(unavailable)?;
+        let stream = js.get_stream(names.stream()).await.map_err(unavailable)?;
+        Ok(Self {
+            names,
+            client,
+            js,
+            kv,
+            stream,
+            partitions: spec.worker.partitions,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn ensure_connected(&self) -> Result<(), ApiError> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable("NATS is not connected".into()))
+        }
+    }
+
+    fn subject(&self, id: &WorkId, task: &str, key: Option<&str>) -> String {
+        match key {
+            Some(key) => self
+                .names
+                .keyed_subject(partition_of(key, self.partitions), id),
+            None => self.names.work_subject(task, id),
+        }
+    }
+
+    /// Records `pending`, then publishes the work; answers only once both are durable.
+    pub async fn submit(
+        &self,
+        id: &WorkId,
+        work: &WorkSubmission,
+        pod: &str,
+    ) -> Result<Submitted, ApiError> {
+        self.ensure_connected()?;
+        let now = Utc::now();
+        let message = WorkMessage {
+            id: id.clone(),
+            task: work.task().to_owned(),
+            key: work.key.clone(),
+            data: work.data.clone(),
+            accepted_by: pod.to_owned(),
+            created_at: now,
+        };
+        let record = message.pending_record();
+        match self.kv.create(id.as_str(), record.to_json().into()).await {
+            Ok(revision) => {
+                if let Err(err) = self.publish(&message, revision).await {
+                    // The message is certainly not queued: drop the record so a retry of
+                    // the same POST starts afresh. (After a timeout the message may have
+                    // landed; the record stays and a retry re-checks the stream.)
+                    if matches!(err, ApiError::QueueFull | ApiError::PayloadTooLarge { .. }) {
+                        let _ = self
+                            .kv
+                            .delete_expect_revision(id.as_str(), Some(revision))
+                            .await;
+                    }
+                    return Err(err);
+                }
+                Ok(Submitted::Accepted)
+            }
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some((existing, revision)) = self.record(id).await? else {
+                    // Expired between our create and read: a retry will create it.
+                    return Err(ApiError::Unavailable("record changed concurrently".into()));
+                };
+                if existing.status == WorkStatus::Pending && !self.is_queued(&message).await? {
+                    // The first POST recorded `pending` but its publish never landed.
+                    self.publish(&message, revision).await?;
+                }
+                Ok(Submitted::Existing(existing))
+            }
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn publish(&self, message: &WorkMessage, record_revision: u64) -> Result<(), ApiError> {
+        let subject = self.subject(&message.id, &message.task, message.key.as_deref());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.to_json().into())
+            .message_id(message.id.as_str())
+            .header(RECORD_REVISION_HEADER, record_revision.to_string().as_str());
+        let ack = self
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(unavailable)?;
+        match ack.await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(match err.kind() {
+                PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge {
+                    limit: self.client.server_info().max_payload,
+                },
+                PublishErrorKind::Other if is_stream_full(&err) => ApiError::QueueFull,
+                _ => unavailable(err),
+            }),
+        }
+    }
+
+    /// Whether the work's message is still in the stream (queued or being worked).
+    async fn is_queued(&self, message: &WorkMessage) -> Result<bool, ApiError> {
+        let subject = self.subject(&message.id, &message.task, message.key.as_deref());
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// The current record and its revision, if it exists.
+    pub async fn record(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, ApiError> {
+        self.ensure_connected()?;
+        let entry = self.kv.entry(id.as_str()).await.map_err(unavailable)?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let record = WorkRecord::from_json(&entry.value)
+                    .map_err(|err| ApiError::Unavailable(format!("unreadable record: {err}")))?;
+                Ok(Some((record, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The record once it is terminal, or as it stands at the deadline.
+    pub async fn wait_for_end(
+        &self,
+        id: &WorkId,
+        wait: Duration,
+    ) -> Result<Option<WorkRecord>, ApiError> {
+        let current = self.record(id).await?.map(|(record, _)| record);
+        match &current {
+            Some(record) if !record.status.is_terminal() => {}
+            _ => return Ok(current),
+        }
+        let mut watch = self
+            .kv
+            .watch_with_history(id.as_str())
+            .await
+            .map_err(unavailable)?;
+        let mut latest = current;
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(entry)) = tokio::time::timeout_at(deadline, watch.next()).await {
+            let entry = entry.map_err(unavailable)?;
+            if entry.operation != kv::Operation::Put {
+                return Ok(None);
+            }
+            if let Ok(record) = WorkRecord::from_json(&entry.value) {
+                let done = record.status.is_terminal();
+                latest = Some(record);
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Marks queued work `cancelled`; workers skip it when it comes up.
+    pub async fn cancel(&self, id: &WorkId) -> Result<WorkRecord, ApiError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut record, revision)) = self.record(id).await? else {
+                return Err(ApiError::NotFound(id.to_string()));
+            };
+            match record.status {
+                WorkStatus::Pending => {}
+                WorkStatus::Working => {
+                    return Err(ApiError::Conflict {
+                        code: "running",
+                        message: "the work is running; only queued work can be cancelled".into(),
+                    });
+                }
+                status => {
+                    return Err(ApiError::Conflict {
+                        code: "finished",
+                        message: format!("the work is already {}", status.as_str()),
+                    });
+                }
+            }
+            record
+                .advance(WorkStatus::Cancelled, Utc::now())
+                .map_err(|err| ApiError::Conflict {
+                    code: "finished",
+                    message: err.to_string(),
+                })?;
+            match self
+                .kv
+                .update(id.as_str(), record.to_json().into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(record),
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Err(ApiError::Unavailable(
+            "the record kept changing; retry".into(),
+        ))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// A publish refused because the stream hit `max_messages` (or its byte limit).
+fn is_stream_full(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js_err| {
+            [
+                jetstream::ErrorCode::STREAM_STORE_FAILED,
+                jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED,
+            ]
+            .contains(&js_err.error_code())
+        })
+}

@@ -1,0 +1,286 @@
+//! The HTTP handlers of `/api/v1/work` (DESIGN section 4).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use workpool_core::events::{WorkEvent, WorkEventKind};
+use workpool_core::message::WorkSubmission;
+use workpool_core::{WorkId, WorkRecord};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::queue::Submitted;
+
+/// The longest long-poll a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The answer to a POST.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitAnswer {
+    /// `accepted` for new work; the current status when the same work was already known.
+    pub status: String,
+    /// The work id, to GET the result with.
+    pub callback: WorkId,
+    /// The api pod that accepted the work.
+    pub accepted_by: String,
+}
+
+/// A work record with its id.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkView {
+    pub id: WorkId,
+    #[serde(flatten)]
+    pub record: WorkRecord,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitParams {
+    /// Long-poll: answer as soon as the work is finished, or after this long (e.g. `30s`,
+    /// at most 60s).
+    pub wait: Option<String>,
+}
+
+fn work_location(id: &WorkId) -> HeaderValue {
+    HeaderValue::try_from(format!("/api/v1/work/{id}"))
+        .unwrap_or(HeaderValue::from_static("/api/v1/work"))
+}
+
+fn parse_id(text: &str) -> Result<WorkId, ApiError> {
+    text.parse()
+        .map_err(|err: workpool_core::ids::InvalidWorkId| {
+            ApiError::bad_request("invalid_id", err.to_string())
+        })
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(()); // No declared type: the body must still parse as JSON.
+    };
+    let mime = value.to_str().unwrap_or_default();
+    let essence = mime.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=256).contains(&key.len()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-256 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key))
+}
+
+/// Submit work.
+#[utoipa::path(
+    post, path = "/api/v1/work", tag = "work",
+    request_body(content = WorkSubmission, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Derive the id from this key instead of the content")),
+    responses(
+        (status = 202, description = "Accepted and durably queued", body = SubmitAnswer,
+         headers(("Location" = String, description = "Where to GET the work"))),
+        (status = 200, description = "The same work is already known: its current status, not queued again", body = SubmitAnswer),
+        (status = 400, description = "Invalid JSON or shape", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
+        (status = 413, description = "Body over the pool's limit", body = ErrorBody),
+        (status = 415, description = "Content type is not application/json", body = ErrorBody),
+        (status = 429, description = "The queue is full (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "NATS is unreachable (see Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.check_auth(&headers)?;
+    check_json_content_type(&headers)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit: state.max_body_bytes(),
+        },
+        _ => ApiError::bad_request("invalid_body", rejection.body_text()),
+    })?;
+    let work: WorkSubmission = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::bad_request("invalid_json", format!("invalid work: {err}")))?;
+    work.validate()
+        .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
+    let id = work.id(idempotency_key(&headers)?);
+    let queue = state.queue()?;
+    let pod = state.pod();
+    match queue.submit(&id, &work, pod).await? {
+        Submitted::Accepted => {
+            state.metrics().accepted(work.task());
+            WorkEvent {
+                event: WorkEventKind::Accepted,
+                id: id.clone(),
+                task: work.task().to_owned(),
+                by: pod.to_owned(),
+                attempt: 0,
+                error: None,
+                at: chrono::Utc::now(),
+            }
+            .publish(queue.client(), state.names())
+            .await;
+            let answer = SubmitAnswer {
+                status: "accepted".into(),
+                callback: id.clone(),
+                accepted_by: pod.to_owned(),
+            };
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, work_location(&id))],
+                Json(answer),
+            )
+                .into_response())
+        }
+        Submitted::Existing(record) => {
+            state.metrics().duplicate(work.task());
+            let answer = SubmitAnswer {
+                status: record.status.as_str().to_owned(),
+                callback: id.clone(),
+                accepted_by: record.accepted_by,
+            };
+            Ok((
+                StatusCode::OK,
+                [(header::LOCATION, work_location(&id))],
+                Json(answer),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Get the status (and result) of work.
+#[utoipa::path(
+    get, path = "/api/v1/work/{id}", tag = "work",
+    params(("id" = String, Path, description = "The callback id"), WaitParams),
+    responses(
+        (status = 200, description = "The work record", body = WorkView),
+        (status = 400, description = "Malformed id or wait", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
+        (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
+        (status = 503, description = "NATS is unreachable", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<WorkView>, ApiError> {
+    state.check_auth(&headers)?;
+    let id = parse_id(&id)?;
+    let Query(params) =
+        params.map_err(|err| ApiError::bad_request("invalid_query", err.body_text()))?;
+    let wait = match params.wait.as_deref() {
+        None => None,
+        Some(text) => Some(
+            humantime::parse_duration(text)
+                .ok()
+                .filter(|wait| *wait <= MAX_WAIT)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_wait",
+                        "wait must be a duration like 30s, at most 60s",
+                    )
+                })?,
+        ),
+    };
+    let queue = state.queue()?;
+    let record = match wait {
+        Some(wait) => queue.wait_for_end(&id, wait).await?,
+        None => queue.record(&id).await?.map(|(record, _)| record),
+    };
+    record
+        .map(|record| {
+            Json(WorkView {
+                id: id.clone(),
+                record,
+            })
+        })
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))
+}
+
+/// Cancel queued work.
+#[utoipa::path(
+    delete, path = "/api/v1/work/{id}", tag = "work",
+    params(("id" = String, Path, description = "The callback id")),
+    responses(
+        (status = 200, description = "Cancelled; workers will skip it", body = WorkView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
+        (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
+        (status = 409, description = "Already running or finished", body = ErrorBody),
+        (status = 503, description = "NATS is unreachable", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<WorkView>, ApiError> {
+    state.check_auth(&headers)?;
+    let id = parse_id(&id)?;
+    let queue = state.queue()?;
+    let record = queue.cancel(&id).await?;
+    WorkEvent {
+        event: WorkEventKind::Cancelled,
+        id: id.clone(),
+        task: record.task.clone(),
+        by: state.pod().to_owned(),
+        attempt: record.attempts,
+        error: None,
+        at: chrono::Utc::now(),
+    }
+    .publish(queue.client(), state.names())
+    .await;
+    Ok(Json(WorkView { id, record }))
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: NATS is reachable and the pool's bucket and stream are bound.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready", body = ErrorBody),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let queue = state.queue()?;
+    if queue.is_connected() {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::Unavailable("NATS is not connected".into()))
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+}

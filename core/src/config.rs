@@ -1,0 +1,107 @@
+//! Command-line and environment settings every pool component shares, and the NATS
+//! connection they all open the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::names::{InvalidName, PoolNames};
+use crate::spec::{PoolSpec, SpecError};
+
+/// Which pool a process serves, and where its settings are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PoolArgs {
+    /// Namespace of the WorkPool.
+    #[arg(long, env = "WORKPOOL_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Name of the WorkPool.
+    #[arg(long, env = "WORKPOOL_POOL")]
+    pub pool: String,
+    /// JSON file with the pool spec (the operator mounts it from a ConfigMap); defaults
+    /// apply when absent.
+    #[arg(long, env = "WORKPOOL_SPEC_FILE")]
+    pub spec_file: Option<PathBuf>,
+    /// NATS server URL; overrides `nats.url` of the spec.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// This pod's name (downward API); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+}
+
+/// The settings a component runs with.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub names: PoolNames,
+    pub spec: PoolSpec,
+    pub pod: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error("reading spec file {path}: {source}")]
+    ReadSpec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spec file {path}: {source}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: SpecError,
+    },
+}
+
+impl PoolArgs {
+    pub fn load(&self) -> Result<PoolConfig, ConfigError> {
+        let names = PoolNames::new(&self.namespace, &self.pool)?;
+        let mut spec = match &self.spec_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSpec {
+                        path: path.clone(),
+                        source,
+                    })?;
+                PoolSpec::from_json(&text).map_err(|source| ConfigError::Spec {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => PoolSpec::default(),
+        };
+        if let Some(url) = &self.nats_url {
+            spec.nats.url.clone_from(url);
+        }
+        let pod = self.pod_name.clone().unwrap_or_else(host_name);
+        Ok(PoolConfig { names, spec, pod })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Connects to NATS, retrying forever in the background: the caller gets a client at once
+/// and requests fail fast (rather than hang) while the server is away.
+pub async fn connect_nats(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let url_for_log = url.to_owned();
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(Duration::from_secs(5)))
+        .event_callback(move |event| {
+            let url = url_for_log.clone();
+            async move { tracing::info!(%url, %event, "nats connection event") }
+        })
+        .connect(url)
+        .await
+}

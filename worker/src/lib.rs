@@ -1,0 +1,251 @@
+//! The Workpool worker: pulls work from the pool's JetStream consumers, runs the pool's
+//! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
+
+pub mod handlers;
+pub mod metrics;
+pub mod process;
+mod pull;
+pub mod records;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use workpool_core::PoolNames;
+use workpool_core::config::{PoolArgs, PoolConfig};
+use workpool_core::names::WORK_CONSUMER;
+
+use crate::handlers::Handler;
+use crate::metrics::WorkerMetrics;
+use crate::pull::Lanes;
+use crate::records::Records;
+
+/// Command-line settings of the worker.
+#[derive(Debug, clap::Parser)]
+#[command(name = "workpool-worker", about = "Workpool worker")]
+pub struct Args {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// Address of the health and metrics endpoint.
+    #[arg(long, env = "WORKPOOL_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// After SIGTERM, how long running attempts may take to finish before they are
+    /// handed back to the queue (keep it below the pod's termination grace period).
+    #[arg(long, env = "WORKPOOL_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<humantime_serde::re::humantime::Duration>()
+        .map(Into::into)
+        .map_err(|err| err.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("configuration: {0}")]
+    Config(#[from] workpool_core::config::ConfigError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("connecting to NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("serving health endpoint: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Everything one worker process shares across its jobs.
+pub struct Worker {
+    config: PoolConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    records: Records,
+    handler: Handler,
+    metrics: WorkerMetrics,
+}
+
+/// The consumers a worker pulls from, bound once they exist.
+struct Bound {
+    records: Records,
+    consumers: Vec<(String, PullConsumer)>,
+}
+
+async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, String> {
+    let names: &PoolNames = &config.names;
+    let kv = js
+        .get_key_value(names.bucket())
+        .await
+        .map_err(|err| err.to_string())?;
+    let stream = js
+        .get_stream(names.stream())
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut consumers = Vec::new();
+    let wanted = std::iter::once(WORK_CONSUMER.to_owned())
+        .chain((0..config.spec.worker.partitions).map(PoolNames::keyed_consumer));
+    for name in wanted {
+        let consumer: PullConsumer = stream
+            .get_consumer(&name)
+            .await
+            .map_err(|err| format!("consumer {name}: {err}"))?;
+        consumers.push((name, consumer));
+    }
+    Ok(Bound {
+        records: Records::new(kv, config.pod.clone()),
+        consumers,
+    })
+}
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    client: async_nats::Client,
+    metrics: Arc<std::sync::OnceLock<Arc<Worker>>>,
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    let connected = health.client.connection_state() == async_nats::connection::State::Connected;
+    if health.ready.load(Ordering::Relaxed) && connected {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    let text = health
+        .metrics
+        .get()
+        .map(|worker| worker.metrics.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Runs a worker until `shutdown` completes, then drains.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let config = args.pool.load()?;
+    let client = workpool_core::config::connect_nats(
+        &config.spec.nats.url,
+        &format!("workpool-worker {}", config.pod),
+    )
+    .await?;
+    let js = jetstream::new(client.clone());
+    let health = Health {
+        ready: Arc::new(AtomicBool::new(false)),
+        client: client.clone(),
+        metrics: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health.clone());
+    let http_stop = CancellationToken::new();
+    let http_stopped = http_stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stopped.cancelled().await })
+            .await
+    });
+
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_signal.cancel();
+    });
+
+    let mut delay = Duration::from_millis(100);
+    let bound = loop {
+        match bind(&js, &config).await {
+            Ok(bound) => break Some(bound),
+            Err(err) => {
+                tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => break None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Some(bound) = bound {
+        let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
+        let worker = Arc::new(Worker {
+            handler: Handler::new(&config.spec.worker.handler),
+            records: bound.records,
+            config,
+            client,
+            js,
+            metrics,
+        });
+        let _ = health.metrics.set(worker.clone());
+        health.ready.store(true, Ordering::Relaxed);
+        tracing::info!(pod = %worker.config.pod, concurrency = worker.config.spec.worker.concurrency, "worker pulling");
+        worker
+            .work_until_stopped(bound.consumers, stop, args.drain_timeout)
+            .await;
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    http_stop.cancel();
+    let _ = http.await;
+    Ok(())
+}
+
+impl Worker {
+    async fn work_until_stopped(
+        self: Arc<Self>,
+        consumers: Vec<(String, PullConsumer)>,
+        stop: CancellationToken,
+        drain_timeout: Duration,
+    ) {
+        let lanes = Lanes {
+            tracker: TaskTracker::new(),
+            stop: stop.clone(),
+            abort: CancellationToken::new(),
+        };
+        let limit = Arc::new(Semaphore::new(self.config.spec.worker.concurrency));
+        let mut loops = tokio::task::JoinSet::new();
+        for (name, consumer) in consumers {
+            // Unkeyed work shares the pod's concurrency; each keyed partition adds at most
+            // one job, since the server allows one in flight per partition.
+            let limit = (name == WORK_CONSUMER).then(|| limit.clone());
+            loops.spawn(self.clone().pull_loop(name, consumer, limit, lanes.clone()));
+        }
+        stop.cancelled().await;
+        tracing::info!(
+            in_flight = self.metrics.in_flight.get(),
+            "stopping: no new pulls; finishing running work"
+        );
+        while loops.join_next().await.is_some() {}
+        lanes.tracker.close();
+        if tokio::time::timeout(drain_timeout, lanes.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout: handing running work back to the queue"
+            );
+            lanes.abort.cancel();
+            lanes.tracker.wait().await;
+        }
+        // Acks are fire-and-forget publishes: flush them before the connection goes.
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(%err, "final flush failed; unacked work will be redelivered");
+        }
+        tracing::info!("drained");
+    }
+}

@@ -1,0 +1,357 @@
+//! One delivery of one message, from `working` to its outcome.
+//!
+//! # Delivery contract
+//! - At least once: a message is acked only after its outcome is in the results bucket,
+//!   so a worker that dies mid-job leaves the message to be redelivered after `ackWait`.
+//! - Idempotent results: a delivery whose record is already terminal (or cancelled) is
+//!   acked and skipped; two workers racing on one record settle through compare-and-set,
+//!   and the first terminal write wins.
+//! - While the handler runs, an in-progress ack every `ackWait / 3` keeps the message
+//!   ours, so `timeout` bounds one attempt, not the time spent queued.
+//! - A failed attempt naks with the pool's backoff; the last attempt, a permanent error,
+//!   or a delivery after every attempt was used up copies the message to the dead-letter
+//!   stream, records `failed` and terminates the message.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+use workpool_core::WorkStatus;
+use workpool_core::events::{WorkEvent, WorkEventKind};
+use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+
+use crate::Worker;
+use crate::handlers::HandlerError;
+use crate::records::{Begin, Settled};
+
+/// Header of a dead letter: the error that ended the work.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "Workpool-Error";
+/// Header of a dead letter: attempts made.
+pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "Workpool-Attempts";
+
+async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        // The server redelivers an unacknowledged message; results stay idempotent.
+        tracing::warn!(%err, "acknowledgement not sent");
+    }
+}
+
+fn heartbeat(
+    message: Arc<jetstream::Message>,
+    every: std::time::Duration,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(err) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%err, "heartbeat not sent");
+            }
+        }
+    }))
+}
+
+impl Worker {
+    /// Handles one delivered message to its end. Never panics and never drops a message
+    /// silently: every path acks, naks or terminates it (or leaves it to redelivery).
+    pub(crate) async fn process(
+        self: Arc<Self>,
+        message: jetstream::Message,
+        abort: CancellationToken,
+    ) {
+        let work: WorkMessage = match serde_json::from_slice(&message.payload) {
+            Ok(work) => work,
+            Err(err) => return self.dead_letter_unreadable(message, &err.to_string()).await,
+        };
+        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, delivered);
+        self.process_work(message, work, delivered, abort)
+            .instrument(span)
+            .await;
+    }
+
+    async fn process_work(
+        &self,
+        message: jetstream::Message,
+        work: WorkMessage,
+        delivered: i64,
+        abort: CancellationToken,
+    ) {
+        let message = Arc::new(message);
+        let _heartbeat = heartbeat(
+            message.clone(),
+            self.config.spec.worker.heartbeat_interval(),
+        );
+        let hint = (delivered == 1)
+            .then(|| {
+                message
+                    .headers
+                    .as_ref()?
+                    .get(RECORD_REVISION_HEADER)?
+                    .as_str()
+                    .parse()
+                    .ok()
+            })
+            .flatten();
+        let max_attempts = self.config.spec.worker.max_attempts;
+        let (record, revision) = match self.records.begin(&work, hint, max_attempts).await {
+            Ok(Begin::Run { record, revision }) => (record, revision),
+            Ok(Begin::Skip(status)) => {
+                tracing::debug!(status = status.as_str(), "already finished; skipping");
+                self.metrics.skipped(&work.task);
+                return acknowledge(&message, AckKind::Ack).await;
+            }
+            Ok(Begin::Exhausted { record, revision }) => {
+                let error = format!(
+                    "attempt {} of {max_attempts} never finished (its worker was lost); no attempts left",
+                    record.attempts
+                );
+                return self
+                    .fail_for_good(&message, &work, record, revision, error)
+                    .await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot record the start of the work; it will be redelivered");
+                return acknowledge(
+                    &message,
+                    AckKind::Nak(Some(self.config.spec.worker.backoff_after(1))),
+                )
+                .await;
+            }
+        };
+        let attempt = record.attempts;
+        self.metrics.started(&work.task);
+        self.event(WorkEventKind::Started, &work, attempt, None)
+            .await;
+
+        self.metrics.in_flight.inc();
+        let started = Instant::now();
+        let timeout = self.config.spec.worker.timeout;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Some(outcome),
+            () = abort.cancelled() => None,
+        };
+        self.metrics
+            .handler_ran(&work.task, started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+
+        let error = match outcome {
+            None => {
+                tracing::info!(attempt, "shutting down mid-attempt; handing the work back");
+                return acknowledge(&message, AckKind::Nak(None)).await;
+            }
+            Some(Ok(Ok(result))) => {
+                return self
+                    .complete(&message, &work, record, revision, result)
+                    .await;
+            }
+            Some(Ok(Err(HandlerError::Permanent(error)))) => {
+                return self
+                    .fail_for_good(&message, &work, record, revision, error)
+                    .await;
+            }
+            Some(Ok(Err(HandlerError::Retryable(error)))) => error,
+            Some(Err(_elapsed)) => format!("attempt timed out after {}", humantime_like(timeout)),
+        };
+        if attempt >= max_attempts {
+            return self
+                .fail_for_good(&message, &work, record, revision, error)
+                .await;
+        }
+        let delay = self.config.spec.worker.backoff_after(attempt);
+        tracing::info!(attempt, %error, retry_in = ?delay, "attempt failed; will retry");
+        // The retry is recorded best-effort; the nak is what schedules it.
+        if let Err(err) = self
+            .records
+            .settle(
+                &work.id,
+                record,
+                revision,
+                WorkStatus::Working,
+                None,
+                Some(error.clone()),
+            )
+            .await
+        {
+            tracing::warn!(%err, "could not record the failed attempt");
+        }
+        self.metrics.retried(&work.task);
+        self.event(WorkEventKind::Retried, &work, attempt, Some(error))
+            .await;
+        acknowledge(&message, AckKind::Nak(Some(delay))).await;
+    }
+
+    async fn complete(
+        &self,
+        message: &jetstream::Message,
+        work: &WorkMessage,
+        record: workpool_core::WorkRecord,
+        revision: u64,
+        result: serde_json::Value,
+    ) {
+        let attempt = record.attempts;
+        match self
+            .records
+            .settle(
+                &work.id,
+                record,
+                revision,
+                WorkStatus::Worked,
+                Some(result),
+                None,
+            )
+            .await
+        {
+            Ok(Settled::Written) => {
+                self.metrics.worked(&work.task, seconds_since(work));
+                self.event(WorkEventKind::Worked, work, attempt, None).await;
+            }
+            Ok(Settled::AlreadyFinished(status)) => {
+                tracing::info!(
+                    status = status.as_str(),
+                    "another worker finished this work first"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(%err, "could not record the result; the work will be redelivered");
+                return acknowledge(message, AckKind::Nak(None)).await;
+            }
+        }
+        acknowledge(message, AckKind::Ack).await;
+    }
+
+    async fn fail_for_good(
+        &self,
+        message: &jetstream::Message,
+        work: &WorkMessage,
+        record: workpool_core::WorkRecord,
+        revision: u64,
+        error: String,
+    ) {
+        let attempt = record.attempts;
+        tracing::warn!(attempt, %error, "work failed for good; dead-lettering it");
+        // Dead letter first: if we die before recording `failed`, the redelivery finds the
+        // work unfinished and dead-letters it again (deduplicated by id).
+        let subject = self.config.names.dead_letter_subject(&work.id);
+        if let Err(err) = self
+            .publish_dead_letter(
+                subject,
+                work.id.as_str(),
+                message.payload.clone(),
+                &error,
+                attempt,
+            )
+            .await
+        {
+            tracing::warn!(%err, "dead letter not stored; the work will be redelivered");
+            return acknowledge(
+                message,
+                AckKind::Nak(Some(self.config.spec.worker.backoff_after(1))),
+            )
+            .await;
+        }
+        match self
+            .records
+            .settle(
+                &work.id,
+                record,
+                revision,
+                WorkStatus::Failed,
+                None,
+                Some(error.clone()),
+            )
+            .await
+        {
+            Ok(Settled::Written) => {
+                self.metrics.failed(&work.task, seconds_since(work));
+                self.event(WorkEventKind::Failed, work, attempt, Some(error))
+                    .await;
+            }
+            Ok(Settled::AlreadyFinished(status)) => {
+                tracing::info!(
+                    status = status.as_str(),
+                    "another worker finished this work first"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(%err, "could not record the failure; the work will be redelivered");
+                return acknowledge(message, AckKind::Nak(None)).await;
+            }
+        }
+        acknowledge(message, AckKind::Term).await;
+    }
+
+    async fn dead_letter_unreadable(&self, message: jetstream::Message, error: &str) {
+        tracing::error!(subject = %message.subject, %error, "unreadable work message; dead-lettering it");
+        let subject = format!(
+            "{}.unreadable",
+            self.config
+                .names
+                .dead_letter_filter()
+                .trim_end_matches(".>")
+        );
+        let id = message
+            .info()
+            .map(|info| info.stream_sequence.to_string())
+            .unwrap_or_default();
+        match self
+            .publish_dead_letter(subject, &id, message.payload.clone(), error, 0)
+            .await
+        {
+            Ok(()) => acknowledge(&message, AckKind::Term).await,
+            Err(err) => {
+                tracing::warn!(%err, "dead letter not stored; the message will be redelivered")
+            }
+        }
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        subject: String,
+        id: &str,
+        payload: bytes::Bytes,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), async_nats::Error> {
+        // Header values cannot hold line breaks.
+        let error_header = error.replace(['\r', '\n'], " ");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id)
+            .header(DEAD_LETTER_ERROR_HEADER, error_header.as_str())
+            .header(DEAD_LETTER_ATTEMPTS_HEADER, attempts.to_string().as_str());
+        self.js.send_publish(subject, publish).await?.await?;
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        kind: WorkEventKind,
+        work: &WorkMessage,
+        attempt: u32,
+        error: Option<String>,
+    ) {
+        WorkEvent {
+            event: kind,
+            id: work.id.clone(),
+            task: work.task.clone(),
+            by: self.config.pod.clone(),
+            attempt,
+            error,
+            at: Utc::now(),
+        }
+        .publish(&self.client, &self.config.names)
+        .await;
+    }
+}
+
+fn seconds_since(work: &WorkMessage) -> f64 {
+    (Utc::now() - work.created_at).num_milliseconds().max(0) as f64 / 1000.0
+}
+
+fn humantime_like(duration: std::time::Duration) -> String {
+    format!("{:.3}s", duration.as_secs_f64()).replace(".000s", "s")
+}
