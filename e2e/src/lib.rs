@@ -1,0 +1,45 @@
+//! The test harness of Workpool: a real `nats-server` per test, the real api and worker
+//! binaries as child processes, and helpers to talk to them. Also the small TCP load
+//! balancer and the tools behind `make up` and `make bench`.
+
+pub mod lb;
+pub mod nats;
+pub mod paths;
+pub mod pool;
+pub mod process;
+
+/// Errors of the harness; tests unwrap them with context.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl HarnessError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+        let what = what.into();
+        move |source| HarnessError::Io { what, source }
+    }
+}
+
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(HarnessError::io("binding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(HarnessError::io("reading a free port"))?
+        .port())
+}

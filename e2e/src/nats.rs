@@ -1,0 +1,104 @@
+//! A real `nats-server` with JetStream for one test: free ports, a temporary store,
+//! stopped and removed when dropped. It can be stopped and started again on the same port
+//! and store, to test recovery.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::process::Process;
+use crate::{HarnessError, Result, free_port, paths};
+
+#[derive(Debug)]
+pub struct NatsServer {
+    process: Option<Process>,
+    pub port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until JetStream is ready.
+    pub async fn start() -> Result<Self> {
+        let binary = paths::tool("nats-server", "nats-server")?;
+        let dir = tempfile::Builder::new()
+            .prefix("workpool-nats-")
+            .tempdir()
+            .map_err(HarnessError::io("creating a temp dir"))?;
+        let port = free_port()?;
+        let monitor_port = free_port()?;
+        let config = dir.path().join("nats.conf");
+        let store = dir.path().join("store");
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
+             jetstream {{ store_dir: {store:?} }}\n"
+        );
+        std::fs::write(&config, text).map_err(HarnessError::io("writing nats.conf"))?;
+        let mut server = Self {
+            process: None,
+            port,
+            monitor_port,
+            config,
+            dir,
+            binary,
+        };
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The store and logs of this server.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// (Re)starts the server on its port and store; waits until JetStream answers.
+    pub async fn start_again(&mut self) -> Result<()> {
+        let log = self.dir.path().join("nats.log");
+        let process = Process::spawn(
+            "nats-server",
+            &self.binary,
+            &["-c".into(), self.config.display().to_string()],
+            &[],
+            log,
+        )?;
+        self.process = Some(process);
+        let health = format!(
+            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+            self.monitor_port
+        );
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client.get(&health).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(HarnessError::Timeout(format!(
+            "nats-server on port {} to become healthy",
+            self.port
+        )))
+    }
+
+    /// Stops the server gracefully (as a restart or a rolling upgrade would).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.terminate();
+            process.wait_exit(Duration::from_secs(10)).await?;
+        }
+        Ok(())
+    }
+
+    /// A connected client for the test's own checks.
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        async_nats::connect(self.url())
+            .await
+            .map_err(|err| HarnessError::Other(format!("connecting to {}: {err}", self.url())))
+    }
+}

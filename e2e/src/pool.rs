@@ -1,0 +1,258 @@
+//! A whole pool for a test: a NATS server, its provisioned objects, and api and worker
+//! processes running the real binaries.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use workpool_core::{PoolNames, PoolSpec};
+
+use crate::nats::NatsServer;
+use crate::process::Process;
+use crate::{HarnessError, Result, free_port, paths};
+
+/// The namespace and name every test pool uses (each test has its own server).
+pub const NAMESPACE: &str = "default";
+pub const POOL: &str = "demo";
+
+#[derive(Debug)]
+pub struct Member {
+    pub process: Process,
+    pub pod: String,
+    pub port: u16,
+}
+
+#[derive(Debug)]
+pub struct TestPool {
+    pub nats: NatsServer,
+    pub names: PoolNames,
+    pub spec: PoolSpec,
+    spec_file: PathBuf,
+    pub apis: Vec<Member>,
+    pub workers: Vec<Member>,
+    pub http: reqwest::Client,
+    extra_api_env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+/// An HTTP answer: status and JSON body (`Value::Null` if the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn str(&self, field: &str) -> &str {
+        self.body
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+impl TestPool {
+    /// Starts NATS, provisions the pool and waits for `apis` api and `workers` worker
+    /// processes to be ready.
+    pub async fn start(spec: PoolSpec, apis: usize, workers: usize) -> Result<Self> {
+        Self::start_with_api_env(spec, apis, workers, Vec::new()).await
+    }
+
+    pub async fn start_with_api_env(
+        spec: PoolSpec,
+        apis: usize,
+        workers: usize,
+        api_env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let nats = NatsServer::start().await?;
+        let names =
+            PoolNames::new(NAMESPACE, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
+        let client = nats.client().await?;
+        workpool_core::provision::provision(&async_nats::jetstream::new(client), &names, &spec)
+            .await
+            .map_err(|err| HarnessError::Other(format!("provisioning: {err}")))?;
+        let dir = tempfile::Builder::new()
+            .prefix("workpool-pool-")
+            .tempdir()
+            .map_err(HarnessError::io("temp dir"))?;
+        let spec_file = dir.path().join("spec.json");
+        let spec_json = serde_json::to_string_pretty(&spec)
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        std::fs::write(&spec_file, spec_json).map_err(HarnessError::io("writing spec.json"))?;
+        let mut pool = Self {
+            nats,
+            names,
+            spec,
+            spec_file,
+            apis: Vec::new(),
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+            extra_api_env: api_env,
+            dir,
+        };
+        for _ in 0..apis {
+            pool.add_api().await?;
+        }
+        for _ in 0..workers {
+            pool.add_worker().await?;
+        }
+        Ok(pool)
+    }
+
+    fn env(&self, pod: &str, port: u16) -> Vec<(String, String)> {
+        vec![
+            ("WORKPOOL_NAMESPACE".into(), NAMESPACE.into()),
+            ("WORKPOOL_POOL".into(), POOL.into()),
+            (
+                "WORKPOOL_SPEC_FILE".into(),
+                self.spec_file.display().to_string(),
+            ),
+            ("NATS_URL".into(), self.nats.url()),
+            ("POD_NAME".into(), pod.into()),
+            ("WORKPOOL_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("RUST_LOG".into(), "info,async_nats=warn".into()),
+        ]
+    }
+
+    async fn spawn(
+        &self,
+        binary: &str,
+        pod: String,
+        extra_env: &[(String, String)],
+    ) -> Result<Member> {
+        let port = free_port()?;
+        let mut env = self.env(&pod, port);
+        env.extend_from_slice(extra_env);
+        let log = self.dir.path().join(format!("{pod}.log"));
+        let process = Process::spawn(&pod, &paths::workspace_binary(binary)?, &[], &env, log)?;
+        let member = Member { process, pod, port };
+        self.wait_ready(&member).await?;
+        Ok(member)
+    }
+
+    async fn wait_ready(&self, member: &Member) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", member.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.http.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(HarnessError::Timeout(format!(
+            "{} to be ready; log:\n{}",
+            member.pod,
+            member.process.log_text()
+        )))
+    }
+
+    pub async fn add_api(&mut self) -> Result<usize> {
+        let pod = format!("demo-api-{}", self.apis.len());
+        let extra = self.extra_api_env.clone();
+        let member = self.spawn("workpool-api", pod, &extra).await?;
+        self.apis.push(member);
+        Ok(self.apis.len() - 1)
+    }
+
+    pub async fn add_worker(&mut self) -> Result<usize> {
+        self.add_worker_with_env(&[]).await
+    }
+
+    pub async fn add_worker_with_env(&mut self, env: &[(String, String)]) -> Result<usize> {
+        let pod = format!("demo-worker-{}", self.workers.len());
+        let member = self.spawn("workpool-worker", pod, env).await?;
+        self.workers.push(member);
+        Ok(self.workers.len() - 1)
+    }
+
+    pub fn api_url(&self, index: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.apis.get(index).map_or(0, |api| api.port)
+        )
+    }
+
+    async fn answer(response: reqwest::Response) -> Result<Answer> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// POSTs JSON work to api 0.
+    pub async fn post(&self, body: &Value) -> Result<Answer> {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/work", self.api_url(0)))
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer> {
+        let response = request
+            .send()
+            .await
+            .map_err(|err| HarnessError::Other(format!("request failed: {err}")))?;
+        Self::answer(response).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Answer> {
+        self.send(
+            self.http
+                .get(format!("{}/api/v1/work/{id}", self.api_url(0))),
+        )
+        .await
+    }
+
+    /// Polls GET until `done` holds for the answer, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Answer) -> bool,
+    ) -> Result<Answer> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            let answer = self.get(id).await?;
+            if done(&answer) {
+                return Ok(answer);
+            }
+            last = Some(answer);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(HarnessError::Timeout(format!(
+            "work {id}; last answer {last:?}"
+        )))
+    }
+
+    /// Waits until the work has the given status.
+    pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Result<Answer> {
+        self.wait_for(id, timeout, |answer| {
+            answer.status == 200 && answer.str("status") == status
+        })
+        .await
+    }
+
+    /// Logs of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        self.apis
+            .iter()
+            .chain(&self.workers)
+            .map(|member| format!("--- {} ---\n{}", member.pod, member.process.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
