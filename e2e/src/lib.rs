@@ -2,6 +2,7 @@
 //! binaries as child processes, and helpers to talk to them. Also the small TCP load
 //! balancer and the tools behind `make up` and `make bench`.
 
+pub mod bench;
 pub mod lb;
 pub mod nats;
 pub mod paths;

@@ -1,6 +1,8 @@
 //! Every error of the API table, each with its status code and JSON body, against a real
 //! nats-server; plus deduplication and cancellation.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
 use std::time::Duration;
 
 use futures::StreamExt;

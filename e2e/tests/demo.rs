@@ -1,5 +1,7 @@
 //! The original sketch's demo, against a real nats-server and the real binaries.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
 use std::time::Duration;
 
 use serde_json::json;

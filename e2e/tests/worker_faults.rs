@@ -1,5 +1,7 @@
 //! The worker under faults: killed mid-job, SIGTERM, failing handlers, NATS restarts.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

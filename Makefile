@@ -1,0 +1,41 @@
+# Workpool: one command list. `make` (or `make help`) lists the targets.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+.PHONY: help tools build up down test lint unit e2e generate bench
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+tools: ## Build the pinned upstream tools (nats-server, nats CLI) into .tools/
+	@scripts/tools.sh
+
+build: ## Build every binary of the workspace (debug)
+	$(CARGO) build --workspace --bins
+
+up: tools ## Start a local Workpool on http://127.0.0.1:8080 and print the curl demo
+	@scripts/up.sh
+
+down: ## Stop everything `make up` started
+	@scripts/down.sh
+
+lint: ## cargo fmt --check and clippy with -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: ## Unit tests only (no servers)
+	$(CARGO) test --workspace --lib --bins
+
+e2e: tools build ## Integration tests against real nats-server and the real binaries
+	$(CARGO) test -p workpool-e2e
+
+test: tools lint build ## Everything CI runs: lint, unit, integration and drift checks
+	$(CARGO) test --workspace
+
+generate: ## Regenerate checked-in files (docs/openapi.json)
+	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-api --test openapi
+
+bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
+	$(CARGO) build --release --workspace --bins
+	./target/release/workpool-local bench
