@@ -149,12 +149,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(
             |request: Request| async move { ApiError::NoRoute(request.uri().path().to_owned()) },
         )
-        .method_not_allowed_fallback(|| async {
-            ApiError::bad_request(
-                "method_not_allowed",
-                "this method is not allowed on this route",
-            )
-        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_request,
