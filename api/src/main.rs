@@ -1,3 +1,7 @@
+// glibc malloc spent a fifth of the api's CPU under load (perf); mimalloc does not fragment that way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 #[tokio::main]

@@ -17,11 +17,12 @@ use crate::pool::TestPool;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Jobs submitted end to end.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 60_000)]
     pub jobs: usize,
     /// Offered arrival rate in jobs per second (open loop: arrivals do not wait for
-    /// completions).
-    #[arg(long, default_value_t = 8_000)]
+    /// completions). The default is above what two cores sustain, so the figure is the
+    /// system's capacity; pass a lower rate to see latency at a sustainable load.
+    #[arg(long, default_value_t = 40_000)]
     pub rate: u64,
     /// Most POSTs in flight at once (a bound on the load generator, not on the system).
     #[arg(long, default_value_t = 512)]
