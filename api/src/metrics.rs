@@ -18,16 +18,7 @@ pub struct ApiMetrics {
 
 impl ApiMetrics {
     pub fn new(namespace: &str, pool: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(
-            None,
-            Some(
-                [
-                    ("namespace".to_owned(), namespace.to_owned()),
-                    ("pool".to_owned(), pool.to_owned()),
-                ]
-                .into(),
-            ),
-        )?;
+        let registry = workpool_core::labels::pool_registry(namespace, pool)?;
         let accepted = IntCounterVec::new(
             Opts::new(
                 "workpool_work_accepted_total",
@@ -64,9 +55,6 @@ impl ApiMetrics {
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         Ok(Self {
             registry,
             accepted,

@@ -99,6 +99,11 @@ impl PoolNames {
         format!("{}.dead.{id}", self.prefix())
     }
 
+    /// Where messages that are not work messages at all are dead-lettered.
+    pub fn dead_letter_unreadable_subject(&self) -> String {
+        format!("{}.dead.unreadable", self.prefix())
+    }
+
     pub fn dead_letter_filter(&self) -> String {
         format!("{}.dead.>", self.prefix())
     }

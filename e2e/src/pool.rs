@@ -246,6 +246,20 @@ impl TestPool {
         .await
     }
 
+    /// How many messages the work stream holds now (queued or being worked).
+    pub async fn queued_messages(&self) -> Result<u64> {
+        let js = async_nats::jetstream::new(self.nats.client().await?);
+        let mut stream = js
+            .get_stream(self.names.stream())
+            .await
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        Ok(info.state.messages)
+    }
+
     /// Logs of every process, for failure messages.
     pub fn logs(&self) -> String {
         self.apis

@@ -138,15 +138,7 @@ async fn bad_requests_get_400_404_413_415_with_json_errors() {
     );
 
     // Nothing of the above was queued.
-    let stream = async_nats::jetstream::new(pool.nats.client().await.expect("client"))
-        .get_stream(pool.names.stream())
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
+    let stream = pool.queued_messages().await.expect("stream state");
     assert_eq!(stream, 0);
 }
 
@@ -427,15 +419,7 @@ async fn queued_work_can_be_cancelled_and_is_then_skipped() {
         (still.str("status"), still.body["attempts"].clone()),
         ("cancelled", json!(0))
     );
-    let stream = async_nats::jetstream::new(pool.nats.client().await.expect("client"))
-        .get_stream(pool.names.stream())
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
+    let stream = pool.queued_messages().await.expect("stream state");
     assert_eq!(stream, 0, "the cancelled message was acked away");
 }
 
@@ -518,10 +502,7 @@ async fn a_message_no_worker_can_read_is_dead_lettered_not_lost() {
         .get_stream(pool.names.dead_letter_stream())
         .await
         .expect("dlq");
-    let subject = format!(
-        "{}.unreadable",
-        pool.names.dead_letter_filter().trim_end_matches(".>")
-    );
+    let subject = pool.names.dead_letter_unreadable_subject();
     let mut letter = None;
     for _ in 0..100 {
         if let Ok(message) = dead.get_last_raw_message_by_subject(&subject).await {
@@ -532,14 +513,6 @@ async fn a_message_no_worker_can_read_is_dead_lettered_not_lost() {
     }
     let letter = letter.expect("dead-lettered");
     assert_eq!(&letter.payload[..], b"not json");
-    let work = js
-        .get_stream(pool.names.stream())
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
+    let work = pool.queued_messages().await.expect("stream state");
     assert_eq!(work, 0);
 }

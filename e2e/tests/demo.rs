@@ -8,6 +8,23 @@ use serde_json::json;
 use workpool_core::PoolSpec;
 use workpool_e2e::pool::TestPool;
 
+/// The value of the series `name` labelled with the demo pool and the default task.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let labels = series.strip_prefix(name)?.strip_prefix('{')?;
+        let wanted = [
+            r#"namespace="default""#,
+            r#"pool="demo""#,
+            r#"task="default""#,
+        ];
+        wanted
+            .iter()
+            .all(|label| labels.contains(label))
+            .then(|| value.parse().ok())?
+    })
+}
+
 #[tokio::test]
 async fn accepted_pending_working_worked_then_gone_after_the_ttl() {
     let spec = PoolSpec::from_json(r#"{"resultTTL": "2s"}"#).expect("spec");
@@ -58,6 +75,40 @@ async fn accepted_pending_working_worked_then_gone_after_the_ttl() {
         .await
         .expect("long poll");
     assert_eq!(polled.str("status"), "worked");
+
+    // Both components count what they did, labelled by pool and task.
+    let scrape = |port: u16| {
+        let http = pool.http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let api_metrics = scrape(pool.apis[0].port).await;
+    assert_eq!(
+        sample(&api_metrics, "workpool_work_accepted_total"),
+        Some(1.0),
+        "{api_metrics}"
+    );
+    let worker_metrics = scrape(pool.workers[0].port).await;
+    for name in [
+        "workpool_work_started_total",
+        "workpool_work_worked_total",
+        "workpool_work_latency_seconds_count",
+    ] {
+        assert_eq!(
+            sample(&worker_metrics, name),
+            Some(1.0),
+            "{name} in\n{worker_metrics}"
+        );
+    }
+    assert!(worker_metrics.contains("# TYPE workpool_handler_duration_seconds histogram"));
+    assert!(worker_metrics.contains("process_resident_memory_bytes"));
 
     // No janitor: the record expires after the pool's result TTL.
     let gone = pool

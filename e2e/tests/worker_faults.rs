@@ -241,15 +241,7 @@ async fn failing_work_is_retried_with_backoff_then_failed_and_dead_lettered() {
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default();
     assert!(error.contains("attempt 3 broke"), "{error}");
-    let work = js
-        .get_stream(pool.names.stream())
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
+    let work = pool.queued_messages().await.expect("stream state");
     assert_eq!(work, 0, "the failed message left the work queue");
 }
 

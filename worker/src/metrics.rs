@@ -53,24 +53,12 @@ fn histogram(
 
 impl WorkerMetrics {
     pub fn new(namespace: &str, pool: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(
-            None,
-            Some(
-                [
-                    ("namespace".to_owned(), namespace.to_owned()),
-                    ("pool".to_owned(), pool.to_owned()),
-                ]
-                .into(),
-            ),
-        )?;
+        let registry = workpool_core::labels::pool_registry(namespace, pool)?;
         let in_flight = IntGauge::new(
             "workpool_work_in_flight",
             "Attempts running in this worker now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         Ok(Self {
             started: counter(
                 &registry,

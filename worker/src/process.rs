@@ -20,9 +20,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
-use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+use workpool_core::{WorkRecord, WorkStatus};
 
 use crate::Worker;
 use crate::handlers::HandlerError;
@@ -188,87 +188,78 @@ impl Worker {
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-        record: workpool_core::WorkRecord,
+        record: WorkRecord,
         revision: u64,
         result: serde_json::Value,
     ) {
-        let attempt = record.attempts;
-        match self
-            .records
-            .settle(
-                &work.id,
-                record,
-                revision,
-                WorkStatus::Worked,
-                Some(result),
-                None,
-            )
-            .await
-        {
-            Ok(Settled::Written) => {
-                self.metrics.worked(&work.task, seconds_since(work));
-                self.event(WorkEventKind::Worked, work, attempt, None).await;
-            }
-            Ok(Settled::AlreadyFinished(status)) => {
-                tracing::info!(
-                    status = status.as_str(),
-                    "another worker finished this work first"
-                );
-            }
-            Err(err) => {
-                tracing::warn!(%err, "could not record the result; the work will be redelivered");
-                return acknowledge(message, AckKind::Nak(None)).await;
-            }
-        }
-        acknowledge(message, AckKind::Ack).await;
+        let outcome = Outcome::Worked(result);
+        self.finish(message, work, record, revision, outcome).await;
     }
 
     async fn fail_for_good(
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-        record: workpool_core::WorkRecord,
+        record: WorkRecord,
         revision: u64,
         error: String,
     ) {
-        let attempt = record.attempts;
-        tracing::warn!(attempt, %error, "work failed for good; dead-lettering it");
+        tracing::warn!(attempt = record.attempts, %error, "work failed for good; dead-lettering it");
         // Dead letter first: if we die before recording `failed`, the redelivery finds the
         // work unfinished and dead-letters it again (deduplicated by id).
         let subject = self.config.names.dead_letter_subject(&work.id);
-        if let Err(err) = self
-            .publish_dead_letter(
-                subject,
-                work.id.as_str(),
-                message.payload.clone(),
-                &error,
-                attempt,
-            )
-            .await
-        {
+        let payload = message.payload.clone();
+        let stored =
+            self.publish_dead_letter(subject, work.id.as_str(), payload, &error, record.attempts);
+        if let Err(err) = stored.await {
             tracing::warn!(%err, "dead letter not stored; the work will be redelivered");
-            return acknowledge(
-                message,
-                AckKind::Nak(Some(self.config.spec.worker.backoff_after(1))),
-            )
-            .await;
+            let retry_in = self.config.spec.worker.backoff_after(1);
+            return acknowledge(message, AckKind::Nak(Some(retry_in))).await;
         }
-        match self
-            .records
-            .settle(
-                &work.id,
-                record,
-                revision,
+        self.finish(message, work, record, revision, Outcome::Failed(error))
+            .await;
+    }
+
+    /// Writes the terminal record, then acks (worked) or terminates (failed) the message.
+    /// If the write fails the message goes back to the queue; if another worker finished
+    /// first, its outcome stands and ours is dropped.
+    async fn finish(
+        &self,
+        message: &jetstream::Message,
+        work: &WorkMessage,
+        record: WorkRecord,
+        revision: u64,
+        outcome: Outcome,
+    ) {
+        let attempt = record.attempts;
+        let (status, result, error, event, ack) = match outcome {
+            Outcome::Worked(result) => (
+                WorkStatus::Worked,
+                Some(result),
+                None,
+                WorkEventKind::Worked,
+                AckKind::Ack,
+            ),
+            Outcome::Failed(error) => (
                 WorkStatus::Failed,
                 None,
-                Some(error.clone()),
-            )
+                Some(error),
+                WorkEventKind::Failed,
+                AckKind::Term,
+            ),
+        };
+        match self
+            .records
+            .settle(&work.id, record, revision, status, result, error.clone())
             .await
         {
             Ok(Settled::Written) => {
-                self.metrics.failed(&work.task, seconds_since(work));
-                self.event(WorkEventKind::Failed, work, attempt, Some(error))
-                    .await;
+                let latency = seconds_since(work);
+                match status {
+                    WorkStatus::Worked => self.metrics.worked(&work.task, latency),
+                    _ => self.metrics.failed(&work.task, latency),
+                }
+                self.event(event, work, attempt, error).await;
             }
             Ok(Settled::AlreadyFinished(status)) => {
                 tracing::info!(
@@ -277,22 +268,16 @@ impl Worker {
                 );
             }
             Err(err) => {
-                tracing::warn!(%err, "could not record the failure; the work will be redelivered");
+                tracing::warn!(%err, "could not record the outcome; the work will be redelivered");
                 return acknowledge(message, AckKind::Nak(None)).await;
             }
         }
-        acknowledge(message, AckKind::Term).await;
+        acknowledge(message, ack).await;
     }
 
     async fn dead_letter_unreadable(&self, message: jetstream::Message, error: &str) {
         tracing::error!(subject = %message.subject, %error, "unreadable work message; dead-lettering it");
-        let subject = format!(
-            "{}.unreadable",
-            self.config
-                .names
-                .dead_letter_filter()
-                .trim_end_matches(".>")
-        );
+        let subject = self.config.names.dead_letter_unreadable_subject();
         let id = message
             .info()
             .map(|info| info.stream_sequence.to_string())
@@ -346,6 +331,12 @@ impl Worker {
         .publish(&self.client, &self.config.names)
         .await;
     }
+}
+
+/// How an attempt ended for good.
+enum Outcome {
+    Worked(serde_json::Value),
+    Failed(String),
 }
 
 fn seconds_since(work: &WorkMessage) -> f64 {
