@@ -1,0 +1,105 @@
+//! `provision` against a real server: idempotent, follows spec changes, refuses to drop
+//! partitions that still hold work, and `deprovision` removes everything.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use workpool_core::provision::{ProvisionError, deprovision, provision};
+use workpool_core::{PoolNames, PoolSpec};
+use workpool_e2e::nats::NatsServer;
+
+async fn consumer_names(js: &jetstream::Context, names: &PoolNames) -> Vec<String> {
+    let stream = js.get_stream(names.stream()).await.expect("stream");
+    let mut list: Vec<String> = stream.consumer_names().try_collect().await.expect("names");
+    list.sort();
+    list
+}
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_follows_the_spec() {
+    let server = NatsServer::start().await.expect("nats");
+    let js = jetstream::new(server.client().await.expect("client"));
+    let names = PoolNames::new("team-a", "images").expect("names");
+    let mut spec = PoolSpec::from_json(r#"{"worker": {"partitions": 3}}"#).expect("spec");
+
+    provision(&js, &names, &spec)
+        .await
+        .expect("first provision");
+    provision(&js, &names, &spec)
+        .await
+        .expect("second provision changes nothing");
+    assert_eq!(
+        consumer_names(&js, &names).await,
+        ["keyed-0", "keyed-1", "keyed-2", "workers"]
+    );
+
+    spec.queue.max_pending = 42;
+    spec.result_ttl = Duration::from_secs(5);
+    spec.worker.ack_wait = Duration::from_secs(3);
+    spec.worker.partitions = 2;
+    provision(&js, &names, &spec).await.expect("update");
+    let stream = js
+        .get_stream(names.stream())
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(stream.max_messages, 42);
+    let bucket = js
+        .get_key_value(names.bucket())
+        .await
+        .expect("bucket")
+        .status()
+        .await
+        .expect("status");
+    assert_eq!(bucket.max_age(), Duration::from_secs(5));
+    let work = js.get_stream(names.stream()).await.expect("stream");
+    let consumer = work
+        .consumer_info("workers")
+        .await
+        .expect("consumer")
+        .config
+        .clone();
+    assert_eq!(consumer.ack_wait, Duration::from_secs(3));
+    assert_eq!(
+        consumer_names(&js, &names).await,
+        ["keyed-0", "keyed-1", "workers"],
+        "surplus partition removed"
+    );
+
+    deprovision(&js, &names).await.expect("deprovision");
+    deprovision(&js, &names)
+        .await
+        .expect("deprovision again is fine");
+    assert!(js.get_stream(names.stream()).await.is_err());
+    assert!(js.get_stream(names.dead_letter_stream()).await.is_err());
+    assert!(js.get_key_value(names.bucket()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_partition_with_queued_work_is_not_dropped() {
+    let server = NatsServer::start().await.expect("nats");
+    let js = jetstream::new(server.client().await.expect("client"));
+    let names = PoolNames::new("default", "demo").expect("names");
+    let mut spec = PoolSpec::from_json(r#"{"worker": {"partitions": 2}}"#).expect("spec");
+    provision(&js, &names, &spec).await.expect("provision");
+    let id = workpool_core::WorkId::from_idempotency_key("k");
+    js.publish(names.keyed_subject(1, &id), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    spec.worker.partitions = 1;
+    match provision(&js, &names, &spec).await {
+        Err(ProvisionError::PartitionNotEmpty { name, pending }) => {
+            assert_eq!((name.as_str(), pending), ("keyed-1", 1))
+        }
+        other => panic!("expected PartitionNotEmpty, got {other:?}"),
+    }
+}
