@@ -34,6 +34,95 @@ go_install() {
   return 0
 }
 
+# go_build_in_module NAME VERSION MODULE@VERSION PACKAGE BINARY [LDFLAGS]: for modules
+# that `go install` refuses (replace directives): a throwaway module requires them.
+go_build_in_module() {
+  local name=$1 version=$2 requirement=$3 package=$4 binary=$5 ldflags=${6:-}
+  local bin_dir="$tools_dir/$name-$version/bin"
+  if [ -x "$bin_dir/$binary" ]; then
+    $print_bin || echo "tools: $name $version already built ($bin_dir/$binary)" >&2
+    $print_bin && echo "$bin_dir"
+    return 0
+  fi
+  need_go
+  echo "tools: building $name $version (first time takes a few minutes)" >&2
+  local work="$tools_dir/build/$name-$version"
+  mkdir -p "$work" "$bin_dir"
+  (
+    cd "$work"
+    [ -f go.mod ] || go mod init "workpool.local/build/$name" >/dev/null 2>&1
+    printf 'package tools\n\nimport _ "%s"\n' "$package" > tools.go
+    sed -i '1i //go:build tools' tools.go
+    go mod edit -require="$requirement"
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$bin_dir/$binary.partial" "$package"
+  )
+  mv "$bin_dir/$binary.partial" "$bin_dir/$binary"
+  $print_bin && echo "$bin_dir"
+  return 0
+}
+
+# Kubernetes' go.mod replaces its ~30 staging modules with local paths, so a throwaway
+# module requires k8s.io/kubernetes and points each staging module at its published tag.
+kubernetes_module() {
+  local work="$tools_dir/build/kubernetes-$KUBERNETES_VERSION"
+  [ -f "$work/.prepared" ] && { echo "$work"; return 0; }
+  need_go
+  mkdir -p "$work"
+  (
+    cd "$work"
+    rm -f go.mod go.sum
+    go mod init workpool.local/build/kubernetes >/dev/null 2>&1
+    local download gomod staging
+    download=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION")
+    gomod=$(printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+    staging=$(sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/.*#\1#p' "$gomod")
+    [ -n "$staging" ] || { echo "tools: no staging modules found in $gomod" >&2; exit 1; }
+    go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+    for module in $staging; do go mod edit -replace="$module=$module@v0.${KUBERNETES_VERSION#v1.}"; done
+    printf '%s\n' '//go:build tools' '' 'package tools' '' 'import (' \
+      '	_ "k8s.io/kubernetes/cmd/kube-apiserver"' '	_ "k8s.io/kubernetes/cmd/kube-controller-manager"' \
+      '	_ "k8s.io/kubernetes/cmd/kubectl"' ')' > tools.go
+    go mod tidy
+    # Go 1.26 links protobuf < v1.36.12 without dead-code elimination (much larger binaries).
+    local protobuf
+    protobuf=$(go list -m -f '{{.Version}}' google.golang.org/protobuf)
+    if [ "$(printf '%s\n' "$protobuf" v1.36.12 | sort -V | head -1)" != v1.36.12 ]; then
+      go get google.golang.org/protobuf@v1.36.12 && go mod tidy
+    fi
+    printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]\{40\}\)".*/\1/p' | head -1 > .commit
+    touch .prepared
+  ) >&2
+  echo "$work"
+}
+
+build_kubernetes_command() {
+  local command=$1
+  local bin_dir="$tools_dir/kubernetes-$KUBERNETES_VERSION/bin"
+  if [ -x "$bin_dir/$command" ]; then
+    $print_bin || echo "tools: $command $KUBERNETES_VERSION already built ($bin_dir/$command)" >&2
+    $print_bin && echo "$bin_dir"
+    return 0
+  fi
+  echo "tools: building $command $KUBERNETES_VERSION (first time: 5-10 minutes each, ~1 GB of modules)" >&2
+  local work commit minor stamp="" package
+  work=$(kubernetes_module)
+  commit=$(cat "$work/.commit")
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+  # Without the stamp clients see v0.0.0-master and refuse or misbehave.
+  for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    stamp+=" -X $package.gitVersion=$KUBERNETES_VERSION -X $package.gitMajor=1 -X $package.gitMinor=$minor"
+    stamp+=" -X $package.gitCommit=$commit -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+  done
+  mkdir -p "$bin_dir"
+  (cd "$work" && go build -trimpath -ldflags "-s -w$stamp" -o "$bin_dir/$command.partial" "k8s.io/kubernetes/cmd/$command")
+  mv "$bin_dir/$command.partial" "$bin_dir/$command"
+  $print_bin && echo "$bin_dir"
+  return 0
+}
+
+build_etcd() { go_build_in_module etcd "$ETCD_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd; }
+
 build_nats_server() { go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 nats-server; }
 build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats nats; }
 
@@ -41,11 +130,14 @@ print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(nats-server natscli)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl)
+[ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
     nats-server) build_nats_server ;;
     natscli) build_natscli ;;
-    *) echo "tools.sh: unknown tool '$tool' (known: nats-server natscli)" >&2; exit 2 ;;
+    etcd) build_etcd ;;
+    kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]})" >&2; exit 2 ;;
   esac
 done
