@@ -3,12 +3,12 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build up down test lint unit e2e generate bench
+.PHONY: help tools build up down test lint unit e2e generate bench run-operator
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-tools: ## Build the pinned upstream tools (nats-server, nats CLI) into .tools/
+tools: ## Build the pinned upstream tools (nats-server, nats CLI, etcd, kube-apiserver, ...) into .tools/
 	@scripts/tools.sh
 
 build: ## Build every binary of the workspace (debug)
@@ -27,14 +27,18 @@ lint: ## cargo fmt --check and clippy with -D warnings
 unit: ## Unit tests only (no servers)
 	$(CARGO) test --workspace --lib --bins
 
-e2e: tools build ## Integration tests against real nats-server and the real binaries
+e2e: tools build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
 	$(CARGO) test -p workpool-e2e
 
 test: tools lint build ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
 
-generate: ## Regenerate checked-in files (docs/openapi.json)
+generate: ## Regenerate checked-in files (docs/openapi.json, crds/)
 	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-api --test openapi
+	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-operator --test crd
+
+run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or ~/.kube/config)
+	$(CARGO) run -p workpool-operator --bin workpool-operator
 
 bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins

@@ -54,7 +54,7 @@ pub enum StartError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    Nats(#[from] workpool_core::config::ConnectError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -191,11 +191,7 @@ pub async fn run(
         }
         None => None,
     };
-    let client = workpool_core::config::connect_nats(
-        &config.spec.nats.url,
-        &format!("workpool-api {}", config.pod),
-    )
-    .await?;
+    let client = workpool_core::config::connect_nats(&config, "workpool-api").await?;
     let state = AppState::new(config, auth)?;
     let binder = state.clone();
     tokio::spawn(async move { binder.bind(client).await });

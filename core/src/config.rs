@@ -18,8 +18,14 @@ pub struct PoolArgs {
     pub pool: String,
     /// JSON file with the pool spec (the operator mounts it from a ConfigMap); defaults
     /// apply when absent.
-    #[arg(long, env = "WORKPOOL_SPEC_FILE")]
+    #[arg(long, env = "WORKPOOL_SPEC_FILE", conflicts_with = "spec")]
     pub spec_file: Option<PathBuf>,
+    /// The pool spec as inline JSON (the operator sets this on its pods).
+    #[arg(long, env = "WORKPOOL_SPEC")]
+    pub spec: Option<String>,
+    /// NATS credentials file (`.creds`), when the server requires them.
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
     /// NATS server URL; overrides `nats.url` of the spec.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
@@ -34,6 +40,7 @@ pub struct PoolConfig {
     pub names: PoolNames,
     pub spec: PoolSpec,
     pub pod: String,
+    pub nats_creds_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,13 +76,24 @@ impl PoolArgs {
                     source,
                 })?
             }
-            None => PoolSpec::default(),
+            None => match &self.spec {
+                Some(text) => PoolSpec::from_json(text).map_err(|source| ConfigError::Spec {
+                    path: PathBuf::from("$WORKPOOL_SPEC"),
+                    source,
+                })?,
+                None => PoolSpec::default(),
+            },
         };
         if let Some(url) = &self.nats_url {
             spec.nats.url.clone_from(url);
         }
         let pod = self.pod_name.clone().unwrap_or_else(host_name);
-        Ok(PoolConfig { names, spec, pod })
+        Ok(PoolConfig {
+            names,
+            spec,
+            pod,
+            nats_creds_file: self.nats_creds_file.clone(),
+        })
     }
 }
 
@@ -88,12 +106,23 @@ fn host_name() -> String {
 /// Connects to NATS, retrying forever in the background: the caller gets a client at once
 /// and requests fail fast (rather than hang) while the server is away.
 pub async fn connect_nats(
-    url: &str,
-    name: &str,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
+    config: &PoolConfig,
+    component: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    let url = config.spec.nats.url.as_str();
+    let options = match &config.nats_creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.clone(),
+                source,
+            })?,
+        None => async_nats::ConnectOptions::new(),
+    };
     let url_for_log = url.to_owned();
-    async_nats::ConnectOptions::new()
-        .name(name)
+    let name = format!("{component} {}", config.pod);
+    options
+        .name(&name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
@@ -104,4 +133,17 @@ pub async fn connect_nats(
         })
         .connect(url)
         .await
+        .map_err(ConnectError::Connect)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading NATS credentials {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Connect(async_nats::ConnectError),
 }

@@ -5,6 +5,7 @@
 //! creates or updates a pool's NATS objects on a server.
 
 pub mod config;
+pub mod crd;
 pub mod events;
 pub mod ids;
 pub mod labels;

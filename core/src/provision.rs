@@ -42,6 +42,31 @@ pub enum ProvisionError {
     },
 }
 
+impl ProvisionError {
+    /// NATS answered and refused the configuration (an immutable setting changed, a
+    /// limit the server cannot meet), as opposed to not answering at all. Retrying the
+    /// same spec cannot fix a refusal.
+    pub fn is_refusal(&self) -> bool {
+        use jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let refused =
+            |err: &CreateStreamError| matches!(err.kind(), CreateStreamErrorKind::JetStream(_));
+        match self {
+            ProvisionError::Stream { source, .. } => refused(source),
+            ProvisionError::Bucket { source, .. } => std::error::Error::source(source)
+                .and_then(|inner| inner.downcast_ref::<CreateStreamError>())
+                .is_some_and(refused),
+            ProvisionError::Consumer { source, .. } => {
+                matches!(
+                    source.kind(),
+                    jetstream::stream::ConsumerErrorKind::JetStream(_)
+                )
+            }
+            ProvisionError::PartitionNotEmpty { .. } => true,
+            ProvisionError::ListConsumers { .. } | ProvisionError::Delete { .. } => false,
+        }
+    }
+}
+
 /// Makes the pool's stream, dead-letter stream, bucket and consumers match `spec`.
 /// Idempotent; safe to call on every reconcile.
 pub async fn provision(

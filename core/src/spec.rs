@@ -77,7 +77,7 @@ pub enum HandlerSpec {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BuiltinHandler {
     /// Pause `data.ms` milliseconds (default 3000): the original demo's "work".

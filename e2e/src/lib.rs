@@ -3,8 +3,10 @@
 //! balancer and the tools behind `make up` and `make bench`.
 
 pub mod bench;
+pub mod cluster;
 pub mod lb;
 pub mod nats;
+pub mod operator;
 pub mod paths;
 pub mod pool;
 pub mod process;

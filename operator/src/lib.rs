@@ -1,3 +1,256 @@
-//! The Workpool operator. It will reconcile WorkPool resources and provision their NATS
-//! objects through [`workpool_core::provision`]; until then the crate only reserves its
-//! place in the workspace.
+//! The Workpool operator: reconciles WorkPool resources into api and worker Deployments,
+//! their Services, RBAC and disruption budgets, and the pool's NATS objects (provisioned
+//! through [`workpool_core::provision`]). Several replicas are safe: only the holder of
+//! the leader Lease reconciles.
+
+pub mod children;
+pub mod controller;
+pub mod error;
+pub mod metrics;
+pub mod queue;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use workpool_core::crd::WorkPool;
+
+use crate::children::DefaultImage;
+use crate::controller::Context;
+use crate::metrics::OperatorMetrics;
+
+/// Command-line settings of the operator.
+#[derive(Debug, clap::Parser)]
+#[command(name = "workpool-operator", about = "Workpool operator")]
+pub struct Args {
+    /// Address of the health and metrics endpoint.
+    #[arg(long, env = "WORKPOOL_OPERATOR_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// Image repository of api and worker pods when a WorkPool names none.
+    #[arg(
+        long,
+        env = "WORKPOOL_IMAGE_REPOSITORY",
+        default_value = "ghcr.io/workpool/workpool"
+    )]
+    pub image_repository: String,
+    /// Image tag of api and worker pods when a WorkPool names none.
+    #[arg(long, env = "WORKPOOL_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
+    pub image_tag: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "WORKPOOL_LEASE_NAME", default_value = "workpool-operator")]
+    pub lease_name: String,
+    /// Seconds a leader's lease lasts without renewal (how soon a standby takes over
+    /// from a leader that died).
+    #[arg(long, env = "WORKPOOL_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WORKPOOL_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("serving health endpoint: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn serve_metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        health.metrics.render(),
+    )
+}
+
+/// An Api over one namespace, or all of them.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Waits until the leader flag equals `wanted` (or the sender is gone).
+async fn leadership_is(leader: &mut watch::Receiver<bool>, wanted: bool) {
+    let _ = leader.wait_for(|is_leader| *is_leader == wanted).await;
+}
+
+/// Runs the operator until `shutdown` completes, with `Client::try_default` settings.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), OperatorError> {
+    let client = Client::try_default().await?;
+    run_with_client(args, client, shutdown).await
+}
+
+/// Runs the operator with a given client (tests pass one for their control plane).
+pub async fn run_with_client(
+    args: Args,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), OperatorError> {
+    let metrics = Arc::new(OperatorMetrics::new()?);
+    let health = Health {
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(serve_metrics))
+        .with_state(health.clone());
+    let (stop_http, http_stopped) = watch::channel(false);
+    let http = tokio::spawn(async move {
+        let mut stopped = http_stopped;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { leadership_is(&mut stopped, true).await })
+            .await
+    });
+
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("workpool-operator-{}", std::process::id()));
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_seconds)
+        .with_grace(args.lease_seconds.div_ceil(3).max(1))
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%identity, lease = %args.lease_name, "operator started; waiting for leadership");
+
+    let (stop_all, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_all.send(true);
+    });
+    let image = DefaultImage {
+        repository: args.image_repository.clone(),
+        tag: args.image_tag.clone(),
+    };
+    loop {
+        let mut stop = stopping.clone();
+        tokio::select! {
+            () = leadership_is(&mut leader, true) => {}
+            () = leadership_is(&mut stop, true) => break,
+        }
+        if *stopping.borrow() {
+            break;
+        }
+        metrics.leader.set(1);
+        tracing::info!(%identity, "leading: reconciling WorkPools");
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "workpool-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        );
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            image.clone(),
+        ));
+        let mut lost = leader.clone();
+        let mut stop = stopping.clone();
+        let until = async move {
+            tokio::select! {
+                () = leadership_is(&mut lost, false) => tracing::warn!("leadership lost: stopping the controller"),
+                () = leadership_is(&mut stop, true) => {}
+            }
+        };
+        Controller::new(
+            scoped::<WorkPool>(&client, &args.watch_namespace),
+            watcher::Config::default().any_semantic(),
+        )
+        .owns(
+            scoped::<Deployment>(&client, &args.watch_namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<Service>(&client, &args.watch_namespace),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(until)
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+        metrics.leader.set(0);
+        if *stopping.borrow() {
+            break;
+        }
+    }
+    // Closing the channel ends the lease task; releasing lets a standby take over at once.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(manager)) => {
+            if let Err(err) = manager.release().await {
+                tracing::warn!(%err, "lease not released; a standby takes over when it expires");
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(%err, "lease task failed"),
+        Err(err) => tracing::warn!(%err, "lease task panicked"),
+    }
+    let _ = stop_http.send(true);
+    let _ = http.await;
+    tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// The WorkPool CRD as YAML, as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
+    use kube::CustomResourceExt;
+    let mut yaml = String::from(
+        "# Generated by `cargo run -p workpool-operator --bin crdgen`; do not edit.\n",
+    );
+    yaml.push_str(&serde_saphyr::to_string(&WorkPool::crd())?);
+    Ok(yaml)
+}

@@ -57,7 +57,7 @@ pub enum WorkerError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    Nats(#[from] workpool_core::config::ConnectError),
     #[error("serving health endpoint: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -135,11 +135,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let config = args.pool.load()?;
-    let client = workpool_core::config::connect_nats(
-        &config.spec.nats.url,
-        &format!("workpool-worker {}", config.pod),
-    )
-    .await?;
+    let client = workpool_core::config::connect_nats(&config, "workpool-worker").await?;
     let js = jetstream::new(client.clone());
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),

@@ -1,0 +1,274 @@
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver and
+//! kube-controller-manager on free loopback ports, built by `scripts/tools.sh`.
+//!
+//! One control plane serves a whole test binary ([`ControlPlane::shared`]); tests isolate
+//! themselves by namespace. Its processes run under a small shell guard that stops them
+//! when the test process exits, however it exits, and removes their directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::{HarnessError, Result, free_port, paths};
+
+/// Controllers the tests need: service accounts and their tokens, namespaces, garbage
+/// collection (owner references), deployments, replica sets and endpoint slices.
+const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,namespace-controller,\
+garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller";
+
+/// Stops `program` when the process `parent` is gone or the guard gets SIGTERM, then
+/// removes `dir` if given.
+const GUARD: &str = r#"parent=$1; dir=$2; shift 2
+"$@" & child=$!
+stop() { kill "$child" 2>/dev/null; wait "$child"; status=$?; [ -n "$dir" ] && rm -rf "$dir"; exit $status; }
+trap stop TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5 & wait $!; done
+stop"#;
+
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    kubectl: PathBuf,
+}
+
+fn spawn_guarded(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    cleanup: Option<&Path>,
+) -> Result<()> {
+    let out = std::fs::File::create(log)
+        .map_err(HarnessError::io(format!("creating {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(HarnessError::io("cloning a log handle"))?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(GUARD)
+        .arg(format!("guard-{name}"))
+        .arg(std::process::id().to_string())
+        .arg(
+            cleanup
+                .map(|dir| dir.display().to_string())
+                .unwrap_or_default(),
+        )
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(HarnessError::io(format!("starting {name}")))?;
+    Ok(())
+}
+
+impl ControlPlane {
+    /// The control plane of this test binary, started on first use.
+    pub fn shared() -> Result<&'static ControlPlane> {
+        static PLANE: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
+        let plane = PLANE.get_or_init(|| {
+            // Started from a thread of its own: callers may be inside a runtime.
+            std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|err| err.to_string())?
+                    .block_on(ControlPlane::start())
+                    .map_err(|err| err.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("control plane start panicked".into()))
+        });
+        plane
+            .as_ref()
+            .map_err(|err| HarnessError::Other(err.clone()))
+    }
+
+    async fn start() -> Result<Self> {
+        let etcd = paths::tool("etcd", "etcd")?;
+        let apiserver = paths::tool("kube-apiserver", "kube-apiserver")?;
+        let kcm = paths::tool("kube-controller-manager", "kube-controller-manager")?;
+        let kubectl = paths::tool("kubectl", "kubectl")?;
+        let dir = tempfile::Builder::new()
+            .prefix("workpool-k8s-")
+            .tempdir()
+            .map_err(HarnessError::io("temp dir"))?
+            .keep();
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).map_err(HarnessError::io("cert dir"))?;
+        let sa_key = certs.join("sa.key");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&sa_key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .map_err(HarnessError::io(
+                "running openssl (install it: apt-get install openssl)",
+            ))?;
+        if !status.success() {
+            return Err(HarnessError::Other("openssl genrsa failed".into()));
+        }
+        let token = format!(
+            "{:032x}",
+            u128::from(std::process::id()) << 64 | u128::from(free_port()?)
+        );
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},admin,admin-uid,system:masters\n"),
+        )
+        .map_err(HarnessError::io("token file"))?;
+
+        let (etcd_port, peer_port, api_port, kcm_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_args = [
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        // The guard of etcd (started first, stopped last) removes the directory.
+        spawn_guarded("etcd", &etcd, &etcd_args, &dir.join("etcd.log"), Some(&dir))?;
+
+        let apiserver_args = [
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", certs.display()),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", sa_key.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--endpoint-reconciler-type=none".into(),
+        ];
+        spawn_guarded(
+            "kube-apiserver",
+            &apiserver,
+            &apiserver_args,
+            &dir.join("apiserver.log"),
+            None,
+        )?;
+
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        let ca = certs.join("apiserver.crt");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}}}]\n\
+             users: [{{name: admin, user: {{token: \"{token}\"}}}}]\n\
+             contexts: [{{name: local, context: {{cluster: local, user: admin, namespace: default}}}}]\ncurrent-context: local\n",
+            ca.display()
+        );
+        std::fs::write(&kubeconfig, text).map_err(HarnessError::io("kubeconfig"))?;
+        let plane = Self {
+            dir,
+            kubeconfig,
+            server,
+            kubectl,
+        };
+        plane.wait_ready(&ca).await?;
+
+        let kcm_args = [
+            format!("--kubeconfig={}", plane.kubeconfig.display()),
+            format!("--controllers={CONTROLLERS}"),
+            format!("--service-account-private-key-file={}", sa_key.display()),
+            format!("--root-ca-file={}", ca.display()),
+            "--use-service-account-credentials=false".into(),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={kcm_port}"),
+        ];
+        spawn_guarded(
+            "kube-controller-manager",
+            &kcm,
+            &kcm_args,
+            &plane.dir.join("kcm.log"),
+            None,
+        )?;
+        Ok(plane)
+    }
+
+    async fn wait_ready(&self, ca: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if ca.exists() {
+                match self.client().await {
+                    Ok(client) => match client.apiserver_version().await {
+                        Ok(_) => return Ok(()),
+                        Err(err) => last = err.to_string(),
+                    },
+                    Err(err) => last = err.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(HarnessError::Timeout(format!(
+            "kube-apiserver at {}: {last}; log in {}",
+            self.server,
+            self.dir.display()
+        )))
+    }
+
+    /// A client for the calling test's runtime (clients must not cross runtimes).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|err| HarnessError::Other(err.to_string()))?;
+        kube::Client::try_from(config).map_err(|err| HarnessError::Other(err.to_string()))
+    }
+
+    /// Runs kubectl against this control plane; returns stdout, or stderr as the error.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(&self.kubectl)
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .output()
+            .map_err(HarnessError::io("running kubectl"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(HarnessError::Other(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
+        }
+    }
+
+    /// Creates a namespace with a unique name for one test.
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let name = format!("{prefix}-{}", free_port()?);
+        let api: kube::Api<Namespace> = kube::Api::all(self.client().await?);
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&Default::default(), &namespace)
+            .await
+            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        Ok(name)
+    }
+
+    /// Where the control plane's logs are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

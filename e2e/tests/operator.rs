@@ -1,0 +1,620 @@
+//! The operator against a real kube-apiserver (one control plane for this test binary;
+//! each test in its own namespace, with its own nats-server and Lease).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use workpool_core::PoolNames;
+use workpool_core::crd::WorkPool;
+use workpool_e2e::cluster::ControlPlane;
+use workpool_e2e::nats::NatsServer;
+use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn setup(prefix: &str) -> (&'static ControlPlane, kube::Client, String, NatsServer) {
+    let plane = ControlPlane::shared().expect("control plane");
+    install_crd(plane).await.expect("crd");
+    let client = plane.client().await.expect("client");
+    let namespace = plane.namespace(prefix).await.expect("namespace");
+    let nats = NatsServer::start().await.expect("nats");
+    (plane, client, namespace, nats)
+}
+
+fn pool_yaml(name: &str, nats: &NatsServer, extra: &str) -> String {
+    format!(
+        "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: {name}\nspec:\n  nats:\n    url: {}\n{extra}",
+        nats.url()
+    )
+}
+
+fn queue_ready(pool: &WorkPool) -> bool {
+    condition(pool, "QueueReady").is_some_and(|(status, _)| status == "True")
+}
+
+async fn deployment(client: &kube::Client, namespace: &str, name: &str) -> Deployment {
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .expect("deployment")
+}
+
+fn spec_env(deployment: &Deployment) -> serde_json::Value {
+    let env = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let spec = env
+        .iter()
+        .find(|e| e.name == "WORKPOOL_SPEC")
+        .and_then(|e| e.value.clone())
+        .expect("WORKPOOL_SPEC");
+    serde_json::from_str(&spec).expect("spec JSON")
+}
+
+#[tokio::test]
+async fn a_workpool_gets_its_children_and_nats_objects_and_follows_changes() {
+    let (_plane, client, ns, nats) = setup("children").await;
+    let _operator = RunningOperator::start(ControlPlane::shared().unwrap(), &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, "  resultTTL: 2m\n"))
+        .await
+        .expect("create");
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        queue_ready(p) && p.status.as_ref().unwrap().observed_generation == Some(1)
+    })
+    .await
+    .expect("reconciled");
+    let uid = pool.metadata.uid.clone().unwrap();
+    let owned = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.as_ref().is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+    };
+
+    let api = deployment(&client, &ns, "demo-api").await;
+    let worker = deployment(&client, &ns, "demo-worker").await;
+    assert!(owned(&api.metadata) && owned(&worker.metadata));
+    assert_eq!(api.spec.as_ref().unwrap().replicas, Some(2));
+    assert_eq!(worker.spec.as_ref().unwrap().replicas, Some(2));
+    let container = &api
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        container.command.as_deref(),
+        Some(&["workpool-api".to_owned()][..])
+    );
+    let env_names: Vec<&str> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    for name in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_IP",
+        "WORKPOOL_POOL",
+        "WORKPOOL_SPEC",
+    ] {
+        assert!(env_names.contains(&name), "{name} missing: {env_names:?}");
+    }
+    assert_eq!(spec_env(&api)["resultTTL"], "2m");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    assert!(owned(
+        &services
+            .get("demo-api")
+            .await
+            .expect("api service")
+            .metadata
+    ));
+    let headless = services.get("demo-workers").await.expect("worker service");
+    assert_eq!(
+        headless.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+    assert!(owned(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .get("demo-workpool")
+            .await
+            .expect("sa")
+            .metadata
+    ));
+    assert!(owned(
+        &Api::<Role>::namespaced(client.clone(), &ns)
+            .get("demo-workpool")
+            .await
+            .expect("role")
+            .metadata
+    ));
+    assert!(owned(
+        &Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .get("demo-workpool")
+            .await
+            .expect("binding")
+            .metadata
+    ));
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("pdbs");
+    assert_eq!(pdbs.items.len(), 2);
+    let js = async_nats::jetstream::new(nats.client().await.expect("nats client"));
+    let stream_name = format!("WP_{ns}_demo");
+    js.get_stream(&stream_name)
+        .await
+        .expect("stream provisioned");
+    let status = pool.status.clone().unwrap();
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://demo-api.{ns}.svc").as_str())
+    );
+    assert_eq!(
+        status.workers.as_ref().unwrap().selector.as_deref(),
+        Some("app.kubernetes.io/component=worker,app.kubernetes.io/instance=demo")
+    );
+
+    // Change the spec: children and NATS config follow, observedGeneration advances.
+    let patch = serde_json::json!({"spec": {"queue": {"maxPending": 500}, "worker": {"concurrency": 8, "replicas": 3}}});
+    Api::<WorkPool>::namespaced(client.clone(), &ns)
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    wait_pool(&client, &ns, "demo", WAIT, |p| {
+        p.status.as_ref().unwrap().observed_generation == Some(2)
+    })
+    .await
+    .expect("generation 2");
+    let worker = deployment(&client, &ns, "demo-worker").await;
+    assert_eq!(worker.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(spec_env(&worker)["worker"]["concurrency"], 8);
+    let config = js
+        .get_stream(&stream_name)
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.max_messages, 500);
+
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Applied")),
+        "an Applied event"
+    );
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_with_a_message_that_says_what_to_fix() {
+    let (_plane, client, ns, nats) = setup("invalid").await;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("two handlers", "  worker:\n    handler:\n      builtin: echo\n      http:\n        url: http://localhost:9000\n".into(), "exactly one of builtin, exec or http"),
+        ("no handler", "  worker:\n    handler: {}\n".into(), "exactly one of builtin, exec or http"),
+        ("autoscale min > max", "  worker:\n    autoscale:\n      min: 5\n      max: 2\n".into(), "autoscale.min must not exceed"),
+        ("concurrency 0", "  worker:\n    concurrency: 0\n".into(), "spec.worker.concurrency"),
+        ("maxAttempts 0", "  worker:\n    maxAttempts: 0\n".into(), "spec.worker.maxAttempts"),
+        ("bad duration", "  worker:\n    timeout: soon\n".into(), "spec.worker.timeout"),
+        ("bad backoff", "  worker:\n    backoff: [1s, later]\n".into(), "spec.worker.backoff"),
+        ("negative replicas", "  api:\n    replicas: -1\n".into(), "spec.api.replicas"),
+        ("nats replicas 2", "  nats:\n    url: nats://x:4222\n    replicas: 2\n".into(), "nats.replicas must be 1, 3 or 5"),
+        ("http url", "  worker:\n    handler:\n      http:\n        url: ftp://x\n".into(), "http:// or https://"),
+        ("unknown builtin", "  worker:\n    handler:\n      builtin: fly\n".into(), "spec.worker.handler.builtin"),
+        ("empty exec", "  worker:\n    handler:\n      exec:\n        command: []\n".into(), "spec.worker.handler.exec.command"),
+        ("tiny payload limit", "  queue:\n    maxPayloadBytes: 10\n".into(), "spec.queue.maxPayloadBytes"),
+        ("deletion policy", "  deletionPolicy: Sometimes\n".into(), "spec.deletionPolicy"),
+    ];
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    for (what, extra, expected) in cases {
+        // A later `nats:` block replaces the default one.
+        let yaml = if extra.starts_with("  nats:") {
+            format!(
+                "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: bad\nspec:\n{extra}"
+            )
+        } else {
+            pool_yaml("bad", &nats, &extra)
+        };
+        let pool: serde_json::Value = serde_saphyr::from_str(&yaml).expect("yaml");
+        let result = api
+            .patch(
+                "bad",
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&pool),
+            )
+            .await;
+        let message = match result {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            message.contains(expected),
+            "{what}: {message:?} does not mention {expected:?}"
+        );
+    }
+    // A name that is not a DNS label of at most 40 characters.
+    let long = "a".repeat(45);
+    let err = create_pool(&client, &ns, &pool_yaml(&long, &nats, ""))
+        .await
+        .expect_err("long name");
+    assert!(
+        err.to_string()
+            .contains("metadata.name must be a DNS label"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn deletion_removes_nats_objects_unless_retained_and_children_are_collected() {
+    let (_plane, client, ns, nats) = setup("delete").await;
+    let _operator = RunningOperator::start(ControlPlane::shared().unwrap(), &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("gone", &nats, ""))
+        .await
+        .expect("create");
+    create_pool(
+        &client,
+        &ns,
+        &pool_yaml("kept", &nats, "  deletionPolicy: Retain\n"),
+    )
+    .await
+    .expect("create");
+    for name in ["gone", "kept"] {
+        wait_pool(&client, &ns, name, WAIT, queue_ready)
+            .await
+            .expect("ready");
+    }
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    for name in ["gone", "kept"] {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["gone", "kept"] {
+        let deadline = std::time::Instant::now() + WAIT;
+        while api.get_opt(name).await.expect("get").is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} was not finalized"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let gone = PoolNames::new(&ns, "gone").unwrap();
+    let kept = PoolNames::new(&ns, "kept").unwrap();
+    assert!(
+        js.get_stream(gone.stream()).await.is_err(),
+        "Delete removes the stream"
+    );
+    assert!(js.get_stream(gone.dead_letter_stream()).await.is_err());
+    assert!(
+        js.get_key_value(gone.bucket()).await.is_err(),
+        "Delete removes the bucket"
+    );
+    js.get_stream(kept.stream())
+        .await
+        .expect("Retain keeps the stream");
+    js.get_key_value(kept.bucket())
+        .await
+        .expect("Retain keeps the bucket");
+    // The garbage collector removes the children through their owner references.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !deployments
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children were not garbage-collected"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_operator_stopped_mid_reconcile_converges_after_restart_without_duplicates() {
+    let (plane, client, ns, nats) = setup("restart").await;
+    let first = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.abort();
+    // The aborted replica's lease must expire (6s) before the next one leads.
+    let _second = RunningOperator::start(plane, &ns, "op", "op-1")
+        .await
+        .expect("operator");
+    wait_pool(&client, &ns, "demo", WAIT, |p| {
+        queue_ready(p) && p.status.as_ref().unwrap().observed_generation == Some(1)
+    })
+    .await
+    .expect("converged");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let mut names: Vec<String> = deployments
+        .items
+        .iter()
+        .map(|d| d.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["demo-api", "demo-worker"]);
+    let services = Api::<Service>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert_eq!(services.items.len(), 2);
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let mut streams: Vec<String> = futures::TryStreamExt::try_collect(js.stream_names())
+        .await
+        .expect("streams");
+    streams.sort();
+    assert_eq!(
+        streams,
+        [
+            format!("KV_WP_{ns}_demo"),
+            format!("WP_{ns}_demo"),
+            format!("WP_{ns}_demo_DLQ")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    let (plane, client, ns, nats) = setup("leader").await;
+    let a = RunningOperator::start(plane, &ns, "op", "op-a")
+        .await
+        .expect("a");
+    let b = RunningOperator::start(plane, &ns, "op", "op-b")
+        .await
+        .expect("b");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("reconciled");
+    let (a_leads, b_leads) = (
+        a.metric("workpool_operator_leader").await,
+        b.metric("workpool_operator_leader").await,
+    );
+    assert_eq!(a_leads + b_leads, 1.0, "exactly one leader");
+    let (leader, standby) = if a_leads == 1.0 { (a, b) } else { (b, a) };
+    assert!(leader.metric("workpool_operator_reconciles_total").await >= 1.0);
+    assert_eq!(
+        standby.metric("workpool_operator_reconciles_total").await,
+        0.0,
+        "the standby does not reconcile"
+    );
+
+    leader.stop().await;
+    let patch = serde_json::json!({"spec": {"worker": {"replicas": 4}}});
+    Api::<WorkPool>::namespaced(client.clone(), &ns)
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    wait_pool(&client, &ns, "demo", WAIT, |p| {
+        p.status.as_ref().unwrap().observed_generation == Some(2)
+    })
+    .await
+    .expect("standby took over");
+    assert_eq!(standby.metric("workpool_operator_leader").await, 1.0);
+    assert!(standby.metric("workpool_operator_reconciles_total").await >= 1.0);
+    assert_eq!(
+        deployment(&client, &ns, "demo-worker")
+            .await
+            .spec
+            .unwrap()
+            .replicas,
+        Some(4)
+    );
+}
+
+#[tokio::test]
+async fn nats_down_is_a_condition_and_recovery_follows() {
+    let (plane, client, ns, mut nats) = setup("natsdown").await;
+    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("ready");
+    nats.stop().await.expect("stop nats");
+    // A spec change makes the operator look again at once.
+    let patch = serde_json::json!({"spec": {"worker": {"concurrency": 6}}});
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let down = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        condition(p, "QueueReady").is_some_and(|(s, _)| s == "False")
+    })
+    .await
+    .expect("QueueReady=False");
+    assert_eq!(condition(&down, "QueueReady").unwrap().1, "NatsUnreachable");
+    assert_eq!(condition(&down, "Ready").unwrap().0, "False");
+    nats.start_again().await.expect("start nats");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("recovered");
+}
+
+#[tokio::test]
+async fn kubectl_scale_changes_the_worker_deployment() {
+    let (plane, client, ns, nats) = setup("scale").await;
+    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("ready");
+    plane
+        .kubectl(&["-n", &ns, "scale", "workpool/demo", "--replicas=3"])
+        .expect("kubectl scale");
+    let deadline = std::time::Instant::now() + WAIT;
+    while deployment(&client, &ns, "demo-worker")
+        .await
+        .spec
+        .unwrap()
+        .replicas
+        != Some(3)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker Deployment did not follow kubectl scale"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = plane
+        .kubectl(&["-n", &ns, "get", "workpools"])
+        .expect("kubectl get");
+    for column in ["NAME", "API", "WORKERS", "PENDING", "READY", "AGE"] {
+        assert!(table.contains(column), "{column} missing from\n{table}");
+    }
+}
+
+#[tokio::test]
+async fn workers_autoscale_on_queue_depth() {
+    let (plane, client, ns, nats) = setup("autoscale").await;
+    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    let extra = "  worker:\n    autoscale:\n      min: 1\n      max: 5\n      targetBacklogPerReplica: 10\n";
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, extra))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("ready");
+    assert_eq!(
+        deployment(&client, &ns, "demo-worker")
+            .await
+            .spec
+            .unwrap()
+            .replicas,
+        Some(1),
+        "no backlog: min"
+    );
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    for n in 0..35 {
+        let id = workpool_core::WorkId::from_idempotency_key(&n.to_string());
+        js.publish(names.work_subject("default", &id), "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while deployment(&client, &ns, "demo-worker")
+        .await
+        .spec
+        .unwrap()
+        .replicas
+        != Some(4)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "35 queued at 10 per worker should give 4 workers"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        p.status
+            .as_ref()
+            .unwrap()
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.pending == 35)
+    })
+    .await
+    .expect("pending in status");
+    assert_eq!(pool.status.unwrap().workers.unwrap().desired, 4);
+}
+
+#[tokio::test]
+async fn a_nats_setting_the_server_refuses_is_reported_not_retried() {
+    let (plane, client, ns, nats) = setup("immutable").await;
+    let operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("ready");
+    // A single server cannot hold 3 replicas.
+    let patch = serde_json::json!({"spec": {"nats": {"replicas": 3}}});
+    Api::<WorkPool>::namespaced(client.clone(), &ns)
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        condition(p, "QueueReady").is_some_and(|(s, _)| s == "False")
+    })
+    .await
+    .expect("rejected");
+    assert_eq!(
+        condition(&pool, "QueueReady").unwrap().1,
+        "NatsConfigRejected"
+    );
+    let reconciles = operator.metric("workpool_operator_reconciles_total").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = operator.metric("workpool_operator_reconciles_total").await;
+    // Owned Deployments' status updates may wake it once or twice; a retry loop would not stop.
+    assert!(
+        after <= reconciles + 3.0,
+        "no retry loop: {reconciles} then {after}"
+    );
+    assert_eq!(
+        operator
+            .metric("workpool_operator_reconcile_errors_total")
+            .await,
+        0.0,
+        "a refusal is not an error to retry"
+    );
+}

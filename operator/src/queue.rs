@@ -1,0 +1,169 @@
+//! The operator's side of NATS: connections per server, provisioning through
+//! `workpool_core::provision`, and the queue figures for status and autoscaling.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::Mutex;
+use workpool_core::provision::{deprovision, provision};
+use workpool_core::streams::keyed_consumers;
+use workpool_core::{PoolNames, PoolSpec};
+
+use crate::error::Error;
+
+/// How long a connection attempt to a pool's NATS may take before the reconcile reports
+/// the queue unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One client per (URL, credentials), shared by every pool on that server.
+#[derive(Default)]
+pub struct NatsClients {
+    clients: Mutex<HashMap<(String, Option<String>), async_nats::Client>>,
+}
+
+impl std::fmt::Debug for NatsClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsClients")
+    }
+}
+
+/// Queue figures of one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueFigures {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dead_letters: u64,
+}
+
+impl QueueFigures {
+    /// Work that still needs a worker: queued plus running.
+    pub fn backlog(&self) -> u64 {
+        self.pending + self.in_flight
+    }
+}
+
+impl NatsClients {
+    /// A JetStream context on `url`, connecting on first use. A client that lost its
+    /// connection keeps reconnecting on its own; requests fail fast meanwhile.
+    pub async fn jetstream(
+        &self,
+        url: &str,
+        credentials: Option<String>,
+    ) -> Result<jetstream::Context, Error> {
+        let key = (url.to_owned(), credentials.clone());
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&key) {
+            return Ok(jetstream::new(client.clone()));
+        }
+        let options = match &credentials {
+            Some(creds) => async_nats::ConnectOptions::with_credentials(creds)
+                .map_err(|err| Error::NatsCredentials(err.to_string()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        let connect = options
+            .name("workpool-operator")
+            .max_reconnects(None)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(url);
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| Error::NatsUnreachable(format!("{url}: connection timed out")))?
+            .map_err(|err| Error::NatsUnreachable(format!("{url}: {err}")))?;
+        clients.insert(key, client.clone());
+        Ok(jetstream::new(client))
+    }
+}
+
+pub async fn ensure(
+    js: &jetstream::Context,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> Result<(), Error> {
+    provision(js, names, spec).await.map_err(|err| {
+        if err.is_refusal() {
+            Error::NatsConfigRejected(err.to_string())
+        } else {
+            Error::NatsUnreachable(err.to_string())
+        }
+    })
+}
+
+pub async fn remove(js: &jetstream::Context, names: &PoolNames) -> Result<(), Error> {
+    deprovision(js, names)
+        .await
+        .map_err(|err| Error::NatsUnreachable(err.to_string()))
+}
+
+/// Reads the backlog through the JetStream API. A missing consumer is an error: guessing
+/// (and scaling to max) would be worse than not scaling.
+pub async fn figures(
+    js: &jetstream::Context,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> Result<QueueFigures, Error> {
+    let stream = js
+        .get_stream(names.stream())
+        .await
+        .map_err(|err| Error::QueueFigures(format!("stream {}: {err}", names.stream())))?;
+    let mut figures = QueueFigures::default();
+    let consumers = std::iter::once(workpool_core::names::WORK_CONSUMER.to_owned()).chain(
+        keyed_consumers(names, spec)
+            .into_iter()
+            .filter_map(|c| c.durable_name),
+    );
+    for name in consumers {
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&name)
+            .await
+            .map_err(|err| Error::QueueFigures(format!("consumer {name}: {err}")))?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|err| Error::QueueFigures(format!("consumer {name}: {err}")))?;
+        figures.pending += info.num_pending;
+        figures.in_flight += info.num_ack_pending as u64;
+    }
+    let mut dead = js
+        .get_stream(names.dead_letter_stream())
+        .await
+        .map_err(|err| {
+            Error::QueueFigures(format!("stream {}: {err}", names.dead_letter_stream()))
+        })?;
+    figures.dead_letters = dead
+        .info()
+        .await
+        .map_err(|err| Error::QueueFigures(err.to_string()))?
+        .state
+        .messages;
+    Ok(figures)
+}
+
+/// Workers the backlog asks for, within the autoscale bounds.
+pub fn autoscaled_replicas(backlog: u64, target_per_replica: i64, min: i32, max: i32) -> i32 {
+    let target = u64::try_from(target_per_replica.max(1)).unwrap_or(1);
+    let wanted = backlog.div_ceil(target);
+    i32::try_from(wanted)
+        .unwrap_or(i32::MAX)
+        .clamp(min, max.max(min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autoscaling_follows_the_backlog_within_bounds() {
+        assert_eq!(autoscaled_replicas(0, 100, 1, 20), 1);
+        assert_eq!(autoscaled_replicas(0, 100, 0, 20), 0);
+        assert_eq!(autoscaled_replicas(1, 100, 0, 20), 1);
+        assert_eq!(autoscaled_replicas(250, 100, 1, 20), 3);
+        assert_eq!(autoscaled_replicas(1_000_000, 100, 1, 20), 20);
+        assert_eq!(
+            autoscaled_replicas(50, 0, 1, 20),
+            20,
+            "a zero target is treated as one"
+        );
+    }
+}
