@@ -54,6 +54,11 @@ impl NatsClients {
         let key = (url.to_owned(), credentials.clone());
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&key) {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return Err(Error::NatsUnreachable(format!(
+                    "{url}: not connected (reconnecting)"
+                )));
+            }
             return Ok(jetstream::new(client.clone()));
         }
         let options = match &credentials {
