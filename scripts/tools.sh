@@ -15,15 +15,19 @@ need_go() {
   command -v go >/dev/null || { echo "tools.sh: Go is required (https://go.dev/dl); none found on PATH" >&2; exit 1; }
 }
 
+# already_built BIN_DIR BINARY LABEL: true (after saying so) when the binary is there.
+already_built() {
+  [ -x "$1/$2" ] || return 1
+  $print_bin || echo "tools: $3 already built ($1/$2)" >&2
+  $print_bin && echo "$1"
+  return 0
+}
+
 # go_install NAME VERSION PACKAGE BINARY: plain `go install` into .tools/NAME-VERSION/bin.
 go_install() {
   local name=$1 version=$2 package=$3 binary=$4
   local bin_dir="$tools_dir/$name-$version/bin"
-  if [ -x "$bin_dir/$binary" ]; then
-    $print_bin || echo "tools: $name $version already built ($bin_dir/$binary)" >&2
-    $print_bin && echo "$bin_dir"
-    return 0
-  fi
+  already_built "$bin_dir" "$binary" "$name $version" && return 0
   need_go
   echo "tools: building $name $version (first time takes a minute or two)" >&2
   mkdir -p "$bin_dir"
@@ -39,11 +43,7 @@ go_install() {
 go_build_in_module() {
   local name=$1 version=$2 requirement=$3 package=$4 binary=$5 ldflags=${6:-}
   local bin_dir="$tools_dir/$name-$version/bin"
-  if [ -x "$bin_dir/$binary" ]; then
-    $print_bin || echo "tools: $name $version already built ($bin_dir/$binary)" >&2
-    $print_bin && echo "$bin_dir"
-    return 0
-  fi
+  already_built "$bin_dir" "$binary" "$name $version" && return 0
   need_go
   echo "tools: building $name $version (first time takes a few minutes)" >&2
   local work="$tools_dir/build/$name-$version"
@@ -99,11 +99,7 @@ kubernetes_module() {
 build_kubernetes_command() {
   local command=$1
   local bin_dir="$tools_dir/kubernetes-$KUBERNETES_VERSION/bin"
-  if [ -x "$bin_dir/$command" ]; then
-    $print_bin || echo "tools: $command $KUBERNETES_VERSION already built ($bin_dir/$command)" >&2
-    $print_bin && echo "$bin_dir"
-    return 0
-  fi
+  already_built "$bin_dir" "$command" "$command $KUBERNETES_VERSION" && return 0
   echo "tools: building $command $KUBERNETES_VERSION (first time: 5-10 minutes each, ~1 GB of modules)" >&2
   local work commit minor stamp="" package
   work=$(kubernetes_module)

@@ -399,20 +399,7 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         queue = ?figures, result = ready_reason, "reconciled"
     );
     match queue_result {
-        Err(err) if !err.is_permanent() => {
-            publish(
-                ctx,
-                pool,
-                EventType::Warning,
-                err.category(),
-                "Reconcile",
-                err.to_string(),
-            )
-            .await;
-            Err(err)
-        }
         Err(err) => {
-            // NATS refuses this spec: retrying will not help until the spec changes.
             publish(
                 ctx,
                 pool,
@@ -422,7 +409,12 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
                 err.to_string(),
             )
             .await;
-            Ok(Action::await_change())
+            if err.is_permanent() {
+                // NATS refuses this spec: retrying will not help until the spec changes.
+                Ok(Action::await_change())
+            } else {
+                Err(err)
+            }
         }
         Ok(_) => {
             ctx.failures.lock().await.remove(&key(pool));

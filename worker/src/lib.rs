@@ -108,7 +108,8 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Str
 struct Health {
     ready: Arc<AtomicBool>,
     client: async_nats::Client,
-    metrics: Arc<std::sync::OnceLock<Arc<Worker>>>,
+    /// Set once the worker is bound; its metrics are served from here.
+    worker: Arc<std::sync::OnceLock<Arc<Worker>>>,
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
@@ -140,7 +141,7 @@ pub async fn run(
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
         client: client.clone(),
-        metrics: Arc::default(),
+        worker: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let app = axum::Router::new()
@@ -187,7 +188,7 @@ pub async fn run(
             js,
             metrics,
         });
-        let _ = health.metrics.set(worker.clone());
+        let _ = health.worker.set(worker.clone());
         health.ready.store(true, Ordering::Relaxed);
         tracing::info!(pod = %worker.config.pod, concurrency = worker.config.spec.worker.concurrency, "worker pulling");
         worker
