@@ -123,7 +123,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     let text = health
-        .metrics
+        .worker
         .get()
         .map(|worker| worker.metrics.render())
         .unwrap_or_default();
