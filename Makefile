@@ -35,7 +35,7 @@ test: tools lint build ## Everything CI runs: lint, unit, integration and drift 
 
 generate: ## Regenerate checked-in files (docs/openapi.json, crds/)
 	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-api --test openapi
-	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-operator --test crd
+	$(CARGO) run -q -p workpool-operator --bin crdgen > crds/workpool.dev_workpools.yaml
 
 run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or ~/.kube/config)
 	$(CARGO) run -p workpool-operator --bin workpool-operator

@@ -88,6 +88,7 @@ pub struct ImageSpec {
     pub pull_policy: Option<PullPolicy>,
 }
 
+/// When the kubelet pulls the image.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PullPolicy {
     Always,
@@ -317,6 +318,7 @@ impl Default for HandlerSpec {
     }
 }
 
+/// A program run per attempt.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ExecHandler {
     /// Program and arguments.
@@ -324,6 +326,7 @@ pub struct ExecHandler {
     pub command: Vec<String>,
 }
 
+/// A URL the work is POSTed to.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct HttpHandler {
     /// URL the work is POSTed to.
@@ -370,10 +373,13 @@ pub struct WorkPoolStatus {
     /// `Ready`, `QueueReady`, `ApiAvailable`, `WorkersAvailable`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The api pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ReplicaStatus>,
+    /// The worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<ReplicaStatus>,
+    /// Queue figures read from JetStream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStatus>,
     /// URL of the api Service inside the cluster.
@@ -381,16 +387,20 @@ pub struct WorkPoolStatus {
     pub endpoint: Option<String>,
 }
 
+/// Ready and desired pods of one component.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
+    /// Pods that pass their readiness probe.
     pub ready: i32,
+    /// Pods wanted (for workers: the autoscaler's choice while `autoscale` is set).
     pub desired: i32,
     /// Label selector of the pods (for the scale subresource and HPAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 }
 
+/// Queue figures.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStatus {
