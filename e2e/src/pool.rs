@@ -65,13 +65,22 @@ impl TestPool {
         workers: usize,
         api_env: Vec<(String, String)>,
     ) -> Result<Self> {
+        let mut pool = Self::unprovisioned(spec, api_env).await?;
+        pool.provision().await?;
+        for _ in 0..apis {
+            pool.add_api().await?;
+        }
+        for _ in 0..workers {
+            pool.add_worker().await?;
+        }
+        Ok(pool)
+    }
+
+    /// A NATS server without the pool's objects and no processes yet.
+    pub async fn unprovisioned(spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {
         let nats = NatsServer::start().await?;
         let names =
             PoolNames::new(NAMESPACE, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
-        let client = nats.client().await?;
-        workpool_core::provision::provision(&async_nats::jetstream::new(client), &names, &spec)
-            .await
-            .map_err(|err| HarnessError::Other(format!("provisioning: {err}")))?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-pool-")
             .tempdir()
@@ -80,7 +89,7 @@ impl TestPool {
         let spec_json = serde_json::to_string_pretty(&spec)
             .map_err(|err| HarnessError::Other(err.to_string()))?;
         std::fs::write(&spec_file, spec_json).map_err(HarnessError::io("writing spec.json"))?;
-        let mut pool = Self {
+        Ok(Self {
             nats,
             names,
             spec,
@@ -90,14 +99,19 @@ impl TestPool {
             http: reqwest::Client::new(),
             extra_api_env: api_env,
             dir,
-        };
-        for _ in 0..apis {
-            pool.add_api().await?;
-        }
-        for _ in 0..workers {
-            pool.add_worker().await?;
-        }
-        Ok(pool)
+        })
+    }
+
+    /// Creates the pool's NATS objects, as the operator does.
+    pub async fn provision(&self) -> Result<()> {
+        let client = self.nats.client().await?;
+        workpool_core::provision::provision(
+            &async_nats::jetstream::new(client),
+            &self.names,
+            &self.spec,
+        )
+        .await
+        .map_err(|err| HarnessError::Other(format!("provisioning: {err}")))
     }
 
     fn env(&self, pod: &str, port: u16) -> Vec<(String, String)> {
@@ -121,17 +135,28 @@ impl TestPool {
         pod: String,
         extra_env: &[(String, String)],
     ) -> Result<Member> {
+        let member = self.spawn_unready(binary, pod, extra_env)?;
+        self.wait_ready(&member).await?;
+        Ok(member)
+    }
+
+    /// Starts a process without waiting for it to be ready.
+    pub fn spawn_unready(
+        &self,
+        binary: &str,
+        pod: String,
+        extra_env: &[(String, String)],
+    ) -> Result<Member> {
         let port = free_port()?;
         let mut env = self.env(&pod, port);
         env.extend_from_slice(extra_env);
         let log = self.dir.path().join(format!("{pod}.log"));
         let process = Process::spawn(&pod, &paths::workspace_binary(binary)?, &[], &env, log)?;
-        let member = Member { process, pod, port };
-        self.wait_ready(&member).await?;
-        Ok(member)
+        Ok(Member { process, pod, port })
     }
 
-    async fn wait_ready(&self, member: &Member) -> Result<()> {
+    /// Waits until the member's `/readyz` answers 200.
+    pub async fn wait_ready(&self, member: &Member) -> Result<()> {
         let url = format!("http://127.0.0.1:{}/readyz", member.port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -444,3 +444,96 @@ async fn every_accepted_post_is_worked_across_a_nats_restart_under_load() {
             .unwrap_or_else(|err| panic!("{err}\n{}", pool.logs()));
     }
 }
+
+#[tokio::test]
+async fn api_and_worker_started_before_provisioning_become_ready_when_it_happens() {
+    let spec =
+        PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).expect("spec");
+    let mut pool = TestPool::unprovisioned(spec, Vec::new())
+        .await
+        .expect("nats");
+    let api = pool
+        .spawn_unready("workpool-api", "demo-api-0".into(), &[])
+        .expect("api");
+    let worker = pool
+        .spawn_unready("workpool-worker", "demo-worker-0".into(), &[])
+        .expect("worker");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for member in [&api, &worker] {
+        let url = format!("http://127.0.0.1:{}/readyz", member.port);
+        let status = pool
+            .http
+            .get(&url)
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        assert_eq!(
+            status, 503,
+            "{} is not ready before its NATS objects exist",
+            member.pod
+        );
+    }
+    pool.apis.push(api);
+    let early = pool
+        .post(&json!({"data": "too early"}))
+        .await
+        .expect("post");
+    assert_eq!(
+        (early.status, early.str("code")),
+        (503, "unavailable"),
+        "{early:?}"
+    );
+
+    pool.provision().await.expect("provision");
+    pool.wait_ready(&worker).await.expect("worker ready");
+    pool.wait_ready(&pool.apis[0]).await.expect("api ready");
+    pool.workers.push(worker);
+    let id = pool
+        .post(&json!({"data": "on time"}))
+        .await
+        .expect("post")
+        .str("callback")
+        .to_owned();
+    let done = pool
+        .wait_status(&id, "worked", Duration::from_secs(10))
+        .await
+        .expect("worked");
+    assert_eq!(done.body["result"], json!("on time"));
+}
+
+#[tokio::test]
+async fn work_whose_last_attempt_never_finished_is_failed_and_dead_lettered() {
+    // One attempt allowed; the worker running it dies, so the redelivery finds every
+    // attempt used up.
+    let spec =
+        PoolSpec::from_json(r#"{"worker": {"maxAttempts": 1, "ackWait": "1s"}}"#).expect("spec");
+    let mut pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let id = pool
+        .post(&json!({"data": {"ms": 5000}}))
+        .await
+        .expect("post")
+        .str("callback")
+        .to_owned();
+    pool.wait_status(&id, "working", Duration::from_secs(10))
+        .await
+        .expect("working");
+    pool.workers[0].process.kill();
+    pool.add_worker().await.expect("second worker");
+    let failed = pool
+        .wait_status(&id, "failed", Duration::from_secs(15))
+        .await
+        .expect("failed");
+    assert!(failed.str("error").contains("never finished"), "{failed:?}");
+    assert_eq!(failed.body["attempts"], json!(1));
+    let js = async_nats::jetstream::new(pool.nats.client().await.expect("client"));
+    let dead = js
+        .get_stream(pool.names.dead_letter_stream())
+        .await
+        .expect("dlq");
+    dead.get_last_raw_message_by_subject(&pool.names.dead_letter_subject(&id.parse().expect("id")))
+        .await
+        .expect("dead letter stored");
+    assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+}
