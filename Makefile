@@ -14,7 +14,7 @@ tools: ## Build the pinned upstream tools (nats-server, nats CLI, etcd, kube-api
 build: ## Build every binary of the workspace (debug)
 	$(CARGO) build --workspace --bins
 
-up: tools ## Start a local Workpool on http://127.0.0.1:8080 and print the curl demo
+up: ## Start a local Workpool on http://127.0.0.1:8080 and print the curl demo
 	@scripts/up.sh
 
 down: ## Stop everything `make up` started
