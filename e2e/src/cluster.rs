@@ -19,11 +19,16 @@ use crate::{HarnessError, Result, free_port, paths};
 const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,namespace-controller,\
 garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller";
 
-/// Stops `program` when the process `parent` is gone or the guard gets SIGTERM, then
-/// removes `dir` if given.
+/// Stops `program` (SIGTERM, SIGKILL after 5 s) when the process `parent` is gone or the
+/// guard gets SIGTERM, then removes `dir` if given.
 const GUARD: &str = r#"parent=$1; dir=$2; shift 2
 "$@" & child=$!
-stop() { kill "$child" 2>/dev/null; wait "$child"; status=$?; [ -n "$dir" ] && rm -rf "$dir"; exit $status; }
+stop() {
+  kill "$child" 2>/dev/null
+  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$child" 2>/dev/null; wait "$child"; status=$?
+  [ -n "$dir" ] && rm -rf "$dir"; exit $status
+}
 trap stop TERM INT
 while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5 & wait $!; done
 stop"#;
@@ -79,7 +84,7 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .map_err(|err| err.to_string())?
-                    .block_on(ControlPlane::start())
+                    .block_on(ControlPlane::start(None))
                     .map_err(|err| err.to_string())
             })
             .join()
@@ -90,7 +95,13 @@ impl ControlPlane {
             .map_err(|err| HarnessError::Other(err.clone()))
     }
 
-    async fn start() -> Result<Self> {
+    /// A control plane of its own whose apiserver pods can reach at `host_ip` (the pod
+    /// network's bridge address), for tests that run pods with the node agent.
+    pub async fn start_for_pods(host_ip: &str) -> Result<Self> {
+        Self::start(Some(host_ip)).await
+    }
+
+    async fn start(host_ip: Option<&str>) -> Result<Self> {
         let etcd = paths::tool("etcd", "etcd")?;
         let apiserver = paths::tool("kube-apiserver", "kube-apiserver")?;
         let kcm = paths::tool("kube-controller-manager", "kube-controller-manager")?;
@@ -143,7 +154,14 @@ impl ControlPlane {
 
         let apiserver_args = [
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
+            format!(
+                "--bind-address={}",
+                if host_ip.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                }
+            ),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", certs.display()),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -154,6 +172,11 @@ impl ControlPlane {
             format!("--token-auth-file={}", dir.join("tokens.csv").display()),
             "--endpoint-reconciler-type=none".into(),
         ];
+        let mut apiserver_args = apiserver_args.to_vec();
+        if let Some(ip) = host_ip {
+            // The self-signed serving certificate is made for the advertised address.
+            apiserver_args.push(format!("--advertise-address={ip}"));
+        }
         spawn_guarded(
             "kube-apiserver",
             &apiserver,
@@ -162,7 +185,7 @@ impl ControlPlane {
             None,
         )?;
 
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{}:{api_port}", host_ip.unwrap_or("127.0.0.1"));
         let kubeconfig = dir.join("kubeconfig");
         let ca = certs.join("apiserver.crt");
         let text = format!(
@@ -265,6 +288,11 @@ impl ControlPlane {
             .await
             .map_err(|err| HarnessError::Other(err.to_string()))?;
         Ok(name)
+    }
+
+    /// The CA that signed the apiserver's serving certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
     }
 
     /// Where the control plane's logs are.

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cluster;
 pub mod lb;
 pub mod nats;
+pub mod node;
 pub mod operator;
 pub mod paths;
 pub mod pool;

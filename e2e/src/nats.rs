@@ -11,6 +11,7 @@ use crate::{HarnessError, Result, free_port, paths};
 #[derive(Debug)]
 pub struct NatsServer {
     process: Option<Process>,
+    pub host: String,
     pub port: u16,
     monitor_port: u16,
     config: PathBuf,
@@ -21,6 +22,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until JetStream is ready.
     pub async fn start() -> Result<Self> {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// A server listening on `host` (for example the pod network's bridge address).
+    pub async fn start_on(host: &str) -> Result<Self> {
         let binary = paths::tool("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-")
@@ -31,12 +37,13 @@ impl NatsServer {
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
         let text = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
+            "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
              jetstream {{ store_dir: {store:?} }}\n"
         );
         std::fs::write(&config, text).map_err(HarnessError::io("writing nats.conf"))?;
         let mut server = Self {
             process: None,
+            host: host.to_owned(),
             port,
             monitor_port,
             config,
@@ -48,7 +55,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// The store and logs of this server.

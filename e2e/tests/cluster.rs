@@ -1,0 +1,252 @@
+//! The whole product on a real control plane whose pods really run: the node agent
+//! starts the operator's api and worker pods as processes in their own network
+//! namespaces, and the original demo runs against them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::{Value, json};
+use workpool_core::crd::WorkPool;
+use workpool_e2e::cluster::ControlPlane;
+use workpool_e2e::nats::NatsServer;
+use workpool_e2e::node::{NodeConfig, PodNetwork};
+use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+use workpool_e2e::paths;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn ready_endpoints(client: &kube::Client, ns: &str, service: &str) -> usize {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .expect("slices");
+    list.items
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .count()
+}
+
+async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn running_pods(client: &kube::Client, ns: &str, component: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+        .await
+        .expect("pods");
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some())
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_run_for_real_and_the_original_demo_works_on_them() {
+    let network = PodNetwork {
+        bridge: "wp0".into(),
+        prefix: "10.88.0".into(),
+    };
+    network.create_bridge().expect("bridge");
+    let host = network.host_ip();
+    let plane = ControlPlane::start_for_pods(&host)
+        .await
+        .expect("control plane");
+    install_crd(&plane).await.expect("crd");
+    let client = plane.client().await.expect("client");
+    let nats = NatsServer::start_on(&host).await.expect("nats");
+    let state = tempfile::tempdir().expect("state dir");
+    let bin_dir = paths::workspace_binary("workpool-api")
+        .expect("binaries")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let config = NodeConfig {
+        node_name: "workpool-node".into(),
+        pod_api_server: plane.server.clone(),
+        ca_file: plane.ca_file(),
+        bin_dir,
+        state_dir: state.path().to_path_buf(),
+        image_repository: "ghcr.io/workpool/workpool".into(),
+        network: network.clone(),
+    };
+    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(workpool_e2e::node::run(
+        client.clone(),
+        config,
+        async move {
+            let _ = node_stopped.await;
+        },
+    ));
+
+    let ns = plane.namespace("demo").await.expect("namespace");
+    let _operator = RunningOperator::start(&plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    let yaml = format!(
+        "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: demo\nspec:\n  nats:\n    url: {}\n  resultTTL: 3s\n",
+        nats.url()
+    );
+    create_pool(&client, &ns, &yaml).await.expect("create");
+    let ready = |p: &WorkPool| condition(p, "Ready").is_some_and(|(s, _)| s == "True");
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        ready(p)
+            && p.status
+                .as_ref()
+                .and_then(|s| s.workers.as_ref())
+                .is_some_and(|w| w.ready == 2)
+    })
+    .await
+    .expect("pool Ready with its pods running");
+    assert_eq!(pool.status.as_ref().unwrap().api.as_ref().unwrap().ready, 2);
+    wait_until("2 worker endpoints", || async {
+        ready_endpoints(&client, &ns, "demo-workers").await == 2
+    })
+    .await;
+
+    // The original demo, straight to the api pods (each in its own namespace and address).
+    let apis = running_pods(&client, &ns, "api").await;
+    let http = reqwest::Client::new();
+    let mut accepted_by = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for (n, api) in apis.iter().enumerate() {
+        let ip = api.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let answer: Value = http
+            .post(format!("http://{ip}:8080/api/v1/work"))
+            .json(&json!({"data": {"ms": 1500, "n": n}}))
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["status"], "accepted", "{answer}");
+        accepted_by.insert(answer["accepted_by"].as_str().unwrap().to_owned());
+        ids.push((ip, answer["callback"].as_str().unwrap().to_owned()));
+    }
+    let names: std::collections::HashSet<String> = apis
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(accepted_by, names, "accepted_by names the api pods");
+    let (ip, id) = ids[0].clone();
+    let status = |ip: String, id: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://{ip}:8080/api/v1/work/{id}"))
+                .send()
+                .await
+                .expect("get");
+            let code = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            (
+                code,
+                body["status"].as_str().unwrap_or_default().to_owned(),
+                body,
+            )
+        }
+    };
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, state, body) = status(ip.clone(), id.clone()).await;
+        let label = if code == 404 { "404".to_owned() } else { state };
+        if seen.last() != Some(&label) {
+            seen.push(label.clone());
+        }
+        if label == "worked" {
+            assert!(
+                body["worker"].as_str().unwrap().starts_with("demo-worker-"),
+                "{body}"
+            );
+        }
+        if label == "404" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not finish: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.ends_with(&["working".to_owned(), "worked".to_owned(), "404".to_owned()]),
+        "{seen:?}"
+    );
+
+    // Scale to 4 workers: 4 ready pods, 4 endpoints.
+    plane
+        .kubectl(&["-n", &ns, "scale", "workpool/demo", "--replicas=4"])
+        .expect("scale");
+    wait_until("4 worker endpoints", || async {
+        ready_endpoints(&client, &ns, "demo-workers").await == 4
+    })
+    .await;
+
+    // Deleting a worker pod while it works loses nothing.
+    let (ip, long) = ids[1].clone();
+    let _ = long;
+    let answer: Value = http
+        .post(format!("http://{ip}:8080/api/v1/work"))
+        .json(&json!({"data": {"ms": 4000, "kind": "long"}}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let long_id = answer["callback"].as_str().unwrap().to_owned();
+    let mut worker = String::new();
+    wait_until("the long job to start", || {
+        let status = status(ip.clone(), long_id.clone());
+        async move { status.await.1 == "working" }
+    })
+    .await;
+    let (_, _, body) = status(ip.clone(), long_id.clone()).await;
+    worker.push_str(body["worker"].as_str().unwrap());
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete(&worker, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_until("the long job to finish", || {
+        let status = status(ip.clone(), long_id.clone());
+        async move { status.await.1 == "worked" }
+    })
+    .await;
+
+    // Stopping the agent removes every namespace and process it made.
+    let _ = stop_node.send(());
+    node.await.expect("node task").expect("node stops cleanly");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("wp-"),
+        "namespaces left behind"
+    );
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("wpv"),
+        "veths left behind"
+    );
+    network.remove_bridge();
+}
