@@ -1,11 +1,18 @@
-//! A small TCP load balancer (the HAProxy of the original sketch): spreads connections
-//! round-robin over backends, skipping backends that refuse connections.
+//! A small TCP load balancer (the HAProxy of the original sketch, and kube-proxy's part
+//! for the local cluster): spreads connections round-robin over backends, skipping
+//! backends that refuse connections. Backends are fixed, or follow the ready endpoints of
+//! a Service's EndpointSlices as they change.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use std::sync::RwLock;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a connection attempt to one backend may take before the next is tried.
@@ -13,23 +20,62 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Balancer {
-    backends: Vec<SocketAddr>,
+    backends: RwLock<Vec<SocketAddr>>,
     next: AtomicUsize,
 }
 
 impl Balancer {
     pub fn new(backends: Vec<SocketAddr>) -> Arc<Self> {
         Arc::new(Self {
-            backends,
+            backends: RwLock::new(backends),
             next: AtomicUsize::new(0),
         })
     }
 
+    /// A balancer over the ready endpoints of Service `service` in `namespace`, on the
+    /// endpoint port named `port_name`, kept current by a watch on its EndpointSlices.
+    pub fn following(
+        client: kube::Client,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+    ) -> Arc<Self> {
+        let balancer = Self::new(Vec::new());
+        let follower = balancer.clone();
+        let slices: Api<EndpointSlice> = Api::namespaced(client, namespace);
+        let config =
+            watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let (reader, writer) = reflector::store();
+        let port_name = port_name.to_owned();
+        tokio::spawn(async move {
+            // Every event, InitDone included: the store only shows a re-list once it is done.
+            let mut changes = watcher(slices, config)
+                .default_backoff()
+                .reflect(writer)
+                .boxed();
+            while changes.next().await.is_some() {
+                let backends = ready_backends(&reader.state(), &port_name);
+                if let Ok(mut current) = follower.backends.write()
+                    && *current != backends
+                {
+                    tracing::info!(?backends, "load balancer backends changed");
+                    *current = backends;
+                }
+            }
+        });
+        balancer
+    }
+
+    pub fn backends(&self) -> Vec<SocketAddr> {
+        self.backends.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
     /// Connects to the next backend that accepts, starting from the round-robin position.
     async fn connect(&self) -> Option<TcpStream> {
+        let backends = self.backends();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for offset in 0..self.backends.len() {
-            let backend = self.backends[(start + offset) % self.backends.len()];
+        for offset in 0..backends.len() {
+            let backend = backends[(start + offset) % backends.len()];
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
                 Ok(Ok(stream)) => return Some(stream),
                 Ok(Err(err)) => tracing::debug!(%backend, %err, "backend refused; trying the next"),
@@ -57,4 +103,32 @@ impl Balancer {
             });
         }
     }
+}
+
+/// Addresses of the ready endpoints on the named port, sorted for a stable rotation.
+fn ready_backends(slices: &[Arc<EndpointSlice>], port_name: &str) -> Vec<SocketAddr> {
+    let mut backends: Vec<SocketAddr> = slices
+        .iter()
+        .flat_map(|slice| {
+            let port = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(port_name))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok());
+            slice
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+                .flat_map(move |e| {
+                    e.addresses
+                        .iter()
+                        .filter_map(move |a| Some(SocketAddr::new(a.parse().ok()?, port?)))
+                })
+        })
+        .collect();
+    backends.sort();
+    backends.dedup();
+    backends
 }

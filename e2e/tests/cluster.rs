@@ -189,6 +189,39 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         "{seen:?}"
     );
 
+    // Through the load balancer that follows the api Service's EndpointSlices, as users
+    // of the local cluster reach it: connections spread over both api pods.
+    let balancer = workpool_e2e::lb::Balancer::following(client.clone(), &ns, "demo-api", "http");
+    wait_until("the balancer to see both api pods", || async {
+        balancer.backends().len() == 2
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let lb_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(balancer.clone().serve(listener));
+    let mut via_lb = std::collections::HashSet::new();
+    for n in 0..6 {
+        // A fresh connection each time, so the balancer picks again.
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{lb_url}/api/v1/work"))
+            .json(&json!({"data": {"ms": 10, "via": "lb", "n": n}}))
+            .send()
+            .await
+            .expect("post via lb")
+            .json()
+            .await
+            .expect("json");
+        via_lb.insert(
+            answer["accepted_by"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(via_lb, names, "the balancer spreads over the api pods");
+
     // Scale to 4 workers: 4 ready pods, 4 endpoints.
     plane
         .kubectl(&["-n", &ns, "scale", "workpool/demo", "--replicas=4"])
