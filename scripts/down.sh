@@ -12,7 +12,8 @@ fi
 tac "$run/pids" | while read -r pid name; do
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # The cluster supervisor stops its pods gracefully first: give it up to a minute.
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
     echo "down: stopped $name ($pid)"
   fi

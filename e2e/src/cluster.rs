@@ -2,8 +2,9 @@
 //! kube-controller-manager on free loopback ports, built by `scripts/tools.sh`.
 //!
 //! One control plane serves a whole test binary ([`ControlPlane::shared`]); tests isolate
-//! themselves by namespace. Its processes run under a small shell guard that stops them
-//! when the test process exits, however it exits, and removes their directory.
+//! themselves by namespace. Its processes run under a shell guard
+//! ([`crate::process::guard_args`]) that stops them when the test process exits, however
+//! it exits, and removes their directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,20 +19,6 @@ use crate::{HarnessError, Result, free_port, paths};
 /// collection (owner references), deployments, replica sets and endpoint slices.
 const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,namespace-controller,\
 garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller";
-
-/// Stops `program` (SIGTERM, SIGKILL after 5 s) when the process `parent` is gone or the
-/// guard gets SIGTERM, then removes `dir` if given.
-const GUARD: &str = r#"parent=$1; dir=$2; shift 2
-"$@" & child=$!
-stop() {
-  kill "$child" 2>/dev/null
-  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
-  kill -9 "$child" 2>/dev/null; wait "$child"; status=$?
-  [ -n "$dir" ] && rm -rf "$dir"; exit $status
-}
-trap stop TERM INT
-while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5 & wait $!; done
-stop"#;
 
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -54,15 +41,11 @@ fn spawn_guarded(
         .try_clone()
         .map_err(HarnessError::io("cloning a log handle"))?;
     Command::new("sh")
-        .arg("-c")
-        .arg(GUARD)
-        .arg(format!("guard-{name}"))
-        .arg(std::process::id().to_string())
-        .arg(
-            cleanup
-                .map(|dir| dir.display().to_string())
-                .unwrap_or_default(),
-        )
+        .args(crate::process::guard_args(
+            name,
+            cleanup,
+            Duration::from_secs(5),
+        ))
         .arg(program)
         .args(args)
         .stdin(Stdio::null())

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod lb;
+pub mod local_cluster;
 pub mod nats;
 pub mod node;
 pub mod operator;

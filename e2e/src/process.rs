@@ -9,6 +9,37 @@ use nix::unistd::Pid;
 
 use crate::{HarnessError, Result};
 
+/// A shell guard around a program: it stops the program (SIGTERM, then SIGKILL after the
+/// grace period) when the process `parent` is gone or the guard itself gets SIGTERM, then
+/// removes `dir` if given, and exits with the program's status. Processes that must not
+/// outlive the test or agent that started them, however it ends, run under it.
+const GUARD: &str = r#"parent=$1; dir=$2; grace=$3; shift 3
+"$@" & child=$!
+stop() {
+  kill "$child" 2>/dev/null
+  i=0; while [ "$i" -lt $((grace * 2)) ] && kill -0 "$child" 2>/dev/null; do sleep 0.5; i=$((i + 1)); done
+  kill -9 "$child" 2>/dev/null; wait "$child"; status=$?
+  [ -n "$dir" ] && rm -rf "$dir"; exit $status
+}
+trap stop TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5 & wait $!; done
+stop"#;
+
+/// Arguments for `sh` that run the following program under the guard, tied to this
+/// process.
+pub fn guard_args(name: &str, cleanup: Option<&Path>, grace: Duration) -> Vec<String> {
+    vec![
+        "-c".into(),
+        GUARD.into(),
+        format!("guard-{name}"),
+        std::process::id().to_string(),
+        cleanup
+            .map(|dir| dir.display().to_string())
+            .unwrap_or_default(),
+        grace.as_secs().max(1).to_string(),
+    ]
+}
+
 #[derive(Debug)]
 pub struct Process {
     pub name: String,

@@ -31,6 +31,9 @@ enum Command {
         #[arg(long = "backend", required = true)]
         backends: Vec<SocketAddr>,
     },
+    /// Run a whole local cluster (control plane, node agent, NATS, operator, the demo
+    /// pool, load balancer) until SIGTERM; `make up` starts this.
+    Cluster(workpool_e2e::local_cluster::LocalClusterArgs),
     /// End-to-end jobs per second against raw JetStream publish rate, in one run.
     Bench(workpool_e2e::bench::BenchArgs),
 }
@@ -42,6 +45,11 @@ async fn main() -> ExitCode {
         Command::Provision { pool } => provision(pool).await,
         Command::Lb { listen, backends } => lb(listen, backends).await,
         Command::Bench(args) => workpool_e2e::bench::run(args).await,
+        Command::Cluster(args) => {
+            workpool_e2e::local_cluster::run(args, workpool_core::telemetry::shutdown_signal())
+                .await
+                .map_err(|err| err.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

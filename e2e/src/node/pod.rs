@@ -313,8 +313,11 @@ impl PodRunner {
             return;
         };
         let err = out.try_clone().ok();
-        let child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", netns])
+        // Under a guard, so the process dies with this agent however the agent ends.
+        let grace = Duration::from_secs(u64::try_from(self.grace_seconds()).unwrap_or(30));
+        let child = tokio::process::Command::new("sh")
+            .args(crate::process::guard_args(&run.spec.name, None, grace))
+            .args(["ip", "netns", "exec", netns])
             .arg(&program)
             .args(&args)
             .env_clear()
@@ -467,16 +470,7 @@ impl PodRunner {
 
     async fn terminate(&self, containers: &mut [ContainerRun]) {
         let grace = Duration::from_secs(u64::try_from(self.grace_seconds()).unwrap_or(30));
-        for run in containers.iter_mut() {
-            if let Some(child) = &run.child
-                && let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok())
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        for run in containers.iter_mut() {
-            stop(run, grace).await;
-        }
+        futures::future::join_all(containers.iter_mut().map(|run| stop(run, grace))).await;
     }
 
     async fn report_failure(&mut self, message: &str) {

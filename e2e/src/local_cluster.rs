@@ -1,0 +1,115 @@
+//! `make up`: a whole local Workpool on a real control plane with no Docker. One process
+//! supervises it all, so stopping that process (`make down`) stops everything:
+//! the pod network bridge, etcd + kube-apiserver + kube-controller-manager, nats-server,
+//! the node agent running the pods, the operator, and the load balancer on
+//! `127.0.0.1:8080` that follows the api Service's EndpointSlices.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use workpool_core::crd::WorkPool;
+
+use crate::cluster::ControlPlane;
+use crate::nats::NatsServer;
+use crate::node::{NodeConfig, PodNetwork};
+use crate::operator::{RunningOperator, condition, install_crd, wait_pool};
+use crate::{HarnessError, Result, paths};
+
+#[derive(Debug, clap::Args)]
+pub struct LocalClusterArgs {
+    /// Where the api is served (the load balancer).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The WorkPool to apply (its `spec.nats.url` is pointed at the local NATS).
+    #[arg(long, default_value = "examples/workpool.yaml")]
+    pub pool: PathBuf,
+    /// Pod logs, kubeconfig and node state.
+    #[arg(long, default_value = ".run/cluster")]
+    pub state_dir: PathBuf,
+}
+
+const NAMESPACE: &str = "default";
+
+/// Brings everything up, prints `READY` and the kubeconfig path, and runs until
+/// `shutdown`; then takes everything down again.
+pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let network = PodNetwork {
+        bridge: "wp0".into(),
+        prefix: "10.88.0".into(),
+    };
+    network.create_bridge()?;
+    let host = network.host_ip();
+    let plane = ControlPlane::start_for_pods(&host).await?;
+    std::fs::create_dir_all(&args.state_dir).map_err(HarnessError::io("state dir"))?;
+    let kubeconfig = args.state_dir.join("kubeconfig");
+    std::fs::copy(&plane.kubeconfig, &kubeconfig)
+        .map_err(HarnessError::io("copying the kubeconfig"))?;
+    install_crd(&plane).await?;
+    let client = plane.client().await?;
+    let nats = NatsServer::start_on(&host).await?;
+
+    let bin_dir = paths::workspace_binary("workpool-api")?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let node_config = NodeConfig {
+        node_name: "workpool-node".into(),
+        pod_api_server: plane.server.clone(),
+        ca_file: plane.ca_file(),
+        bin_dir,
+        state_dir: args.state_dir.join("node"),
+        image_repository: "ghcr.io/workpool/workpool".into(),
+        network: network.clone(),
+    };
+    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(crate::node::run(client.clone(), node_config, async move {
+        let _ = node_stopped.await;
+    }));
+    let operator =
+        RunningOperator::start(&plane, NAMESPACE, "workpool-operator", "local-operator").await?;
+
+    let text = std::fs::read_to_string(&args.pool)
+        .map_err(HarnessError::io(format!("reading {}", args.pool.display())))?;
+    let mut pool: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|err| HarnessError::Other(format!("{}: {err}", args.pool.display())))?;
+    pool["spec"]["nats"]["url"] = serde_json::Value::String(nats.url());
+    let name = pool["metadata"]["name"]
+        .as_str()
+        .unwrap_or("demo")
+        .to_owned();
+    Api::<WorkPool>::namespaced(client.clone(), NAMESPACE)
+        .patch(
+            &name,
+            &PatchParams::apply("make-up").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .map_err(|err| HarnessError::Other(format!("applying {}: {err}", args.pool.display())))?;
+    wait_pool(&client, NAMESPACE, &name, Duration::from_secs(180), |p| {
+        condition(p, "Ready").is_some_and(|(status, _)| status == "True")
+    })
+    .await?;
+
+    let balancer =
+        crate::lb::Balancer::following(client.clone(), NAMESPACE, &format!("{name}-api"), "http");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(HarnessError::io(format!("binding {}", args.listen)))?;
+    let lb = tokio::spawn(balancer.serve(listener));
+    println!("READY kubeconfig={}", kubeconfig.display());
+
+    shutdown.await;
+    lb.abort();
+    operator.stop().await;
+    let _ = stop_node.send(());
+    if let Ok(Err(err)) = node.await {
+        tracing::warn!(%err, "node agent stopped with an error");
+    }
+    drop(nats);
+    network.remove_bridge();
+    // The control plane's guards stop it when this process exits.
+    Ok(())
+}
