@@ -262,6 +262,35 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     })
     .await;
 
+    // Deleting the WorkPool removes its pods, Services and NATS objects.
+    Api::<WorkPool>::namespaced(client.clone(), &ns)
+        .delete("demo", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    wait_until("the pool's pods to go", || async {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("pods")
+            .items
+            .is_empty()
+    })
+    .await;
+    wait_until("the pool's Services to go", || async {
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("services")
+            .items
+            .is_empty()
+    })
+    .await;
+    let js = async_nats::jetstream::new(nats.client().await.expect("nats client"));
+    assert!(
+        js.get_stream(format!("WP_{ns}_demo")).await.is_err(),
+        "the stream is gone"
+    );
+
     // Stopping the agent removes every namespace and process it made.
     let _ = stop_node.send(());
     node.await.expect("node task").expect("node stops cleanly");
