@@ -28,6 +28,46 @@ async fn setup(prefix: &str) -> (&'static ControlPlane, kube::Client, String, Na
     (plane, client, namespace, nats)
 }
 
+/// A namespace with its own NATS, an operator, and the WorkPool `demo` (with `extra`
+/// spec lines) reconciled once.
+async fn running_pool(
+    prefix: &str,
+    extra: &str,
+) -> (
+    &'static ControlPlane,
+    kube::Client,
+    String,
+    NatsServer,
+    RunningOperator,
+) {
+    let (plane, client, ns, nats) = setup(prefix).await;
+    let operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    create_pool(&client, &ns, &pool_yaml("demo", &nats, extra))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("reconciled");
+    (plane, client, ns, nats, operator)
+}
+
+/// Waits until the worker Deployment asks for `replicas` pods.
+async fn wait_worker_replicas(client: &kube::Client, ns: &str, replicas: i32, why: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while deployment(client, ns, "demo-worker")
+        .await
+        .spec
+        .unwrap()
+        .replicas
+        != Some(replicas)
+    {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn pool_yaml(name: &str, nats: &NatsServer, extra: &str) -> String {
     format!(
         "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: {name}\nspec:\n  nats:\n    url: {}\n{extra}",
@@ -462,16 +502,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
 
 #[tokio::test]
 async fn nats_down_is_a_condition_and_recovery_follows() {
-    let (plane, client, ns, mut nats) = setup("natsdown").await;
-    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
-        .await
-        .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
-        .await
-        .expect("create");
-    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
-        .await
-        .expect("ready");
+    let (_plane, client, ns, mut nats, _operator) = running_pool("natsdown", "").await;
     nats.stop().await.expect("stop nats");
     // A spec change makes the operator look again at once.
     let patch = serde_json::json!({"spec": {"worker": {"concurrency": 6}}});
@@ -494,33 +525,17 @@ async fn nats_down_is_a_condition_and_recovery_follows() {
 
 #[tokio::test]
 async fn kubectl_scale_changes_the_worker_deployment() {
-    let (plane, client, ns, nats) = setup("scale").await;
-    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
-        .await
-        .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
-        .await
-        .expect("create");
-    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
-        .await
-        .expect("ready");
+    let (plane, client, ns, _nats, _operator) = running_pool("scale", "").await;
     plane
         .kubectl(&["-n", &ns, "scale", "workpool/demo", "--replicas=3"])
         .expect("kubectl scale");
-    let deadline = std::time::Instant::now() + WAIT;
-    while deployment(&client, &ns, "demo-worker")
-        .await
-        .spec
-        .unwrap()
-        .replicas
-        != Some(3)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker Deployment did not follow kubectl scale"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_worker_replicas(
+        &client,
+        &ns,
+        3,
+        "worker Deployment did not follow kubectl scale",
+    )
+    .await;
     let table = plane
         .kubectl(&["-n", &ns, "get", "workpools"])
         .expect("kubectl get");
@@ -531,17 +546,8 @@ async fn kubectl_scale_changes_the_worker_deployment() {
 
 #[tokio::test]
 async fn workers_autoscale_on_queue_depth() {
-    let (plane, client, ns, nats) = setup("autoscale").await;
-    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
-        .await
-        .expect("operator");
     let extra = "  worker:\n    autoscale:\n      min: 1\n      max: 5\n      targetBacklogPerReplica: 10\n";
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, extra))
-        .await
-        .expect("create");
-    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
-        .await
-        .expect("ready");
+    let (_plane, client, ns, nats, _operator) = running_pool("autoscale", extra).await;
     assert_eq!(
         deployment(&client, &ns, "demo-worker")
             .await
@@ -561,20 +567,13 @@ async fn workers_autoscale_on_queue_depth() {
             .await
             .expect("ack");
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    while deployment(&client, &ns, "demo-worker")
-        .await
-        .spec
-        .unwrap()
-        .replicas
-        != Some(4)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "35 queued at 10 per worker should give 4 workers"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_worker_replicas(
+        &client,
+        &ns,
+        4,
+        "35 queued at 10 per worker should give 4 workers",
+    )
+    .await;
     let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
         p.status
             .as_ref()
@@ -590,16 +589,7 @@ async fn workers_autoscale_on_queue_depth() {
 
 #[tokio::test]
 async fn a_nats_setting_the_server_refuses_is_reported_not_retried() {
-    let (plane, client, ns, nats) = setup("immutable").await;
-    let operator = RunningOperator::start(plane, &ns, "op", "op-0")
-        .await
-        .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
-        .await
-        .expect("create");
-    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
-        .await
-        .expect("ready");
+    let (_plane, client, ns, _nats, operator) = running_pool("immutable", "").await;
     // A single server cannot hold 3 replicas.
     let patch = serde_json::json!({"spec": {"nats": {"replicas": 3}}});
     Api::<WorkPool>::namespaced(client.clone(), &ns)
