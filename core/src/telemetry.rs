@@ -6,7 +6,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_or("info");
+}
+
+/// Like [`init_logging`], with `default` as the filter when `RUST_LOG` is unset (tests
+/// running components in-process keep their output quiet this way).
+pub fn init_logging_or(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

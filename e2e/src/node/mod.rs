@@ -170,7 +170,6 @@ async fn schedule(client: Client, node: String) {
 
 struct Running {
     updates: watch::Sender<Pod>,
-    index: u8,
 }
 
 /// Runs the agent until `shutdown` completes; then stops every pod and removes every
@@ -225,12 +224,9 @@ pub async fn run(
         };
         if let Some(pod) = deleted {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if let Some(gone) = running.remove(&uid) {
-                drop(gone.updates); // the runner stops at once
-                if let Ok(mut used) = used.lock() {
-                    used[usize::from(gone.index)] = false;
-                }
-            }
+            // Dropping the sender stops the runner at once; it frees the pod's address
+            // only after its namespace is gone, so no new pod can collide with it.
+            running.remove(&uid);
             continue;
         }
         let Some(pod) = applied else { continue };
@@ -256,7 +252,7 @@ pub async fn run(
             continue;
         };
         let (updates, receiver) = watch::channel(pod.clone());
-        running.insert(uid, Running { updates, index });
+        running.insert(uid, Running { updates });
         let runner = pod::PodRunner::new(shared.clone(), index, pod);
         let used = used.clone();
         tasks.spawn(async move {
