@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build up down test lint unit e2e generate bench run-operator
+.PHONY: help tools build up down test lint unit e2e generate bench run-operator chart
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,12 +30,16 @@ unit: ## Unit tests only (no servers)
 e2e: tools build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
 	$(CARGO) test -p workpool-e2e
 
-test: tools lint build ## Everything CI runs: lint, unit, integration and drift checks
+test: tools lint build chart ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
 
-generate: ## Regenerate checked-in files (docs/openapi.json, crds/)
+chart: ## helm lint and the rendered-template drift check of charts/workpool
+	@scripts/chart.sh check
+
+generate: ## Regenerate checked-in files (docs/openapi.json, crds/, the chart's CRD and charts/rendered/)
 	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-api --test openapi
 	$(CARGO) run -q -p workpool-operator --bin crdgen > crds/workpool.dev_workpools.yaml
+	scripts/chart.sh generate
 
 run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or ~/.kube/config)
 	$(CARGO) run -p workpool-operator --bin workpool-operator

@@ -31,7 +31,7 @@ go_install() {
   need_go
   echo "tools: building $name $version (first time takes a minute or two)" >&2
   mkdir -p "$bin_dir"
-  GOBIN="$bin_dir.partial" go install -trimpath -ldflags "-s -w" "$package@$version"
+  GOBIN="$bin_dir.partial" go install -trimpath -ldflags "-s -w ${GO_LDFLAGS:-}" "$package@$version"
   mv "$bin_dir.partial/$binary" "$bin_dir/$binary"
   rmdir "$bin_dir.partial" 2>/dev/null || true
   $print_bin && echo "$bin_dir"
@@ -119,6 +119,17 @@ build_kubernetes_command() {
 
 build_etcd() { go_build_in_module etcd "$ETCD_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd; }
 
+# Helm's version variables are stamped, or it reports v3.x-dev and renders charts for an
+# old default Kubernetes.
+build_helm() {
+  local minor
+  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+  GO_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm
+}
+
 build_nats_server() { go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 nats-server; }
 build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats nats; }
 
@@ -126,13 +137,14 @@ print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
     nats-server) build_nats_server ;;
     natscli) build_natscli ;;
     etcd) build_etcd ;;
+    helm) build_helm ;;
     kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]})" >&2; exit 2 ;;
   esac

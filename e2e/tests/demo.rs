@@ -161,3 +161,23 @@ async fn long_poll_answers_as_soon_as_the_work_ends() {
         "{polled:?}"
     );
 }
+
+#[tokio::test]
+async fn the_smoke_program_of_helm_test_passes_against_a_pool() {
+    let spec =
+        PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool starts");
+    let smoke = tokio::process::Command::new(
+        workpool_e2e::paths::workspace_binary("workpool-smoke").expect("binary"),
+    )
+    .args(["--url", &pool.api_url(0), "--timeout", "20s"])
+    .output()
+    .await
+    .expect("run workpool-smoke");
+    assert!(
+        smoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&smoke.stderr)
+    );
+    assert!(String::from_utf8_lossy(&smoke.stdout).contains("worked"));
+}

@@ -623,3 +623,46 @@ async fn a_nats_setting_the_server_refuses_is_reported_not_retried() {
         "a refusal is not an error to retry"
     );
 }
+
+#[tokio::test]
+async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
+    let plane = ControlPlane::shared().expect("control plane");
+    install_crd(plane).await.expect("crd");
+    let ns = plane.namespace("chart").await.expect("namespace");
+    let helm = workpool_e2e::paths::tool("helm", "helm").expect("helm");
+    let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
+    for extra in [&[][..], &["--set", "nats.enabled=true"][..]] {
+        let rendered = std::process::Command::new(&helm)
+            .args([
+                "template",
+                "workpool",
+                &chart.display().to_string(),
+                "--namespace",
+                &ns,
+            ])
+            .args(extra)
+            .output()
+            .expect("helm template");
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), &rendered.stdout).expect("write");
+        let applied = plane
+            .kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &file.path().display().to_string(),
+            ])
+            .expect("the apiserver accepts the chart");
+        for kind in [
+            "clusterrole.rbac.authorization.k8s.io/workpool",
+            "deployment.apps/workpool-operator",
+        ] {
+            assert!(applied.contains(kind), "{kind} missing from\n{applied}");
+        }
+    }
+}

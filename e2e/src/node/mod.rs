@@ -115,14 +115,16 @@ async fn heartbeat(client: &Client, config: &NodeConfig) -> Result<()> {
         "metadata": {"name": config.node_name, "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": config.node_name, "leaseDurationSeconds": 40,
                  "renewTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}});
-    Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
-        .patch(
-            &config.node_name,
-            &PatchParams::apply("workpool-node").force(),
-            &Patch::Apply(&lease),
-        )
+    // Right after the apiserver starts, kube-node-lease may not exist yet: the next
+    // heartbeat tries again.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let params = PatchParams::apply("workpool-node").force();
+    if let Err(err) = leases
+        .patch(&config.node_name, &params, &Patch::Apply(&lease))
         .await
-        .map_err(|err| HarnessError::Other(format!("node lease: {err}")))?;
+    {
+        tracing::debug!(%err, "node lease not renewed yet");
+    }
     Ok(())
 }
 
