@@ -111,7 +111,7 @@ pub async fn figures(
     let stream = js
         .get_stream(names.stream())
         .await
-        .map_err(|err| Error::QueueFigures(format!("stream {}: {err}", names.stream())))?;
+        .map_err(|err| stream_error(&names.stream(), err))?;
     let mut figures = QueueFigures::default();
     let consumers = std::iter::once(workpool_core::names::WORK_CONSUMER.to_owned()).chain(
         keyed_consumers(names, spec)
@@ -119,30 +119,56 @@ pub async fn figures(
             .filter_map(|c| c.durable_name),
     );
     for name in consumers {
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .get_consumer(&name)
-            .await
-            .map_err(|err| Error::QueueFigures(format!("consumer {name}: {err}")))?;
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&name).await.map_err(|err| {
+                // Only an answer from JetStream means the consumer is missing.
+                if answered_by_jetstream(err.as_ref()) {
+                    Error::QueueFigures(format!("consumer {name}: {err}"))
+                } else {
+                    Error::NatsUnreachable(format!("consumer {name}: {err}"))
+                }
+            })?;
         let info = consumer
             .info()
             .await
-            .map_err(|err| Error::QueueFigures(format!("consumer {name}: {err}")))?;
+            .map_err(|err| Error::NatsUnreachable(format!("consumer {name}: {err}")))?;
         figures.pending += info.num_pending;
         figures.in_flight += info.num_ack_pending as u64;
     }
     let mut dead = js
         .get_stream(names.dead_letter_stream())
         .await
-        .map_err(|err| {
-            Error::QueueFigures(format!("stream {}: {err}", names.dead_letter_stream()))
-        })?;
+        .map_err(|err| stream_error(&names.dead_letter_stream(), err))?;
     figures.dead_letters = dead
         .info()
         .await
-        .map_err(|err| Error::QueueFigures(err.to_string()))?
+        .map_err(|err| Error::NatsUnreachable(err.to_string()))?
         .state
         .messages;
     Ok(figures)
+}
+
+/// Whether an error is JetStream's answer (rather than no answer at all).
+fn answered_by_jetstream(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<jetstream::Error>().is_some()
+            || e.downcast_ref::<jetstream::stream::ConsumerError>()
+                .is_some_and(|c| {
+                    matches!(c.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_))
+                })
+    })
+}
+
+/// A stream JetStream says is missing is a queue problem; no answer is an outage.
+fn stream_error(stream: &str, err: jetstream::context::GetStreamError) -> Error {
+    if matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(_)
+    ) {
+        Error::QueueFigures(format!("stream {stream}: {err}"))
+    } else {
+        Error::NatsUnreachable(format!("stream {stream}: {err}"))
+    }
 }
 
 /// Workers the backlog asks for, within the autoscale bounds.
