@@ -225,6 +225,15 @@ impl TestPool {
         .await
     }
 
+    /// POSTs work and returns its callback id (the answer must carry one).
+    pub async fn submit(&self, body: &Value) -> Result<String> {
+        let answer = self.post(body).await?;
+        match answer.str("callback") {
+            "" => Err(HarnessError::Other(format!("no callback in {answer:?}"))),
+            id => Ok(id.to_owned()),
+        }
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer> {
         let response = request
             .send()

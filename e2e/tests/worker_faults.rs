@@ -92,11 +92,9 @@ async fn sigterm_finishes_running_work_and_hands_back_the_rest() {
     let mut ids = Vec::new();
     for n in 0..6 {
         ids.push(
-            pool.post(&json!({"data": {"ms": 1500, "n": n}}))
+            pool.submit(&json!({"data": {"ms": 1500, "n": n}}))
                 .await
-                .expect("post")
-                .str("callback")
-                .to_owned(),
+                .expect("submit"),
         );
     }
     // Worker 0 holds two jobs; the rest wait in the queue.
@@ -150,11 +148,9 @@ async fn work_still_running_at_the_drain_timeout_goes_to_another_worker() {
         .await
         .expect("worker");
     let id = pool
-        .post(&json!({"data": {"ms": 3000}}))
+        .submit(&json!({"data": {"ms": 3000}}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     pool.wait_status(&id, "working", Duration::from_secs(10))
         .await
         .expect("working");
@@ -192,11 +188,9 @@ async fn failing_work_is_retried_with_backoff_then_failed_and_dead_lettered() {
     client.flush().await.expect("flush");
     let started = std::time::Instant::now();
     let id = pool
-        .post(&json!({"data": "doomed"}))
+        .submit(&json!({"data": "doomed"}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     let failed = pool
         .wait_status(&id, "failed", Duration::from_secs(20))
         .await
@@ -267,11 +261,9 @@ async fn exec_handler_results_and_timeout_kill() {
     };
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let fast = pool
-        .post(&json!({"data": {"x": 1}, "task": "resize"}))
+        .submit(&json!({"data": {"x": 1}, "task": "resize"}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     let done = pool
         .wait_status(&fast, "worked", Duration::from_secs(10))
         .await
@@ -284,12 +276,7 @@ async fn exec_handler_results_and_timeout_kill() {
     assert_eq!(done.body["result"]["task"], json!("resize"));
     assert_eq!(done.body["result"]["id"], json!(fast));
 
-    let slow = pool
-        .post(&json!({"data": "slow"}))
-        .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+    let slow = pool.submit(&json!({"data": "slow"})).await.expect("submit");
     let failed = pool
         .wait_status(&slow, "failed", Duration::from_secs(10))
         .await
@@ -350,23 +337,17 @@ async fn http_handler_2xx_result_4xx_permanent_5xx_retried() {
     .expect("spec");
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let ok = pool
-        .post(&json!({"data": {"mode": "ok"}}))
+        .submit(&json!({"data": {"mode": "ok"}}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     let bad = pool
-        .post(&json!({"data": {"mode": "bad"}}))
+        .submit(&json!({"data": {"mode": "bad"}}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     let flaky = pool
-        .post(&json!({"data": {"mode": "flaky"}}))
+        .submit(&json!({"data": {"mode": "flaky"}}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
 
     let ok = pool
         .wait_status(&ok, "worked", Duration::from_secs(10))
@@ -491,11 +472,9 @@ async fn api_and_worker_started_before_provisioning_become_ready_when_it_happens
     pool.wait_ready(&pool.apis[0]).await.expect("api ready");
     pool.workers.push(worker);
     let id = pool
-        .post(&json!({"data": "on time"}))
+        .submit(&json!({"data": "on time"}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     let done = pool
         .wait_status(&id, "worked", Duration::from_secs(10))
         .await
@@ -511,11 +490,9 @@ async fn work_whose_last_attempt_never_finished_is_failed_and_dead_lettered() {
         PoolSpec::from_json(r#"{"worker": {"maxAttempts": 1, "ackWait": "1s"}}"#).expect("spec");
     let mut pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let id = pool
-        .post(&json!({"data": {"ms": 5000}}))
+        .submit(&json!({"data": {"ms": 5000}}))
         .await
-        .expect("post")
-        .str("callback")
-        .to_owned();
+        .expect("submit");
     pool.wait_status(&id, "working", Duration::from_secs(10))
         .await
         .expect("working");
