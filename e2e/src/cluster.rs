@@ -119,8 +119,7 @@ impl ControlPlane {
         )
         .map_err(HarnessError::io("token file"))?;
 
-        let (etcd_port, peer_port, api_port, kcm_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let [etcd_port, peer_port, api_port, kcm_port] = crate::free_ports::<4>()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd_args = [
             format!("--data-dir={}", dir.join("etcd").display()),
@@ -221,10 +220,13 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // The directory goes with the control plane, so keep the end of the log here.
+        let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
         Err(HarnessError::Timeout(format!(
-            "kube-apiserver at {}: {last}; log in {}",
+            "kube-apiserver at {}: {last}; the end of its log:\n{}",
             self.server,
-            self.dir.display()
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )))
     }
 

@@ -39,6 +39,25 @@ impl HarnessError {
 
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
+/// `N` distinct free TCP ports: all are held at once before being released, so the
+/// same port is never handed out twice (which separate calls to [`free_port`] can do).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| {
+            std::net::TcpListener::bind("0.0.0.0:0")
+                .map_err(HarnessError::io("binding a free port"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener
+            .local_addr()
+            .map_err(HarnessError::io("reading a free port"))?
+            .port();
+    }
+    Ok(ports)
+}
+
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::process::Process;
-use crate::{HarnessError, Result, free_port, paths};
+use crate::{HarnessError, Result, paths};
 
 #[derive(Debug)]
 pub struct NatsServer {
@@ -32,8 +32,7 @@ impl NatsServer {
             .prefix("workpool-nats-")
             .tempdir()
             .map_err(HarnessError::io("creating a temp dir"))?;
-        let port = free_port()?;
-        let monitor_port = free_port()?;
+        let [port, monitor_port] = crate::free_ports::<2>()?;
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
         let text = format!(
