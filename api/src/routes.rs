@@ -47,6 +47,28 @@ pub struct WaitParams {
     pub wait: Option<String>,
 }
 
+/// Publishes a `work.<verb>` event made by this api pod.
+async fn announce(
+    state: &AppState,
+    queue: &crate::queue::Queue,
+    event: WorkEventKind,
+    id: &WorkId,
+    task: &str,
+    attempt: u32,
+) {
+    WorkEvent {
+        event,
+        id: id.clone(),
+        task: task.to_owned(),
+        by: state.pod().to_owned(),
+        attempt,
+        error: None,
+        at: chrono::Utc::now(),
+    }
+    .publish(queue.client(), state.names())
+    .await;
+}
+
 fn work_location(id: &WorkId) -> HeaderValue {
     HeaderValue::try_from(format!("/api/v1/work/{id}"))
         .unwrap_or(HeaderValue::from_static("/api/v1/work"))
@@ -129,17 +151,7 @@ pub async fn submit(
     match queue.submit(&id, &work, pod).await? {
         Submitted::Accepted => {
             state.metrics().accepted(work.task());
-            WorkEvent {
-                event: WorkEventKind::Accepted,
-                id: id.clone(),
-                task: work.task().to_owned(),
-                by: pod.to_owned(),
-                attempt: 0,
-                error: None,
-                at: chrono::Utc::now(),
-            }
-            .publish(queue.client(), state.names())
-            .await;
+            announce(&state, queue, WorkEventKind::Accepted, &id, work.task(), 0).await;
             let answer = SubmitAnswer {
                 status: "accepted".into(),
                 callback: id.clone(),
@@ -242,16 +254,14 @@ pub async fn cancel(
     let id = parse_id(&id)?;
     let queue = state.queue()?;
     let record = queue.cancel(&id).await?;
-    WorkEvent {
-        event: WorkEventKind::Cancelled,
-        id: id.clone(),
-        task: record.task.clone(),
-        by: state.pod().to_owned(),
-        attempt: record.attempts,
-        error: None,
-        at: chrono::Utc::now(),
-    }
-    .publish(queue.client(), state.names())
+    announce(
+        &state,
+        queue,
+        WorkEventKind::Cancelled,
+        &id,
+        &record.task,
+        record.attempts,
+    )
     .await;
     Ok(Json(WorkView { id, record }))
 }
