@@ -25,7 +25,7 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 
 echo "up: building the control plane and NATS (first run: about ten minutes), then Workpool"
-"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kubectl
+"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kubectl helm
 (cd "$root" && cargo build --quiet --workspace --bins)
 
 mkdir -p "$run/logs"

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod helm;
 pub mod lb;
 pub mod local_cluster;
 pub mod nats;

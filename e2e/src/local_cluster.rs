@@ -1,8 +1,9 @@
 //! `make up`: a whole local Workpool on a real control plane with no Docker. One process
 //! supervises it all, so stopping that process (`make down`) stops everything:
 //! the pod network bridge, etcd + kube-apiserver + kube-controller-manager, nats-server,
-//! the node agent running the pods, the operator, and the load balancer on
-//! `127.0.0.1:8080` that follows the api Service's EndpointSlices.
+//! the node agent running the pods, and the load balancer on `127.0.0.1:8080` that
+//! follows the api Service's EndpointSlices. The operator is installed with
+//! `helm install` of `charts/workpool` and runs as a pod, as on any cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +14,10 @@ use kube::api::{Patch, PatchParams};
 use workpool_core::crd::WorkPool;
 
 use crate::cluster::ControlPlane;
+use crate::helm::Release;
 use crate::nats::NatsServer;
 use crate::node::{NodeConfig, PodNetwork};
-use crate::operator::{RunningOperator, condition, install_crd, wait_pool};
+use crate::operator::{condition, wait_pool};
 use crate::{HarnessError, Result, paths};
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,9 @@ pub struct LocalClusterArgs {
 }
 
 const NAMESPACE: &str = "default";
+/// Where `helm install` puts the operator.
+pub const RELEASE: &str = "workpool";
+pub const RELEASE_NAMESPACE: &str = "workpool-system";
 
 /// Brings everything up, prints `READY` and the kubeconfig path, and runs until
 /// `shutdown`; then takes everything down again.
@@ -47,7 +52,6 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
     let kubeconfig = args.state_dir.join("kubeconfig");
     std::fs::copy(&plane.kubeconfig, &kubeconfig)
         .map_err(HarnessError::io("copying the kubeconfig"))?;
-    install_crd(&plane).await?;
     let client = plane.client().await?;
     let nats = NatsServer::start_on(&host).await?;
 
@@ -68,8 +72,12 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
     let node = tokio::spawn(crate::node::run(client.clone(), node_config, async move {
         let _ = node_stopped.await;
     }));
-    let operator =
-        RunningOperator::start(&plane, NAMESPACE, "workpool-operator", "local-operator").await?;
+    // Pods have no Service proxy here, so `helm test` reaches the api through the
+    // balancer on the bridge's host address.
+    let pod_url = format!("http://{host}:{}", args.listen.port());
+    Release::new(&plane, RELEASE, RELEASE_NAMESPACE)?
+        .install(&[("test.url", &pod_url)])
+        .await?;
 
     let text = std::fs::read_to_string(&args.pool)
         .map_err(HarnessError::io(format!("reading {}", args.pool.display())))?;
@@ -95,15 +103,20 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
 
     let balancer =
         crate::lb::Balancer::following(client.clone(), NAMESPACE, &format!("{name}-api"), "http");
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(HarnessError::io(format!("binding {}", args.listen)))?;
-    let lb = tokio::spawn(balancer.serve(listener));
+    let mut served = Vec::new();
+    for address in [
+        args.listen.to_string(),
+        format!("{host}:{}", args.listen.port()),
+    ] {
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(HarnessError::io(format!("binding {address}")))?;
+        served.push(tokio::spawn(balancer.clone().serve(listener)));
+    }
     println!("READY kubeconfig={}", kubeconfig.display());
 
     shutdown.await;
-    lb.abort();
-    operator.stop().await;
+    served.iter().for_each(|lb| lb.abort());
     let _ = stop_node.send(());
     if let Ok(Err(err)) = node.await {
         tracing::warn!(%err, "node agent stopped with an error");

@@ -1,6 +1,6 @@
-//! The whole product on a real control plane whose pods really run: the node agent
-//! starts the operator's api and worker pods as processes in their own network
-//! namespaces, and the original demo runs against them.
+//! The whole product on a real control plane whose pods really run: `helm install` puts
+//! the operator in a pod, the node agent starts it and the operator's api and worker pods
+//! as processes in their own network namespaces, and the original demo runs against them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
@@ -13,9 +13,10 @@ use kube::api::{DeleteParams, ListParams};
 use serde_json::{Value, json};
 use workpool_core::crd::WorkPool;
 use workpool_e2e::cluster::ControlPlane;
+use workpool_e2e::helm::Release;
 use workpool_e2e::nats::NatsServer;
 use workpool_e2e::node::{NodeConfig, PodNetwork};
-use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+use workpool_e2e::operator::{condition, create_pool, wait_pool};
 use workpool_e2e::paths;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -58,7 +59,8 @@ async fn running_pods(client: &kube::Client, ns: &str, component: &str) -> Vec<P
         .collect()
 }
 
-#[tokio::test]
+// Multi-threaded: the balancer serves the `helm test` pod while the test waits on helm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     let network = PodNetwork {
         bridge: "wp0".into(),
@@ -69,7 +71,6 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     let plane = ControlPlane::start_for_pods(&host)
         .await
         .expect("control plane");
-    install_crd(&plane).await.expect("crd");
     let client = plane.client().await.expect("client");
     let nats = NatsServer::start_on(&host).await.expect("nats");
     let state = tempfile::tempdir().expect("state dir");
@@ -97,9 +98,27 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     ));
 
     let ns = plane.namespace("demo").await.expect("namespace");
-    let _operator = RunningOperator::start(&plane, &ns, "op", "op-0")
+    // The api as pods reach it: the balancer on the bridge's host address (pods have no
+    // Service proxy here), which is also where `helm test` points.
+    let lb_listener = tokio::net::TcpListener::bind((host.as_str(), 0))
         .await
-        .expect("operator");
+        .expect("bind");
+    let lb_url = format!("http://{}", lb_listener.local_addr().expect("addr"));
+    let release_ns = plane.namespace("workpool-system").await.expect("namespace");
+    let release = Release::new(&plane, "workpool", &release_ns).expect("helm");
+    release
+        .install(&[
+            ("operator.watchNamespace", &ns),
+            ("test.namespace", &ns),
+            ("test.url", &lb_url),
+        ])
+        .await
+        .expect("helm install");
+    assert_eq!(
+        running_pods(&client, &release_ns, "operator").await.len(),
+        1,
+        "the operator runs as a pod"
+    );
     let yaml = format!(
         "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: demo\nspec:\n  nats:\n    url: {}\n  resultTTL: 3s\n",
         nats.url()
@@ -196,11 +215,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         balancer.backends().len() == 2
     })
     .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let lb_url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(balancer.clone().serve(listener));
+    tokio::spawn(balancer.clone().serve(lb_listener));
     let mut via_lb = std::collections::HashSet::new();
     for n in 0..6 {
         // A fresh connection each time, so the balancer picks again.
@@ -221,6 +236,9 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         );
     }
     assert_eq!(via_lb, names, "the balancer spreads over the api pods");
+
+    // `helm test`: a pod submits work and waits until it is worked.
+    release.test(&client).await.expect("helm test passes");
 
     // Scale to 4 workers: 4 ready pods, 4 endpoints.
     plane
@@ -290,6 +308,38 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         js.get_stream(format!("WP_{ns}_demo")).await.is_err(),
         "the stream is gone"
     );
+
+    // `helm uninstall` leaves nothing of the release behind but the CRD, which Helm
+    // never deletes (deleting it would delete every WorkPool in the cluster).
+    release.uninstall().await.expect("helm uninstall");
+    wait_until("the operator pod to go", || async {
+        Api::<Pod>::namespaced(client.clone(), &release_ns)
+            .list(&ListParams::default())
+            .await
+            .expect("pods")
+            .items
+            .is_empty()
+    })
+    .await;
+    let left = plane
+        .kubectl(&[
+            "get",
+            "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,leases,configmaps,secrets",
+            "--all-namespaces",
+            "-l",
+            "app.kubernetes.io/instance=workpool",
+            "-o",
+            "name",
+        ])
+        .expect("kubectl get");
+    assert_eq!(left.trim(), "", "left behind by helm uninstall");
+    let leases = plane
+        .kubectl(&["-n", &release_ns, "get", "leases", "-o", "name"])
+        .expect("leases");
+    assert_eq!(leases.trim(), "", "the leader Lease goes with the release");
+    plane
+        .kubectl(&["get", "crd/workpools.workpool.dev"])
+        .expect("the CRD stays");
 
     // Stopping the agent removes every namespace and process it made.
     let _ = stop_node.send(());

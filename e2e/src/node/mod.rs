@@ -3,6 +3,7 @@
 //! local processes in the pod's own network namespace, probes them and reports their
 //! status, so Deployments, EndpointSlices and Services work for real.
 
+mod logs;
 mod net;
 mod pod;
 
@@ -77,7 +78,7 @@ fn clean_up_previous(config: &NodeConfig) {
     config.network.remove_all();
 }
 
-async fn register(client: &Client, config: &NodeConfig) -> Result<()> {
+async fn register(client: &Client, config: &NodeConfig, kubelet_port: u16) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
@@ -91,15 +92,17 @@ async fn register(client: &Client, config: &NodeConfig) -> Result<()> {
         )
         .await
         .map_err(|err| HarnessError::Other(format!("registering node: {err}")))?;
-    heartbeat(client, config).await
+    heartbeat(client, config, kubelet_port).await
 }
 
-async fn heartbeat(client: &Client, config: &NodeConfig) -> Result<()> {
+async fn heartbeat(client: &Client, config: &NodeConfig, kubelet_port: u16) -> Result<()> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let status = json!({"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "workpool node agent is running",
                         "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "InternalIP", "address": config.network.host_ip()}, {"type": "Hostname", "address": config.node_name}],
+        // Only the InternalIP: the apiserver prefers a Hostname, which nothing resolves here.
+        "addresses": [{"type": "InternalIP", "address": config.network.host_ip()}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "capacity": {"cpu": "2", "memory": "8Gi", "pods": "200"},
         "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "200"},
     }});
@@ -185,7 +188,21 @@ pub async fn run(
         .map_err(HarnessError::io("state dir"))?;
     clean_up_previous(&config);
     config.network.create_bridge()?;
-    register(&client, &config).await?;
+    let host = config.network.host_ip();
+    let kubelet = std::net::TcpListener::bind((host.as_str(), 0))
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(HarnessError::io("binding the kubelet log endpoint"))?;
+    let kubelet_port = kubelet
+        .local_addr()
+        .map_err(HarnessError::io("kubelet log endpoint address"))?
+        .port();
+    let pods_dir = config.state_dir.join("pods");
+    let log_endpoint = tokio::spawn(async move {
+        if let Err(err) = logs::serve(pods_dir, kubelet, &host).await {
+            tracing::warn!(%err, "kubelet log endpoint stopped");
+        }
+    });
+    register(&client, &config, kubelet_port).await?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         network: config.network.clone(),
@@ -199,7 +216,7 @@ pub async fn run(
     let beats = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            if let Err(err) = heartbeat(&beat_client, &beat_config).await {
+            if let Err(err) = heartbeat(&beat_client, &beat_config, kubelet_port).await {
                 tracing::warn!(%err, "node heartbeat failed");
             }
         }
@@ -267,6 +284,7 @@ pub async fn run(
     tracing::info!("node agent stopping: stopping pods");
     scheduler.abort();
     beats.abort();
+    log_endpoint.abort();
     running.clear(); // every runner sees its channel close and stops its processes
     while tasks.join_next().await.is_some() {}
     let _ = Api::<Node>::all(client)

@@ -28,6 +28,8 @@ struct ContainerRun {
     liveness_failures: i32,
     readiness_failures: i32,
     last_exit: Option<i32>,
+    /// Exited and, per the pod's `restartPolicy`, never started again.
+    finished: bool,
     next_start: Instant,
     waiting: Option<(String, String)>,
 }
@@ -149,6 +151,7 @@ impl PodRunner {
                 liveness_failures: 0,
                 readiness_failures: 0,
                 last_exit: None,
+                finished: false,
                 next_start: Instant::now(),
                 waiting: None,
             })
@@ -382,30 +385,26 @@ impl PodRunner {
         if let Some(child) = &mut run.child
             && let Ok(Some(status)) = child.try_wait()
         {
+            let code = status.code().unwrap_or(137);
             run.child = None;
             run.ready = false;
-            run.last_exit = Some(status.code().unwrap_or(137));
-            run.restarts += 1;
-            // Crash-loop backoff: 1s, 2s, 4s ... up to 30s.
-            let delay = Duration::from_secs(1 << run.restarts.clamp(0, 5) as u32)
-                .min(Duration::from_secs(30));
-            run.next_start = Instant::now() + delay;
-            tracing::warn!(pod = %self.pod.name_any(), container = %run.spec.name, code = ?status.code(), "container exited");
-        }
-        if run.child.is_none() {
-            let policy = self
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.restart_policy.clone())
-                .unwrap_or_else(|| "Always".into());
-            let may_start = match (run.started_at.is_some(), policy.as_str()) {
-                (false, _) => true,
-                (true, "Always") => true,
-                (true, "OnFailure") => run.last_exit.is_some_and(|code| code != 0),
+            run.last_exit = Some(code);
+            run.finished = match self.restart_policy().as_str() {
+                "Never" => true,
+                "OnFailure" => code == 0,
                 _ => false,
             };
-            if may_start
+            if !run.finished {
+                run.restarts += 1;
+                // Crash-loop backoff: 1s, 2s, 4s ... up to 30s.
+                let delay = Duration::from_secs(1 << run.restarts.clamp(0, 5) as u32)
+                    .min(Duration::from_secs(30));
+                run.next_start = Instant::now() + delay;
+            }
+            tracing::info!(pod = %self.pod.name_any(), container = %run.spec.name, code, restart = !run.finished, "container exited");
+        }
+        if run.child.is_none() {
+            if !run.finished
                 && Instant::now() >= run.next_start
                 && run
                     .waiting
@@ -456,6 +455,14 @@ impl PodRunner {
         }
     }
 
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
     fn grace_seconds(&self) -> i64 {
         self.pod
             .metadata
@@ -491,12 +498,17 @@ impl PodRunner {
         let statuses: Vec<Value> = containers
             .iter()
             .map(|run| {
-                let state = match (&run.child, &run.waiting) {
-                    (Some(_), _) => json!({"running": {"startedAt": run.started_at}}),
-                    (None, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
-                    (None, None) => json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+                let terminated = |code: i32| json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}});
+                let state = match (&run.child, &run.waiting, run.last_exit) {
+                    (Some(_), _, _) => json!({"running": {"startedAt": run.started_at}}),
+                    (None, _, Some(code)) if run.finished => terminated(code),
+                    (None, Some((reason, message)), _) => json!({"waiting": {"reason": reason, "message": message}}),
+                    (None, None, _) => json!({"waiting": {"reason": "CrashLoopBackOff"}}),
                 };
-                let last = run.last_exit.map_or(json!({}), |code| json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}));
+                let last = match run.last_exit {
+                    Some(code) if !run.finished => terminated(code),
+                    _ => json!({}),
+                };
                 json!({"name": run.spec.name, "image": run.spec.image, "imageID": "", "ready": run.ready,
                        "started": run.child.is_some(), "restartCount": run.restarts, "state": state, "lastState": last})
             })
@@ -510,8 +522,21 @@ impl PodRunner {
             ("ContainersReady", truth(all_ready)),
             ("Ready", truth(all_ready)),
         ]);
+        // Succeeded or Failed once every container has exited for good (restartPolicy
+        // Never or OnFailure), as kubelet reports it.
+        let phase = if containers.iter().all(|run| run.finished) {
+            if containers.iter().all(|run| run.last_exit == Some(0)) {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if any_running || containers.iter().any(|run| run.started_at.is_some()) {
+            "Running"
+        } else {
+            "Pending"
+        };
         let status = json!({"status": {
-            "phase": if any_running || containers.iter().any(|run| run.started_at.is_some()) { "Running" } else { "Pending" },
+            "phase": phase,
             "hostIP": self.shared.network.host_ip(),
             "hostIPs": [{"ip": self.shared.network.host_ip()}],
             "podIP": self.ip(),
