@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools build up down test lint unit e2e generate bench run-operator chart
+.PHONY: help tools build up down test lint static unit e2e generate bench run-operator chart kind-up kind-e2e kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,13 +24,16 @@ lint: ## cargo fmt --check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+static: ## hadolint, yamllint and shellcheck; checks the kind path's files agree
+	@scripts/static-checks.sh
+
 unit: ## Unit tests only (no servers)
 	$(CARGO) test --workspace --lib --bins
 
 e2e: tools build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
 	$(CARGO) test -p workpool-e2e
 
-test: tools lint build chart ## Everything CI runs: lint, unit, integration and drift checks
+test: tools lint static build chart ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
 
 chart: ## helm lint and the rendered-template drift check of charts/workpool
@@ -47,3 +50,12 @@ run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or 
 bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins
 	./target/release/workpool-local bench
+
+kind-up: ## With Docker: build the image, create a kind cluster, helm install, demo on :8080
+	@scripts/kind.sh up
+
+kind-e2e: kind-up ## With Docker: the end-to-end scenarios against the kind cluster
+	@scripts/kind.sh e2e
+
+kind-down: ## With Docker: delete the kind cluster
+	@scripts/kind.sh down

@@ -132,12 +132,15 @@ build_helm() {
 
 build_nats_server() { go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 nats-server; }
 build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats nats; }
+build_kind() { go_install kind "$KIND_VERSION" sigs.k8s.io/kind kind; }
 
 print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
 all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm)
+# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
+optional_tools=(kind)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
@@ -145,7 +148,8 @@ for tool in "${wanted[@]}"; do
     natscli) build_natscli ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
+    kind) build_kind ;;
     kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
-    *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]})" >&2; exit 2 ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;
   esac
 done
