@@ -134,11 +134,29 @@ build_nats_server() { go_install nats-server "$NATS_SERVER_VERSION" github.com/n
 build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats nats; }
 build_kind() { go_install kind "$KIND_VERSION" sigs.k8s.io/kind kind; }
 
+# The Prometheus Operator's PodMonitor CRD (from its Go module), so tests can check the
+# chart's PodMonitors against the real schema.
+build_prometheus_operator_crds() {
+  local dir="$tools_dir/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION/bin"
+  local file=monitoring.coreos.com_podmonitors.yaml
+  already_built "$dir" "$file" "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION" && return 0
+  need_go
+  local module
+  module=$(cd "$tools_dir" && GOFLAGS=-mod=mod go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  mkdir -p "$dir"
+  cp "$module/example/prometheus-operator-crd/$file" "$dir/$file.partial"
+  mv "$dir/$file.partial" "$dir/$file"
+  $print_bin && echo "$dir"
+  return 0
+}
+
 print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus-operator-crds)
 # Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
 optional_tools=(kind)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
@@ -149,6 +167,7 @@ for tool in "${wanted[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     kind) build_kind ;;
+    prometheus-operator-crds) build_prometheus_operator_crds ;;
     kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;
   esac

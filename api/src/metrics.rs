@@ -2,6 +2,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use workpool_core::labels::BoundedLabel;
+use workpool_core::message::DEFAULT_TASK;
 
 /// Distinct task names kept as label values before the rest count as `other`.
 const TASK_LABELS: usize = 50;
@@ -13,6 +14,7 @@ pub struct ApiMetrics {
     duplicates: IntCounterVec,
     requests: IntCounterVec,
     duration: HistogramVec,
+    cancelled: IntCounterVec,
     tasks: BoundedLabel,
 }
 
@@ -51,16 +53,29 @@ impl ApiMetrics {
             ]),
             &["route", "method"],
         )?;
+        let cancelled = IntCounterVec::new(
+            Opts::new(
+                "workpool_work_cancelled_total",
+                "Queued work cancelled through DELETE, by task.",
+            ),
+            &["task"],
+        )?;
+        registry.register(Box::new(cancelled.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        // Series for the default task exist from the start at zero (see the worker's).
+        for counter in [&accepted, &duplicates, &cancelled] {
+            counter.with_label_values(&[DEFAULT_TASK]);
+        }
         Ok(Self {
             registry,
             accepted,
             duplicates,
             requests,
             duration,
+            cancelled,
             tasks: BoundedLabel::new(TASK_LABELS),
         })
     }
@@ -73,6 +88,12 @@ impl ApiMetrics {
 
     pub fn duplicate(&self, task: &str) {
         self.duplicates
+            .with_label_values(&[self.tasks.get(task).as_str()])
+            .inc();
+    }
+
+    pub fn cancelled(&self, task: &str) {
+        self.cancelled
             .with_label_values(&[self.tasks.get(task).as_str()])
             .inc();
     }

@@ -254,6 +254,7 @@ pub async fn cancel(
     let id = parse_id(&id)?;
     let queue = state.queue()?;
     let record = queue.cancel(&id).await?;
+    state.metrics().cancelled(&record.task);
     announce(
         &state,
         queue,

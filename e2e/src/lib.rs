@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod helm;
 pub mod lb;
 pub mod local_cluster;
+pub mod metrics;
 pub mod nats;
 pub mod node;
 pub mod operator;

@@ -631,7 +631,40 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
     let ns = plane.namespace("chart").await.expect("namespace");
     let helm = workpool_e2e::paths::tool("helm", "helm").expect("helm");
     let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
-    for extra in [&[][..], &["--set", "nats.enabled=true"][..]] {
+    // The Prometheus Operator's own PodMonitor CRD, so the chart's PodMonitors are checked
+    // against the real schema.
+    let pod_monitor_crd = workpool_e2e::paths::tool(
+        "prometheus-operator-crds",
+        "monitoring.coreos.com_podmonitors.yaml",
+    )
+    .expect("PodMonitor CRD");
+    plane
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &pod_monitor_crd.display().to_string(),
+        ])
+        .expect("PodMonitor CRD");
+    plane
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/podmonitors.monitoring.coreos.com",
+        ])
+        .expect("PodMonitor CRD established");
+    let with_monitoring = [
+        "--set",
+        "nats.enabled=true",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PodMonitor",
+    ];
+    for extra in [
+        &[][..],
+        &["--set", "nats.enabled=true"][..],
+        &with_monitoring[..],
+    ] {
         let rendered = std::process::Command::new(&helm)
             .args([
                 "template",
@@ -663,6 +696,139 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
             "deployment.apps/workpool-operator",
         ] {
             assert!(applied.contains(kind), "{kind} missing from\n{applied}");
+        }
+        // "auto" creates PodMonitors exactly when the cluster serves them.
+        assert_eq!(
+            applied.contains("podmonitor.monitoring.coreos.com/workpool-pools"),
+            extra.contains(&"--api-versions"),
+            "{applied}"
+        );
+    }
+}
+
+/// Every component's `/metrics` follows the Prometheus conventions (names, types, help,
+/// bounded labels), and the chart's Grafana dashboard asks only for metrics that exist.
+#[tokio::test]
+async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
+    use std::collections::BTreeMap;
+    use workpool_e2e::metrics::{Family, dashboard_queries, families, metric_names};
+
+    let (_plane, _client, _ns, _nats, operator) = running_pool("metrics", "").await;
+    let spec = workpool_core::PoolSpec::from_json("{}").expect("spec");
+    let pool = workpool_e2e::pool::TestPool::start(spec, 1, 1)
+        .await
+        .expect("pool");
+    let id = pool
+        .submit(&serde_json::json!({"data": {"ms": 5}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&id, "worked", WAIT).await.expect("worked");
+    let scrape = |url: String| async move {
+        reqwest::get(url)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    };
+    let per_component = [
+        ("operator", scrape(operator.metrics_url.clone()).await),
+        (
+            "api",
+            scrape(format!("http://127.0.0.1:{}/metrics", pool.apis[0].port)).await,
+        ),
+        (
+            "worker",
+            scrape(format!("http://127.0.0.1:{}/metrics", pool.workers[0].port)).await,
+        ),
+    ];
+
+    let mut all: BTreeMap<String, Family> = BTreeMap::new();
+    for (component, text) in &per_component {
+        let found = families(text);
+        assert!(
+            found.contains_key("process_resident_memory_bytes"),
+            "{component} has process metrics"
+        );
+        for (name, family) in &found {
+            assert!(
+                name.starts_with("workpool_") || name.starts_with("process_"),
+                "{component}: {name} lacks the workpool_ prefix"
+            );
+            assert!(!family.help.is_empty(), "{component}: {name} has no help");
+            match family.kind.as_str() {
+                "counter" => assert!(name.ends_with("_total"), "{component}: counter {name}"),
+                "histogram" => assert!(name.ends_with("_seconds"), "{component}: {name} unit"),
+                "gauge" => assert!(!name.ends_with("_total"), "{component}: gauge {name}"),
+                other => panic!("{component}: {name} has type {other:?}"),
+            }
+            for label in &family.labels {
+                assert!(
+                    !["id", "callback", "error", "message", "worker", "pod"]
+                        .contains(&label.as_str()),
+                    "{component}: {name} has the unbounded label {label}"
+                );
+            }
+        }
+        all.extend(found);
+    }
+    let expected = [
+        ("workpool_work_accepted_total", "counter"),
+        ("workpool_work_started_total", "counter"),
+        ("workpool_work_worked_total", "counter"),
+        ("workpool_work_failed_total", "counter"),
+        ("workpool_work_retried_total", "counter"),
+        ("workpool_work_cancelled_total", "counter"),
+        ("workpool_handler_duration_seconds", "histogram"),
+        ("workpool_work_latency_seconds", "histogram"),
+        ("workpool_work_in_flight", "gauge"),
+        ("workpool_queue_pending", "gauge"),
+        ("workpool_queue_in_flight", "gauge"),
+        ("workpool_queue_dead_letters", "gauge"),
+        ("workpool_operator_reconciles_total", "counter"),
+        ("workpool_operator_reconcile_errors_total", "counter"),
+        ("workpool_operator_reconcile_duration_seconds", "histogram"),
+    ];
+    for (name, kind) in expected {
+        assert_eq!(
+            all.get(name).map(|f| f.kind.as_str()),
+            Some(kind),
+            "{name} is exposed as a {kind}"
+        );
+    }
+    assert!(
+        all["workpool_work_worked_total"]
+            .labels
+            .contains(&"pool".to_owned())
+            && all["workpool_work_worked_total"]
+                .labels
+                .contains(&"task".to_owned()),
+        "work counters are labelled by pool and task"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            workpool_e2e::paths::repo_root().join("charts/workpool/dashboards/workpool.json"),
+        )
+        .expect("dashboard"),
+    )
+    .expect("the dashboard is valid JSON");
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in &queries {
+        for name in metric_names(query) {
+            let (base, histogram_part) = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).map(|base| (base, true)))
+                .filter(|(base, _)| all.get(*base).is_some_and(|f| f.kind == "histogram"))
+                .unwrap_or((name.as_str(), false));
+            let family = all.get(base).unwrap_or_else(|| {
+                panic!("the dashboard asks for {name}, which nothing exposes: {query}")
+            });
+            assert!(
+                histogram_part || family.kind != "histogram",
+                "{query}: use {name}_bucket for the histogram {name}"
+            );
         }
     }
 }

@@ -94,6 +94,16 @@ pub fn labels(pool: &str, component: Option<Component>) -> BTreeMap<String, Stri
     labels
 }
 
+/// Annotations for annotation-based Prometheus scraping (the `kubernetes-pods` job of
+/// Prometheus' example configuration, and the local cluster's Prometheus).
+fn scrape_annotations(port: i32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), port.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ])
+}
+
 fn selector_labels(pool: &str, component: Component) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".to_owned(), pool.to_owned()),
@@ -342,6 +352,7 @@ impl PoolContext<'_> {
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(labels(&self.name, Some(component))),
+                        annotations: Some(scrape_annotations(component.port())),
                         ..Default::default()
                     }),
                     spec: Some(PodSpec {

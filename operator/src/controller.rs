@@ -335,6 +335,7 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         ),
     ];
     let figures = queue_result.as_ref().ok().copied();
+    ctx.metrics.queue(&namespace, &name, figures);
     let status = WorkPoolStatus {
         observed_generation: generation,
         conditions,
@@ -495,6 +496,7 @@ async fn patch_status(
 async fn cleanup(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
     let name = pool.name_any();
+    ctx.metrics.forget(&namespace, &name);
     if pool.spec.deletion_policy == DeletionPolicy::Retain {
         publish(
             ctx,

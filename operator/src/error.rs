@@ -23,6 +23,18 @@ pub enum Error {
 
 impl Error {
     /// CamelCase, bounded: used as metric label, event reason and condition reason.
+    /// Every value of [`Error::category`], for metrics that start at zero.
+    pub const CATEGORIES: &'static [&'static str] = &[
+        "InvalidSpec",
+        "NatsUnreachable",
+        "NatsConfigRejected",
+        "NatsCredentials",
+        "QueueFigures",
+        "KubernetesApi",
+        "Finalizer",
+        "MissingField",
+    ];
+
     pub fn category(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",

@@ -3,7 +3,11 @@
 
 use std::time::Instant;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::queue::QueueFigures;
 
 #[derive(Debug)]
 pub struct OperatorMetrics {
@@ -12,6 +16,19 @@ pub struct OperatorMetrics {
     errors: IntCounterVec,
     duration: Histogram,
     pub leader: IntGauge,
+    pending: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    dead_letters: IntGaugeVec,
+}
+
+fn pool_gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), &["namespace", "pool"])?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
 }
 
 impl OperatorMetrics {
@@ -44,6 +61,13 @@ impl OperatorMetrics {
             "workpool_operator_leader",
             "1 while this replica holds the leader lease.",
         )?;
+        // Every result and error category starts at zero, so rate() and alerts see them.
+        for result in ["ok", "error"] {
+            reconciles.with_label_values(&[result]);
+        }
+        for category in crate::error::Error::CATEGORIES {
+            errors.with_label_values(&[category]);
+        }
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -52,6 +76,21 @@ impl OperatorMetrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(Self {
+            pending: pool_gauge(
+                &registry,
+                "workpool_queue_pending",
+                "Work queued and not yet delivered to a worker, by pool (read at each reconcile).",
+            )?,
+            in_flight: pool_gauge(
+                &registry,
+                "workpool_queue_in_flight",
+                "Work delivered to workers and not yet acknowledged, by pool.",
+            )?,
+            dead_letters: pool_gauge(
+                &registry,
+                "workpool_queue_dead_letters",
+                "Work in the pool's dead-letter subject (failed for good), by pool.",
+            )?,
             registry,
             reconciles,
             errors,
@@ -75,6 +114,30 @@ impl OperatorMetrics {
     pub fn failed(&self, category: &str) {
         self.reconciles.with_label_values(&["error"]).inc();
         self.errors.with_label_values(&[category]).inc();
+    }
+
+    /// Records a pool's queue figures; `None` (NATS unreachable) drops them rather than
+    /// leaving stale values that look current.
+    pub fn queue(&self, namespace: &str, pool: &str, figures: Option<QueueFigures>) {
+        let gauges = [&self.pending, &self.in_flight, &self.dead_letters];
+        match figures {
+            Some(figures) => {
+                let values = [figures.pending, figures.in_flight, figures.dead_letters];
+                for (gauge, value) in gauges.into_iter().zip(values) {
+                    gauge
+                        .with_label_values(&[namespace, pool])
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                }
+            }
+            None => self.forget(namespace, pool),
+        }
+    }
+
+    /// Drops a pool's series (the pool is gone).
+    pub fn forget(&self, namespace: &str, pool: &str) {
+        for gauge in [&self.pending, &self.in_flight, &self.dead_letters] {
+            let _ = gauge.remove_label_values(&[namespace, pool]);
+        }
     }
 
     pub fn render(&self) -> String {

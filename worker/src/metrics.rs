@@ -4,6 +4,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use workpool_core::labels::BoundedLabel;
+use workpool_core::message::DEFAULT_TASK;
 
 /// Distinct task names kept as label values before the rest count as `other`.
 const TASK_LABELS: usize = 50;
@@ -59,7 +60,7 @@ impl WorkerMetrics {
             "Attempts running in this worker now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(Self {
+        let metrics = Self {
             started: counter(
                 &registry,
                 "workpool_work_started_total",
@@ -98,7 +99,22 @@ impl WorkerMetrics {
             in_flight,
             registry,
             tasks: BoundedLabel::new(TASK_LABELS),
-        })
+        };
+        // Series for the default task exist from the start at zero, so rate() and the
+        // dashboard see them before the first failure or retry.
+        let task = [DEFAULT_TASK];
+        for counter in [
+            &metrics.started,
+            &metrics.worked,
+            &metrics.failed,
+            &metrics.retried,
+            &metrics.skipped,
+        ] {
+            counter.with_label_values(&task);
+        }
+        metrics.handler_duration.with_label_values(&task);
+        metrics.latency.with_label_values(&task);
+        Ok(metrics)
     }
 
     fn task(&self, task: &str) -> String {
