@@ -29,8 +29,8 @@ const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
     category = "workpool",
     derive = "PartialEq",
     doc = "A work queue: an HTTP api, a pool of workers, and their NATS JetStream objects.",
-    printcolumn(name = "API", type_ = "integer", description = "Ready api pods", json_path = ".status.api.ready"),
-    printcolumn(name = "Workers", type_ = "integer", description = "Ready worker pods", json_path = ".status.workers.ready"),
+    printcolumn(name = "API", type_ = "string", description = "Ready/desired api pods", json_path = ".status.api.summary"),
+    printcolumn(name = "Workers", type_ = "string", description = "Ready/desired worker pods", json_path = ".status.workers.summary"),
     printcolumn(name = "Pending", type_ = "integer", description = "Work waiting in the queue", json_path = ".status.queue.pending"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -398,6 +398,20 @@ pub struct ReplicaStatus {
     /// Label selector of the pods (for the scale subresource and HPAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// `ready/desired`, as `kubectl get workpools` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl ReplicaStatus {
+    pub fn new(ready: i32, desired: i32, selector: String) -> Self {
+        Self {
+            ready,
+            desired,
+            selector: Some(selector),
+            summary: Some(format!("{ready}/{desired}")),
+        }
+    }
 }
 
 /// Queue figures.

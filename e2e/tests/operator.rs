@@ -536,11 +536,45 @@ async fn kubectl_scale_changes_the_worker_deployment() {
         "worker Deployment did not follow kubectl scale",
     )
     .await;
-    let table = plane
-        .kubectl(&["-n", &ns, "get", "workpools"])
-        .expect("kubectl get");
+    // Status at a glance: ready/desired pods like a Deployment's (no pods run in this
+    // test, so none is ready), the queue, readiness.
+    let deadline = std::time::Instant::now() + WAIT;
+    let table = loop {
+        let table = plane
+            .kubectl(&["-n", &ns, "get", "workpools"])
+            .expect("kubectl get");
+        let row: Vec<&str> = table
+            .lines()
+            .find(|line| line.starts_with("demo "))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        if row.get(1..5) == Some(&["0/2", "0/3", "0", "False"][..]) {
+            break table;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     for column in ["NAME", "API", "WORKERS", "PENDING", "READY", "AGE"] {
         assert!(table.contains(column), "{column} missing from\n{table}");
+    }
+    let described = plane
+        .kubectl(&["-n", &ns, "describe", "workpool", "demo"])
+        .expect("kubectl describe");
+    for shown in [
+        "Conditions:",
+        "QueueReady",
+        "WorkersAvailable",
+        "Queue:",
+        "Pending:",
+        "Dead Letters:",
+        "Events:",
+        "Applied",
+    ] {
+        assert!(
+            described.contains(shown),
+            "{shown} missing from\n{described}"
+        );
     }
 }
 
@@ -715,14 +749,33 @@ async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
 
     let (_plane, _client, _ns, _nats, operator) = running_pool("metrics", "").await;
     let spec = workpool_core::PoolSpec::from_json("{}").expect("spec");
-    let pool = workpool_e2e::pool::TestPool::start(spec, 1, 1)
+    let mut pool = workpool_e2e::pool::TestPool::start(spec, 1, 0)
         .await
         .expect("pool");
+    pool.add_worker_with_env(&[("RUST_LOG".into(), "info,workpool_worker=debug".into())])
+        .await
+        .expect("worker");
     let id = pool
         .submit(&serde_json::json!({"data": {"ms": 5}}))
         .await
         .expect("submit");
     pool.wait_status(&id, "worked", WAIT).await.expect("worked");
+
+    // Logs are JSON off a terminal, and the work item's lines carry its span: id, pool
+    // and attempt.
+    let log = pool.workers[0].process.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["span"]["name"] == "work"
+            && line["span"]["id"] == id.as_str()
+            && line["span"]["pool"] == "demo"
+            && line["span"]["attempt"] == 1
+            && line["message"] == "work finished"),
+        "{log}"
+    );
     let scrape = |url: String| async move {
         reqwest::get(url)
             .await

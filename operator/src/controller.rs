@@ -339,16 +339,16 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     let status = WorkPoolStatus {
         observed_generation: generation,
         conditions,
-        api: Some(ReplicaStatus {
-            ready: api_ready,
-            desired: pool.spec.api.replicas,
-            selector: Some(children::selector_string(&name, Component::Api)),
-        }),
-        workers: Some(ReplicaStatus {
-            ready: workers_ready,
-            desired: desired_workers,
-            selector: Some(children::selector_string(&name, Component::Worker)),
-        }),
+        api: Some(ReplicaStatus::new(
+            api_ready,
+            pool.spec.api.replicas,
+            children::selector_string(&name, Component::Api),
+        )),
+        workers: Some(ReplicaStatus::new(
+            workers_ready,
+            desired_workers,
+            children::selector_string(&name, Component::Worker),
+        )),
         queue: figures
             .map(|f| QueueStatus {
                 pending: f.pending,
@@ -362,6 +362,7 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         )),
     };
     patch_status(ctx, &namespace, &name, &status).await?;
+    let changed = crate::status::changes(&previous, &status);
 
     if previous.observed_generation != generation {
         publish(
@@ -397,7 +398,10 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     }
     tracing::info!(
         pool = %key(pool), generation, api_ready, workers_ready, desired_workers,
-        queue = ?figures, result = ready_reason, "reconciled"
+        pending = figures.map(|f| f.pending), in_flight = figures.map(|f| f.in_flight),
+        dead_letters = figures.map(|f| f.dead_letters), result = ready_reason,
+        changed = %if changed.is_empty() { "nothing".to_owned() } else { changed.join("; ") },
+        "reconciled"
     );
     match queue_result {
         Err(err) => {

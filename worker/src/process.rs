@@ -67,7 +67,8 @@ impl Worker {
             Err(err) => return self.dead_letter_unreadable(message, &err.to_string()).await,
         };
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, delivered);
+        // JetStream's delivery count is the attempt number (each retry is a redelivery).
+        let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, attempt = delivered);
         self.process_work(message, work, delivered, abort)
             .instrument(span)
             .await;
@@ -255,6 +256,8 @@ impl Worker {
         {
             Ok(Settled::Written) => {
                 let latency = seconds_since(work);
+                // Debug: at thousands of items a second, a line each is for debugging.
+                tracing::debug!(status = status.as_str(), latency, "work finished");
                 match status {
                     WorkStatus::Worked => self.metrics.worked(&work.task, latency),
                     _ => self.metrics.failed(&work.task, latency),
