@@ -132,6 +132,9 @@ build_helm() {
 
 build_nats_server() { go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 nats-server; }
 build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats nats; }
+# Without the web UI's assets (they are built with npm, outside the Go module): the HTTP
+# API that tests and dashboards use is all there.
+build_prometheus() { go_install prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus; }
 build_kind() { go_install kind "$KIND_VERSION" sigs.k8s.io/kind kind; }
 
 # The Prometheus Operator's PodMonitor CRD (from its Go module), so tests can check the
@@ -156,7 +159,7 @@ print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus-operator-crds)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus prometheus-operator-crds)
 # Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
 optional_tools=(kind)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
@@ -167,6 +170,7 @@ for tool in "${wanted[@]}"; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     kind) build_kind ;;
+    prometheus) build_prometheus ;;
     prometheus-operator-crds) build_prometheus_operator_crds ;;
     kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `make up`: a local Workpool on a real Kubernetes control plane, with no Docker:
 # etcd + kube-apiserver + kube-controller-manager, our node agent running the pods as
-# processes in network namespaces, nats-server, the operator, the demo WorkPool from
-# examples/workpool.yaml, and a load balancer on http://127.0.0.1:8080 that follows the
-# api Service's endpoints. One supervisor process runs it all; `make down` stops it.
+# processes in network namespaces, nats-server, Prometheus on :9090, the chart installed
+# with helm (the operator runs as a pod), the demo WorkPool from examples/workpool.yaml,
+# and a load balancer on http://127.0.0.1:8080 that follows the api Service's endpoints.
+# One supervisor process runs it all; `make down` stops it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 run="$root/.run"
 port=${WORKPOOL_PORT:-8080}
+prometheus_port=${WORKPOOL_PROMETHEUS_PORT:-9090}
 
 if [ -f "$run/pids" ]; then
   echo "up: already running (see $run/pids); run 'make down' first" >&2
@@ -19,20 +21,22 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-  echo "up: port $port on 127.0.0.1 is in use; free it or set WORKPOOL_PORT" >&2
-  exit 1
-fi
+for busy in "$port" "$prometheus_port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$busy") 2>/dev/null; then
+    echo "up: port $busy on 127.0.0.1 is in use; free it or set WORKPOOL_PORT / WORKPOOL_PROMETHEUS_PORT" >&2
+    exit 1
+  fi
+done
 
 echo "up: building the control plane and NATS (first run: about ten minutes), then Workpool"
-"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kubectl helm
+"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kubectl helm prometheus
 (cd "$root" && cargo build --quiet --workspace --bins)
 
 mkdir -p "$run/logs"
 : > "$run/pids"
 cd "$root"
 RUST_LOG=${RUST_LOG:-info,kube=warn,async_nats=warn} nohup target/debug/workpool-local cluster \
-  --listen "127.0.0.1:$port" --pool examples/workpool.yaml --state-dir "$run/cluster" \
+  --listen "127.0.0.1:$port" --prometheus "127.0.0.1:$prometheus_port" --pool examples/workpool.yaml --state-dir "$run/cluster" \
   > "$run/logs/cluster.log" 2>&1 &
 pid=$!
 echo "$pid workpool-local-cluster" >> "$run/pids"
@@ -63,5 +67,8 @@ The original demo - POST work, then GET it a few times (the builtin "sleep" work
   curl "$url/api/v1/work/<callback>?wait=30s" # or long-poll until it is done
 
 POST again and watch "accepted_by" name the two api pods in turn.
-Results expire after 1m (resultTTL), then GET answers 404.  Stop everything: make down
+Results expire after 1m (resultTTL), then GET answers 404.
+Prometheus scrapes every pod: http://127.0.0.1:$prometheus_port (API), e.g.
+  curl 'http://127.0.0.1:$prometheus_port/api/v1/query?query=sum+by+(kubernetes_pod)(workpool_work_worked_total)'
+Stop everything: make down
 DEMO

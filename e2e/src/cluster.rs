@@ -25,6 +25,8 @@ pub struct ControlPlane {
     dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
+    /// The cluster-admin bearer token (also in the kubeconfig).
+    pub token: String,
     kubectl: PathBuf,
 }
 
@@ -181,6 +183,7 @@ impl ControlPlane {
             dir,
             kubeconfig,
             server,
+            token,
             kubectl,
         };
         plane.wait_ready(&ca).await?;

@@ -14,6 +14,7 @@ pub mod operator;
 pub mod paths;
 pub mod pool;
 pub mod process;
+pub mod prometheus;
 
 /// Errors of the harness; tests unwrap them with context.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! `make up`: a whole local Workpool on a real control plane with no Docker. One process
 //! supervises it all, so stopping that process (`make down`) stops everything:
 //! the pod network bridge, etcd + kube-apiserver + kube-controller-manager, nats-server,
-//! the node agent running the pods, and the load balancer on `127.0.0.1:8080` that
-//! follows the api Service's EndpointSlices. The operator is installed with
+//! the node agent running the pods, Prometheus on `127.0.0.1:9090` scraping the pods, and
+//! the load balancer on `127.0.0.1:8080` that follows the api Service's EndpointSlices. The operator is installed with
 //! `helm install` of `charts/workpool` and runs as a pod, as on any cluster.
 
 use std::net::SocketAddr;
@@ -28,6 +28,9 @@ pub struct LocalClusterArgs {
     /// The WorkPool to apply (its `spec.nats.url` is pointed at the local NATS).
     #[arg(long, default_value = "examples/workpool.yaml")]
     pub pool: PathBuf,
+    /// Where Prometheus (scraping every annotated pod) serves its UI and API.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub prometheus: String,
     /// Pod logs, kubeconfig and node state.
     #[arg(long, default_value = ".run/cluster")]
     pub state_dir: PathBuf,
@@ -54,6 +57,9 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
         .map_err(HarnessError::io("copying the kubeconfig"))?;
     let client = plane.client().await?;
     let nats = NatsServer::start_on(&host).await?;
+    let prometheus =
+        crate::prometheus::Prometheus::start(&plane, &args.prometheus, Duration::from_secs(5))
+            .await?;
 
     let bin_dir = paths::workspace_binary("workpool-api")?
         .parent()
@@ -113,7 +119,11 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
             .map_err(HarnessError::io(format!("binding {address}")))?;
         served.push(tokio::spawn(balancer.clone().serve(listener)));
     }
-    println!("READY kubeconfig={}", kubeconfig.display());
+    println!(
+        "READY kubeconfig={} prometheus={}",
+        kubeconfig.display(),
+        prometheus.url
+    );
 
     shutdown.await;
     served.iter().for_each(|lb| lb.abort());
@@ -122,6 +132,7 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
         tracing::warn!(%err, "node agent stopped with an error");
     }
     drop(nats);
+    drop(prometheus);
     network.remove_bridge();
     // The control plane's guards stop it when this process exits.
     Ok(())

@@ -18,6 +18,7 @@ use workpool_e2e::nats::NatsServer;
 use workpool_e2e::node::{NodeConfig, PodNetwork};
 use workpool_e2e::operator::{condition, create_pool, wait_pool};
 use workpool_e2e::paths;
+use workpool_e2e::prometheus::{Prometheus, sample_value};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -73,6 +74,10 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .expect("control plane");
     let client = plane.client().await.expect("client");
     let nats = NatsServer::start_on(&host).await.expect("nats");
+    // A real Prometheus, finding pods through the apiserver by their scrape annotations.
+    let prometheus = Prometheus::start(&plane, "127.0.0.1:0", Duration::from_secs(1))
+        .await
+        .expect("prometheus");
     let state = tempfile::tempdir().expect("state dir");
     let bin_dir = paths::workspace_binary("workpool-api")
         .expect("binaries")
@@ -236,6 +241,44 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         );
     }
     assert_eq!(via_lb, names, "the balancer spreads over the api pods");
+
+    // Prometheus scraped each worker pod: the work counters per pod add up to the work
+    // done so far (8 items), and the latency histogram has those items.
+    let done = ids.len() + 6;
+    wait_until(
+        "Prometheus to count the work of both worker pods",
+        || async {
+            let per_pod = prometheus
+                .query(r#"sum by (kubernetes_pod) (workpool_work_worked_total{pool="demo"})"#)
+                .await
+                .expect("query");
+            let pods = per_pod
+                .iter()
+                .filter(|r| {
+                    r["metric"]["kubernetes_pod"]
+                        .as_str()
+                        .is_some_and(|pod| pod.starts_with("demo-worker-"))
+                })
+                .count();
+            let total: f64 = per_pod.iter().filter_map(sample_value).sum();
+            pods == 2 && total >= done as f64
+        },
+    )
+    .await;
+    let latency = prometheus
+        .query(r#"sum(workpool_work_latency_seconds_count{pool="demo"})"#)
+        .await
+        .expect("query");
+    assert!(
+        latency.first().and_then(sample_value).unwrap_or(0.0) >= done as f64,
+        "{latency:?}"
+    );
+    let median = prometheus
+        .query(r#"histogram_quantile(0.5, sum by (le) (workpool_work_latency_seconds_bucket{pool="demo"}))"#)
+        .await
+        .expect("query");
+    let median = median.first().and_then(sample_value).expect("a median");
+    assert!(median > 0.0 && median < 60.0, "median latency {median}");
 
     // `helm test`: a pod submits work and waits until it is worked.
     release.test(&client).await.expect("helm test passes");
