@@ -56,7 +56,7 @@ impl ApiMetrics {
         let cancelled = IntCounterVec::new(
             Opts::new(
                 "workpool_work_cancelled_total",
-                "Queued work cancelled through DELETE, by task.",
+                "Work cancelled through DELETE, by task.",
             ),
             &["task"],
         )?;

@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::DirectG
 use async_nats::{Client, connection::State};
 use chrono::Utc;
 use futures::StreamExt;
+use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
@@ -39,6 +40,10 @@ fn unavailable(err: impl std::fmt::Display) -> ApiError {
 
 /// How many times a compare-and-set is retried when another writer got there first.
 const CAS_ATTEMPTS: usize = 8;
+/// How long a peer request waits for its answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long DELETE waits for a worker to record the cancellation of running work.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 impl Queue {
     /// Binds to the pool's bucket and stream; fails if they do not exist yet.
@@ -210,21 +215,32 @@ impl Queue {
         Ok(latest)
     }
 
-    /// Marks queued work `cancelled`; workers skip it when it comes up.
-    pub async fn cancel(&self, id: &WorkId) -> Result<WorkRecord, ApiError> {
+    /// Cancels work that has not finished. Queued work (or work between attempts, or
+    /// whose worker is gone) is marked `cancelled` and workers skip it when it comes up.
+    /// Running work: the worker that holds it is asked, by pod name over NATS, to abort
+    /// the handler; it records `cancelled` and terminates the message. The flag says
+    /// whether a worker did it (and counted it).
+    pub async fn cancel(&self, id: &WorkId) -> Result<(WorkRecord, bool), ApiError> {
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut record, revision)) = self.record(id).await? else {
                 return Err(ApiError::NotFound(id.to_string()));
             };
-            match record.status {
-                WorkStatus::Pending => {}
-                WorkStatus::Working => {
-                    return Err(ApiError::Conflict {
-                        code: "running",
-                        message: "the work is running; only queued work can be cancelled".into(),
-                    });
+            match (&record.status, &record.worker) {
+                (WorkStatus::Pending, _) => {}
+                (WorkStatus::Working, Some(worker)) => {
+                    if self.ask_to_cancel(worker, id).await? {
+                        return match self.wait_for_end(id, CANCEL_WAIT).await? {
+                            Some(record) if record.status.is_terminal() => Ok((record, true)),
+                            _ => Err(ApiError::Unavailable(
+                                "the worker is cancelling the work; GET it in a moment".into(),
+                            )),
+                        };
+                    }
+                    // Not running there now (between attempts, or the worker is gone):
+                    // the record decides, so the next delivery is skipped.
                 }
-                status => {
+                (WorkStatus::Working, None) => {}
+                (status, _) => {
                     return Err(ApiError::Conflict {
                         code: "finished",
                         message: format!("the work is already {}", status.as_str()),
@@ -242,7 +258,7 @@ impl Queue {
                 .update(id.as_str(), record.to_json().into(), revision)
                 .await
             {
-                Ok(_) => return Ok(record),
+                Ok(_) => return Ok((record, false)),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(err) => return Err(unavailable(err)),
             }
@@ -250,6 +266,24 @@ impl Queue {
         Err(ApiError::Unavailable(
             "the record kept changing; retry".into(),
         ))
+    }
+
+    /// Asks `worker` to abort the running attempt of `id`: true if it was running there.
+    /// A worker that does not answer (gone, or NATS has no responder) counts as not
+    /// running it.
+    async fn ask_to_cancel(&self, worker: &str, id: &WorkId) -> Result<bool, ApiError> {
+        let request = serde_json::to_vec(&PeerRequest::Cancel { id: id.to_string() })
+            .map_err(|err| ApiError::Unavailable(err.to_string()))?;
+        let subject = self.names.peer_subject(worker);
+        let answer =
+            tokio::time::timeout(PEER_TIMEOUT, self.client.request(subject, request.into())).await;
+        Ok(match answer {
+            Ok(Ok(message)) => matches!(
+                serde_json::from_slice(&message.payload),
+                Ok(PeerReply::Cancel { cancelled: true })
+            ),
+            _ => false,
+        })
     }
 
     pub fn client(&self) -> &Client {

@@ -232,16 +232,16 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(id.to_string()))
 }
 
-/// Cancel queued work.
+/// Cancel work that has not finished (queued or running).
 #[utoipa::path(
     delete, path = "/api/v1/work/{id}", tag = "work",
     params(("id" = String, Path, description = "The callback id")),
     responses(
-        (status = 200, description = "Cancelled; workers will skip it", body = WorkView),
+        (status = 200, description = "Cancelled: queued work is skipped by workers; running work is aborted by its worker", body = WorkView),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
         (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
-        (status = 409, description = "Already running or finished", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
         (status = 503, description = "NATS is unreachable", body = ErrorBody),
     )
 )]
@@ -253,8 +253,10 @@ pub async fn cancel(
     state.check_auth(&headers)?;
     let id = parse_id(&id)?;
     let queue = state.queue()?;
-    let record = queue.cancel(&id).await?;
-    state.metrics().cancelled(&record.task);
+    let (record, by_worker) = queue.cancel(&id).await?;
+    if !by_worker {
+        state.metrics().cancelled(&record.task);
+    }
     announce(
         &state,
         queue,

@@ -4,11 +4,13 @@
 //! Everything here is pure and unit-tested, except [`provision`], the one function that
 //! creates or updates a pool's NATS objects on a server.
 
+pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod events;
 pub mod ids;
 pub mod labels;
+pub mod membership;
 pub mod message;
 pub mod names;
 pub mod provision;

@@ -127,12 +127,17 @@ impl PoolNames {
 /// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is
 /// fixed forever (unlike std's hasher), so every component agrees on the partition.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    u32::try_from(fnv1a(key.as_bytes()) % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
+/// FNV-1a, 64 bits: stable across processes, builds and versions.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
+    for byte in bytes {
+        hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+    hash
 }
 
 #[cfg(test)]

@@ -424,6 +424,48 @@ async fn queued_work_can_be_cancelled_and_is_then_skipped() {
 }
 
 #[tokio::test]
+async fn running_work_is_aborted_by_its_worker_and_ends_cancelled() {
+    let spec = PoolSpec::from_json(r#"{"worker": {"timeout": "60s"}}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 30000}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&id, "working", Duration::from_secs(10))
+        .await
+        .expect("working");
+    let started = std::time::Instant::now();
+    let url = format!("{}/api/v1/work/{id}", pool.api_url(0));
+    let cancelled = pool.send(pool.http.delete(&url)).await.expect("delete");
+    assert_eq!(
+        (cancelled.status, cancelled.str("status")),
+        (200, "cancelled"),
+        "{cancelled:?}"
+    );
+    assert_eq!(cancelled.str("worker"), "demo-worker-0");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the 30 s handler was aborted, not waited for"
+    );
+    // Terminated, not redelivered: the stream is empty and the worker is free again.
+    let stream = pool.queued_messages().await.expect("stream state");
+    assert_eq!(stream, 0, "the cancelled message is gone from the queue");
+    let next = pool
+        .submit(&json!({"data": {"ms": 10}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&next, "worked", Duration::from_secs(10))
+        .await
+        .expect("the worker carries on");
+    assert_eq!(pool.get(&id).await.expect("get").str("status"), "cancelled");
+    assert_error(
+        &pool.send(pool.http.delete(&url)).await.expect("delete"),
+        409,
+        "finished",
+    );
+}
+
+#[tokio::test]
 async fn hostile_input_never_gets_a_500() {
     let spec = PoolSpec::from_json(r#"{"queue": {"maxPayloadBytes": 65536}}"#).expect("spec");
     let pool = TestPool::start(spec, 1, 0).await.expect("pool");

@@ -237,7 +237,16 @@ impl PoolContext<'_> {
                 serde_json::to_string(self.spec).unwrap_or_default(),
             ),
             value("WORKPOOL_LISTEN", format!("0.0.0.0:{}", component.port())),
+            // Cluster membership: the ready endpoints of the headless worker Service
+            // (and, for the cluster view, of the api Service).
+            value("WORKPOOL_WORKERS_SERVICE", worker_service_name(&self.name)),
         ];
+        if component == Component::Api {
+            env.push(value(
+                "WORKPOOL_API_SERVICE",
+                deployment_name(&self.name, Component::Api),
+            ));
+        }
         if component == Component::Worker {
             env.push(value("WORKPOOL_DRAIN_TIMEOUT", "25s".into()));
         }

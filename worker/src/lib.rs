@@ -1,12 +1,14 @@
 //! The Workpool worker: pulls work from the pool's JetStream consumers, runs the pool's
 //! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
 
+pub mod cluster;
 pub mod handlers;
 pub mod metrics;
 pub mod process;
 mod pull;
 pub mod records;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +44,11 @@ pub struct Args {
     /// handed back to the queue (keep it below the pod's termination grace period).
     #[arg(long, env = "WORKPOOL_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime_duration)]
     pub drain_timeout: Duration,
+    /// The pool's headless worker Service: its ready endpoints are the members keyed
+    /// partitions are spread over. Without it (outside Kubernetes) this worker counts
+    /// only itself and pulls every partition.
+    #[arg(long, env = "WORKPOOL_WORKERS_SERVICE")]
+    pub workers_service: Option<String>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -70,12 +77,15 @@ pub struct Worker {
     records: Records,
     handler: Handler,
     metrics: WorkerMetrics,
+    running: cluster::Running,
+    membership: cluster::Membership,
 }
 
 /// The consumers a worker pulls from, bound once they exist.
 struct Bound {
     records: Records,
-    consumers: Vec<(String, PullConsumer)>,
+    work: PullConsumer,
+    partitions: HashMap<u32, PullConsumer>,
 }
 
 async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, String> {
@@ -88,19 +98,23 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Str
         .get_stream(names.stream())
         .await
         .map_err(|err| err.to_string())?;
-    let mut consumers = Vec::new();
-    let wanted = std::iter::once(WORK_CONSUMER.to_owned())
-        .chain((0..config.spec.worker.partitions).map(PoolNames::keyed_consumer));
-    for name in wanted {
+    let work: PullConsumer = stream
+        .get_consumer(WORK_CONSUMER)
+        .await
+        .map_err(|err| format!("consumer {WORK_CONSUMER}: {err}"))?;
+    let mut partitions = HashMap::new();
+    for partition in 0..config.spec.worker.partitions {
+        let name = PoolNames::keyed_consumer(partition);
         let consumer: PullConsumer = stream
             .get_consumer(&name)
             .await
             .map_err(|err| format!("consumer {name}: {err}"))?;
-        consumers.push((name, consumer));
+        partitions.insert(partition, consumer);
     }
     Ok(Bound {
         records: Records::new(kv, config.pod.clone()),
-        consumers,
+        work,
+        partitions,
     })
 }
 
@@ -180,7 +194,23 @@ pub async fn run(
     };
     if let Some(bound) = bound {
         let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
+        let members = match &args.workers_service {
+            Some(service) => match kube::Client::try_default().await {
+                Ok(kube) => Some(workpool_core::membership::watch_service(
+                    kube,
+                    &config.names.namespace,
+                    service,
+                )),
+                Err(err) => {
+                    tracing::warn!(%err, "no Kubernetes API: counting only this worker as a member");
+                    None
+                }
+            },
+            None => None,
+        };
         let worker = Arc::new(Worker {
+            running: cluster::Running::default(),
+            membership: cluster::Membership::new(config.pod.clone(), members),
             handler: Handler::new(&config.spec.worker.handler),
             records: bound.records,
             config,
@@ -191,9 +221,17 @@ pub async fn run(
         let _ = health.worker.set(worker.clone());
         health.ready.store(true, Ordering::Relaxed);
         tracing::info!(pod = %worker.config.pod, concurrency = worker.config.spec.worker.concurrency, "worker pulling");
+        let peers_stop = CancellationToken::new();
+        let peers = tokio::spawn(
+            worker
+                .clone()
+                .answer_peers(health.ready.clone(), peers_stop.clone()),
+        );
         worker
-            .work_until_stopped(bound.consumers, stop, args.drain_timeout)
+            .work_until_stopped(bound.work, bound.partitions, stop, args.drain_timeout)
             .await;
+        peers_stop.cancel();
+        let _ = peers.await;
     }
     health.ready.store(false, Ordering::Relaxed);
     http_stop.cancel();
@@ -204,7 +242,8 @@ pub async fn run(
 impl Worker {
     async fn work_until_stopped(
         self: Arc<Self>,
-        consumers: Vec<(String, PullConsumer)>,
+        work: PullConsumer,
+        partitions: HashMap<u32, PullConsumer>,
         stop: CancellationToken,
         drain_timeout: Duration,
     ) {
@@ -215,17 +254,24 @@ impl Worker {
         };
         let limit = Arc::new(Semaphore::new(self.config.spec.worker.concurrency));
         let mut loops = tokio::task::JoinSet::new();
-        for (name, consumer) in consumers {
-            // Unkeyed work shares the pod's concurrency; each keyed partition adds at most
-            // one job, since the server allows one in flight per partition.
-            let limit = (name == WORK_CONSUMER).then(|| limit.clone());
-            loops.spawn(self.clone().pull_loop(name, consumer, limit, lanes.clone()));
-        }
+        // Unkeyed work shares the pod's concurrency; each keyed partition adds at most
+        // one job, since the server allows one in flight per partition.
+        loops.spawn(self.clone().pull_loop(
+            WORK_CONSUMER.to_owned(),
+            work,
+            Some(limit),
+            lanes.clone(),
+        ));
+        loops.spawn(
+            self.clone()
+                .pull_owned_partitions(partitions, lanes.clone()),
+        );
         stop.cancelled().await;
         tracing::info!(
             in_flight = self.metrics.in_flight.get(),
             "stopping: no new pulls; finishing running work"
         );
+        self.announce_leaving().await;
         while loops.join_next().await.is_some() {}
         lanes.tracker.close();
         if tokio::time::timeout(drain_timeout, lanes.tracker.wait())

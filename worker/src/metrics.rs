@@ -23,6 +23,7 @@ pub struct WorkerMetrics {
     failed: IntCounterVec,
     retried: IntCounterVec,
     skipped: IntCounterVec,
+    cancelled: IntCounterVec,
     handler_duration: HistogramVec,
     latency: HistogramVec,
     pub in_flight: IntGauge,
@@ -86,6 +87,11 @@ impl WorkerMetrics {
                 "workpool_work_skipped_total",
                 "Deliveries skipped because the work was already finished or cancelled, by task.",
             )?,
+            cancelled: counter(
+                &registry,
+                "workpool_work_cancelled_total",
+                "Work cancelled through DELETE, by task.",
+            )?,
             handler_duration: histogram(
                 &registry,
                 "workpool_handler_duration_seconds",
@@ -109,6 +115,7 @@ impl WorkerMetrics {
             &metrics.failed,
             &metrics.retried,
             &metrics.skipped,
+            &metrics.cancelled,
         ] {
             counter.with_label_values(&task);
         }
@@ -153,6 +160,30 @@ impl WorkerMetrics {
         self.skipped
             .with_label_values(&[self.task(task).as_str()])
             .inc();
+    }
+
+    pub fn cancelled(&self, task: &str) {
+        self.cancelled
+            .with_label_values(&[self.task(task).as_str()])
+            .inc();
+    }
+
+    /// Totals over all tasks, for the cluster view.
+    pub fn counts(&self) -> workpool_core::cluster::WorkerCounts {
+        let total = |counter: &IntCounterVec| {
+            let families = prometheus::core::Collector::collect(counter);
+            families
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_counter().get_value() as u64)
+                .sum()
+        };
+        workpool_core::cluster::WorkerCounts {
+            started: total(&self.started),
+            worked: total(&self.worked),
+            failed: total(&self.failed),
+            cancelled: total(&self.cancelled),
+        }
     }
 
     pub fn handler_ran(&self, task: &str, seconds: f64) {

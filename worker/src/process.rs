@@ -131,10 +131,17 @@ impl Worker {
         self.metrics.in_flight.inc();
         let started = Instant::now();
         let timeout = self.config.spec.worker.timeout;
+        let running = self.running.start(work.id.as_str());
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Some(outcome),
             () = abort.cancelled() => None,
+            () = running.cancelled() => {
+                self.metrics.in_flight.dec();
+                tracing::info!(attempt, "cancelled while running");
+                return self.finish(&message, &work, record, revision, Outcome::Cancelled).await;
+            }
         };
+        drop(running);
         self.metrics
             .handler_ran(&work.task, started.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
@@ -248,6 +255,14 @@ impl Worker {
                 WorkEventKind::Failed,
                 AckKind::Term,
             ),
+            // Terminated, not redelivered: nobody wants this work any more.
+            Outcome::Cancelled => (
+                WorkStatus::Cancelled,
+                None,
+                Some("cancelled while running".to_owned()),
+                WorkEventKind::Cancelled,
+                AckKind::Term,
+            ),
         };
         match self
             .records
@@ -260,6 +275,7 @@ impl Worker {
                 tracing::debug!(status = status.as_str(), latency, "work finished");
                 match status {
                     WorkStatus::Worked => self.metrics.worked(&work.task, latency),
+                    WorkStatus::Cancelled => self.metrics.cancelled(&work.task),
                     _ => self.metrics.failed(&work.task, latency),
                 }
                 self.event(event, work, attempt, error).await;
@@ -340,6 +356,7 @@ impl Worker {
 enum Outcome {
     Worked(serde_json::Value),
     Failed(String),
+    Cancelled,
 }
 
 fn seconds_since(work: &WorkMessage) -> f64 {

@@ -1,0 +1,303 @@
+//! The worker's part in the pool's cluster (DESIGN section 7): it counts the ready
+//! endpoints of the pool's headless worker Service as members, pulls the keyed partitions
+//! rendezvous hashing gives it, answers peers on `wp.<ns>.<pool>.peer.<pod>` (view,
+//! cancel, leaving), and on SIGTERM tells the others it is leaving so its partitions move
+//! at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use workpool_core::cluster::{PeerReply, PeerRequest, WorkerView, owned_partitions};
+
+use crate::Worker;
+use crate::pull::Lanes;
+
+/// How long a peer that said it is leaving stays out of the member count, at most (its
+/// EndpointSlice entry normally goes well before).
+const LEAVING_FOR: Duration = Duration::from_secs(120);
+/// How long a peer request waits for its answer.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Work running in this worker, by id, so a peer's `cancel` can abort it.
+#[derive(Default)]
+pub struct Running(Mutex<HashMap<String, CancellationToken>>);
+
+/// Holds a running item's entry; removes it when dropped.
+pub struct RunningGuard<'a> {
+    running: &'a Running,
+    id: String,
+    token: CancellationToken,
+}
+
+impl RunningGuard<'_> {
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.id);
+    }
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn start(&self, id: &str) -> RunningGuard<'_> {
+        let token = CancellationToken::new();
+        self.lock().insert(id.to_owned(), token.clone());
+        RunningGuard {
+            running: self,
+            id: id.to_owned(),
+            token,
+        }
+    }
+
+    /// Cancels the running item `id`; false if it does not run here.
+    pub fn cancel(&self, id: &str) -> bool {
+        self.lock().get(id).map(CancellationToken::cancel).is_some()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Who this worker counts as members, and what it owns.
+pub struct Membership {
+    me: String,
+    /// Ready worker pods from the EndpointSlices; `None` when the worker runs outside
+    /// Kubernetes (it then counts itself only, and pulls every partition).
+    members: Option<watch::Receiver<BTreeSet<String>>>,
+    leaving: Mutex<HashMap<String, Instant>>,
+    changed: Notify,
+    owned: Mutex<Vec<u32>>,
+}
+
+impl Membership {
+    pub fn new(me: String, members: Option<watch::Receiver<BTreeSet<String>>>) -> Self {
+        Self {
+            me,
+            members,
+            leaving: Mutex::default(),
+            changed: Notify::new(),
+            owned: Mutex::default(),
+        }
+    }
+
+    /// The members partitions are spread over: the ready pods, this worker (ready pods
+    /// include it only once its readiness probe passed), minus peers that said they are
+    /// leaving.
+    pub fn current(&self) -> BTreeSet<String> {
+        let mut members = self
+            .members
+            .as_ref()
+            .map(|members| members.borrow().clone())
+            .unwrap_or_default();
+        members.insert(self.me.clone());
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        leaving.retain(|_, since| since.elapsed() < LEAVING_FOR);
+        members.retain(|member| !leaving.contains_key(member));
+        members
+    }
+
+    fn mark_leaving(&self, pod: &str) {
+        if pod != self.me {
+            self.leaving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(pod.to_owned(), Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    pub fn owned(&self) -> Vec<u32> {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Completes when the member list may have changed.
+    async fn changes(&self) {
+        match self.members.clone() {
+            Some(mut members) => tokio::select! {
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = self.changed.notified() => {}
+            },
+            None => self.changed.notified().await,
+        }
+    }
+}
+
+impl Worker {
+    /// Runs a pull loop for each keyed partition this worker owns, starting and stopping
+    /// them as members come and go, until `lanes.stop`.
+    pub(crate) async fn pull_owned_partitions(
+        self: Arc<Self>,
+        partitions: HashMap<u32, PullConsumer>,
+        lanes: Lanes,
+    ) {
+        let total = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
+        let mut loops: HashMap<u32, CancellationToken> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        while !lanes.stop.is_cancelled() {
+            let members = self.membership.current();
+            let owned = owned_partitions(&self.membership.me, &members, total);
+            loops.retain(|partition, stop| {
+                let keep = owned.contains(partition);
+                if !keep {
+                    // Its running job (at most one) finishes; the new owner gets the next
+                    // message only after that one is acked, so the key stays serial.
+                    stop.cancel();
+                }
+                keep
+            });
+            for partition in &owned {
+                if loops.contains_key(partition) {
+                    continue;
+                }
+                let Some(consumer) = partitions.get(partition) else {
+                    continue;
+                };
+                let stop = lanes.stop.child_token();
+                loops.insert(*partition, stop.clone());
+                let lanes = Lanes {
+                    stop,
+                    ..lanes.clone()
+                };
+                let name = workpool_core::PoolNames::keyed_consumer(*partition);
+                tasks.spawn(self.clone().pull_loop(name, consumer.clone(), None, lanes));
+            }
+            let previous = std::mem::replace(
+                &mut *self
+                    .membership
+                    .owned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+                owned.clone(),
+            );
+            if previous != owned {
+                tracing::info!(partitions = ?owned, members = members.len(), "keyed partitions owned");
+            }
+            tokio::select! {
+                () = self.membership.changes() => {}
+                () = lanes.stop.cancelled() => {}
+                // Leaving marks expire without an event.
+                () = tokio::time::sleep(LEAVING_FOR) => {}
+            }
+        }
+        self.membership
+            .owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// What this worker owns and runs now.
+    pub fn view(&self, ready: bool) -> WorkerView {
+        WorkerView {
+            pod: self.config.pod.clone(),
+            ready,
+            partitions: self.membership.owned(),
+            in_flight: self.running.ids(),
+            members: self.membership.current().into_iter().collect(),
+            counts: self.metrics.counts(),
+        }
+    }
+
+    /// Answers peer requests on this pod's subject until `stop`.
+    pub(crate) async fn answer_peers(
+        self: Arc<Self>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        stop: CancellationToken,
+    ) {
+        let subject = self.config.names.peer_subject(&self.config.pod);
+        let mut requests = match self.client.subscribe(subject.clone()).await {
+            Ok(requests) => requests,
+            Err(err) => {
+                tracing::error!(%subject, %err, "cannot answer peers");
+                return;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                message = requests.next() => match message { Some(m) => m, None => break },
+                () = stop.cancelled() => break,
+            };
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let reply = match serde_json::from_slice::<PeerRequest>(&message.payload) {
+                Ok(PeerRequest::View) => {
+                    PeerReply::View(self.view(ready.load(std::sync::atomic::Ordering::Relaxed)))
+                }
+                Ok(PeerRequest::Cancel { id }) => PeerReply::Cancel {
+                    cancelled: self.running.cancel(&id),
+                },
+                Ok(PeerRequest::Leaving { pod }) => {
+                    self.membership.mark_leaving(&pod);
+                    PeerReply::Ok
+                }
+                Err(err) => PeerReply::Error {
+                    message: format!("unreadable request: {err}"),
+                },
+            };
+            let payload = serde_json::to_vec(&reply).unwrap_or_default();
+            if let Err(err) = self.client.publish(reply_to, payload.into()).await {
+                tracing::debug!(%err, "peer reply not sent");
+            }
+        }
+        let _ = requests.unsubscribe().await;
+    }
+
+    /// Tells every other member this worker is leaving, so they take its partitions now
+    /// rather than when its endpoint disappears. Best effort, bounded by [`PEER_TIMEOUT`].
+    pub(crate) async fn announce_leaving(&self) {
+        let me = &self.config.pod;
+        let request =
+            serde_json::to_vec(&PeerRequest::Leaving { pod: me.clone() }).unwrap_or_default();
+        let others: Vec<String> = self
+            .membership
+            .current()
+            .into_iter()
+            .filter(|member| member != me)
+            .collect();
+        let asks = others.iter().map(|member| {
+            let subject = self.config.names.peer_subject(member);
+            let request = request.clone();
+            async move {
+                let answer = tokio::time::timeout(
+                    PEER_TIMEOUT,
+                    self.client.request(subject, request.into()),
+                )
+                .await;
+                if !matches!(answer, Ok(Ok(_))) {
+                    tracing::debug!(peer = %member, "leaving notice not answered");
+                }
+            }
+        });
+        futures::future::join_all(asks).await;
+        if !others.is_empty() {
+            tracing::info!(
+                peers = others.len(),
+                "told the other workers this one is leaving"
+            );
+        }
+    }
+}
