@@ -2,6 +2,7 @@
 //! results bucket, queues it on the pool's stream, and answers its status.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -39,6 +40,13 @@ pub struct Args {
     /// File holding the HS256 secret; when set, /api/v1/work requires a bearer JWT.
     #[arg(long, env = "WORKPOOL_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// The pool's headless worker Service, whose ready endpoints are the worker members
+    /// shown by `GET /api/v1/cluster` (without it, only workers that answer are shown).
+    #[arg(long, env = "WORKPOOL_WORKERS_SERVICE")]
+    pub workers_service: Option<String>,
+    /// The pool's api Service, whose ready endpoints are the api members.
+    #[arg(long, env = "WORKPOOL_API_SERVICE")]
+    pub api_service: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,17 +77,31 @@ struct Inner {
     queue: OnceLock<Queue>,
     metrics: ApiMetrics,
     auth: Option<Auth>,
+    members: cluster::Members,
 }
 
 impl AppState {
-    pub fn new(config: PoolConfig, auth: Option<Auth>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        config: PoolConfig,
+        auth: Option<Auth>,
+        members: cluster::Members,
+    ) -> Result<Self, prometheus::Error> {
         let metrics = ApiMetrics::new(&config.names.namespace, &config.names.pool)?;
         Ok(Self(Arc::new(Inner {
             config,
             queue: OnceLock::new(),
             metrics,
             auth,
+            members,
         })))
+    }
+
+    pub fn members(&self) -> &cluster::Members {
+        &self.0.members
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.0.config
     }
 
     /// The bound queue, or 503 while the api has not reached NATS yet.
@@ -139,6 +161,7 @@ pub fn router(state: AppState) -> Router {
     let work = Router::new()
         .route("/api/v1/work", axum::routing::post(routes::submit))
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
+        .route("/api/v1/cluster", get(cluster::view))
         .layer(DefaultBodyLimit::max(state.max_body_bytes()));
     Router::new()
         .merge(work)
@@ -146,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/console", get(cluster::console))
         .fallback(
             |request: Request| async move { ApiError::NoRoute(request.uri().path().to_owned()) },
         )
@@ -192,7 +216,13 @@ pub async fn run(
         None => None,
     };
     let client = workpool_core::config::connect_nats(&config, "workpool-api").await?;
-    let state = AppState::new(config, auth)?;
+    let members = cluster::Members::watch(
+        &config.names.namespace,
+        args.api_service.as_deref(),
+        args.workers_service.as_deref(),
+    )
+    .await;
+    let state = AppState::new(config, auth, members)?;
     let binder = state.clone();
     tokio::spawn(async move { binder.bind(client).await });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

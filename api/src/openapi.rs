@@ -17,6 +17,7 @@ use crate::routes::{self, SubmitAnswer, WorkView};
         routes::submit,
         routes::get,
         routes::cancel,
+        crate::cluster::view,
         routes::healthz,
         routes::readyz,
         routes::metrics,
@@ -27,7 +28,8 @@ use crate::routes::{self, SubmitAnswer, WorkView};
         WorkView,
         ErrorBody,
         workpool_core::WorkStatus,
-        workpool_core::message::WorkSubmission
+        workpool_core::message::WorkSubmission,
+        workpool_core::cluster::ClusterView
     ))
 )]
 pub struct ApiDoc;

@@ -92,6 +92,44 @@ pub struct WorkerCounts {
     pub cancelled: u64,
 }
 
+/// `GET /api/v1/cluster`: the pool's processes as the answering api pod sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct ClusterView {
+    pub namespace: String,
+    pub pool: String,
+    /// The api pod that answered.
+    pub answered_by: String,
+    /// Keyed partitions of the pool.
+    pub partitions: u32,
+    pub api: Vec<ApiMember>,
+    /// Every worker that answered, plus members that did not (with `answered: false`).
+    pub workers: Vec<WorkerMember>,
+    /// Partitions no answering worker pulls right now (moving, or no workers).
+    pub unowned_partitions: Vec<u32>,
+    /// Whether membership comes from the Kubernetes API (false: outside Kubernetes, only
+    /// what answers is shown).
+    pub from_kubernetes: bool,
+}
+
+/// An api pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct ApiMember {
+    pub pod: String,
+    /// A ready endpoint of the api Service.
+    pub ready: bool,
+}
+
+/// A worker pod in the cluster view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct WorkerMember {
+    /// A ready endpoint of the headless worker Service.
+    pub member: bool,
+    /// It answered the view request in time.
+    pub answered: bool,
+    #[serde(flatten)]
+    pub view: WorkerView,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

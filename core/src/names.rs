@@ -122,6 +122,12 @@ impl PoolNames {
     pub fn peer_subject(&self, pod: &str) -> String {
         format!("{}.peer.{pod}", self.prefix())
     }
+
+    /// Where every worker answers (scatter-gather of the cluster view). `_all` cannot be
+    /// a pod name, which is a DNS label.
+    pub fn peers_all_subject(&self) -> String {
+        format!("{}.peer._all", self.prefix())
+    }
 }
 
 /// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is

@@ -57,3 +57,54 @@ async fn work_for_one_key_never_overlaps() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_cluster_view_shows_workers_their_partitions_and_running_work() {
+    let spec = PoolSpec::from_json(r#"{"worker": {"partitions": 4}}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 2).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 3000}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&id, "working", Duration::from_secs(10))
+        .await
+        .expect("working");
+    let view: serde_json::Value = pool
+        .http
+        .get(format!("{}/api/v1/cluster", pool.api_url(0)))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["pool"], "demo");
+    assert_eq!(view["partitions"], 4);
+    assert_eq!(view["api"][0]["pod"], "demo-api-0");
+    // Outside Kubernetes each worker counts only itself, so each pulls every partition
+    // (the server still lets one job per partition run at a time).
+    assert_eq!(view["from_kubernetes"], false);
+    let workers = view["workers"].as_array().expect("workers");
+    let pods: Vec<&str> = workers.iter().map(|w| w["pod"].as_str().unwrap()).collect();
+    assert_eq!(pods, ["demo-worker-0", "demo-worker-1"], "{view}");
+    for worker in workers {
+        assert_eq!(worker["answered"], true);
+        assert_eq!(worker["partitions"], json!([0, 1, 2, 3]), "{view}");
+    }
+    let running: Vec<&serde_json::Value> = workers
+        .iter()
+        .flat_map(|w| w["in_flight"].as_array().unwrap())
+        .collect();
+    assert_eq!(running, [&json!(id)], "{view}");
+    assert_eq!(view["unowned_partitions"], json!([]));
+
+    // The console page is served and reads this view.
+    let page = pool
+        .http
+        .get(format!("{}/console", pool.api_url(0)))
+        .send()
+        .await
+        .expect("console");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("text").contains("/api/v1/cluster"));
+}

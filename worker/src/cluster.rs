@@ -228,13 +228,18 @@ impl Worker {
         stop: CancellationToken,
     ) {
         let subject = self.config.names.peer_subject(&self.config.pod);
-        let mut requests = match self.client.subscribe(subject.clone()).await {
-            Ok(requests) => requests,
-            Err(err) => {
+        let all = self.config.names.peers_all_subject();
+        let (mine, everyone) = match (
+            self.client.subscribe(subject.clone()).await,
+            self.client.subscribe(all).await,
+        ) {
+            (Ok(mine), Ok(everyone)) => (mine, everyone),
+            (Err(err), _) | (_, Err(err)) => {
                 tracing::error!(%subject, %err, "cannot answer peers");
                 return;
             }
         };
+        let mut requests = futures::stream::select(mine, everyone);
         loop {
             let message = tokio::select! {
                 message = requests.next() => match message { Some(m) => m, None => break },
@@ -263,7 +268,6 @@ impl Worker {
                 tracing::debug!(%err, "peer reply not sent");
             }
         }
-        let _ = requests.unsubscribe().await;
     }
 
     /// Tells every other member this worker is leaving, so they take its partitions now
