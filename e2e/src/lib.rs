@@ -12,6 +12,7 @@ pub mod nats;
 pub mod node;
 pub mod operator;
 pub mod paths;
+pub mod pods;
 pub mod pool;
 pub mod process;
 pub mod prometheus;

@@ -6,7 +6,7 @@
 //! `helm install` of `charts/workpool` and runs as a pod, as on any cluster.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::Api;
@@ -41,47 +41,93 @@ const NAMESPACE: &str = "default";
 pub const RELEASE: &str = "workpool";
 pub const RELEASE_NAMESPACE: &str = "workpool-system";
 
+/// What every user of the local cluster needs: the pod network, a control plane the pods
+/// reach, NATS on the bridge address, and the node agent running the pods.
+pub struct LocalCluster {
+    pub network: PodNetwork,
+    /// The bridge's host address: where pods reach the apiserver, NATS and the host.
+    pub host: String,
+    pub plane: ControlPlane,
+    pub client: kube::Client,
+    pub nats: NatsServer,
+    stop_node: Option<tokio::sync::oneshot::Sender<()>>,
+    node: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl LocalCluster {
+    /// Starts everything; pod logs and node state go under `state_dir`.
+    pub async fn start(state_dir: &Path) -> Result<Self> {
+        let network = PodNetwork {
+            bridge: "wp0".into(),
+            prefix: "10.88.0".into(),
+        };
+        network.create_bridge()?;
+        let host = network.host_ip();
+        let plane = ControlPlane::start_for_pods(&host).await?;
+        let client = plane.client().await?;
+        let nats = NatsServer::start_on(&host).await?;
+        let bin_dir = paths::workspace_binary("workpool-api")?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let node_config = NodeConfig {
+            node_name: "workpool-node".into(),
+            pod_api_server: plane.server.clone(),
+            ca_file: plane.ca_file(),
+            bin_dir,
+            state_dir: state_dir.join("node"),
+            image_repository: "ghcr.io/workpool/workpool".into(),
+            network: network.clone(),
+        };
+        let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(crate::node::run(client.clone(), node_config, async move {
+            let _ = node_stopped.await;
+        }));
+        Ok(Self {
+            network,
+            host,
+            plane,
+            client,
+            nats,
+            stop_node: Some(stop_node),
+            node: Some(node),
+        })
+    }
+
+    /// Stops the node agent, which stops every pod and removes every namespace and veth
+    /// it made, then removes the bridge. The control plane's guards stop it when this
+    /// process exits.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop_node.take() {
+            let _ = stop.send(());
+        }
+        let stopped = match self.node.take() {
+            Some(node) => node
+                .await
+                .map_err(|err| HarnessError::Other(format!("node agent task: {err}")))?,
+            None => Ok(()),
+        };
+        self.network.remove_bridge();
+        stopped
+    }
+}
+
 /// Brings everything up, prints `READY` and the kubeconfig path, and runs until
 /// `shutdown`; then takes everything down again.
 pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let network = PodNetwork {
-        bridge: "wp0".into(),
-        prefix: "10.88.0".into(),
-    };
-    network.create_bridge()?;
-    let host = network.host_ip();
-    let plane = ControlPlane::start_for_pods(&host).await?;
+    let cluster = LocalCluster::start(&args.state_dir).await?;
+    let (plane, client, host) = (&cluster.plane, cluster.client.clone(), cluster.host.clone());
     std::fs::create_dir_all(&args.state_dir).map_err(HarnessError::io("state dir"))?;
     let kubeconfig = args.state_dir.join("kubeconfig");
     std::fs::copy(&plane.kubeconfig, &kubeconfig)
         .map_err(HarnessError::io("copying the kubeconfig"))?;
-    let client = plane.client().await?;
-    let nats = NatsServer::start_on(&host).await?;
     let prometheus =
-        crate::prometheus::Prometheus::start(&plane, &args.prometheus, Duration::from_secs(5))
+        crate::prometheus::Prometheus::start(plane, &args.prometheus, Duration::from_secs(5))
             .await?;
-
-    let bin_dir = paths::workspace_binary("workpool-api")?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let node_config = NodeConfig {
-        node_name: "workpool-node".into(),
-        pod_api_server: plane.server.clone(),
-        ca_file: plane.ca_file(),
-        bin_dir,
-        state_dir: args.state_dir.join("node"),
-        image_repository: "ghcr.io/workpool/workpool".into(),
-        network: network.clone(),
-    };
-    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(crate::node::run(client.clone(), node_config, async move {
-        let _ = node_stopped.await;
-    }));
     // Pods have no Service proxy here, so `helm test` reaches the api through the
     // balancer on the bridge's host address.
     let pod_url = format!("http://{host}:{}", args.listen.port());
-    Release::new(&plane, RELEASE, RELEASE_NAMESPACE)?
+    Release::new(plane, RELEASE, RELEASE_NAMESPACE)?
         .install(&[("test.url", &pod_url)])
         .await?;
 
@@ -89,7 +135,7 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
         .map_err(HarnessError::io(format!("reading {}", args.pool.display())))?;
     let mut pool: serde_json::Value = serde_saphyr::from_str(&text)
         .map_err(|err| HarnessError::Other(format!("{}: {err}", args.pool.display())))?;
-    pool["spec"]["nats"]["url"] = serde_json::Value::String(nats.url());
+    pool["spec"]["nats"]["url"] = serde_json::Value::String(cluster.nats.url());
     let name = pool["metadata"]["name"]
         .as_str()
         .unwrap_or("demo")
@@ -127,13 +173,6 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
 
     shutdown.await;
     served.iter().for_each(|lb| lb.abort());
-    let _ = stop_node.send(());
-    if let Ok(Err(err)) = node.await {
-        tracing::warn!(%err, "node agent stopped with an error");
-    }
-    drop(nats);
     drop(prometheus);
-    network.remove_bridge();
-    // The control plane's guards stop it when this process exits.
-    Ok(())
+    cluster.stop().await
 }

@@ -7,100 +7,35 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::{Value, json};
 use workpool_core::crd::WorkPool;
-use workpool_e2e::cluster::ControlPlane;
 use workpool_e2e::helm::Release;
-use workpool_e2e::nats::NatsServer;
-use workpool_e2e::node::{NodeConfig, PodNetwork};
+use workpool_e2e::local_cluster::LocalCluster;
 use workpool_e2e::operator::{condition, create_pool, wait_pool};
-use workpool_e2e::paths;
+use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
 use workpool_e2e::prometheus::{Prometheus, sample_value};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn ready_endpoints(client: &kube::Client, ns: &str, service: &str) -> usize {
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let list = slices
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-        .await
-        .expect("slices");
-    list.items
-        .iter()
-        .flat_map(|slice| slice.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .count()
-}
-
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-async fn running_pods(client: &kube::Client, ns: &str, component: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
-        .await
-        .expect("pods");
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some())
-        .collect()
-}
-
 // Multi-threaded: the balancer serves the `helm test` pod while the test waits on helm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_for_real_and_the_original_demo_works_on_them() {
-    let network = PodNetwork {
-        bridge: "wp0".into(),
-        prefix: "10.88.0".into(),
-    };
-    network.create_bridge().expect("bridge");
-    let host = network.host_ip();
-    let plane = ControlPlane::start_for_pods(&host)
+    let state = tempfile::tempdir().expect("state dir");
+    let cluster = LocalCluster::start(state.path())
         .await
-        .expect("control plane");
-    let client = plane.client().await.expect("client");
-    let nats = NatsServer::start_on(&host).await.expect("nats");
+        .expect("local cluster");
+    let (plane, client, host, nats) = (
+        &cluster.plane,
+        cluster.client.clone(),
+        cluster.host.clone(),
+        &cluster.nats,
+    );
     // A real Prometheus, finding pods through the apiserver by their scrape annotations.
-    let prometheus = Prometheus::start(&plane, "127.0.0.1:0", Duration::from_secs(1))
+    let prometheus = Prometheus::start(plane, "127.0.0.1:0", Duration::from_secs(1))
         .await
         .expect("prometheus");
-    let state = tempfile::tempdir().expect("state dir");
-    let bin_dir = paths::workspace_binary("workpool-api")
-        .expect("binaries")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let config = NodeConfig {
-        node_name: "workpool-node".into(),
-        pod_api_server: plane.server.clone(),
-        ca_file: plane.ca_file(),
-        bin_dir,
-        state_dir: state.path().to_path_buf(),
-        image_repository: "ghcr.io/workpool/workpool".into(),
-        network: network.clone(),
-    };
-    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(workpool_e2e::node::run(
-        client.clone(),
-        config,
-        async move {
-            let _ = node_stopped.await;
-        },
-    ));
 
     let ns = plane.namespace("demo").await.expect("namespace");
     // The api as pods reach it: the balancer on the bridge's host address (pods have no
@@ -110,7 +45,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .expect("bind");
     let lb_url = format!("http://{}", lb_listener.local_addr().expect("addr"));
     let release_ns = plane.namespace("workpool-system").await.expect("namespace");
-    let release = Release::new(&plane, "workpool", &release_ns).expect("helm");
+    let release = Release::new(plane, "workpool", &release_ns).expect("helm");
     release
         .install(&[
             ("operator.watchNamespace", &ns),
@@ -120,7 +55,10 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .await
         .expect("helm install");
     assert_eq!(
-        running_pods(&client, &release_ns, "operator").await.len(),
+        running_pods(&client, &release_ns, "operator")
+            .await
+            .expect("pods")
+            .len(),
         1,
         "the operator runs as a pod"
     );
@@ -140,13 +78,17 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     .await
     .expect("pool Ready with its pods running");
     assert_eq!(pool.status.as_ref().unwrap().api.as_ref().unwrap().ready, 2);
-    wait_until("2 worker endpoints", || async {
-        ready_endpoints(&client, &ns, "demo-workers").await == 2
+    wait_until("2 worker endpoints", WAIT, || async {
+        ready_endpoints(&client, &ns, "demo-workers")
+            .await
+            .expect("slices")
+            == 2
     })
-    .await;
+    .await
+    .expect("2 worker endpoints");
 
     // The original demo, straight to the api pods (each in its own namespace and address).
-    let apis = running_pods(&client, &ns, "api").await;
+    let apis = running_pods(&client, &ns, "api").await.expect("pods");
     let http = reqwest::Client::new();
     let mut accepted_by = std::collections::HashSet::new();
     let mut ids = Vec::new();
@@ -216,10 +158,11 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     // Through the load balancer that follows the api Service's EndpointSlices, as users
     // of the local cluster reach it: connections spread over both api pods.
     let balancer = workpool_e2e::lb::Balancer::following(client.clone(), &ns, "demo-api", "http");
-    wait_until("the balancer to see both api pods", || async {
+    wait_until("the balancer to see both api pods", WAIT, || async {
         balancer.backends().len() == 2
     })
-    .await;
+    .await
+    .expect("the balancer to see both api pods");
     tokio::spawn(balancer.clone().serve(lb_listener));
     let mut via_lb = std::collections::HashSet::new();
     for n in 0..6 {
@@ -247,6 +190,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     let done = ids.len() + 6;
     wait_until(
         "Prometheus to count the work of both worker pods",
+        WAIT,
         || async {
             let per_pod = prometheus
                 .query(r#"sum by (kubernetes_pod) (workpool_work_worked_total{pool="demo"})"#)
@@ -264,7 +208,8 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
             pods == 2 && total >= done as f64
         },
     )
-    .await;
+    .await
+    .expect("Prometheus to count the work of both worker pods");
     let latency = prometheus
         .query(r#"sum(workpool_work_latency_seconds_count{pool="demo"})"#)
         .await
@@ -287,10 +232,14 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     plane
         .kubectl(&["-n", &ns, "scale", "workpool/demo", "--replicas=4"])
         .expect("scale");
-    wait_until("4 worker endpoints", || async {
-        ready_endpoints(&client, &ns, "demo-workers").await == 4
+    wait_until("4 worker endpoints", WAIT, || async {
+        ready_endpoints(&client, &ns, "demo-workers")
+            .await
+            .expect("slices")
+            == 4
     })
-    .await;
+    .await
+    .expect("4 worker endpoints");
 
     // Deleting a worker pod while it works loses nothing.
     let (ip, long) = ids[1].clone();
@@ -306,29 +255,31 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .expect("json");
     let long_id = answer["callback"].as_str().unwrap().to_owned();
     let mut worker = String::new();
-    wait_until("the long job to start", || {
+    wait_until("the long job to start", WAIT, || {
         let status = status(ip.clone(), long_id.clone());
         async move { status.await.1 == "working" }
     })
-    .await;
+    .await
+    .expect("the long job to start");
     let (_, _, body) = status(ip.clone(), long_id.clone()).await;
     worker.push_str(body["worker"].as_str().unwrap());
     Api::<Pod>::namespaced(client.clone(), &ns)
         .delete(&worker, &DeleteParams::default())
         .await
         .expect("delete pod");
-    wait_until("the long job to finish", || {
+    wait_until("the long job to finish", WAIT, || {
         let status = status(ip.clone(), long_id.clone());
         async move { status.await.1 == "worked" }
     })
-    .await;
+    .await
+    .expect("the long job to finish");
 
     // Deleting the WorkPool removes its pods, Services and NATS objects.
     Api::<WorkPool>::namespaced(client.clone(), &ns)
         .delete("demo", &DeleteParams::default())
         .await
         .expect("delete pool");
-    wait_until("the pool's pods to go", || async {
+    wait_until("the pool's pods to go", WAIT, || async {
         Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default())
             .await
@@ -336,8 +287,9 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
             .items
             .is_empty()
     })
-    .await;
-    wait_until("the pool's Services to go", || async {
+    .await
+    .expect("the pool's pods to go");
+    wait_until("the pool's Services to go", WAIT, || async {
         Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
             .list(&ListParams::default())
             .await
@@ -345,7 +297,8 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
             .items
             .is_empty()
     })
-    .await;
+    .await
+    .expect("the pool's Services to go");
     let js = async_nats::jetstream::new(nats.client().await.expect("nats client"));
     assert!(
         js.get_stream(format!("WP_{ns}_demo")).await.is_err(),
@@ -355,7 +308,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     // `helm uninstall` leaves nothing of the release behind but the CRD, which Helm
     // never deletes (deleting it would delete every WorkPool in the cluster).
     release.uninstall().await.expect("helm uninstall");
-    wait_until("the operator pod to go", || async {
+    wait_until("the operator pod to go", WAIT, || async {
         Api::<Pod>::namespaced(client.clone(), &release_ns)
             .list(&ListParams::default())
             .await
@@ -363,7 +316,8 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
             .items
             .is_empty()
     })
-    .await;
+    .await
+    .expect("the operator pod to go");
     let left = plane
         .kubectl(&[
             "get",
@@ -385,8 +339,8 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .expect("the CRD stays");
 
     // Stopping the agent removes every namespace and process it made.
-    let _ = stop_node.send(());
-    node.await.expect("node task").expect("node stops cleanly");
+    drop(prometheus);
+    cluster.stop().await.expect("node stops cleanly");
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -403,5 +357,4 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         !String::from_utf8_lossy(&links.stdout).contains("wpv"),
         "veths left behind"
     );
-    network.remove_bridge();
 }

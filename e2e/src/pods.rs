@@ -1,0 +1,61 @@
+//! Reading the state of pods and Services on a cluster, for tests that wait on it.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::{HarnessError, Result};
+
+fn kube_error(what: &str) -> impl FnOnce(kube::Error) -> HarnessError {
+    move |err| HarnessError::Other(format!("{what}: {err}"))
+}
+
+/// Ready endpoints of `service`.
+pub async fn ready_endpoints(client: &kube::Client, ns: &str, service: &str) -> Result<usize> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(kube_error("listing EndpointSlices"))?;
+    Ok(list
+        .items
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .count())
+}
+
+/// Pods of a pool component (`api`, `worker`, `operator`) that are not being deleted and
+/// have an address.
+pub async fn running_pods(client: &kube::Client, ns: &str, component: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+        .await
+        .map_err(kube_error("listing pods"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some())
+        .collect())
+}
+
+/// Polls `check` until it holds, or fails after `timeout` saying what it waited for.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Timeout(what.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The workers as a cluster, on real pods (DESIGN section 7): membership from the worker
+//! Service's EndpointSlices, keyed partitions spread by rendezvous hashing, serial work
+//! per key across pods, partitions moving when a worker dies or the pool scales, the
+//! cluster view following membership, and cancelling running work across pods.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::DeleteParams;
+use serde_json::{Value, json};
+use workpool_core::names::partition_of;
+use workpool_e2e::local_cluster::LocalCluster;
+use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
+
+const WAIT: Duration = Duration::from_secs(120);
+const PARTITIONS: u32 = 64;
+
+/// GET the cluster view from one api pod.
+async fn cluster_view(http: &reqwest::Client, api: &str) -> Value {
+    http.get(format!("{api}/api/v1/cluster"))
+        .send()
+        .await
+        .expect("cluster view")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Worker pod -> partitions, from a view.
+fn owners(view: &Value) -> BTreeMap<String, Vec<u32>> {
+    view["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter(|w| w["answered"] == true)
+        .map(|w| {
+            let partitions = w["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| u32::try_from(p.as_u64().unwrap()).unwrap())
+                .collect();
+            (w["pod"].as_str().unwrap().to_owned(), partitions)
+        })
+        .collect()
+}
+
+/// The view's workers are exactly `pods`, every partition has exactly one owner.
+fn settled_on(view: &Value, pods: &BTreeSet<String>) -> bool {
+    let owners = owners(view);
+    let members: BTreeSet<String> = owners.keys().cloned().collect();
+    let mut owned: Vec<u32> = owners.values().flatten().copied().collect();
+    owned.sort_unstable();
+    view["from_kubernetes"] == true
+        && &members == pods
+        && owned == (0..PARTITIONS).collect::<Vec<_>>()
+}
+
+async fn worker_pods(client: &kube::Client, ns: &str) -> BTreeSet<String> {
+    running_pods(client, ns, "worker")
+        .await
+        .expect("pods")
+        .into_iter()
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .map(|pod| pod.metadata.name.unwrap())
+        .collect()
+}
+
+/// Start and end (ns) printed by the job's program.
+fn span_of(record: &Value) -> (u128, u128) {
+    let text = record["result"].as_str().expect("text result");
+    let times: Vec<u128> = text
+        .split_whitespace()
+        .map(|t| t.parse().expect("nanoseconds"))
+        .collect();
+    (times[0], times[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_work_is_serial_per_key_and_partitions_follow_the_members() {
+    let state = tempfile::tempdir().expect("state dir");
+    let cluster = LocalCluster::start(state.path())
+        .await
+        .expect("local cluster");
+    let client = cluster.client.clone();
+    install_crd(&cluster.plane).await.expect("crd");
+    let ns = cluster.plane.namespace("keyed").await.expect("namespace");
+    let _operator = RunningOperator::start(&cluster.plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    // The job prints its start and end in nanoseconds, so overlaps can be checked.
+    let yaml = format!(
+        r#"apiVersion: workpool.dev/v1alpha1
+kind: WorkPool
+metadata:
+  name: keyed
+spec:
+  nats:
+    url: {}
+  resultTTL: 10m
+  api:
+    replicas: 2
+  worker:
+    replicas: 3
+    concurrency: 8
+    partitions: {PARTITIONS}
+    ackWait: 5s
+    timeout: 60s
+    handler:
+      exec:
+        command: ["sh", "-c", "read -r data; date +%s%N; case \"$data\" in *long*) sleep 60;; *) sleep 0.02;; esac; date +%s%N"]
+"#,
+        cluster.nats.url()
+    );
+    create_pool(&client, &ns, &yaml).await.expect("create");
+    wait_pool(&client, &ns, "keyed", WAIT, |p| {
+        condition(p, "Ready").is_some_and(|(s, _)| s == "True")
+            && p.status
+                .as_ref()
+                .and_then(|s| s.workers.as_ref())
+                .is_some_and(|w| w.ready == 3)
+    })
+    .await
+    .expect("pool Ready with 3 workers");
+    let apis: Vec<String> = running_pods(&client, &ns, "api")
+        .await
+        .expect("api pods")
+        .iter()
+        .map(|p| {
+            format!(
+                "http://{}:8080",
+                p.status.as_ref().unwrap().pod_ip.as_ref().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(apis.len(), 2);
+    let http = reqwest::Client::new();
+
+    // Membership: the three worker pods, every partition owned by exactly one of them.
+    let pods = worker_pods(&client, &ns).await;
+    assert_eq!(pods.len(), 3);
+    wait_until("the 3 workers to share the partitions", WAIT, || async {
+        settled_on(&cluster_view(&http, &apis[0]).await, &pods)
+    })
+    .await
+    .expect("partitions settle");
+
+    // 500 keyed jobs over 20 keys, submitted concurrently through both api pods: no two
+    // jobs of one key overlap in time, and every job completes.
+    let jobs: Vec<(String, usize)> = (0..500).map(|n| (format!("key-{}", n % 20), n)).collect();
+    let submitted: Vec<(String, String)> = futures::stream::iter(jobs)
+        .map(|(key, n)| {
+            let http = http.clone();
+            let api = apis[n % 2].clone();
+            async move {
+                let answer: Value = http
+                    .post(format!("{api}/api/v1/work"))
+                    .json(&json!({"data": {"n": n}, "key": key}))
+                    .send()
+                    .await
+                    .expect("post")
+                    .json()
+                    .await
+                    .expect("json");
+                assert_eq!(answer["status"], "accepted", "{answer}");
+                (key, answer["callback"].as_str().unwrap().to_owned())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let finished: Vec<(String, Value)> = futures::stream::iter(submitted)
+        .map(|(key, id)| {
+            let http = http.clone();
+            let api = apis[0].clone();
+            async move {
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    let record: Value = http
+                        .get(format!("{api}/api/v1/work/{id}?wait=20s"))
+                        .send()
+                        .await
+                        .expect("get")
+                        .json()
+                        .await
+                        .expect("json");
+                    if record["status"] == "worked" {
+                        return (key, record);
+                    }
+                    assert_ne!(record["status"], "failed", "{record}");
+                    assert!(Instant::now() < deadline, "not finished: {record}");
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(finished.len(), 500, "every keyed job completed");
+    let mut by_key: BTreeMap<String, Vec<(u128, u128, String)>> = BTreeMap::new();
+    for (key, record) in &finished {
+        let (start, end) = span_of(record);
+        by_key.entry(key.clone()).or_default().push((
+            start,
+            end,
+            record["worker"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(by_key.len(), 20);
+    let mut workers_used = BTreeSet::new();
+    for (key, spans) in &mut by_key {
+        assert_eq!(spans.len(), 25, "{key}");
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{key}: {:?} overlaps {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        workers_used.extend(spans.iter().map(|s| s.2.clone()));
+    }
+    assert_eq!(workers_used, pods, "keyed work ran on all three workers");
+
+    // Killing the worker that owns a key's partition moves the partition to a survivor
+    // within seconds, and the key's queued jobs carry on.
+    let key = "gate-7";
+    let partition = partition_of(key, PARTITIONS);
+    let view = cluster_view(&http, &apis[0]).await;
+    let owner = owners(&view)
+        .into_iter()
+        .find(|(_, partitions)| partitions.contains(&partition))
+        .map(|(pod, _)| pod)
+        .expect("an owner");
+    let mut gate_ids = Vec::new();
+    for n in 0..30 {
+        let answer: Value = http
+            .post(format!("{}/api/v1/work", apis[1]))
+            .json(&json!({"data": {"gate": n}, "key": key}))
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        gate_ids.push(answer["callback"].as_str().unwrap().to_owned());
+    }
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete(&owner, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("kill the owner");
+    let killed = Instant::now();
+    wait_until("a survivor to take the partition", WAIT, || async {
+        owners(&cluster_view(&http, &apis[0]).await)
+            .iter()
+            .any(|(pod, partitions)| *pod != owner && partitions.contains(&partition))
+    })
+    .await
+    .expect("partition moved");
+    let moved_after = killed.elapsed();
+    eprintln!("partition {partition} moved off the killed {owner} after {moved_after:?}");
+    assert!(
+        moved_after < Duration::from_secs(15),
+        "the partition took {moved_after:?} to move"
+    );
+    for id in &gate_ids {
+        let record: Value = http
+            .get(format!("{}/api/v1/work/{id}?wait=60s", apis[0]))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(record["status"], "worked", "{record}");
+    }
+
+    // Scaling 2 -> 5 workers: the view follows within 5 s of the pods being ready, and
+    // partitions spread evenly (nobody more than twice the mean).
+    cluster
+        .plane
+        .kubectl(&["-n", &ns, "scale", "workpool/keyed", "--replicas=2"])
+        .expect("scale");
+    wait_until("2 ready worker endpoints", WAIT, || async {
+        ready_endpoints(&client, &ns, "keyed-workers")
+            .await
+            .expect("slices")
+            == 2
+            && worker_pods(&client, &ns).await.len() == 2
+    })
+    .await
+    .expect("2 workers");
+    let two = worker_pods(&client, &ns).await;
+    wait_until("the view to show 2 workers", WAIT, || async {
+        settled_on(&cluster_view(&http, &apis[0]).await, &two)
+    })
+    .await
+    .expect("view with 2");
+    cluster
+        .plane
+        .kubectl(&["-n", &ns, "scale", "workpool/keyed", "--replicas=5"])
+        .expect("scale");
+    wait_until("5 ready worker endpoints", WAIT, || async {
+        ready_endpoints(&client, &ns, "keyed-workers")
+            .await
+            .expect("slices")
+            == 5
+    })
+    .await
+    .expect("5 endpoints");
+    let five_ready = Instant::now();
+    let five = worker_pods(&client, &ns).await;
+    assert_eq!(five.len(), 5);
+    wait_until(
+        "the view to show 5 workers",
+        Duration::from_secs(5),
+        || async { settled_on(&cluster_view(&http, &apis[1]).await, &five) },
+    )
+    .await
+    .expect("the cluster view shows the new members within 5 s");
+    eprintln!(
+        "view followed 2 -> 5 workers {:?} after the endpoints",
+        five_ready.elapsed()
+    );
+    let view = cluster_view(&http, &apis[1]).await;
+    let mean = f64::from(PARTITIONS) / 5.0;
+    for (pod, partitions) in owners(&view) {
+        assert!(
+            (partitions.len() as f64) <= 2.0 * mean,
+            "{pod} owns {} of {PARTITIONS} partitions among 5",
+            partitions.len()
+        );
+    }
+
+    // Cancelling running work through the other api pod: the worker running it aborts
+    // the handler and the record ends cancelled.
+    let answer: Value = http
+        .post(format!("{}/api/v1/work", apis[0]))
+        .json(&json!({"data": "long", "key": "cancel-me"}))
+        .header("Idempotency-Key", "cancel-me")
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = answer["callback"].as_str().unwrap().to_owned();
+    wait_until("the long job to run", WAIT, || async {
+        let record: Value = http
+            .get(format!("{}/api/v1/work/{id}", apis[0]))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        record["status"] == "working"
+    })
+    .await
+    .expect("working");
+    let asked = Instant::now();
+    let cancelled = http
+        .delete(format!("{}/api/v1/work/{id}", apis[1]))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: Value = cancelled.json().await.expect("json");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(
+        five.contains(cancelled["worker"].as_str().unwrap()),
+        "{cancelled}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "the 60 s job was aborted, not waited for"
+    );
+    let view = cluster_view(&http, &apis[0]).await;
+    assert!(
+        !view.to_string().contains(&id),
+        "the cancelled job runs nowhere: {view}"
+    );
+
+    cluster.stop().await.expect("the node agent stops cleanly");
+}
