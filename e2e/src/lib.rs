@@ -3,6 +3,7 @@
 //! balancer and the tools behind `make up` and `make bench`.
 
 pub mod bench;
+pub mod browser;
 pub mod cluster;
 pub mod helm;
 pub mod lb;

@@ -14,6 +14,7 @@ use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 use workpool_core::names::partition_of;
+use workpool_e2e::browser::Browser;
 use workpool_e2e::local_cluster::LocalCluster;
 use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
 use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
@@ -342,6 +343,30 @@ spec:
             partitions.len()
         );
     }
+
+    // The console in a real browser: after its scripts ran, it shows the five workers,
+    // an owner for every partition, and the counts; the screenshot is kept in
+    // artifacts/ for people to look at.
+    let browser = Browser::find().expect("headless chromium");
+    let url = format!("{}/console", apis[0]);
+    let dom = browser.dom(&url, 5000).await.expect("console DOM");
+    for pod in &five {
+        assert!(
+            dom.contains(&format!("data-pod=\"{pod}\"")),
+            "{pod} missing:\n{dom}"
+        );
+    }
+    assert_eq!(
+        dom.matches("data-owner=").count(),
+        PARTITIONS as usize,
+        "every partition shows its owner:\n{dom}"
+    );
+    assert!(dom.contains("5 worker pod(s)"), "{dom}");
+    let shot = workpool_e2e::paths::repo_root().join("artifacts/console.png");
+    browser
+        .screenshot(&url, 5000, &shot)
+        .await
+        .expect("console screenshot");
 
     // Cancelling running work through the other api pod: the worker running it aborts
     // the handler and the record ends cancelled.

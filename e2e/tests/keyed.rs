@@ -108,3 +108,56 @@ async fn the_cluster_view_shows_workers_their_partitions_and_running_work() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.expect("text").contains("/api/v1/cluster"));
 }
+
+/// A failing keyed job blocks its key until it succeeds or fails for good: the key's
+/// later work never overtakes it (docs/worker.md).
+#[tokio::test]
+async fn a_failing_keyed_job_holds_its_key_until_it_is_done() {
+    let marks = tempfile::tempdir().expect("temp dir");
+    let mark = marks.path().join("failed-once");
+    let script = format!(
+        r#"read -r data; case "$data" in *flaky*) [ -f {mark} ] || {{ touch {mark}; echo failing >&2; exit 1; }};; esac; date +%s%N"#,
+        mark = mark.display()
+    );
+    let spec = PoolSpec::from_json(
+        &json!({"worker": {"partitions": 1, "maxAttempts": 3, "backoff": ["1s"],
+                            "handler": {"exec": {"command": ["sh", "-c", script]}}}})
+        .to_string(),
+    )
+    .expect("spec");
+    let pool = TestPool::start(spec, 1, 2).await.expect("pool");
+    let flaky = pool
+        .submit(&json!({"data": "flaky", "key": "k"}))
+        .await
+        .expect("submit");
+    let mut later = Vec::new();
+    for n in 0..3 {
+        later.push(
+            pool.submit(&json!({"data": {"n": n}, "key": "k"}))
+                .await
+                .expect("submit"),
+        );
+    }
+    let time = |answer: &workpool_e2e::pool::Answer| -> u128 {
+        // The program's output is one number, which the exec handler reads as JSON.
+        answer.body["result"]
+            .as_u64()
+            .map(u128::from)
+            .expect("nanoseconds")
+    };
+    let flaky_done = pool
+        .wait_status(&flaky, "worked", Duration::from_secs(20))
+        .await
+        .expect("the flaky job succeeds on its second attempt");
+    assert_eq!(flaky_done.body["attempts"], 2, "{:?}", flaky_done.body);
+    for id in &later {
+        let done = pool
+            .wait_status(id, "worked", Duration::from_secs(20))
+            .await
+            .expect("worked");
+        assert!(
+            time(&done) > time(&flaky_done),
+            "{id} ran before the failed job of its key was done"
+        );
+    }
+}

@@ -23,6 +23,10 @@ const LEAVING_FOR: Duration = Duration::from_secs(120);
 /// How long a peer request waits for its answer.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Requests to this pod and to every worker of the pool.
+pub(crate) type PeerRequests =
+    futures::stream::Select<async_nats::Subscriber, async_nats::Subscriber>;
+
 /// Work running in this worker, by id, so a peer's `cancel` can abort it.
 #[derive(Default)]
 pub struct Running(Mutex<HashMap<String, CancellationToken>>);
@@ -221,25 +225,27 @@ impl Worker {
         }
     }
 
-    /// Answers peer requests on this pod's subject until `stop`.
+    /// Subscribes to this pod's peer subject and the pool-wide one. Done before the
+    /// worker reports ready, so a peer that sees it ready can reach it.
+    pub(crate) async fn peer_requests(&self) -> Result<PeerRequests, async_nats::SubscribeError> {
+        let mine = self
+            .client
+            .subscribe(self.config.names.peer_subject(&self.config.pod))
+            .await?;
+        let everyone = self
+            .client
+            .subscribe(self.config.names.peers_all_subject())
+            .await?;
+        Ok(futures::stream::select(mine, everyone))
+    }
+
+    /// Answers peer requests until `stop`.
     pub(crate) async fn answer_peers(
         self: Arc<Self>,
+        mut requests: PeerRequests,
         ready: Arc<std::sync::atomic::AtomicBool>,
         stop: CancellationToken,
     ) {
-        let subject = self.config.names.peer_subject(&self.config.pod);
-        let all = self.config.names.peers_all_subject();
-        let (mine, everyone) = match (
-            self.client.subscribe(subject.clone()).await,
-            self.client.subscribe(all).await,
-        ) {
-            (Ok(mine), Ok(everyone)) => (mine, everyone),
-            (Err(err), _) | (_, Err(err)) => {
-                tracing::error!(%subject, %err, "cannot answer peers");
-                return;
-            }
-        };
-        let mut requests = futures::stream::select(mine, everyone);
         loop {
             let message = tokio::select! {
                 message = requests.next() => match message { Some(m) => m, None => break },

@@ -65,6 +65,8 @@ pub enum WorkerError {
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
     Nats(#[from] workpool_core::config::ConnectError),
+    #[error("subscribing to peer requests: {0}")]
+    PeerSubscribe(#[from] async_nats::SubscribeError),
     #[error("serving health endpoint: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -218,15 +220,16 @@ pub async fn run(
             js,
             metrics,
         });
+        let requests = worker.peer_requests().await?;
         let _ = health.worker.set(worker.clone());
         health.ready.store(true, Ordering::Relaxed);
         tracing::info!(pod = %worker.config.pod, concurrency = worker.config.spec.worker.concurrency, "worker pulling");
         let peers_stop = CancellationToken::new();
-        let peers = tokio::spawn(
-            worker
-                .clone()
-                .answer_peers(health.ready.clone(), peers_stop.clone()),
-        );
+        let peers = tokio::spawn(worker.clone().answer_peers(
+            requests,
+            health.ready.clone(),
+            peers_stop.clone(),
+        ));
         worker
             .work_until_stopped(bound.work, bound.partitions, stop, args.drain_timeout)
             .await;

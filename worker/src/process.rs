@@ -189,6 +189,17 @@ impl Worker {
         self.metrics.retried(&work.task);
         self.event(WorkEventKind::Retried, &work, attempt, Some(error))
             .await;
+        if work.key.is_some() {
+            // Keyed work keeps its key's order: the message is held (the heartbeat keeps
+            // it ours) through the backoff and then handed straight back, so it is its
+            // partition's next delivery. A nak with a delay would free the partition and
+            // let the key's later work overtake it.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = abort.cancelled() => {}
+            }
+            return acknowledge(&message, AckKind::Nak(None)).await;
+        }
         acknowledge(&message, AckKind::Nak(Some(delay))).await;
     }
 
