@@ -132,10 +132,15 @@ impl Membership {
             .clone()
     }
 
-    /// Completes when the member list may have changed.
-    async fn changes(&self) {
-        match self.members.clone() {
-            Some(mut members) => tokio::select! {
+    /// A receiver of member changes for one waiting loop (`None` outside Kubernetes).
+    fn subscribe(&self) -> Option<watch::Receiver<BTreeSet<String>>> {
+        self.members.clone()
+    }
+
+    /// Completes when the member list may have changed since `members` last looked.
+    async fn changes(&self, members: &mut Option<watch::Receiver<BTreeSet<String>>>) {
+        match members {
+            Some(members) => tokio::select! {
                 changed = members.changed() => {
                     if changed.is_err() {
                         std::future::pending::<()>().await;
@@ -159,7 +164,12 @@ impl Worker {
         let total = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
         let mut loops: HashMap<u32, CancellationToken> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut changes = self.membership.subscribe();
         while !lanes.stop.is_cancelled() {
+            // Mark the current members seen, so the wait below is for the next change.
+            if let Some(changes) = &mut changes {
+                changes.borrow_and_update();
+            }
             let members = self.membership.current();
             let owned = owned_partitions(&self.membership.me, &members, total);
             loops.retain(|partition, stop| {
@@ -199,7 +209,7 @@ impl Worker {
                 tracing::info!(partitions = ?owned, members = members.len(), "keyed partitions owned");
             }
             tokio::select! {
-                () = self.membership.changes() => {}
+                () = self.membership.changes(&mut changes) => {}
                 () = lanes.stop.cancelled() => {}
                 // Leaving marks expire without an event.
                 () = tokio::time::sleep(LEAVING_FOR) => {}
