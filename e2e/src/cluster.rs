@@ -28,6 +28,10 @@ pub struct ControlPlane {
     /// The cluster-admin bearer token (also in the kubeconfig).
     pub token: String,
     kubectl: PathBuf,
+    /// The apiserver's guard process, and how to start it again (tests stop and restart
+    /// it to check that nothing depends on it being up).
+    apiserver: std::sync::Mutex<Option<std::process::Child>>,
+    apiserver_command: (PathBuf, Vec<String>),
 }
 
 fn spawn_guarded(
@@ -36,8 +40,12 @@ fn spawn_guarded(
     args: &[String],
     log: &Path,
     cleanup: Option<&Path>,
-) -> Result<()> {
-    let out = std::fs::File::create(log)
+) -> Result<std::process::Child> {
+    // Appending: a restarted process keeps its earlier log.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
         .map_err(HarnessError::io(format!("creating {}", log.display())))?;
     let err = out
         .try_clone()
@@ -54,8 +62,7 @@ fn spawn_guarded(
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(HarnessError::io(format!("starting {name}")))?;
-    Ok(())
+        .map_err(HarnessError::io(format!("starting {name}")))
 }
 
 impl ControlPlane {
@@ -161,7 +168,7 @@ impl ControlPlane {
             // The self-signed serving certificate is made for the advertised address.
             apiserver_args.push(format!("--advertise-address={ip}"));
         }
-        spawn_guarded(
+        let apiserver_guard = spawn_guarded(
             "kube-apiserver",
             &apiserver,
             &apiserver_args,
@@ -185,6 +192,8 @@ impl ControlPlane {
             server,
             token,
             kubectl,
+            apiserver: std::sync::Mutex::new(Some(apiserver_guard)),
+            apiserver_command: (apiserver, apiserver_args),
         };
         plane.wait_ready(&ca).await?;
 
@@ -206,6 +215,43 @@ impl ControlPlane {
             None,
         )?;
         Ok(plane)
+    }
+
+    /// Stops kube-apiserver (SIGTERM through its guard) and waits until it is gone.
+    pub async fn stop_apiserver(&self) -> Result<()> {
+        let guard = self
+            .apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut guard) = guard else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(guard.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        tokio::task::spawn_blocking(move || guard.wait())
+            .await
+            .map_err(|err| HarnessError::Other(format!("waiting for the apiserver: {err}")))?
+            .map_err(HarnessError::io("waiting for the apiserver"))?;
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again with its earlier flags, store and certificates, and
+    /// waits until it is ready.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let (program, args) = &self.apiserver_command;
+        let guard = spawn_guarded(
+            "kube-apiserver",
+            program,
+            args,
+            &self.dir.join("apiserver.log"),
+            None,
+        )?;
+        *self
+            .apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+        self.wait_ready(&self.ca_file()).await
     }
 
     async fn wait_ready(&self, ca: &Path) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The workers as a cluster, on real pods (DESIGN section 7): membership from the worker
 //! Service's EndpointSlices, keyed partitions spread by rendezvous hashing, serial work
 //! per key across pods, partitions moving when a worker dies or the pool scales, the
-//! cluster view following membership, and cancelling running work across pods.
+//! cluster view following membership, cancelling running work across pods, and work
+//! going on while the apiserver is away.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
@@ -416,6 +417,75 @@ spec:
         !view.to_string().contains(&id),
         "the cancelled job runs nowhere: {view}"
     );
+
+    // The apiserver goes away: keyed work still runs (NATS carries it; every process
+    // keeps the members it knew), and once it is back the membership watches re-list and
+    // follow a scale-in.
+    let outage = Instant::now();
+    cluster
+        .plane
+        .stop_apiserver()
+        .await
+        .expect("apiserver stopped");
+    let mut during = Vec::new();
+    for n in 0..20 {
+        let answer: Value = http
+            .post(format!("{}/api/v1/work", apis[n % 2]))
+            .json(&json!({"data": {"outage": n}, "key": format!("outage-{}", n % 4)}))
+            .send()
+            .await
+            .expect("post while the apiserver is down")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["status"], "accepted", "{answer}");
+        during.push(answer["callback"].as_str().unwrap().to_owned());
+    }
+    for id in &during {
+        let record: Value = http
+            .get(format!("{}/api/v1/work/{id}?wait=30s", apis[0]))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(record["status"], "worked", "{record}");
+    }
+    assert!(
+        settled_on(&cluster_view(&http, &apis[0]).await, &five),
+        "the members stay as they were while the apiserver is away"
+    );
+    eprintln!("outage: 20 keyed jobs worked {:?} into it", outage.elapsed());
+    cluster
+        .plane
+        .start_apiserver()
+        .await
+        .expect("apiserver back");
+    eprintln!("outage: apiserver back after {:?}", outage.elapsed());
+    cluster
+        .plane
+        .kubectl(&["-n", &ns, "scale", "workpool/keyed", "--replicas=3"])
+        .expect("scale");
+    wait_until("3 ready workers after the outage", WAIT, || async {
+        ready_endpoints(&client, &ns, "keyed-workers")
+            .await
+            .expect("slices")
+            == 3
+            && worker_pods(&client, &ns).await.len() == 3
+    })
+    .await
+    .expect("3 workers");
+    let three = worker_pods(&client, &ns).await;
+    eprintln!("outage: 3 workers {:?} after it began", outage.elapsed());
+    wait_until(
+        "the view to follow the scale-in after the outage",
+        WAIT,
+        || async { settled_on(&cluster_view(&http, &apis[1]).await, &three) },
+    )
+    .await
+    .expect("membership watches re-listed after the apiserver came back");
+    eprintln!("outage: view followed {:?} after it began", outage.elapsed());
 
     cluster.stop().await.expect("the node agent stops cleanly");
 }
