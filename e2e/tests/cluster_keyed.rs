@@ -456,7 +456,10 @@ spec:
         settled_on(&cluster_view(&http, &apis[0]).await, &five),
         "the members stay as they were while the apiserver is away"
     );
-    eprintln!("outage: 20 keyed jobs worked {:?} into it", outage.elapsed());
+    eprintln!(
+        "outage: 20 keyed jobs worked {:?} into it",
+        outage.elapsed()
+    );
     cluster
         .plane
         .start_apiserver()
@@ -485,7 +488,10 @@ spec:
     )
     .await
     .expect("membership watches re-listed after the apiserver came back");
-    eprintln!("outage: view followed {:?} after it began", outage.elapsed());
+    eprintln!(
+        "outage: view followed {:?} after it began",
+        outage.elapsed()
+    );
 
     cluster.stop().await.expect("the node agent stops cleanly");
 }
