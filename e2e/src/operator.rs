@@ -160,3 +160,17 @@ pub fn condition(pool: &WorkPool, kind: &str) -> Option<(String, String)> {
         .find(|c| c.type_ == kind)
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
+
+/// A WorkPool manifest named `name` whose NATS is `nats_url`, with `extra` spec lines
+/// (indented two spaces).
+pub fn pool_yaml(name: &str, nats_url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: {name}\nspec:\n  nats:\n    url: {nats_url}\n{extra}"
+    )
+}
+
+/// The pool's `QueueReady` condition is `True`: the operator reached NATS and set up
+/// the stream, bucket and consumers.
+pub fn queue_ready(pool: &WorkPool) -> bool {
+    condition(pool, "QueueReady").is_some_and(|(status, _)| status == "True")
+}

@@ -15,7 +15,9 @@ use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
 use workpool_e2e::cluster::ControlPlane;
 use workpool_e2e::nats::NatsServer;
-use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+use workpool_e2e::operator::{
+    RunningOperator, condition, create_pool, install_crd, pool_yaml, queue_ready, wait_pool,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -44,7 +46,7 @@ async fn running_pool(
     let operator = RunningOperator::start(plane, &ns, "op", "op-0")
         .await
         .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, extra))
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), extra))
         .await
         .expect("create");
     wait_pool(&client, &ns, "demo", WAIT, queue_ready)
@@ -66,17 +68,6 @@ async fn wait_worker_replicas(client: &kube::Client, ns: &str, replicas: i32, wh
         assert!(std::time::Instant::now() < deadline, "{why}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-fn pool_yaml(name: &str, nats: &NatsServer, extra: &str) -> String {
-    format!(
-        "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: {name}\nspec:\n  nats:\n    url: {}\n{extra}",
-        nats.url()
-    )
-}
-
-fn queue_ready(pool: &WorkPool) -> bool {
-    condition(pool, "QueueReady").is_some_and(|(status, _)| status == "True")
 }
 
 async fn deployment(client: &kube::Client, namespace: &str, name: &str) -> Deployment {
@@ -113,9 +104,13 @@ async fn a_workpool_gets_its_children_and_nats_objects_and_follows_changes() {
     let _operator = RunningOperator::start(ControlPlane::shared().unwrap(), &ns, "op", "op-0")
         .await
         .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, "  resultTTL: 2m\n"))
-        .await
-        .expect("create");
+    create_pool(
+        &client,
+        &ns,
+        &pool_yaml("demo", &nats.url(), "  resultTTL: 2m\n"),
+    )
+    .await
+    .expect("create");
     let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
         queue_ready(p) && p.status.as_ref().unwrap().observed_generation == Some(1)
     })
@@ -281,7 +276,7 @@ async fn invalid_specs_are_refused_with_a_message_that_says_what_to_fix() {
                 "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: bad\nspec:\n{extra}"
             )
         } else {
-            pool_yaml("bad", &nats, &extra)
+            pool_yaml("bad", &nats.url(), &extra)
         };
         let pool: serde_json::Value = serde_saphyr::from_str(&yaml).expect("yaml");
         let result = api
@@ -315,7 +310,7 @@ async fn invalid_specs_are_refused_with_a_message_that_says_what_to_fix() {
         .expect("examples/workpool.yaml is accepted");
     // A name that is not a DNS label of at most 40 characters.
     let long = "a".repeat(45);
-    let err = create_pool(&client, &ns, &pool_yaml(&long, &nats, ""))
+    let err = create_pool(&client, &ns, &pool_yaml(&long, &nats.url(), ""))
         .await
         .expect_err("long name");
     assert!(
@@ -331,13 +326,13 @@ async fn deletion_removes_nats_objects_unless_retained_and_children_are_collecte
     let _operator = RunningOperator::start(ControlPlane::shared().unwrap(), &ns, "op", "op-0")
         .await
         .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("gone", &nats, ""))
+    create_pool(&client, &ns, &pool_yaml("gone", &nats.url(), ""))
         .await
         .expect("create");
     create_pool(
         &client,
         &ns,
-        &pool_yaml("kept", &nats, "  deletionPolicy: Retain\n"),
+        &pool_yaml("kept", &nats.url(), "  deletionPolicy: Retain\n"),
     )
     .await
     .expect("create");
@@ -404,7 +399,7 @@ async fn an_operator_stopped_mid_reconcile_converges_after_restart_without_dupli
     let first = RunningOperator::start(plane, &ns, "op", "op-0")
         .await
         .expect("operator");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), ""))
         .await
         .expect("create");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -458,7 +453,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     let b = RunningOperator::start(plane, &ns, "op", "op-b")
         .await
         .expect("b");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats, ""))
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), ""))
         .await
         .expect("create");
     wait_pool(&client, &ns, "demo", WAIT, queue_ready)
@@ -737,151 +732,5 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
             extra.contains(&"--api-versions"),
             "{applied}"
         );
-    }
-}
-
-/// Every component's `/metrics` follows the Prometheus conventions (names, types, help,
-/// bounded labels), and the chart's Grafana dashboard asks only for metrics that exist.
-#[tokio::test]
-async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
-    use std::collections::BTreeMap;
-    use workpool_e2e::metrics::{Family, dashboard_queries, families, metric_names};
-
-    let (_plane, _client, _ns, _nats, operator) = running_pool("metrics", "").await;
-    let spec = workpool_core::PoolSpec::from_json("{}").expect("spec");
-    let mut pool = workpool_e2e::pool::TestPool::start(spec, 1, 0)
-        .await
-        .expect("pool");
-    pool.add_worker_with_env(&[("RUST_LOG".into(), "info,workpool_worker=debug".into())])
-        .await
-        .expect("worker");
-    let id = pool
-        .submit(&serde_json::json!({"data": {"ms": 5}}))
-        .await
-        .expect("submit");
-    pool.wait_status(&id, "worked", WAIT).await.expect("worked");
-
-    // Logs are JSON off a terminal, and the work item's lines carry its span: id, pool
-    // and attempt.
-    let log = pool.workers[0].process.log_text();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect();
-    assert!(
-        lines.iter().any(|line| line["span"]["name"] == "work"
-            && line["span"]["id"] == id.as_str()
-            && line["span"]["pool"] == "demo"
-            && line["span"]["attempt"] == 1
-            && line["message"] == "work finished"),
-        "{log}"
-    );
-    let scrape = |url: String| async move {
-        reqwest::get(url)
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
-    };
-    let per_component = [
-        ("operator", scrape(operator.metrics_url.clone()).await),
-        (
-            "api",
-            scrape(format!("http://127.0.0.1:{}/metrics", pool.apis[0].port)).await,
-        ),
-        (
-            "worker",
-            scrape(format!("http://127.0.0.1:{}/metrics", pool.workers[0].port)).await,
-        ),
-    ];
-
-    let mut all: BTreeMap<String, Family> = BTreeMap::new();
-    for (component, text) in &per_component {
-        let found = families(text);
-        assert!(
-            found.contains_key("process_resident_memory_bytes"),
-            "{component} has process metrics"
-        );
-        for (name, family) in &found {
-            assert!(
-                name.starts_with("workpool_") || name.starts_with("process_"),
-                "{component}: {name} lacks the workpool_ prefix"
-            );
-            assert!(!family.help.is_empty(), "{component}: {name} has no help");
-            match family.kind.as_str() {
-                "counter" => assert!(name.ends_with("_total"), "{component}: counter {name}"),
-                "histogram" => assert!(name.ends_with("_seconds"), "{component}: {name} unit"),
-                "gauge" => assert!(!name.ends_with("_total"), "{component}: gauge {name}"),
-                other => panic!("{component}: {name} has type {other:?}"),
-            }
-            for label in &family.labels {
-                assert!(
-                    !["id", "callback", "error", "message", "worker", "pod"]
-                        .contains(&label.as_str()),
-                    "{component}: {name} has the unbounded label {label}"
-                );
-            }
-        }
-        all.extend(found);
-    }
-    let expected = [
-        ("workpool_work_accepted_total", "counter"),
-        ("workpool_work_started_total", "counter"),
-        ("workpool_work_worked_total", "counter"),
-        ("workpool_work_failed_total", "counter"),
-        ("workpool_work_retried_total", "counter"),
-        ("workpool_work_cancelled_total", "counter"),
-        ("workpool_handler_duration_seconds", "histogram"),
-        ("workpool_work_latency_seconds", "histogram"),
-        ("workpool_work_in_flight", "gauge"),
-        ("workpool_queue_pending", "gauge"),
-        ("workpool_queue_in_flight", "gauge"),
-        ("workpool_queue_dead_letters", "gauge"),
-        ("workpool_operator_reconciles_total", "counter"),
-        ("workpool_operator_reconcile_errors_total", "counter"),
-        ("workpool_operator_reconcile_duration_seconds", "histogram"),
-    ];
-    for (name, kind) in expected {
-        assert_eq!(
-            all.get(name).map(|f| f.kind.as_str()),
-            Some(kind),
-            "{name} is exposed as a {kind}"
-        );
-    }
-    assert!(
-        all["workpool_work_worked_total"]
-            .labels
-            .contains(&"pool".to_owned())
-            && all["workpool_work_worked_total"]
-                .labels
-                .contains(&"task".to_owned()),
-        "work counters are labelled by pool and task"
-    );
-
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            workpool_e2e::paths::repo_root().join("charts/workpool/dashboards/workpool.json"),
-        )
-        .expect("dashboard"),
-    )
-    .expect("the dashboard is valid JSON");
-    let queries = dashboard_queries(&dashboard);
-    assert!(queries.len() >= 10, "{queries:?}");
-    for query in &queries {
-        for name in metric_names(query) {
-            let (base, histogram_part) = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix).map(|base| (base, true)))
-                .filter(|(base, _)| all.get(*base).is_some_and(|f| f.kind == "histogram"))
-                .unwrap_or((name.as_str(), false));
-            let family = all.get(base).unwrap_or_else(|| {
-                panic!("the dashboard asks for {name}, which nothing exposes: {query}")
-            });
-            assert!(
-                histogram_part || family.kind != "histogram",
-                "{query}: use {name}_bucket for the histogram {name}"
-            );
-        }
     }
 }
