@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools browser build up down test lint static unit e2e generate bench run-operator chart kind-up kind-e2e kind-down
+.PHONY: help tools deps build up down test lint static unit e2e generate bench run-operator chart kind-up kind-e2e kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,8 @@ lint: ## cargo fmt --check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-browser: ## Headless Chromium for the console test (apt-get install chromium)
-	@scripts/browser.sh
+deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium), if missing
+	@scripts/system-deps.sh
 
 static: ## hadolint, yamllint and shellcheck; checks the kind path's files agree
 	@scripts/static-checks.sh
@@ -33,10 +33,10 @@ static: ## hadolint, yamllint and shellcheck; checks the kind path's files agree
 unit: ## Unit tests only (no servers)
 	$(CARGO) test --workspace --lib --bins
 
-e2e: tools browser build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
+e2e: tools deps build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
 	$(CARGO) test -p workpool-e2e
 
-test: tools browser lint static build chart ## Everything CI runs: lint, unit, integration and drift checks
+test: tools deps lint static build chart ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
 
 chart: ## helm lint and the rendered-template drift check of charts/workpool

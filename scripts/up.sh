@@ -19,8 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "up: the local cluster creates network namespaces for its pods; run as root" >&2
   exit 1
 fi
-command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
-command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+"$root/scripts/system-deps.sh"
 for busy in "$port" "$prometheus_port"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$busy") 2>/dev/null; then
     echo "up: port $busy on 127.0.0.1 is in use; free it or set WORKPOOL_PORT / WORKPOOL_PROMETHEUS_PORT" >&2

@@ -1,4 +1,4 @@
-//! Headless Chromium (Debian's `chromium`, installed by `scripts/browser.sh`) driving a
+//! Headless Chromium (Debian's `chromium`, installed by `scripts/system-deps.sh`) driving a
 //! page for tests: the DOM after the page's scripts ran, and screenshots.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,8 @@ impl Browser {
             .map(|program| Self { program })
             .ok_or_else(|| {
                 HarnessError::Missing(
-                    "no chromium on PATH; run scripts/browser.sh (apt-get install chromium)".into(),
+                    "no chromium on PATH; run scripts/system-deps.sh (apt-get install chromium)"
+                        .into(),
                 )
             })
     }

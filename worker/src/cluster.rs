@@ -166,6 +166,8 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         let mut changes = self.membership.subscribe();
         while !lanes.stop.is_cancelled() {
+            // Reap loops that stopped after losing their partition.
+            while tasks.try_join_next().is_some() {}
             // Mark the current members seen, so the wait below is for the next change.
             if let Some(changes) = &mut changes {
                 changes.borrow_and_update();
