@@ -100,6 +100,11 @@ e2e() {
   [ "$(echo "$names" | tr ' ' '\n' | sort -u | grep -c .)" -ge 2 ] || die "accepted_by named one api pod only:$names"
   wait_for "work $id to be worked" 60 has_status "$id" worked
 
+  echo "kind e2e: the cluster view counts the worker pods as members and shares the partitions"
+  view=$(curl -fsS "$url/api/v1/cluster")
+  echo "$view" | grep -q '"from_kubernetes":true' || die "cluster view without Kubernetes membership: $view"
+  echo "$view" | grep -q '"unowned_partitions":\[\]' || die "partitions without an owner: $view"
+
   echo "kind e2e: kubectl scale workpool/demo --replicas=4 gives 4 worker endpoints"
   "${kubectl[@]}" scale workpool/demo --replicas=4
   wait_for "4 ready worker endpoints" 180 has_endpoints demo-workers 4
