@@ -230,7 +230,19 @@ impl Queue {
                 (WorkStatus::Working, Some(worker)) => {
                     if self.ask_to_cancel(worker, id).await? {
                         return match self.wait_for_end(id, CANCEL_WAIT).await? {
-                            Some(record) if record.status.is_terminal() => Ok((record, true)),
+                            Some(record) if record.status == WorkStatus::Cancelled => {
+                                Ok((record, true))
+                            }
+                            // It finished in the same instant; its outcome stands.
+                            Some(record) if record.status.is_terminal() => {
+                                Err(ApiError::Conflict {
+                                    code: "finished",
+                                    message: format!(
+                                        "the work is already {}",
+                                        record.status.as_str()
+                                    ),
+                                })
+                            }
                             _ => Err(ApiError::Unavailable(
                                 "the worker is cancelling the work; GET it in a moment".into(),
                             )),

@@ -98,6 +98,9 @@ impl Worker {
             })
             .flatten();
         let max_attempts = self.config.spec.worker.max_attempts;
+        // Registered before the record says `working` and kept until the outcome is
+        // written, so a peer's cancel always finds work this worker has marked running.
+        let running = self.running.start(work.id.as_str());
         let (record, revision) = match self.records.begin(&work, hint, max_attempts).await {
             Ok(Begin::Run { record, revision }) => (record, revision),
             Ok(Begin::Skip(status)) => {
@@ -131,7 +134,6 @@ impl Worker {
         self.metrics.in_flight.inc();
         let started = Instant::now();
         let timeout = self.config.spec.worker.timeout;
-        let running = self.running.start(work.id.as_str());
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Some(outcome),
             () = abort.cancelled() => None,
@@ -141,7 +143,6 @@ impl Worker {
                 return self.finish(&message, &work, record, revision, Outcome::Cancelled).await;
             }
         };
-        drop(running);
         self.metrics
             .handler_ran(&work.task, started.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
@@ -169,6 +170,9 @@ impl Worker {
                 .fail_for_good(&message, &work, record, revision, error)
                 .await;
         }
+        // Between attempts the work is not running here: a cancel now goes through the
+        // record (the api marks it cancelled, and the next delivery is skipped).
+        drop(running);
         let delay = self.config.spec.worker.backoff_after(attempt);
         tracing::info!(attempt, %error, retry_in = ?delay, "attempt failed; will retry");
         // The retry is recorded best-effort; the nak is what schedules it.
