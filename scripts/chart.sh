@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Helm chart checks (`check`, part of `make test`) and regeneration (`generate`, part of
 # `make generate`): the chart's CRD copy equals crds/, `helm lint` passes with and without
-# the bundled NATS, and the rendered templates equal the checked-in charts/rendered/.
+# the bundled NATS and the monitoring objects, and the rendered templates equal the
+# checked-in charts/rendered/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 helm="$("$root/scripts/tools.sh" --print-bin helm)/helm"
 chart="$root/charts/workpool"
+
+# As on a cluster with the Prometheus Operator: PodMonitors and the PrometheusRule.
+monitoring=(--api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule)
 
 render() {
   "$helm" template workpool "$chart" --namespace workpool-system "$@"
@@ -16,15 +20,20 @@ case "${1:-check}" in
     cp "$root/crds/workpool.dev_workpools.yaml" "$chart/crds/"
     render > "$root/charts/rendered/workpool.yaml"
     render --set nats.enabled=true > "$root/charts/rendered/workpool-with-nats.yaml"
+    render "${monitoring[@]}" > "$root/charts/rendered/workpool-with-monitoring.yaml"
     ;;
   check)
     diff -u "$root/crds/workpool.dev_workpools.yaml" "$chart/crds/workpool.dev_workpools.yaml" \
       || { echo "chart: charts/workpool/crds/ differs from crds/; run make generate" >&2; exit 1; }
     "$helm" lint --strict "$chart"
     "$helm" lint --strict "$chart" --set nats.enabled=true
+    "$helm" lint --strict "$chart" --set monitoring.podMonitor.enabled=true \
+      --set monitoring.prometheusRule.enabled=true
     diff -u "$root/charts/rendered/workpool.yaml" <(render) \
       || { echo "chart: rendered templates changed; run make generate and review charts/rendered/" >&2; exit 1; }
     diff -u "$root/charts/rendered/workpool-with-nats.yaml" <(render --set nats.enabled=true) \
+      || { echo "chart: rendered templates changed; run make generate and review charts/rendered/" >&2; exit 1; }
+    diff -u "$root/charts/rendered/workpool-with-monitoring.yaml" <(render "${monitoring[@]}") \
       || { echo "chart: rendered templates changed; run make generate and review charts/rendered/" >&2; exit 1; }
     echo "chart: lint and render checks passed"
     ;;

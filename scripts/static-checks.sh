@@ -25,7 +25,7 @@ fi
 "$venv/bin/hadolint" --failure-threshold warning Dockerfile
 
 "$venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 100}, document-start: disable, comments: {min-spaces-from-content: 1}}}' \
-  kind-config.yaml examples/ charts/workpool/Chart.yaml charts/workpool/values.yaml
+  kind-config.yaml examples/ charts/workpool/Chart.yaml charts/workpool/values.yaml charts/workpool/alerts/
 
 "$venv/bin/shellcheck" -x -P SCRIPTDIR scripts/*.sh .ci/run
 

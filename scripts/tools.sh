@@ -137,29 +137,34 @@ build_natscli() { go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natsc
 build_prometheus() { go_install prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus prometheus; }
 build_kind() { go_install kind "$KIND_VERSION" sigs.k8s.io/kind kind; }
 
-# The Prometheus Operator's PodMonitor CRD (from its Go module), so tests can check the
-# chart's PodMonitors against the real schema.
+# The Prometheus Operator's PodMonitor and PrometheusRule CRDs (from its Go module), so
+# tests can check the chart's monitors and rules against the real schemas.
 build_prometheus_operator_crds() {
   local dir="$tools_dir/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION/bin"
-  local file=monitoring.coreos.com_podmonitors.yaml
-  already_built "$dir" "$file" "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION" && return 0
+  local files=(monitoring.coreos.com_podmonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
+  already_built "$dir" "${files[-1]}" "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION" && return 0
   need_go
-  local module
+  local module file
   module=$(cd "$tools_dir" && GOFLAGS=-mod=mod go mod download -json \
     "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   mkdir -p "$dir"
-  cp "$module/example/prometheus-operator-crd/$file" "$dir/$file.partial"
-  mv "$dir/$file.partial" "$dir/$file"
+  for file in "${files[@]}"; do
+    cp "$module/example/prometheus-operator-crd/$file" "$dir/$file.partial"
+    mv "$dir/$file.partial" "$dir/$file"
+  done
   $print_bin && echo "$dir"
   return 0
 }
+
+# promtool, to check the alert rules the chart ships.
+build_promtool() { go_install promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool promtool; }
 
 print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus prometheus-operator-crds)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus promtool prometheus-operator-crds)
 # Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
 optional_tools=(kind)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
@@ -171,6 +176,7 @@ for tool in "${wanted[@]}"; do
     helm) build_helm ;;
     kind) build_kind ;;
     prometheus) build_prometheus ;;
+    promtool) build_promtool ;;
     prometheus-operator-crds) build_prometheus_operator_crds ;;
     kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;

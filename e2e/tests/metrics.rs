@@ -146,29 +146,47 @@ async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
         "work counters are labelled by pool and task"
     );
 
+    // The dashboard's queries and the alert rules' expressions name only real metrics.
+    let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
     let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            workpool_e2e::paths::repo_root().join("charts/workpool/dashboards/workpool.json"),
-        )
-        .expect("dashboard"),
+        &std::fs::read_to_string(chart.join("dashboards/workpool.json")).expect("dashboard"),
     )
     .expect("the dashboard is valid JSON");
-    let queries = dashboard_queries(&dashboard);
-    assert!(queries.len() >= 10, "{queries:?}");
-    for query in &queries {
-        for name in metric_names(query) {
-            let (base, histogram_part) = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix).map(|base| (base, true)))
-                .filter(|(base, _)| all.get(*base).is_some_and(|f| f.kind == "histogram"))
-                .unwrap_or((name.as_str(), false));
-            let family = all.get(base).unwrap_or_else(|| {
-                panic!("the dashboard asks for {name}, which nothing exposes: {query}")
-            });
-            assert!(
-                histogram_part || family.kind != "histogram",
-                "{query}: use {name}_bucket for the histogram {name}"
-            );
+    let rules_file = chart.join("alerts/workpool.rules.yaml");
+    let rules: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&rules_file).expect("rules"))
+            .expect("the rules are valid YAML");
+    for (what, document, at_least) in [("dashboard", &dashboard, 10), ("alert rules", &rules, 7)] {
+        let queries = dashboard_queries(document);
+        assert!(queries.len() >= at_least, "{what}: {queries:?}");
+        for query in &queries {
+            for name in metric_names(query) {
+                let (base, histogram_part) = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).map(|base| (base, true)))
+                    .filter(|(base, _)| all.get(*base).is_some_and(|f| f.kind == "histogram"))
+                    .unwrap_or((name.as_str(), false));
+                let family = all.get(base).unwrap_or_else(|| {
+                    panic!("in the {what}: no component exposes {name}: {query}")
+                });
+                assert!(
+                    histogram_part || family.kind != "histogram",
+                    "{query}: use {name}_bucket for the histogram {name}"
+                );
+            }
         }
     }
+    // And Prometheus' own checker accepts the rule file.
+    let promtool = workpool_e2e::paths::tool("promtool", "promtool").expect("promtool");
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules_file)
+        .output()
+        .expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }

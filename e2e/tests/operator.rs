@@ -662,32 +662,31 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
     let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
     // The Prometheus Operator's own PodMonitor CRD, so the chart's PodMonitors are checked
     // against the real schema.
-    let pod_monitor_crd = workpool_e2e::paths::tool(
-        "prometheus-operator-crds",
-        "monitoring.coreos.com_podmonitors.yaml",
-    )
-    .expect("PodMonitor CRD");
-    plane
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &pod_monitor_crd.display().to_string(),
-        ])
-        .expect("PodMonitor CRD");
-    plane
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
+    for (file, crd) in [
+        (
+            "monitoring.coreos.com_podmonitors.yaml",
             "crd/podmonitors.monitoring.coreos.com",
-        ])
-        .expect("PodMonitor CRD established");
+        ),
+        (
+            "monitoring.coreos.com_prometheusrules.yaml",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ),
+    ] {
+        let path = workpool_e2e::paths::tool("prometheus-operator-crds", file).expect("CRD");
+        plane
+            .kubectl(&["apply", "--server-side", "-f", &path.display().to_string()])
+            .expect("Prometheus Operator CRD");
+        plane
+            .kubectl(&["wait", "--for=condition=Established", "--timeout=60s", crd])
+            .expect("Prometheus Operator CRD established");
+    }
     let with_monitoring = [
         "--set",
         "nats.enabled=true",
         "--api-versions",
         "monitoring.coreos.com/v1/PodMonitor",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
     ];
     for extra in [
         &[][..],
@@ -726,11 +725,17 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
         ] {
             assert!(applied.contains(kind), "{kind} missing from\n{applied}");
         }
-        // "auto" creates PodMonitors exactly when the cluster serves them.
-        assert_eq!(
-            applied.contains("podmonitor.monitoring.coreos.com/workpool-pools"),
-            extra.contains(&"--api-versions"),
-            "{applied}"
-        );
+        // "auto" creates PodMonitors and the PrometheusRule exactly when the cluster
+        // serves them.
+        for kind in [
+            "podmonitor.monitoring.coreos.com/workpool-pools",
+            "prometheusrule.monitoring.coreos.com/workpool",
+        ] {
+            assert_eq!(
+                applied.contains(kind),
+                extra.contains(&"--api-versions"),
+                "{kind}: {applied}"
+            );
+        }
     }
 }
