@@ -6,6 +6,7 @@ pub mod bench;
 pub mod browser;
 pub mod cluster;
 pub mod helm;
+pub mod http;
 pub mod lb;
 pub mod local_cluster;
 pub mod metrics;

@@ -12,12 +12,30 @@ use kube::api::{DeleteParams, ListParams};
 use serde_json::{Value, json};
 use workpool_core::crd::WorkPool;
 use workpool_e2e::helm::Release;
+use workpool_e2e::http::post_json;
 use workpool_e2e::local_cluster::LocalCluster;
 use workpool_e2e::operator::{condition, create_pool, wait_pool};
 use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
 use workpool_e2e::prometheus::{Prometheus, sample_value};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// No object of kind `K` is left in namespace `ns`.
+async fn none_left<K>(client: &kube::Client, ns: &str) -> bool
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty()
+}
 
 // Multi-threaded: the balancer serves the `helm test` pod while the test waits on helm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,15 +112,13 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     let mut ids = Vec::new();
     for (n, api) in apis.iter().enumerate() {
         let ip = api.status.as_ref().unwrap().pod_ip.clone().unwrap();
-        let answer: Value = http
-            .post(format!("http://{ip}:8080/api/v1/work"))
-            .json(&json!({"data": {"ms": 1500, "n": n}}))
-            .send()
-            .await
-            .expect("post")
-            .json()
-            .await
-            .expect("json");
+        let answer = post_json(
+            &http,
+            &format!("http://{ip}:8080/api/v1/work"),
+            &json!({"data": {"ms": 1500, "n": n}}),
+        )
+        .await
+        .expect("post");
         assert_eq!(answer["status"], "accepted", "{answer}");
         accepted_by.insert(answer["accepted_by"].as_str().unwrap().to_owned());
         ids.push((ip, answer["callback"].as_str().unwrap().to_owned()));
@@ -167,15 +183,13 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     let mut via_lb = std::collections::HashSet::new();
     for n in 0..6 {
         // A fresh connection each time, so the balancer picks again.
-        let answer: Value = reqwest::Client::new()
-            .post(format!("{lb_url}/api/v1/work"))
-            .json(&json!({"data": {"ms": 10, "via": "lb", "n": n}}))
-            .send()
-            .await
-            .expect("post via lb")
-            .json()
-            .await
-            .expect("json");
+        let answer = post_json(
+            &reqwest::Client::new(),
+            &format!("{lb_url}/api/v1/work"),
+            &json!({"data": {"ms": 10, "via": "lb", "n": n}}),
+        )
+        .await
+        .expect("post via lb");
         via_lb.insert(
             answer["accepted_by"]
                 .as_str()
@@ -242,17 +256,14 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     .expect("4 worker endpoints");
 
     // Deleting a worker pod while it works loses nothing.
-    let (ip, long) = ids[1].clone();
-    let _ = long;
-    let answer: Value = http
-        .post(format!("http://{ip}:8080/api/v1/work"))
-        .json(&json!({"data": {"ms": 4000, "kind": "long"}}))
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let (ip, _) = ids[1].clone();
+    let answer = post_json(
+        &http,
+        &format!("http://{ip}:8080/api/v1/work"),
+        &json!({"data": {"ms": 4000, "kind": "long"}}),
+    )
+    .await
+    .expect("post");
     let long_id = answer["callback"].as_str().unwrap().to_owned();
     let mut worker = String::new();
     wait_until("the long job to start", WAIT, || {
@@ -279,23 +290,13 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         .delete("demo", &DeleteParams::default())
         .await
         .expect("delete pool");
-    wait_until("the pool's pods to go", WAIT, || async {
-        Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("pods")
-            .items
-            .is_empty()
+    wait_until("the pool's pods to go", WAIT, || {
+        none_left::<Pod>(&client, &ns)
     })
     .await
     .expect("the pool's pods to go");
-    wait_until("the pool's Services to go", WAIT, || async {
-        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .expect("services")
-            .items
-            .is_empty()
+    wait_until("the pool's Services to go", WAIT, || {
+        none_left::<k8s_openapi::api::core::v1::Service>(&client, &ns)
     })
     .await
     .expect("the pool's Services to go");
@@ -308,13 +309,8 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     // `helm uninstall` leaves nothing of the release behind but the CRD, which Helm
     // never deletes (deleting it would delete every WorkPool in the cluster).
     release.uninstall().await.expect("helm uninstall");
-    wait_until("the operator pod to go", WAIT, || async {
-        Api::<Pod>::namespaced(client.clone(), &release_ns)
-            .list(&ListParams::default())
-            .await
-            .expect("pods")
-            .items
-            .is_empty()
+    wait_until("the operator pod to go", WAIT, || {
+        none_left::<Pod>(&client, &release_ns)
     })
     .await
     .expect("the operator pod to go");

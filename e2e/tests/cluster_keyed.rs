@@ -16,6 +16,7 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 use workpool_core::names::partition_of;
 use workpool_e2e::browser::Browser;
+use workpool_e2e::http::{get_json, post_json};
 use workpool_e2e::local_cluster::LocalCluster;
 use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
 use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
@@ -25,13 +26,39 @@ const PARTITIONS: u32 = 64;
 
 /// GET the cluster view from one api pod.
 async fn cluster_view(http: &reqwest::Client, api: &str) -> Value {
-    http.get(format!("{api}/api/v1/cluster"))
-        .send()
+    get_json(http, &format!("{api}/api/v1/cluster"))
         .await
         .expect("cluster view")
-        .json()
-        .await
-        .expect("json")
+}
+
+/// Scales the pool's workers and waits until `replicas` ready pods back as many ready
+/// endpoints; their names.
+async fn scale_workers(
+    cluster: &LocalCluster,
+    ns: &str,
+    replicas: usize,
+    what: &str,
+) -> BTreeSet<String> {
+    cluster
+        .plane
+        .kubectl(&[
+            "-n",
+            ns,
+            "scale",
+            "workpool/keyed",
+            &format!("--replicas={replicas}"),
+        ])
+        .expect("scale");
+    wait_until(what, WAIT, || async {
+        ready_endpoints(&cluster.client, ns, "keyed-workers")
+            .await
+            .expect("slices")
+            == replicas
+            && worker_pods(&cluster.client, ns).await.len() == replicas
+    })
+    .await
+    .expect(what);
+    worker_pods(&cluster.client, ns).await
 }
 
 /// Worker pod -> partitions, from a view.
@@ -166,15 +193,13 @@ spec:
             let http = http.clone();
             let api = apis[n % 2].clone();
             async move {
-                let answer: Value = http
-                    .post(format!("{api}/api/v1/work"))
-                    .json(&json!({"data": {"n": n}, "key": key}))
-                    .send()
-                    .await
-                    .expect("post")
-                    .json()
-                    .await
-                    .expect("json");
+                let answer = post_json(
+                    &http,
+                    &format!("{api}/api/v1/work"),
+                    &json!({"data": {"n": n}, "key": key}),
+                )
+                .await
+                .expect("post");
                 assert_eq!(answer["status"], "accepted", "{answer}");
                 (key, answer["callback"].as_str().unwrap().to_owned())
             }
@@ -189,14 +214,9 @@ spec:
             async move {
                 let deadline = Instant::now() + WAIT;
                 loop {
-                    let record: Value = http
-                        .get(format!("{api}/api/v1/work/{id}?wait=20s"))
-                        .send()
+                    let record = get_json(&http, &format!("{api}/api/v1/work/{id}?wait=20s"))
                         .await
-                        .expect("get")
-                        .json()
-                        .await
-                        .expect("json");
+                        .expect("get");
                     if record["status"] == "worked" {
                         return (key, record);
                     }
@@ -247,15 +267,13 @@ spec:
         .expect("an owner");
     let mut gate_ids = Vec::new();
     for n in 0..30 {
-        let answer: Value = http
-            .post(format!("{}/api/v1/work", apis[1]))
-            .json(&json!({"data": {"gate": n}, "key": key}))
-            .send()
-            .await
-            .expect("post")
-            .json()
-            .await
-            .expect("json");
+        let answer = post_json(
+            &http,
+            &format!("{}/api/v1/work", apis[1]),
+            &json!({"data": {"gate": n}, "key": key}),
+        )
+        .await
+        .expect("post");
         gate_ids.push(answer["callback"].as_str().unwrap().to_owned());
     }
     Api::<Pod>::namespaced(client.clone(), &ns)
@@ -277,33 +295,15 @@ spec:
         "the partition took {moved_after:?} to move"
     );
     for id in &gate_ids {
-        let record: Value = http
-            .get(format!("{}/api/v1/work/{id}?wait=60s", apis[0]))
-            .send()
+        let record = get_json(&http, &format!("{}/api/v1/work/{id}?wait=60s", apis[0]))
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .expect("get");
         assert_eq!(record["status"], "worked", "{record}");
     }
 
     // Scaling 2 -> 5 workers: the view follows within 5 s of the pods being ready, and
     // partitions spread evenly (nobody more than twice the mean).
-    cluster
-        .plane
-        .kubectl(&["-n", &ns, "scale", "workpool/keyed", "--replicas=2"])
-        .expect("scale");
-    wait_until("2 ready worker endpoints", WAIT, || async {
-        ready_endpoints(&client, &ns, "keyed-workers")
-            .await
-            .expect("slices")
-            == 2
-            && worker_pods(&client, &ns).await.len() == 2
-    })
-    .await
-    .expect("2 workers");
-    let two = worker_pods(&client, &ns).await;
+    let two = scale_workers(&cluster, &ns, 2, "2 ready worker endpoints").await;
     wait_until("the view to show 2 workers", WAIT, || async {
         settled_on(&cluster_view(&http, &apis[0]).await, &two)
     })
@@ -383,14 +383,9 @@ spec:
         .expect("json");
     let id = answer["callback"].as_str().unwrap().to_owned();
     wait_until("the long job to run", WAIT, || async {
-        let record: Value = http
-            .get(format!("{}/api/v1/work/{id}", apis[0]))
-            .send()
+        let record = get_json(&http, &format!("{}/api/v1/work/{id}", apis[0]))
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .expect("get");
         record["status"] == "working"
     })
     .await
@@ -429,27 +424,20 @@ spec:
         .expect("apiserver stopped");
     let mut during = Vec::new();
     for n in 0..20 {
-        let answer: Value = http
-            .post(format!("{}/api/v1/work", apis[n % 2]))
-            .json(&json!({"data": {"outage": n}, "key": format!("outage-{}", n % 4)}))
-            .send()
-            .await
-            .expect("post while the apiserver is down")
-            .json()
-            .await
-            .expect("json");
+        let answer = post_json(
+            &http,
+            &format!("{}/api/v1/work", apis[n % 2]),
+            &json!({"data": {"outage": n}, "key": format!("outage-{}", n % 4)}),
+        )
+        .await
+        .expect("post while the apiserver is down");
         assert_eq!(answer["status"], "accepted", "{answer}");
         during.push(answer["callback"].as_str().unwrap().to_owned());
     }
     for id in &during {
-        let record: Value = http
-            .get(format!("{}/api/v1/work/{id}?wait=30s", apis[0]))
-            .send()
+        let record = get_json(&http, &format!("{}/api/v1/work/{id}?wait=30s", apis[0]))
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .expect("get");
         assert_eq!(record["status"], "worked", "{record}");
     }
     assert!(
@@ -466,20 +454,7 @@ spec:
         .await
         .expect("apiserver back");
     eprintln!("outage: apiserver back after {:?}", outage.elapsed());
-    cluster
-        .plane
-        .kubectl(&["-n", &ns, "scale", "workpool/keyed", "--replicas=3"])
-        .expect("scale");
-    wait_until("3 ready workers after the outage", WAIT, || async {
-        ready_endpoints(&client, &ns, "keyed-workers")
-            .await
-            .expect("slices")
-            == 3
-            && worker_pods(&client, &ns).await.len() == 3
-    })
-    .await
-    .expect("3 workers");
-    let three = worker_pods(&client, &ns).await;
+    let three = scale_workers(&cluster, &ns, 3, "3 ready workers after the outage").await;
     eprintln!("outage: 3 workers {:?} after it began", outage.elapsed());
     wait_until(
         "the view to follow the scale-in after the outage",

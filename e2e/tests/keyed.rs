@@ -69,15 +69,10 @@ async fn the_cluster_view_shows_workers_their_partitions_and_running_work() {
     pool.wait_status(&id, "working", Duration::from_secs(10))
         .await
         .expect("working");
-    let view: serde_json::Value = pool
-        .http
-        .get(format!("{}/api/v1/cluster", pool.api_url(0)))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let view =
+        workpool_e2e::http::get_json(&pool.http, &format!("{}/api/v1/cluster", pool.api_url(0)))
+            .await
+            .expect("cluster view");
     assert_eq!(view["pool"], "demo");
     assert_eq!(view["partitions"], 4);
     assert_eq!(view["api"][0]["pod"], "demo-api-0");

@@ -28,11 +28,14 @@ struct LogQuery {
     limit_bytes: Option<usize>,
 }
 
+/// Where the node agent keeps one pod's files (its kubeconfig and container logs).
+pub fn pod_dir(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    pods_dir.join(format!("{namespace}_{pod}"))
+}
+
 /// Where the node agent writes a container's output.
-pub fn log_path(pods_dir: &Path, namespace: &str, pod: &str, container: &str) -> PathBuf {
-    pods_dir
-        .join(format!("{namespace}_{pod}"))
-        .join(format!("{container}.log"))
+pub fn log_path(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.log"))
 }
 
 /// Serves `/containerLogs/{namespace}/{pod}/{container}` over HTTPS with a self-signed
@@ -71,7 +74,7 @@ async fn container_logs(
     if !names_are_plain {
         return (StatusCode::BAD_REQUEST, "bad pod or container name").into_response();
     }
-    let path = log_path(&pods_dir, &namespace, &pod, &container);
+    let path = log_path(&pod_dir(&pods_dir, &namespace, &pod), &container);
     let Ok(text) = tokio::fs::read(&path).await else {
         return (
             StatusCode::NOT_FOUND,

@@ -40,6 +40,13 @@ pub struct NodeConfig {
     pub network: PodNetwork,
 }
 
+impl NodeConfig {
+    /// One directory per pod: its kubeconfig and container logs.
+    fn pods_dir(&self) -> PathBuf {
+        self.state_dir.join("pods")
+    }
+}
+
 /// What every pod task shares.
 pub struct Shared {
     client: Client,
@@ -196,7 +203,7 @@ pub async fn run(
         .local_addr()
         .map_err(HarnessError::io("kubelet log endpoint address"))?
         .port();
-    let pods_dir = config.state_dir.join("pods");
+    let pods_dir = config.pods_dir();
     let log_endpoint = tokio::spawn(async move {
         if let Err(err) = logs::serve(pods_dir, kubelet, &host).await {
             tracing::warn!(%err, "kubelet log endpoint stopped");

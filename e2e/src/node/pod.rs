@@ -50,11 +50,11 @@ pub struct PodRunner {
 
 impl PodRunner {
     pub fn new(shared: Arc<Shared>, index: u8, pod: Pod) -> Self {
-        let dir = shared.config.state_dir.join("pods").join(format!(
-            "{}_{}",
-            pod.namespace().unwrap_or_default(),
-            pod.name_any()
-        ));
+        let dir = super::logs::pod_dir(
+            &shared.config.pods_dir(),
+            &pod.namespace().unwrap_or_default(),
+            &pod.name_any(),
+        );
         Self {
             shared,
             index,
@@ -304,7 +304,7 @@ impl PodRunner {
                 return;
             }
         };
-        let log = self.dir.join(format!("{}.log", run.spec.name));
+        let log = super::logs::log_path(&self.dir, &run.spec.name);
         let (Ok(out), Some(netns)) = (
             std::fs::OpenOptions::new()
                 .create(true)
