@@ -86,12 +86,16 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     );
     create_pool(&client, &ns, &yaml).await.expect("create");
     let ready = |p: &WorkPool| condition(p, "Ready").is_some_and(|(s, _)| s == "True");
+    // Ready needs one api pod available; wait for both, as for both workers.
     let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        let status = p.status.as_ref();
         ready(p)
-            && p.status
-                .as_ref()
+            && status
                 .and_then(|s| s.workers.as_ref())
                 .is_some_and(|w| w.ready == 2)
+            && status
+                .and_then(|s| s.api.as_ref())
+                .is_some_and(|a| a.ready == 2)
     })
     .await
     .expect("pool Ready with its pods running");

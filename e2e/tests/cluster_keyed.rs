@@ -153,12 +153,16 @@ spec:
         cluster.nats.url()
     );
     create_pool(&client, &ns, &yaml).await.expect("create");
+    // Ready needs one api pod available; wait for both api pods and all workers.
     wait_pool(&client, &ns, "keyed", WAIT, |p| {
+        let status = p.status.as_ref();
         condition(p, "Ready").is_some_and(|(s, _)| s == "True")
-            && p.status
-                .as_ref()
+            && status
                 .and_then(|s| s.workers.as_ref())
                 .is_some_and(|w| w.ready == 3)
+            && status
+                .and_then(|s| s.api.as_ref())
+                .is_some_and(|a| a.ready == 2)
     })
     .await
     .expect("pool Ready with 3 workers");
