@@ -243,8 +243,19 @@ spec:
         ));
     }
     assert_eq!(by_key.len(), 20);
+    // Each key's jobs all ran on the worker that owns the key's partition (which worker
+    // that is depends on the pods' random names, so not every worker need get a key).
+    let owner_of: BTreeMap<u32, String> = owners(&cluster_view(&http, &apis[0]).await)
+        .into_iter()
+        .flat_map(|(pod, partitions)| partitions.into_iter().map(move |p| (p, pod.clone())))
+        .collect();
     let mut workers_used = BTreeSet::new();
     for (key, spans) in &mut by_key {
+        let owner = &owner_of[&partition_of(key, PARTITIONS)];
+        assert!(
+            spans.iter().all(|span| &span.2 == owner),
+            "{key}: ran off its partition's owner {owner}: {spans:?}"
+        );
         assert_eq!(spans.len(), 25, "{key}");
         spans.sort();
         for pair in spans.windows(2) {
@@ -257,7 +268,10 @@ spec:
         }
         workers_used.extend(spans.iter().map(|s| s.2.clone()));
     }
-    assert_eq!(workers_used, pods, "keyed work ran on all three workers");
+    assert!(
+        workers_used.len() >= 2 && workers_used.is_subset(&pods),
+        "keyed work spread over the workers: {workers_used:?}"
+    );
 
     // Killing the worker that owns a key's partition moves the partition to a survivor
     // within seconds, and the key's queued jobs carry on.
