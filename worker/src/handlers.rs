@@ -1,12 +1,19 @@
 //! The three handler kinds: `builtin` (sleep, echo, sha256), `exec` (a program reading the
 //! work as JSON on stdin) and `http` (POST to a sidecar).
+//!
+//! A result may be at most the pool's `queue.maxPayloadBytes` as stored JSON: a larger one
+//! could not be written to the results bucket. Output is read with that limit, so a job
+//! that prints without end costs the worker no more than the limit, and a result over it
+//! fails for good at once instead of being retried.
 
+use std::io;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use workpool_core::PoolSpec;
 use workpool_core::message::WorkMessage;
 use workpool_core::spec::{BuiltinHandler, HandlerSpec};
 
@@ -36,8 +43,21 @@ pub const DEFAULT_SLEEP: Duration = Duration::from_secs(3);
 /// The most of a failing program's output or response body kept in the error.
 const ERROR_TAIL_BYTES: usize = 512;
 
+/// How much of the end of a program's stderr (or of an error answer's body) is kept while
+/// it is read: enough for the error's tail even after trimming, and bounded however much
+/// the program writes.
+const DIAGNOSTIC_TAIL_BYTES: usize = 4096;
+
+/// Runs the work of one pool.
 #[derive(Debug, Clone)]
-pub enum Handler {
+pub struct Handler {
+    kind: Kind,
+    /// `queue.maxPayloadBytes`: the largest result, as stored JSON.
+    max_result_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
     Builtin(BuiltinHandler),
     Exec(Vec<String>),
     Http {
@@ -47,14 +67,19 @@ pub enum Handler {
 }
 
 impl Handler {
-    pub fn new(spec: &HandlerSpec) -> Self {
-        match spec {
-            HandlerSpec::Builtin(builtin) => Handler::Builtin(*builtin),
-            HandlerSpec::Exec { command } => Handler::Exec(command.clone()),
-            HandlerSpec::Http { url } => Handler::Http {
+    /// The pool's `worker.handler`, with results limited to its `queue.maxPayloadBytes`.
+    pub fn new(spec: &PoolSpec) -> Self {
+        let kind = match &spec.worker.handler {
+            HandlerSpec::Builtin(builtin) => Kind::Builtin(*builtin),
+            HandlerSpec::Exec { command } => Kind::Exec(command.clone()),
+            HandlerSpec::Http { url } => Kind::Http {
                 url: url.clone(),
                 client: reqwest::Client::new(),
             },
+        };
+        Self {
+            kind,
+            max_result_bytes: spec.queue.max_payload_bytes,
         }
     }
 
@@ -66,12 +91,44 @@ impl Handler {
         attempt: u32,
     ) -> Result<serde_json::Value, HandlerError> {
         let input = HandlerInput { work, attempt };
-        match self {
-            Handler::Builtin(builtin) => Ok(run_builtin(*builtin, &work.data).await),
-            Handler::Exec(command) => run_exec(command, &input).await,
-            Handler::Http { url, client } => run_http(client, url, &input).await,
+        let limit = self.max_result_bytes;
+        let result = match &self.kind {
+            Kind::Builtin(builtin) => run_builtin(*builtin, &work.data).await,
+            Kind::Exec(command) => run_exec(command, &input, limit).await?,
+            Kind::Http { url, client } => run_http(client, url, &input, limit).await?,
+        };
+        // The stored form is what must fit: text with control characters or invalid
+        // UTF-8 grows when it becomes a JSON string.
+        if fits(&result, limit) {
+            Ok(result)
+        } else {
+            Err(too_large(limit))
         }
     }
+}
+
+fn too_large(limit: usize) -> HandlerError {
+    HandlerError::Permanent(format!(
+        "result too large: more than {limit} bytes (queue.maxPayloadBytes)"
+    ))
+}
+
+/// Whether `value` as JSON is at most `limit` bytes, found without building the text.
+fn fits(value: &serde_json::Value, limit: usize) -> bool {
+    struct Budget(usize);
+    impl io::Write for Budget {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0 = self
+                .0
+                .checked_sub(bytes.len())
+                .ok_or_else(|| io::Error::other("over the limit"))?;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(Budget(limit), value).is_ok()
 }
 
 async fn run_builtin(builtin: BuiltinHandler, data: &serde_json::Value) -> serde_json::Value {
@@ -113,8 +170,67 @@ fn output_value(bytes: &[u8]) -> serde_json::Value {
     })
 }
 
-/// Kills the program's process group when the attempt ends early (timeout, shutdown), so
-/// no grandchild outlives it.
+/// The last `keep` bytes of everything appended, in at most `2 * keep` of memory.
+struct Tail {
+    bytes: Vec<u8>,
+    keep: usize,
+}
+
+impl Tail {
+    fn new(keep: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            keep,
+        }
+    }
+
+    fn push(&mut self, more: &[u8]) {
+        let more = &more[more.len().saturating_sub(self.keep)..];
+        self.bytes.extend_from_slice(more);
+        // Dropping the front only once it is twice the size keeps appends cheap.
+        if self.bytes.len() > 2 * self.keep {
+            self.bytes.drain(..self.bytes.len() - self.keep);
+        }
+    }
+
+    fn into_bytes(mut self) -> Vec<u8> {
+        let excess = self.bytes.len().saturating_sub(self.keep);
+        self.bytes.drain(..excess);
+        self.bytes
+    }
+}
+
+/// Reads all of `pipe` to its end, keeping only its last `keep` bytes.
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> io::Result<Vec<u8>> {
+    let mut tail = Tail::new(keep);
+    if let Some(mut pipe) = pipe {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = pipe.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            tail.push(&buffer[..read]);
+        }
+    }
+    Ok(tail.into_bytes())
+}
+
+/// Reads `pipe` to its end, or `None` as soon as it holds more than `limit` bytes.
+async fn read_limited(
+    pipe: Option<impl AsyncRead + Unpin>,
+    limit: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    if let Some(pipe) = pipe {
+        let most = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+        pipe.take(most).read_to_end(&mut bytes).await?;
+    }
+    Ok((bytes.len() <= limit).then_some(bytes))
+}
+
+/// Kills the program's process group when the attempt ends early (timeout, shutdown, a
+/// result over the limit), so no grandchild outlives it.
 struct GroupKiller(Option<nix::unistd::Pid>);
 
 impl Drop for GroupKiller {
@@ -128,6 +244,7 @@ impl Drop for GroupKiller {
 async fn run_exec(
     command: &[String],
     input: &HandlerInput<'_>,
+    limit: usize,
 ) -> Result<serde_json::Value, HandlerError> {
     let Some((program, args)) = command.split_first() else {
         return Err(HandlerError::Permanent(
@@ -152,59 +269,124 @@ async fn run_exec(
             .and_then(|pid| i32::try_from(pid).ok())
             .map(nix::unistd::Pid::from_raw),
     );
-    if let Some(mut stdin) = child.stdin.take() {
-        let payload = serde_json::to_vec(input).unwrap_or_default();
-        // A program that does not read its input is fine: ignore a broken pipe.
-        let _ = stdin.write_all(&payload).await;
-    }
-    let output = child
-        .wait_with_output()
+    let payload = serde_json::to_vec(input).unwrap_or_default();
+    let stdin = child.stdin.take();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A program may exit without reading all of its input (a broken pipe): its
+            // exit status decides, not the failed write.
+            let _ = stdin.write_all(&payload).await;
+            // Dropping `stdin` here closes it, so the program sees the end of its input.
+        }
+        Ok::<_, HandlerError>(())
+    };
+    // Input and output go at once: a program that writes before it has read everything
+    // would otherwise fill its stdout pipe while we still fill its stdin.
+    let output = async {
+        read_limited(child.stdout.take(), limit)
+            .await
+            .map_err(|err| {
+                HandlerError::Retryable(format!("reading the output of {program}: {err}"))
+            })?
+            // Over the limit: returning drops the killer, which ends the program.
+            .ok_or_else(|| too_large(limit))
+    };
+    let errors = async {
+        read_tail(child.stderr.take(), DIAGNOSTIC_TAIL_BYTES)
+            .await
+            .map_err(|err| {
+                HandlerError::Retryable(format!("reading the stderr of {program}: {err}"))
+            })
+    };
+    let ((), stdout, stderr) = tokio::try_join!(feed, output, errors)?;
+    let status = child
+        .wait()
         .await
         .map_err(|err| HandlerError::Retryable(format!("waiting for {program}: {err}")))?;
     killer.0 = None;
-    if output.status.success() {
-        Ok(output_value(&output.stdout))
+    if status.success() {
+        Ok(output_value(&stdout))
     } else {
         Err(HandlerError::Retryable(format!(
-            "{program} exited with {}: {}",
-            output.status,
-            tail(&output.stderr)
+            "{program} exited with {status}: {}",
+            tail(&stderr)
         )))
     }
+}
+
+/// Reads a response body to its end, or `None` as soon as it has more than `limit` bytes.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if chunk.len() > limit - body.len() {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// The end of an error answer's body, reading at most `limit` bytes of it.
+async fn read_body_tail(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut tail = Tail::new(DIAGNOSTIC_TAIL_BYTES);
+    let mut read = 0usize;
+    while read <= limit
+        && let Some(chunk) = response.chunk().await?
+    {
+        read = read.saturating_add(chunk.len());
+        tail.push(&chunk);
+    }
+    Ok(tail.into_bytes())
 }
 
 async fn run_http(
     client: &reqwest::Client,
     url: &str,
     input: &HandlerInput<'_>,
+    limit: usize,
 ) -> Result<serde_json::Value, HandlerError> {
-    let response = client
+    let mut response = client
         .post(url)
         .json(input)
         .send()
         .await
         .map_err(|err| HandlerError::Retryable(format!("POST {url}: {err}")))?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|err| HandlerError::Retryable(format!("reading the answer of {url}: {err}")))?;
+    let reading = |err: reqwest::Error| {
+        HandlerError::Retryable(format!("reading the answer of {url}: {err}"))
+    };
     if status.is_success() {
-        Ok(if body.is_empty() {
+        // A declared length over the limit needs no reading at all.
+        if response
+            .content_length()
+            .is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err(too_large(limit));
+        }
+        let body = read_body(&mut response, limit)
+            .await
+            .map_err(reading)?
+            .ok_or_else(|| too_large(limit))?;
+        return Ok(if body.is_empty() {
             serde_json::Value::Null
         } else {
             output_value(&body)
-        })
-    } else if status.is_client_error() {
-        Err(HandlerError::Permanent(format!(
-            "{url} answered {status}: {}",
-            tail(&body)
-        )))
+        });
+    }
+    let body = read_body_tail(&mut response, limit)
+        .await
+        .map_err(reading)?;
+    let message = format!("{url} answered {status}: {}", tail(&body));
+    if status.is_client_error() {
+        Err(HandlerError::Permanent(message))
     } else {
-        Err(HandlerError::Retryable(format!(
-            "{url} answered {status}: {}",
-            tail(&body)
-        )))
+        Err(HandlerError::Retryable(message))
     }
 }
 
@@ -227,19 +409,19 @@ mod tests {
 
     #[tokio::test]
     async fn builtins_echo_hash_and_sleep() {
-        let echo = Handler::new(&HandlerSpec::Builtin(BuiltinHandler::Echo));
+        let echo = pooled(HandlerSpec::Builtin(BuiltinHandler::Echo));
         assert_eq!(
             echo.run(&work(json!({"a": [1]})), 1).await,
             Ok(json!({"a": [1]}))
         );
-        let sha = Handler::new(&HandlerSpec::Builtin(BuiltinHandler::Sha256));
+        let sha = pooled(HandlerSpec::Builtin(BuiltinHandler::Sha256));
         assert_eq!(
             sha.run(&work(json!("foo")), 1).await,
             Ok(json!(
                 "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             ))
         );
-        let sleep = Handler::new(&HandlerSpec::Builtin(BuiltinHandler::Sleep));
+        let sleep = pooled(HandlerSpec::Builtin(BuiltinHandler::Sleep));
         assert_eq!(
             sleep.run(&work(json!({"ms": 5})), 1).await,
             Ok(json!({"slept_ms": 5}))
@@ -248,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn exec_reads_stdin_and_reports_failures() {
-        let cat = Handler::new(&HandlerSpec::Exec {
+        let cat = pooled(HandlerSpec::Exec {
             command: vec!["cat".into()],
         });
         let result = cat
@@ -257,7 +439,7 @@ mod tests {
             .expect("cat succeeds");
         assert_eq!(result["data"], json!({"x": 1}));
         assert_eq!(result["attempt"], json!(2));
-        let failing = Handler::new(&HandlerSpec::Exec {
+        let failing = pooled(HandlerSpec::Exec {
             command: vec!["sh".into(), "-c".into(), "echo broken >&2; exit 3".into()],
         });
         match failing.run(&work(json!(null)), 1).await {
@@ -266,7 +448,7 @@ mod tests {
             }
             other => panic!("expected a retryable failure, got {other:?}"),
         }
-        let missing = Handler::new(&HandlerSpec::Exec {
+        let missing = pooled(HandlerSpec::Exec {
             command: vec!["/nonexistent/program".into()],
         });
         assert!(matches!(
@@ -275,12 +457,271 @@ mod tests {
         ));
     }
 
+    /// A handler of `spec` whose results may be at most `max_result_bytes`.
+    fn handler(spec: HandlerSpec, max_result_bytes: usize) -> Handler {
+        let mut pool = PoolSpec::default();
+        pool.worker.handler = spec;
+        pool.queue.max_payload_bytes = max_result_bytes;
+        Handler::new(&pool)
+    }
+
+    /// A handler with the default pool's result limit.
+    fn pooled(spec: HandlerSpec) -> Handler {
+        handler(spec, PoolSpec::default().queue.max_payload_bytes)
+    }
+
+    fn sh(script: &str) -> HandlerSpec {
+        HandlerSpec::Exec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+        }
+    }
+
+    /// An outcome for a failure message, without dumping a huge result.
+    fn brief(outcome: &Result<serde_json::Value, HandlerError>) -> String {
+        let text = format!("{outcome:?}");
+        match text.char_indices().nth(300) {
+            Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+            None => text,
+        }
+    }
+
+    fn expect_too_large(outcome: &Result<serde_json::Value, HandlerError>, limit: usize) {
+        match outcome {
+            Err(HandlerError::Permanent(message)) => {
+                assert!(
+                    message.contains("result too large")
+                        && message.contains(&format!("more than {limit} bytes")),
+                    "{message}"
+                );
+            }
+            other => panic!(
+                "expected a permanent 'result too large', got {}",
+                brief(other)
+            ),
+        }
+    }
+
+    /// Generous: these programs take milliseconds; only a deadlock comes near it.
+    const DEADLOCK_GUARD: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn exec_with_large_input_and_output_does_not_deadlock() {
+        const MIB: usize = 1024 * 1024;
+        let big = "x".repeat(MIB);
+        // `cat` echoes as it reads; the second program writes all of its output before it
+        // reads any input. Each fills both 64 KiB pipes unless stdin is written while
+        // stdout is drained.
+        let programs = [
+            HandlerSpec::Exec {
+                command: vec!["cat".into()],
+            },
+            sh("head -c 1048576 /dev/zero | tr '\\0' y; cat > /dev/null"),
+        ];
+        for program in programs {
+            let exec = handler(program.clone(), 4 * MIB);
+            let outcome = tokio::time::timeout(DEADLOCK_GUARD, exec.run(&work(json!(big)), 1))
+                .await
+                .unwrap_or_else(|_| panic!("{program:?} deadlocked"));
+            match outcome {
+                Ok(serde_json::Value::Object(input)) => assert_eq!(input["data"], json!(big)),
+                Ok(serde_json::Value::String(text)) => assert_eq!(text, "y".repeat(MIB)),
+                other => panic!("{program:?}: {}", brief(&other)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_without_reading_stdin_is_judged_by_its_exit_status() {
+        let big = json!("z".repeat(1024 * 1024));
+        let quick = handler(sh("echo '{\"done\": true}'"), 1024);
+        assert_eq!(
+            quick.run(&work(big.clone()), 1).await,
+            Ok(json!({"done": true}))
+        );
+        let failing = handler(sh("echo nope >&2; exit 4"), 1024);
+        match failing.run(&work(big), 1).await {
+            Err(HandlerError::Retryable(message)) => {
+                assert!(
+                    message.contains("nope") && message.contains('4'),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a retryable failure, got {}", brief(&other)),
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_output_over_the_limit_is_permanent_and_not_read_to_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let finished = dir.path().join("finished");
+        let limit = 64 * 1024;
+        // 16 MiB, far more than the limit plus a pipe buffer: the program can only get to
+        // `touch` if the worker reads (and holds) all of it.
+        let script = format!("head -c 16777216 /dev/zero; touch {}", finished.display());
+        let flood = handler(sh(&script), limit);
+        let outcome = tokio::time::timeout(DEADLOCK_GUARD, flood.run(&work(json!(null)), 1))
+            .await
+            .expect("stopped reading at the limit");
+        expect_too_large(&outcome, limit);
+        assert!(
+            !finished.exists(),
+            "the worker read all 16 MiB instead of stopping at the limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_limit_is_exact_and_counts_the_stored_json() {
+        let limit = 1000;
+        // A JSON string of exactly `limit` bytes (quotes included) is fine, one more is not.
+        let exact = handler(sh("printf '\"%0998d\"' 0"), limit);
+        assert_eq!(
+            exact.run(&work(json!(null)), 1).await,
+            Ok(json!("0".repeat(998)))
+        );
+        let over = handler(sh("printf '\"%0999d\"' 0"), limit);
+        expect_too_large(&over.run(&work(json!(null)), 1).await, limit);
+        // 400 bytes of text are stored as a JSON string of 2402 bytes (`\u0001` each).
+        let escaped = handler(sh("head -c 400 /dev/zero | tr '\\0' '\\001'"), limit);
+        expect_too_large(&escaped.run(&work(json!(null)), 1).await, limit);
+    }
+
+    #[tokio::test]
+    async fn exec_keeps_only_the_end_of_a_huge_stderr() {
+        let noisy = handler(
+            sh("head -c 8388608 /dev/zero | tr '\\0' e >&2; echo 'the real reason' >&2; exit 3"),
+            1024,
+        );
+        let outcome = tokio::time::timeout(DEADLOCK_GUARD, noisy.run(&work(json!(null)), 1))
+            .await
+            .expect("finished");
+        match outcome {
+            Err(HandlerError::Retryable(message)) => {
+                assert!(message.contains("the real reason"), "{message}");
+                assert!(message.len() < 1024, "{} bytes", message.len());
+            }
+            other => panic!("expected a retryable failure, got {}", brief(&other)),
+        }
+    }
+
+    /// Serves one HTTP answer of `status` with a body of `size` zero bytes (chunked, or
+    /// with a Content-Length), and tells how many body bytes it got to write before the
+    /// client went away.
+    async fn serve_huge_body(
+        status: u16,
+        size: usize,
+        chunked: bool,
+    ) -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/run", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut socket = BufReader::new(socket);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                socket.read_line(&mut line).await.expect("request line");
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().expect("length");
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut request = vec![0; length];
+            socket.read_exact(&mut request).await.expect("request body");
+            let head = if chunked {
+                format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n")
+            } else {
+                format!("HTTP/1.1 {status} X\r\ncontent-length: {size}\r\n\r\n")
+            };
+            let mut socket = socket.into_inner();
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                return 0;
+            }
+            let chunk = vec![b'0'; 64 * 1024];
+            let mut written = 0;
+            while written < size {
+                let framed = if chunked {
+                    [
+                        format!("{:x}\r\n", chunk.len()).into_bytes(),
+                        chunk.clone(),
+                        b"\r\n".to_vec(),
+                    ]
+                    .concat()
+                } else {
+                    chunk.clone()
+                };
+                if socket.write_all(&framed).await.is_err() {
+                    return written;
+                }
+                written += chunk.len();
+            }
+            if chunked {
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            }
+            written
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn http_bodies_over_the_limit_are_permanent_and_not_read_to_the_end() {
+        const HUGE: usize = 64 * 1024 * 1024;
+        let limit = 64 * 1024;
+        for chunked in [true, false] {
+            let (url, server) = serve_huge_body(200, HUGE, chunked).await;
+            let sidecar = handler(HandlerSpec::Http { url }, limit);
+            let outcome = tokio::time::timeout(DEADLOCK_GUARD, sidecar.run(&work(json!(null)), 1))
+                .await
+                .expect("stopped reading at the limit");
+            expect_too_large(&outcome, limit);
+            drop(sidecar);
+            let written = tokio::time::timeout(DEADLOCK_GUARD, server)
+                .await
+                .expect("server done")
+                .expect("server task");
+            assert!(
+                written < HUGE,
+                "chunked {chunked}: the worker read the whole {HUGE}-byte body"
+            );
+        }
+        // An error answer's body is not the result: it stays retryable, with a bounded message.
+        let (url, server) = serve_huge_body(503, HUGE, true).await;
+        let sidecar = handler(HandlerSpec::Http { url }, limit);
+        match tokio::time::timeout(DEADLOCK_GUARD, sidecar.run(&work(json!(null)), 1))
+            .await
+            .expect("finished")
+        {
+            Err(HandlerError::Retryable(message)) => {
+                assert!(
+                    message.contains("503"),
+                    "{}",
+                    brief(&Err(HandlerError::Retryable(message.clone())))
+                );
+                assert!(message.len() < 1024, "{} bytes", message.len());
+            }
+            other => panic!("expected a retryable failure, got {}", brief(&other)),
+        }
+        drop(sidecar);
+        let written = tokio::time::timeout(DEADLOCK_GUARD, server)
+            .await
+            .expect("server done")
+            .expect("server task");
+        assert!(
+            written < HUGE,
+            "the worker read the whole {HUGE}-byte error body"
+        );
+    }
+
     #[tokio::test]
     async fn exec_timeout_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pid_file = dir.path().join("pid");
         let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
-        let slow = Handler::new(&HandlerSpec::Exec {
+        let slow = pooled(HandlerSpec::Exec {
             command: vec!["sh".into(), "-c".into(), script],
         });
         let outcome =

@@ -213,7 +213,7 @@ pub async fn run(
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
-            handler: Handler::new(&config.spec.worker.handler),
+            handler: Handler::new(&config.spec),
             records: bound.records,
             config,
             client,
