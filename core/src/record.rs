@@ -62,6 +62,14 @@ pub struct WorkRecord {
     pub task: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// While `working`: the running attempt holds the work until then and renews the
+    /// hold with its heartbeat; no other attempt starts before it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<DateTime<Utc>>,
+    /// A DELETE asked for the work to be cancelled while it ran; the attempt that holds
+    /// it stops and records `cancelled`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
     /// The api pod that accepted the work.
     pub accepted_by: String,
     pub created_at: DateTime<Utc>,
@@ -83,6 +91,8 @@ impl WorkRecord {
             error: None,
             attempts: 0,
             worker: None,
+            lease_until: None,
+            cancel_requested: false,
             task: task.to_owned(),
             key: key.map(str::to_owned),
             accepted_by: accepted_by.to_owned(),
@@ -106,6 +116,18 @@ impl WorkRecord {
         self.status = next;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// Whether a running attempt holds the work at `now` (its lease has not run out).
+    pub fn is_held(&self, now: DateTime<Utc>) -> bool {
+        self.status == WorkStatus::Working && self.lease_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether the record still shows attempt `attempt` of `worker` as the running one.
+    pub fn is_attempt_of(&self, worker: &str, attempt: u32) -> bool {
+        self.status == WorkStatus::Working
+            && self.attempts == attempt
+            && self.worker.as_deref() == Some(worker)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -160,6 +182,19 @@ mod tests {
             })
         );
         assert_eq!(record, before);
+    }
+
+    #[test]
+    fn a_lease_holds_only_while_working_and_unexpired() {
+        let now = Utc::now();
+        let mut record = WorkRecord::pending("default", None, "api-0", now);
+        record.lease_until = Some(now + chrono::Duration::seconds(5));
+        assert!(!record.is_held(now), "pending work is held by nobody");
+        record.advance(Working, now).expect("forward");
+        assert!(record.is_held(now));
+        assert!(!record.is_held(now + chrono::Duration::seconds(5)));
+        record.advance(Worked, now).expect("forward");
+        assert!(!record.is_held(now));
     }
 
     #[test]

@@ -7,8 +7,15 @@ use async_nats::jetstream::{consumer, kv, stream};
 use crate::names::{PoolNames, WORK_CONSUMER};
 use crate::spec::PoolSpec;
 
-/// How long the stream remembers message ids for deduplication.
+/// How long the stream remembers message ids for deduplication, at most.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The work stream's dedupe window: never longer than a record lives, so the stream
+/// cannot remember a submission that the results bucket has already forgotten. Message
+/// ids carry the record's revision as well, so this is a second line, not the first.
+pub fn work_duplicate_window(spec: &PoolSpec) -> Duration {
+    DUPLICATE_WINDOW.min(spec.result_ttl)
+}
 
 /// Room for the message envelope (id, task, key, timestamps) around `data`.
 pub const ENVELOPE_BYTES: usize = 4096;
@@ -36,7 +43,7 @@ pub fn work_stream(names: &PoolNames, spec: &PoolSpec) -> stream::Config {
         max_message_size: message_size_limit(spec),
         storage: stream::StorageType::File,
         num_replicas: spec.nats.replicas,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: work_duplicate_window(spec),
         allow_direct: true,
         ..Default::default()
     }
@@ -134,6 +141,16 @@ mod tests {
         assert_eq!(config.max_messages, 7);
         assert_eq!(config.max_message_size, 1024 * 1024 + 4096);
         assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+    }
+
+    #[test]
+    fn the_dedupe_window_never_outlives_a_record() {
+        let (names, mut spec) = demo();
+        spec.result_ttl = Duration::from_secs(60);
+        assert_eq!(
+            work_stream(&names, &spec).duplicate_window,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod chaos;
 pub mod cluster;
 pub mod helm;
 pub mod http;

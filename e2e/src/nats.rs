@@ -27,6 +27,15 @@ impl NatsServer {
 
     /// A server listening on `host` (for example the pod network's bridge address).
     pub async fn start_on(host: &str) -> Result<Self> {
+        Self::start_with(host, "8MB").await
+    }
+
+    /// A server whose `max_payload` is `bytes` (to test pools that would not fit).
+    pub async fn start_with_max_payload(bytes: usize) -> Result<Self> {
+        Self::start_with("127.0.0.1", &bytes.to_string()).await
+    }
+
+    async fn start_with(host: &str, max_payload: &str) -> Result<Self> {
         let binary = paths::tool("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-")
@@ -36,7 +45,7 @@ impl NatsServer {
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
         let text = format!(
-            "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
+            "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
              jetstream {{ store_dir: {store:?} }}\n"
         );
         std::fs::write(&config, text).map_err(HarnessError::io("writing nats.conf"))?;
@@ -55,6 +64,11 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://{}:{}", self.host, self.port)
+    }
+
+    /// The monitoring endpoint (`/varz`, `/jsz`, ...).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
     }
 
     /// The store and logs of this server.
@@ -99,6 +113,26 @@ impl NatsServer {
             process.wait_exit(Duration::from_secs(10)).await?;
         }
         Ok(())
+    }
+
+    /// Kills the server at once (SIGKILL): what it had not written to its store is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP) until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        if let Some(process) = &self.process {
+            process.pause();
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(process) = &self.process {
+            process.resume();
+        }
     }
 
     /// A connected client for the test's own checks.

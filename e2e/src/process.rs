@@ -93,6 +93,17 @@ impl Process {
         self.signal(Signal::SIGTERM);
     }
 
+    /// Freezes the process (SIGSTOP), as a stalled VM or a stuck runtime would; its own
+    /// children keep running.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
     /// Kills the process at once: no cleanup, no goodbye.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);

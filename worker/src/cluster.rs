@@ -55,14 +55,20 @@ impl Running {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn start(&self, id: &str) -> RunningGuard<'_> {
+    /// Registers `id` as running here; `None` if it already runs here (a second
+    /// delivery of work this worker still holds), so the first stays cancellable.
+    pub fn start(&self, id: &str) -> Option<RunningGuard<'_>> {
         let token = CancellationToken::new();
-        self.lock().insert(id.to_owned(), token.clone());
-        RunningGuard {
+        let mut running = self.lock();
+        if running.contains_key(id) {
+            return None;
+        }
+        running.insert(id.to_owned(), token.clone());
+        Some(RunningGuard {
             running: self,
             id: id.to_owned(),
             token,
-        }
+        })
     }
 
     /// Cancels the running item `id`; false if it does not run here.

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod handlers;
+mod hold;
 pub mod metrics;
 pub mod process;
 mod pull;
@@ -114,7 +115,7 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Str
         partitions.insert(partition, consumer);
     }
     Ok(Bound {
-        records: Records::new(kv, config.pod.clone()),
+        records: Records::new(kv, config.pod.clone(), config.spec.worker.ack_wait),
         work,
         partitions,
     })

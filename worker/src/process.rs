@@ -6,8 +6,11 @@
 //! - Idempotent results: a delivery whose record is already terminal (or cancelled) is
 //!   acked and skipped; two workers racing on one record settle through compare-and-set,
 //!   and the first terminal write wins.
-//! - While the handler runs, an in-progress ack every `ackWait / 3` keeps the message
-//!   ours, so `timeout` bounds one attempt, not the time spent queued.
+//! - While the handler runs, its heartbeat sends an in-progress ack and renews the
+//!   attempt's lease in the record, so `timeout` bounds one attempt, not the time spent
+//!   queued. One attempt at a time: a delivery whose record shows another attempt's live
+//!   lease starts nothing, and an attempt whose heartbeat cannot be proven for half of
+//!   `ackWait` stops before the server may redeliver (module `hold`).
 //! - A failed attempt naks with the pool's backoff; the last attempt, a permanent error,
 //!   or a delivery after every attempt was used up copies the message to the dead-letter
 //!   stream, records `failed` and terminates the message.
@@ -20,12 +23,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
+use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
-use workpool_core::{WorkRecord, WorkStatus};
 
 use crate::Worker;
 use crate::handlers::HandlerError;
+use crate::hold::{Beat, Current, Hold, beat_interval};
 use crate::records::{Begin, Settled};
 
 /// Header of a dead letter: the error that ended the work.
@@ -82,10 +86,6 @@ impl Worker {
         abort: CancellationToken,
     ) {
         let message = Arc::new(message);
-        let _heartbeat = heartbeat(
-            message.clone(),
-            self.config.spec.worker.heartbeat_interval(),
-        );
         let hint = (delivered == 1)
             .then(|| {
                 message
@@ -98,9 +98,18 @@ impl Worker {
             })
             .flatten();
         let max_attempts = self.config.spec.worker.max_attempts;
+        let ack_wait = self.config.spec.worker.ack_wait;
         // Registered before the record says `working` and kept until the outcome is
         // written, so a peer's cancel always finds work this worker has marked running.
-        let running = self.running.start(work.id.as_str());
+        let Some(running) = self.running.start(work.id.as_str()) else {
+            // This worker still runs an earlier delivery of the same work.
+            let until = Utc::now() + chrono::Duration::from_std(ack_wait).unwrap_or_default();
+            return self.wait_for_holder(&message, &work, until, &abort).await;
+        };
+        // The first write below proves this in-progress ack reached the server: from
+        // here it waits a full ackWait before it may hand the message to anyone else.
+        let proven_at = tokio::time::Instant::now();
+        acknowledge(&message, AckKind::Progress).await;
         let (record, revision) = match self.records.begin(&work, hint, max_attempts).await {
             Ok(Begin::Run { record, revision }) => (record, revision),
             Ok(Begin::Skip(status)) => {
@@ -108,13 +117,17 @@ impl Worker {
                 self.metrics.skipped(&work.task);
                 return acknowledge(&message, AckKind::Ack).await;
             }
+            Ok(Begin::Held { until }) => {
+                drop(running);
+                return self.wait_for_holder(&message, &work, until, &abort).await;
+            }
             Ok(Begin::Exhausted { record, revision }) => {
                 let error = format!(
                     "attempt {} of {max_attempts} never finished (its worker was lost); no attempts left",
                     record.attempts
                 );
                 return self
-                    .fail_for_good(&message, &work, record, revision, error)
+                    .fail_for_good(&message, &work, Current { record, revision }, error)
                     .await;
             }
             Err(err) => {
@@ -127,6 +140,15 @@ impl Worker {
             }
         };
         let attempt = record.attempts;
+        let beat = Beat {
+            id: work.id.clone(),
+            records: self.records.clone(),
+            message: message.clone(),
+            ack_wait,
+            every: beat_interval(ack_wait, self.config.spec.result_ttl),
+            proven_at,
+        };
+        let hold = Hold::start(beat, record, revision);
         self.metrics.started(&work.task);
         self.event(WorkEventKind::Started, &work, attempt, None)
             .await;
@@ -137,15 +159,27 @@ impl Worker {
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Some(outcome),
             () = abort.cancelled() => None,
+            () = hold.lost() => {
+                // Dropping the handler's future stops it (an exec child is killed). The
+                // message stays unacknowledged: whoever holds it next decides.
+                self.metrics.in_flight.dec();
+                return;
+            }
             () = running.cancelled() => {
                 self.metrics.in_flight.dec();
                 tracing::info!(attempt, "cancelled while running");
-                return self.finish(&message, &work, record, revision, Outcome::Cancelled).await;
+                return self.finish(&message, &work, hold.current(), Outcome::Cancelled).await;
+            }
+            () = hold.cancel_requested() => {
+                self.metrics.in_flight.dec();
+                tracing::info!(attempt, "cancel requested through the record; stopped");
+                return self.finish(&message, &work, hold.current(), Outcome::Cancelled).await;
             }
         };
         self.metrics
             .handler_ran(&work.task, started.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
+        let current = hold.current();
 
         let error = match outcome {
             None => {
@@ -153,107 +187,158 @@ impl Worker {
                 return acknowledge(&message, AckKind::Nak(None)).await;
             }
             Some(Ok(Ok(result))) => {
-                return self
-                    .complete(&message, &work, record, revision, result)
-                    .await;
+                return self.complete(&message, &work, current, result).await;
             }
             Some(Ok(Err(HandlerError::Permanent(error)))) => {
-                return self
-                    .fail_for_good(&message, &work, record, revision, error)
-                    .await;
+                return self.fail_for_good(&message, &work, current, error).await;
             }
             Some(Ok(Err(HandlerError::Retryable(error)))) => error,
             Some(Err(_elapsed)) => format!("attempt timed out after {}", humantime_like(timeout)),
         };
         if attempt >= max_attempts {
-            return self
-                .fail_for_good(&message, &work, record, revision, error)
-                .await;
+            return self.fail_for_good(&message, &work, current, error).await;
         }
         // Between attempts the work is not running here: a cancel now goes through the
         // record (the api marks it cancelled, and the next delivery is skipped).
+        drop(hold);
         drop(running);
+        self.retry_later(&message, &work, current, attempt, error, &abort)
+            .await;
+    }
+
+    /// Records a failed attempt (releasing its hold) and hands the message back after
+    /// the pool's backoff.
+    async fn retry_later(
+        &self,
+        message: &Arc<jetstream::Message>,
+        work: &WorkMessage,
+        current: Current,
+        attempt: u32,
+        error: String,
+        abort: &CancellationToken,
+    ) {
         let delay = self.config.spec.worker.backoff_after(attempt);
         tracing::info!(attempt, %error, retry_in = ?delay, "attempt failed; will retry");
-        // The retry is recorded best-effort; the nak is what schedules it.
-        if let Err(err) = self
+        // Keyed work keeps the message (the heartbeat keeps it ours) through the backoff.
+        let _heartbeat = heartbeat(
+            message.clone(),
+            self.config.spec.worker.heartbeat_interval(),
+        );
+        match self
             .records
             .settle(
                 &work.id,
-                record,
-                revision,
+                current.record,
+                current.revision,
                 WorkStatus::Working,
                 None,
                 Some(error.clone()),
             )
             .await
         {
-            tracing::warn!(%err, "could not record the failed attempt");
+            // Another attempt holds the work now: leave the message to it.
+            Ok(Settled::Lost) => return,
+            Ok(_) => {}
+            // The retry is recorded best-effort; the nak is what schedules it.
+            Err(err) => tracing::warn!(%err, "could not record the failed attempt"),
         }
         self.metrics.retried(&work.task);
-        self.event(WorkEventKind::Retried, &work, attempt, Some(error))
+        self.event(WorkEventKind::Retried, work, attempt, Some(error))
             .await;
         if work.key.is_some() {
-            // Keyed work keeps its key's order: the message is held (the heartbeat keeps
-            // it ours) through the backoff and then handed straight back, so it is its
-            // partition's next delivery. A nak with a delay would free the partition and
-            // let the key's later work overtake it.
+            // Keyed work keeps its key's order: the message is held through the backoff
+            // and then handed straight back, so it is its partition's next delivery. A
+            // nak with a delay would free the partition and let the key's later work
+            // overtake it.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = abort.cancelled() => {}
             }
-            return acknowledge(&message, AckKind::Nak(None)).await;
+            return acknowledge(message, AckKind::Nak(None)).await;
         }
-        acknowledge(&message, AckKind::Nak(Some(delay))).await;
+        acknowledge(message, AckKind::Nak(Some(delay))).await;
+    }
+
+    /// Another attempt holds the work until `until`; start nothing before then. Keyed
+    /// work keeps its message (and so its partition) meanwhile, so the key's next job
+    /// cannot start while the holder may still run; unkeyed work comes back later.
+    async fn wait_for_holder(
+        &self,
+        message: &Arc<jetstream::Message>,
+        work: &WorkMessage,
+        until: chrono::DateTime<Utc>,
+        abort: &CancellationToken,
+    ) {
+        let wait = (until - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_add(std::time::Duration::from_millis(50));
+        tracing::info!(?wait, "another attempt holds the work; waiting for it");
+        if work.key.is_none() {
+            return acknowledge(message, AckKind::Nak(Some(wait))).await;
+        }
+        let _heartbeat = heartbeat(
+            message.clone(),
+            self.config.spec.worker.heartbeat_interval(),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = abort.cancelled() => {}
+        }
+        acknowledge(message, AckKind::Nak(None)).await;
     }
 
     async fn complete(
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-        record: WorkRecord,
-        revision: u64,
+        current: Current,
         result: serde_json::Value,
     ) {
         let outcome = Outcome::Worked(result);
-        self.finish(message, work, record, revision, outcome).await;
+        self.finish(message, work, current, outcome).await;
     }
 
     async fn fail_for_good(
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-        record: WorkRecord,
-        revision: u64,
+        current: Current,
         error: String,
     ) {
-        tracing::warn!(attempt = record.attempts, %error, "work failed for good; dead-lettering it");
+        tracing::warn!(attempt = current.record.attempts, %error, "work failed for good; dead-lettering it");
         // Dead letter first: if we die before recording `failed`, the redelivery finds the
         // work unfinished and dead-letters it again (deduplicated by id).
         let subject = self.config.names.dead_letter_subject(&work.id);
         let payload = message.payload.clone();
-        let stored =
-            self.publish_dead_letter(subject, work.id.as_str(), payload, &error, record.attempts);
+        let stored = self.publish_dead_letter(
+            subject,
+            work.id.as_str(),
+            payload,
+            &error,
+            current.record.attempts,
+        );
         if let Err(err) = stored.await {
             tracing::warn!(%err, "dead letter not stored; the work will be redelivered");
             let retry_in = self.config.spec.worker.backoff_after(1);
             return acknowledge(message, AckKind::Nak(Some(retry_in))).await;
         }
-        self.finish(message, work, record, revision, Outcome::Failed(error))
+        self.finish(message, work, current, Outcome::Failed(error))
             .await;
     }
 
     /// Writes the terminal record, then acks (worked) or terminates (failed) the message.
     /// If the write fails the message goes back to the queue; if another worker finished
-    /// first, its outcome stands and ours is dropped.
+    /// first, its outcome stands and ours is dropped; if another attempt holds the work
+    /// now, the message is left to it.
     async fn finish(
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-        record: WorkRecord,
-        revision: u64,
+        current: Current,
         outcome: Outcome,
     ) {
+        let Current { record, revision } = current;
         let attempt = record.attempts;
         let (status, result, error, event, ack) = match outcome {
             Outcome::Worked(result) => (
@@ -300,6 +385,10 @@ impl Worker {
                     status = status.as_str(),
                     "another worker finished this work first"
                 );
+            }
+            Ok(Settled::Lost) => {
+                tracing::warn!("another attempt took over this work; our outcome is dropped");
+                return;
             }
             Err(err) => {
                 tracing::warn!(%err, "could not record the outcome; the work will be redelivered");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use workpool_core::message::WorkMessage;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
 
@@ -32,6 +32,19 @@ pub enum Begin {
     /// Every attempt has been started before (the last one never finished, e.g. its
     /// worker died): fail it for good.
     Exhausted { record: WorkRecord, revision: u64 },
+    /// Another attempt holds the work until `until` (it may still run): start nothing.
+    Held { until: DateTime<Utc> },
+}
+
+/// How renewing the hold of a running attempt went.
+#[derive(Debug)]
+pub enum Renewed {
+    /// Still ours, until `ackWait` from now.
+    Held { record: WorkRecord, revision: u64 },
+    /// Still ours, and a DELETE asked for the work to be cancelled.
+    CancelRequested { record: WorkRecord, revision: u64 },
+    /// Another attempt (or a terminal record) took its place: stop, write nothing.
+    Lost,
 }
 
 /// How a finishing write ended.
@@ -40,12 +53,18 @@ pub enum Settled {
     Written,
     /// Someone else finished the work first; our outcome is dropped.
     AlreadyFinished(WorkStatus),
+    /// Our attempt lost its hold and another one runs now; our outcome is dropped and
+    /// the message must not be acknowledged (that would release it under the other).
+    Lost,
 }
 
 #[derive(Debug, Clone)]
 pub struct Records {
     kv: kv::Store,
     pod: String,
+    /// How long an attempt's hold lasts without renewal: the consumer's `ackWait`, after
+    /// which the server redelivers the message anyway.
+    lease: Duration,
 }
 
 enum Cas {
@@ -54,8 +73,16 @@ enum Cas {
 }
 
 impl Records {
-    pub fn new(kv: kv::Store, pod: String) -> Self {
-        Self { kv, pod }
+    pub fn new(kv: kv::Store, pod: String, lease: Duration) -> Self {
+        Self { kv, pod, lease }
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    fn lease_from_now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
     }
 
     async fn read(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, RecordError> {
@@ -101,6 +128,7 @@ impl Records {
         record.status = WorkStatus::Working;
         record.attempts += 1;
         record.worker = Some(self.pod.clone());
+        record.lease_until = Some(self.lease_from_now());
         record.updated_at = Utc::now();
     }
 
@@ -128,6 +156,22 @@ impl Records {
             if record.status.is_terminal() {
                 return Ok(Begin::Skip(record.status));
             }
+            if record.is_held(Utc::now())
+                && let Some(until) = record.lease_until
+            {
+                return Ok(Begin::Held { until });
+            }
+            if let Some(revision) = revision
+                && record.cancel_requested
+            {
+                // Cancelled while it ran, and the attempt that ran it is gone.
+                record.advance(WorkStatus::Cancelled, Utc::now()).ok();
+                record.lease_until = None;
+                match self.write(&work.id, &record, Some(revision)).await? {
+                    Cas::Done(_) => return Ok(Begin::Skip(WorkStatus::Cancelled)),
+                    Cas::Conflict => continue,
+                }
+            }
             if let Some(revision) = revision
                 && record.attempts >= max_attempts
             {
@@ -141,9 +185,55 @@ impl Records {
         Err(RecordError::Contended(work.id.clone()))
     }
 
+    /// Renews the hold of our running attempt (one try: the caller's fence decides when
+    /// failures have lasted too long). A compare-and-set conflict is re-read: if the
+    /// record still shows our attempt (the api asked to cancel), the hold is renewed on
+    /// top of it; otherwise the hold is lost.
+    pub async fn renew(
+        &self,
+        id: &WorkId,
+        mut record: WorkRecord,
+        mut revision: u64,
+    ) -> Result<Renewed, RecordError> {
+        let attempt = record.attempts;
+        for _ in 0..2 {
+            record.lease_until = Some(self.lease_from_now());
+            let value: bytes::Bytes = record.to_json().into();
+            match self.kv.update(id.as_str(), value, revision).await {
+                Ok(revision) if record.cancel_requested => {
+                    return Ok(Renewed::CancelRequested { record, revision });
+                }
+                Ok(revision) => return Ok(Renewed::Held { record, revision }),
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(err) => return Err(RecordError::Unavailable(err.to_string())),
+            }
+            let entry = self
+                .kv
+                .entry(id.as_str())
+                .await
+                .map_err(|err| RecordError::Unavailable(err.to_string()))?;
+            let current = entry
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .and_then(|entry| {
+                    WorkRecord::from_json(&entry.value)
+                        .ok()
+                        .map(|record| (record, entry.revision))
+                });
+            match current {
+                Some((current, current_revision)) if current.is_attempt_of(&self.pod, attempt) => {
+                    record = current;
+                    revision = current_revision;
+                }
+                _ => return Ok(Renewed::Lost),
+            }
+        }
+        Err(RecordError::Contended(id.clone()))
+    }
+
     /// Writes the outcome of an attempt: `status` (`working` while retrying, or a terminal
-    /// status) with its result or error. If another writer changed the record meanwhile,
-    /// it is re-read: a terminal record wins; otherwise our outcome is applied on top.
+    /// status) with its result or error, and releases the hold. If another writer changed
+    /// the record meanwhile, it is re-read: a terminal record wins; a record that shows
+    /// another attempt means ours lost its hold; otherwise our outcome goes on top.
     pub async fn settle(
         &self,
         id: &WorkId,
@@ -153,16 +243,24 @@ impl Records {
         result: Option<serde_json::Value>,
         error: Option<String>,
     ) -> Result<Settled, RecordError> {
+        let attempt = record.attempts;
         for _ in 0..CAS_ATTEMPTS {
             if record.advance(status, Utc::now()).is_err() {
                 return Ok(Settled::AlreadyFinished(record.status));
             }
             record.result.clone_from(&result);
             record.error.clone_from(&error);
+            record.lease_until = None;
             if let Cas::Done(_) = self.write(id, &record, Some(revision)).await? {
                 return Ok(Settled::Written);
             }
             match self.read(id).await? {
+                Some((current, _)) if current.status.is_terminal() => {
+                    return Ok(Settled::AlreadyFinished(current.status));
+                }
+                Some((current, _)) if !current.is_attempt_of(&self.pod, attempt) => {
+                    return Ok(Settled::Lost);
+                }
                 Some((current, current_revision)) => {
                     record = current;
                     revision = current_revision;

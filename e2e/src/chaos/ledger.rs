@@ -1,0 +1,166 @@
+//! The ledger: one line per start and end of a handler execution, written by the
+//! `workpool-ledger` handler, so the checker counts side effects independently of the
+//! records Workpool keeps.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Start,
+    /// Still running (written every [`TICK_NS`] while the handler runs).
+    Tick,
+    End,
+}
+
+/// How often a running handler writes a `tick`: a killed run ended before its last tick
+/// plus this.
+pub const TICK_NS: u128 = 100_000_000;
+
+/// One ledger line: `<edge> <id> <created_at> <key or -> <unix ns> <pid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub edge: Edge,
+    pub id: String,
+    /// The submission's generation (the record's `created_at`, from the message).
+    pub created_at: String,
+    pub key: Option<String>,
+    pub at_ns: u128,
+    pub pid: u32,
+}
+
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+impl Line {
+    /// The line for `edge` of the work message `work`, now.
+    pub fn of_work(edge: Edge, work: &serde_json::Value) -> Self {
+        Self {
+            edge,
+            id: work["id"].as_str().unwrap_or("?").to_owned(),
+            created_at: work["created_at"].as_str().unwrap_or("?").to_owned(),
+            key: work["key"].as_str().map(str::to_owned),
+            at_ns: now_ns(),
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let edge = match self.edge {
+            Edge::Start => "start",
+            Edge::Tick => "tick",
+            Edge::End => "end",
+        };
+        // Keys of the workload are plain tokens; spaces would break the format.
+        let key = self.key.as_deref().unwrap_or("-").replace(' ', "_");
+        format!(
+            "{edge} {} {} {key} {} {}\n",
+            self.id, self.created_at, self.at_ns, self.pid
+        )
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let edge = match fields.next()? {
+            "start" => Edge::Start,
+            "tick" => Edge::Tick,
+            "end" => Edge::End,
+            _ => return None,
+        };
+        let id = fields.next()?.to_owned();
+        let created_at = fields.next()?.to_owned();
+        let key = Some(fields.next()?)
+            .filter(|key| *key != "-")
+            .map(str::to_owned);
+        let at_ns = fields.next()?.parse().ok()?;
+        let pid = fields.next()?.parse().ok()?;
+        Some(Self {
+            edge,
+            id,
+            created_at,
+            key,
+            at_ns,
+            pid,
+        })
+    }
+}
+
+/// One run of the handler: its start, and its end if it wrote one (a killed run did not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    pub id: String,
+    pub created_at: String,
+    pub key: Option<String>,
+    pub start_ns: u128,
+    pub end_ns: Option<u128>,
+    /// The last line it wrote.
+    pub last_seen_ns: u128,
+}
+
+impl Execution {
+    /// When it ended at the latest: its end line or, if it was killed, its last tick.
+    pub fn ended_by(&self) -> u128 {
+        self.end_ns.unwrap_or(self.last_seen_ns + TICK_NS)
+    }
+}
+
+/// Pairs start and end lines by process id (each execution is its own process).
+pub fn executions(text: &str) -> Vec<Execution> {
+    let mut open: std::collections::HashMap<u32, Execution> = std::collections::HashMap::new();
+    let mut done = Vec::new();
+    for line in text.lines().filter_map(Line::parse) {
+        match line.edge {
+            Edge::Start => {
+                let execution = Execution {
+                    id: line.id,
+                    created_at: line.created_at,
+                    key: line.key,
+                    start_ns: line.at_ns,
+                    end_ns: None,
+                    last_seen_ns: line.at_ns,
+                };
+                // A pid reused by a later run: the earlier one never ended.
+                if let Some(unfinished) = open.insert(line.pid, execution) {
+                    done.push(unfinished);
+                }
+            }
+            Edge::Tick => {
+                if let Some(execution) = open.get_mut(&line.pid) {
+                    execution.last_seen_ns = line.at_ns;
+                }
+            }
+            Edge::End => {
+                if let Some(mut execution) = open.remove(&line.pid) {
+                    execution.end_ns = Some(line.at_ns);
+                    execution.last_seen_ns = line.at_ns;
+                    done.push(execution);
+                }
+            }
+        }
+    }
+    done.extend(open.into_values());
+    done.sort_by_key(|execution| execution.start_ns);
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_pair_by_process() {
+        let work = serde_json::json!({"id": "ab", "created_at": "t1", "key": "k"});
+        let start = Line::of_work(Edge::Start, &work);
+        assert_eq!(Line::parse(&start.to_text()), Some(start.clone()));
+        let text =
+            format!("start a t1 - 10 7\nstart b t2 k 11 8\nend a t1 - 20 7\nstart c t3 - 30 7\n");
+        let runs = executions(&text);
+        assert_eq!(runs.len(), 3);
+        assert_eq!((runs[0].id.as_str(), runs[0].end_ns), ("a", Some(20)));
+        assert_eq!((runs[1].key.as_deref(), runs[1].end_ns), (Some("k"), None));
+        assert_eq!(runs[1].ended_by(), 15 + TICK_NS);
+        assert_eq!(runs[2].start_ns, 30);
+    }
+}

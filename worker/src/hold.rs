@@ -1,0 +1,149 @@
+//! The hold of one running attempt on its message and its record, and the fence that
+//! stops the attempt once the hold can no longer be proven.
+//!
+//! The server redelivers a message `ackWait` after the last in-progress ack it received.
+//! The heartbeat sends that ack and then renews the attempt's lease in the record with a
+//! compare-and-set; the write's answer proves that the connection carried the ack and
+//! that no other attempt has taken the record. When no heartbeat has been proven for
+//! half of `ackWait` (NATS cut off, the process paused, the server slow), the attempt is
+//! *lost*: it stops before the server can hand the message to anyone else, writes
+//! nothing and acknowledges nothing. See docs/reliability.md.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use workpool_core::{WorkId, WorkRecord};
+
+use crate::records::{Records, Renewed};
+
+/// The record as our attempt last wrote it, and its revision.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub record: WorkRecord,
+    pub revision: u64,
+}
+
+/// A running attempt's hold; the heartbeat stops when it is dropped.
+pub struct Hold {
+    current: Arc<Mutex<Current>>,
+    lost: CancellationToken,
+    cancel_requested: CancellationToken,
+    _heartbeat: AbortOnDropHandle<()>,
+}
+
+/// What the heartbeat needs.
+pub struct Beat {
+    pub id: WorkId,
+    pub records: Records,
+    pub message: Arc<jetstream::Message>,
+    pub ack_wait: Duration,
+    /// How often to beat: often enough for the fence, and for the record not to expire
+    /// (the results bucket forgets a record `resultTTL` after its last write).
+    pub every: Duration,
+    /// When the in-progress ack that the attempt's first write confirmed was sent.
+    pub proven_at: Instant,
+}
+
+impl Hold {
+    pub fn start(beat: Beat, record: WorkRecord, revision: u64) -> Self {
+        let current = Arc::new(Mutex::new(Current { record, revision }));
+        let lost = CancellationToken::new();
+        let cancel_requested = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            beat,
+            current.clone(),
+            lost.clone(),
+            cancel_requested.clone(),
+        ));
+        Self {
+            current,
+            lost,
+            cancel_requested,
+            _heartbeat: AbortOnDropHandle::new(heartbeat),
+        }
+    }
+
+    /// The record and revision to write the outcome on.
+    pub fn current(&self) -> Current {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Resolves once the hold is lost: the attempt must stop at once.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await;
+    }
+
+    /// Resolves once a DELETE asked (through the record) for the work to stop.
+    pub async fn cancel_requested(&self) {
+        self.cancel_requested.cancelled().await;
+    }
+}
+
+/// How often a running attempt beats.
+pub fn beat_interval(ack_wait: Duration, result_ttl: Duration) -> Duration {
+    (ack_wait / 4)
+        .min(result_ttl / 2)
+        .max(Duration::from_millis(50))
+}
+
+/// How long a hold lasts without a proven heartbeat: half of `ackWait`, leaving the
+/// other half for the attempt to stop before the server may redeliver.
+pub fn fence(ack_wait: Duration) -> Duration {
+    ack_wait / 2
+}
+
+async fn heartbeat(
+    beat: Beat,
+    current: Arc<Mutex<Current>>,
+    lost: CancellationToken,
+    cancel_requested: CancellationToken,
+) {
+    let every = beat.every;
+    let mut proven_at = beat.proven_at;
+    let mut pause = every;
+    loop {
+        let fenced_at = proven_at + fence(beat.ack_wait);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep_until(fenced_at) => break,
+        }
+        let sent = Instant::now();
+        let renew = async {
+            // Fire and forget; the renewal below, on the same connection, proves it went.
+            beat.message.ack_with(AckKind::Progress).await.ok();
+            let Current { record, revision } = current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            beat.records.renew(&beat.id, record, revision).await.ok()
+        };
+        match tokio::time::timeout_at(fenced_at, renew).await {
+            Err(_) => break,
+            Ok(Some(Renewed::Lost)) => break,
+            Ok(Some(Renewed::Held { record, revision })) => {
+                *current.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Current { record, revision };
+                proven_at = sent;
+                pause = every;
+            }
+            Ok(Some(Renewed::CancelRequested { record, revision })) => {
+                *current.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Current { record, revision };
+                proven_at = sent;
+                pause = every;
+                cancel_requested.cancel();
+            }
+            // Not proven this time: try again sooner, until the fence.
+            Ok(None) => pause = every / 2,
+        }
+    }
+    tracing::warn!("the attempt lost its hold on the work (no proven heartbeat); stopping it");
+    lost.cancel();
+}
