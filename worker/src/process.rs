@@ -156,24 +156,29 @@ impl Worker {
         self.metrics.in_flight.inc();
         let started = Instant::now();
         let timeout = self.config.spec.worker.timeout;
-        let outcome = tokio::select! {
-            outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Some(outcome),
-            () = abort.cancelled() => None,
-            () = hold.lost() => {
-                // Dropping the handler's future stops it (an exec child is killed). The
-                // message stays unacknowledged: whoever holds it next decides.
+        // The select only decides; acting on it comes after, once the handler's future
+        // (and with it an exec child) is gone, so no outcome is written while it runs.
+        let stopped = tokio::select! {
+            outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Stop::Ran(outcome),
+            () = abort.cancelled() => Stop::Shutdown,
+            () = hold.lost() => Stop::Lost,
+            () = running.cancelled() => Stop::Cancelled("cancelled while running"),
+            () = hold.cancel_requested() => Stop::Cancelled("cancel requested through the record; stopped"),
+        };
+        let outcome = match stopped {
+            Stop::Ran(outcome) => Some(outcome),
+            Stop::Shutdown => None,
+            // The message stays unacknowledged: whoever holds it next decides.
+            Stop::Lost => {
                 self.metrics.in_flight.dec();
                 return;
             }
-            () = running.cancelled() => {
+            Stop::Cancelled(why) => {
                 self.metrics.in_flight.dec();
-                tracing::info!(attempt, "cancelled while running");
-                return self.finish(&message, &work, hold.current(), Outcome::Cancelled).await;
-            }
-            () = hold.cancel_requested() => {
-                self.metrics.in_flight.dec();
-                tracing::info!(attempt, "cancel requested through the record; stopped");
-                return self.finish(&message, &work, hold.current(), Outcome::Cancelled).await;
+                tracing::info!(attempt, why);
+                return self
+                    .finish(&message, &work, hold.current(), Outcome::Cancelled)
+                    .await;
             }
         };
         self.metrics
@@ -454,6 +459,14 @@ impl Worker {
         .publish(&self.client, &self.config.names)
         .await;
     }
+}
+
+/// Why an attempt's handler stopped.
+enum Stop<T> {
+    Ran(T),
+    Shutdown,
+    Lost,
+    Cancelled(&'static str),
 }
 
 /// How an attempt ended for good.

@@ -42,6 +42,19 @@ pub struct Report {
     pub after_expiry_not_run: usize,
     /// Resubmissions while the record lived that were queued again.
     pub while_live_requeued: usize,
+    /// What each violation was, for the first few (to debug and replay).
+    pub evidence: Vec<String>,
+}
+
+/// How many violations are described in [`Report::evidence`].
+const EVIDENCE: usize = 20;
+
+impl Report {
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if self.evidence.len() < EVIDENCE {
+            self.evidence.push(what());
+        }
+    }
 }
 
 impl Report {
@@ -190,8 +203,10 @@ pub fn check(history: &History, runs: &[Execution]) -> Report {
             });
             if still_open {
                 report.stuck += 1;
+                report.note(|| format!("stuck: {submission:?} ({generation:?})"));
             } else {
                 report.lost += 1;
+                report.note(|| format!("lost: {submission:?} ({generation:?})"));
                 if submission.intent == Intent::AfterExpiry {
                     report.after_expiry_not_run += 1;
                 }
@@ -241,6 +256,7 @@ fn check_cancels(
         });
         if ran_on {
             report.cancelled_while_running += 1;
+            report.note(|| format!("cancelled while running: {cancel:?}; runs {runs:?}"));
         }
     }
 }
@@ -259,6 +275,7 @@ fn check_keys(runs: &[Execution], run_ms: &HashMap<&str, u64>, report: &mut Repo
         for run in runs.iter() {
             if run.start_ns < busy_until {
                 report.keyed_overlaps += 1;
+                report.note(|| format!("keyed overlap: {run:?} started before {busy_until}"));
             }
             let ms = run_ms.get(run.id.as_str()).copied().unwrap_or(0);
             busy_until = busy_until.max(end_of(run, ms));
@@ -338,6 +355,7 @@ mod tests {
             start_ns: ms(start),
             end_ns: Some(ms(end)),
             last_seen_ns: ms(end),
+            gone_ns: None,
         }
     }
 

@@ -10,6 +10,8 @@ pub enum Edge {
     /// Still running (written every [`TICK_NS`] while the handler runs).
     Tick,
     End,
+    /// Written by the run's witness once the run's process is gone.
+    Gone,
 }
 
 /// How often a running handler writes a `tick`: a killed run ended before its last tick
@@ -52,6 +54,7 @@ impl Line {
             Edge::Start => "start",
             Edge::Tick => "tick",
             Edge::End => "end",
+            Edge::Gone => "gone",
         };
         // Keys of the workload are plain tokens; spaces would break the format.
         let key = self.key.as_deref().unwrap_or("-").replace(' ', "_");
@@ -67,6 +70,7 @@ impl Line {
             "start" => Edge::Start,
             "tick" => Edge::Tick,
             "end" => Edge::End,
+            "gone" => Edge::Gone,
             _ => return None,
         };
         let id = fields.next()?.to_owned();
@@ -97,12 +101,17 @@ pub struct Execution {
     pub end_ns: Option<u128>,
     /// The last line it wrote.
     pub last_seen_ns: u128,
+    /// When its witness saw it die without an end.
+    pub gone_ns: Option<u128>,
 }
 
 impl Execution {
-    /// When it ended at the latest: its end line or, if it was killed, its last tick.
+    /// When it ended at the latest: its end line or, if it was killed, its witness's
+    /// `gone` line, or else its last tick.
     pub fn ended_by(&self) -> u128 {
-        self.end_ns.unwrap_or(self.last_seen_ns + TICK_NS)
+        self.end_ns
+            .or(self.gone_ns)
+            .unwrap_or(self.last_seen_ns + TICK_NS)
     }
 }
 
@@ -120,6 +129,7 @@ pub fn executions(text: &str) -> Vec<Execution> {
                     start_ns: line.at_ns,
                     end_ns: None,
                     last_seen_ns: line.at_ns,
+                    gone_ns: None,
                 };
                 // A pid reused by a later run: the earlier one never ended.
                 if let Some(unfinished) = open.insert(line.pid, execution) {
@@ -129,6 +139,17 @@ pub fn executions(text: &str) -> Vec<Execution> {
             Edge::Tick => {
                 if let Some(execution) = open.get_mut(&line.pid) {
                     execution.last_seen_ns = line.at_ns;
+                }
+            }
+            Edge::Gone => {
+                let same = |e: &Execution| e.id == line.id && e.created_at == line.created_at;
+                if let Some(mut execution) = open.remove(&line.pid) {
+                    if same(&execution) {
+                        execution.gone_ns = Some(line.at_ns);
+                        done.push(execution);
+                    } else {
+                        open.insert(line.pid, execution);
+                    }
                 }
             }
             Edge::End => {
@@ -154,13 +175,14 @@ mod tests {
         let work = serde_json::json!({"id": "ab", "created_at": "t1", "key": "k"});
         let start = Line::of_work(Edge::Start, &work);
         assert_eq!(Line::parse(&start.to_text()), Some(start.clone()));
-        let text =
-            format!("start a t1 - 10 7\nstart b t2 k 11 8\nend a t1 - 20 7\nstart c t3 - 30 7\n");
+        let text = "start a t1 - 10 7\nstart b t2 k 11 8\ntick b t2 k 15 8\nend a t1 - 20 7\n\
+             gone a t1 - 21 7\nstart c t3 - 30 7\nstart d t4 - 40 9\ngone d t4 - 42 9\n";
         let runs = executions(&text);
-        assert_eq!(runs.len(), 3);
+        assert_eq!(runs.len(), 4);
         assert_eq!((runs[0].id.as_str(), runs[0].end_ns), ("a", Some(20)));
         assert_eq!((runs[1].key.as_deref(), runs[1].end_ns), (Some("k"), None));
         assert_eq!(runs[1].ended_by(), 15 + TICK_NS);
         assert_eq!(runs[2].start_ns, 30);
+        assert_eq!((runs[3].id.as_str(), runs[3].ended_by()), ("d", 42));
     }
 }

@@ -4,5 +4,8 @@
 //! ledger the handler writes outside Workpool.
 
 pub mod check;
+pub mod client;
+pub mod faults;
 pub mod history;
 pub mod ledger;
+pub mod run;

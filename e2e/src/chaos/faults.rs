@@ -1,0 +1,124 @@
+//! The faults, drawn from a seed so a failing run can be replayed, and applied to the
+//! real processes of a [`TestPool`].
+
+use std::time::Duration;
+
+use crate::Result;
+use crate::pool::{Member, TestPool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    KillWorker,
+    /// SIGSTOP for longer than `ackWait`, then SIGCONT.
+    PauseWorker,
+    /// SIGTERM: the worker drains and leaves (scale-in).
+    ScaleDown,
+    ScaleUp,
+    KillApi,
+    KillNats,
+    PauseNats,
+    /// A graceful restart on the same file store.
+    RestartNats,
+}
+
+pub const ALL: [Fault; 8] = [
+    Fault::KillWorker,
+    Fault::PauseWorker,
+    Fault::ScaleDown,
+    Fault::ScaleUp,
+    Fault::KillApi,
+    Fault::KillNats,
+    Fault::PauseNats,
+    Fault::RestartNats,
+];
+
+/// Applies faults to one pool; names new pods so none repeats.
+pub struct Injector {
+    pub ack_wait: Duration,
+    pub min_workers: usize,
+    pub max_workers: usize,
+    spawned: usize,
+}
+
+impl Injector {
+    pub fn new(ack_wait: Duration, min_workers: usize, max_workers: usize) -> Self {
+        Self {
+            ack_wait,
+            min_workers,
+            max_workers,
+            spawned: 0,
+        }
+    }
+
+    async fn spawn(&mut self, pool: &TestPool, binary: &str, role: &str) -> Result<Member> {
+        self.spawned += 1;
+        let member = pool.spawn_unready(binary, format!("demo-{role}-c{}", self.spawned), &[])?;
+        pool.wait_ready(&member).await?;
+        Ok(member)
+    }
+
+    /// Applies `fault` to a random member (from `rng`); returns what it did.
+    pub async fn apply(
+        &mut self,
+        pool: &mut TestPool,
+        fault: Fault,
+        rng: &mut fastrand::Rng,
+    ) -> Result<String> {
+        let workers = pool.workers.len();
+        Ok(match fault {
+            Fault::KillWorker if workers > 0 => {
+                let mut victim = pool.workers.remove(rng.usize(..workers));
+                victim.process.kill();
+                let replacement = self.spawn(pool, "workpool-worker", "worker").await?;
+                pool.workers.push(replacement);
+                format!("SIGKILL {} (replaced)", victim.pod)
+            }
+            Fault::PauseWorker if workers > 0 => {
+                let victim = &pool.workers[rng.usize(..workers)];
+                let pause = self.ack_wait + self.ack_wait / 2;
+                victim.process.pause();
+                tokio::time::sleep(pause).await;
+                victim.process.resume();
+                format!("SIGSTOP {} for {pause:?}", victim.pod)
+            }
+            Fault::ScaleDown if workers > self.min_workers => {
+                let mut leaving = pool.workers.remove(rng.usize(..workers));
+                leaving.process.terminate();
+                leaving.process.wait_exit(Duration::from_secs(40)).await?;
+                format!("SIGTERM {} (scaled in)", leaving.pod)
+            }
+            Fault::ScaleUp if workers < self.max_workers => {
+                let member = self.spawn(pool, "workpool-worker", "worker").await?;
+                let pod = member.pod.clone();
+                pool.workers.push(member);
+                format!("scaled out: {pod}")
+            }
+            Fault::KillApi if !pool.apis.is_empty() => {
+                let replacement = self.spawn(pool, "workpool-api", "api").await?;
+                pool.apis.push(replacement);
+                let mut victim = pool.apis.remove(rng.usize(..pool.apis.len() - 1));
+                victim.process.kill();
+                format!("SIGKILL {} (replaced)", victim.pod)
+            }
+            Fault::KillNats => {
+                pool.nats.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                pool.nats.start_again().await?;
+                "SIGKILL nats-server, restarted on its store".to_owned()
+            }
+            Fault::PauseNats => {
+                let pause = self.ack_wait + self.ack_wait / 2;
+                pool.nats.pause();
+                tokio::time::sleep(pause).await;
+                pool.nats.resume();
+                format!("SIGSTOP nats-server for {pause:?}")
+            }
+            Fault::RestartNats => {
+                pool.nats.stop().await?;
+                pool.nats.start_again().await?;
+                "nats-server restarted gracefully".to_owned()
+            }
+            other => format!("{other:?} skipped (no member fits)"),
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! One seeded run: start a pool, drive the workload while faults hit it, drain, then
+//! judge the history and the ledger.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::task::JoinSet;
+use workpool_core::PoolSpec;
+
+use super::check::{Report, check};
+use super::client::{Apis, Client};
+use super::faults::{ALL, Injector};
+use super::history::{Final, History, Intent, Submission, Terminal};
+use super::ledger::executions;
+use crate::pool::TestPool;
+use crate::{HarnessError, Result, paths};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub jobs: usize,
+    pub keys: usize,
+    pub per_second: u32,
+    pub workers: usize,
+    pub apis: usize,
+    /// Mean pause between faults.
+    pub fault_every: Duration,
+    pub ack_wait: Duration,
+    pub result_ttl: Duration,
+    /// Resubmissions of worked content after its record expired.
+    pub after_expiry_probes: usize,
+}
+
+impl Config {
+    /// The short run of `make test`.
+    pub fn short(seed: u64) -> Self {
+        Self {
+            seed,
+            jobs: 800,
+            keys: 20,
+            per_second: 40,
+            workers: 3,
+            apis: 2,
+            fault_every: Duration::from_millis(1500),
+            ack_wait: Duration::from_secs(2),
+            result_ttl: Duration::from_secs(8),
+            after_expiry_probes: 4,
+        }
+    }
+}
+
+type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+fn push<T>(list: &Shared<T>, item: T) {
+    list.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(item);
+}
+
+fn spec(config: &Config, ledger: &std::path::Path) -> Result<PoolSpec> {
+    let program = paths::workspace_binary("workpool-ledger")?;
+    let spec = json!({
+        "resultTTL": format!("{}ms", config.result_ttl.as_millis()),
+        "worker": {
+            "concurrency": 4,
+            "partitions": 8,
+            "ackWait": format!("{}ms", config.ack_wait.as_millis()),
+            "timeout": "10s",
+            "maxAttempts": 20,
+            "backoff": ["100ms", "500ms"],
+            "handler": {"exec": {"command": [program, ledger]}},
+        }
+    });
+    PoolSpec::from_json(&spec.to_string()).map_err(|err| HarnessError::Other(err.to_string()))
+}
+
+/// Runs the whole thing; the report says how many times each invariant broke.
+pub async fn run(config: &Config) -> Result<(Report, History)> {
+    let dir = tempfile::tempdir().map_err(HarnessError::io("chaos dir"))?;
+    let ledger = dir.path().join("ledger");
+    let mut pool = TestPool::start(spec(config, &ledger)?, config.apis, config.workers).await?;
+    let apis: Apis = Arc::new(RwLock::new(api_urls(&pool)));
+    let terminals: Shared<Terminal> = Arc::default();
+    let watcher = tokio::spawn(watch_terminals(
+        pool.nats.url(),
+        pool.names.bucket(),
+        terminals.clone(),
+    ));
+    let client = Client::new(apis.clone());
+    let history = Arc::new(Mutex::new(History::default()));
+    let workload = tokio::spawn(workload(config.clone(), client.clone(), history.clone()));
+
+    let mut rng = fastrand::Rng::with_seed(config.seed ^ 0xfa17);
+    let mut injector = Injector::new(config.ack_wait, 1, config.workers + 2);
+    let mut faults = Vec::new();
+    let mut round = Vec::new();
+    while !workload.is_finished() {
+        let pause = config.fault_every.mul_f64(0.5 + rng.f64());
+        tokio::time::sleep(pause).await;
+        if workload.is_finished() {
+            break;
+        }
+        // Rounds of every fault kind in a seeded order: a short run still has each.
+        if round.is_empty() {
+            round = ALL.to_vec();
+            rng.shuffle(&mut round);
+        }
+        let fault = round.pop().unwrap_or(ALL[0]);
+        let done = injector.apply(&mut pool, fault, &mut rng).await?;
+        tracing::info!(%done, "fault");
+        faults.push(done);
+        *apis.write().unwrap_or_else(PoisonError::into_inner) = api_urls(&pool);
+    }
+    workload
+        .await
+        .map_err(|err| HarnessError::Other(format!("workload: {err}")))?;
+    let mut history = Arc::try_unwrap(history)
+        .map_err(|_| HarnessError::Other("workload still running".into()))?
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    drain(&history, &terminals, config.result_ttl).await;
+    history.finals = finals(&client, &history).await;
+    watcher.abort();
+    history.terminals = terminals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    history.faults = faults;
+    let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    let report = check(&history, &executions(&text));
+    Ok((report, history))
+}
+
+fn api_urls(pool: &TestPool) -> Vec<String> {
+    (0..pool.apis.len()).map(|i| pool.api_url(i)).collect()
+}
+
+/// Every terminal record written during the run, from a watch of the whole bucket that
+/// starts again (with the current values) after each NATS fault.
+async fn watch_terminals(url: String, bucket: String, terminals: Shared<Terminal>) {
+    loop {
+        let watched = async {
+            let client = async_nats::connect(&url).await.ok()?;
+            let kv = async_nats::jetstream::new(client)
+                .get_key_value(&bucket)
+                .await
+                .ok()?;
+            let mut watch = kv.watch_with_history(">").await.ok()?;
+            while let Some(Ok(entry)) = watch.next().await {
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&entry.value) else {
+                    continue;
+                };
+                let status = record["status"].as_str().unwrap_or_default();
+                if matches!(status, "worked" | "failed" | "cancelled") {
+                    push(
+                        &terminals,
+                        Terminal {
+                            id: entry.key.clone(),
+                            created_at: record["created_at"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            status: status.to_owned(),
+                            updated_at: record["updated_at"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        },
+                    );
+                }
+            }
+            Some(())
+        };
+        watched.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The submissions, resubmissions, cancels and expiry probes, at the configured rate.
+async fn workload(config: Config, client: Client, history: Arc<Mutex<History>>) {
+    let mut rng = fastrand::Rng::with_seed(config.seed);
+    let mut tasks = JoinSet::new();
+    let gap = Duration::from_secs(1) / config.per_second.max(1);
+    for probe in 0..config.after_expiry_probes {
+        let (client, history) = (client.clone(), history.clone());
+        let ttl = config.result_ttl;
+        tasks.spawn(after_expiry_probe(client, history, probe, config.seed, ttl));
+    }
+    for n in 0..config.jobs {
+        tokio::time::sleep(gap).await;
+        let roll = rng.u32(..100);
+        let (client, history) = (client.clone(), history.clone());
+        let key = (roll < 60).then(|| format!("k{}", rng.usize(..config.keys.max(1))));
+        let ms = if roll % 17 == 0 { 1500 } else { rng.u64(5..60) };
+        let body = json!({"data": {"n": n, "seed": config.seed, "ms": ms}, "key": key});
+        let idempotency = (roll % 13 == 0).then(|| format!("idem-{}-{n}", config.seed));
+        let cancel_after = (roll % 23 == 0).then(|| Duration::from_millis(rng.u64(0..800)));
+        let resubmit = roll % 11 == 0;
+        tasks.spawn(async move {
+            let first = client
+                .submit(&body, idempotency.as_deref(), Intent::Fresh)
+                .await;
+            let id = first.id.clone();
+            let accepted = first.accepted();
+            record(&history, first);
+            if resubmit && accepted {
+                // The same content (or key, with other data) while the record lives.
+                let again = match &idempotency {
+                    Some(_) => json!({"data": {"other": n}}),
+                    None => body.clone(),
+                };
+                let answer = client
+                    .submit(&again, idempotency.as_deref(), Intent::WhileLive)
+                    .await;
+                record(&history, answer);
+            }
+            if let (Some(after), true) = (cancel_after, accepted) {
+                tokio::time::sleep(after).await;
+                let cancel = client.cancel(&id).await;
+                history
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .cancels
+                    .push(cancel);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn record(history: &Arc<Mutex<History>>, submission: Submission) {
+    history
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .submissions
+        .push(submission);
+}
+
+/// Submits content, waits for it to be worked and forgotten, and submits it again.
+async fn after_expiry_probe(
+    client: Client,
+    history: Arc<Mutex<History>>,
+    probe: usize,
+    seed: u64,
+    ttl: Duration,
+) {
+    let body = json!({"data": {"probe": probe, "seed": seed, "ms": 20}});
+    let first = client.submit(&body, None, Intent::Fresh).await;
+    let id = first.id.clone();
+    let accepted = first.accepted();
+    record(&history, first);
+    if !accepted {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + ttl * 4 + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if client.get(&id).await.is_none() {
+            let again = client.submit(&body, None, Intent::AfterExpiry).await;
+            record(&history, again);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every accepted id has a terminal record (or a while has passed).
+async fn drain(history: &History, terminals: &Shared<Terminal>, ttl: Duration) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let ended: std::collections::HashSet<String> = terminals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        let open = history
+            .submissions
+            .iter()
+            .filter(|s| s.accepted() && !ended.contains(&s.id))
+            .count();
+        if open == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let the last writes reach the watcher, but read the finals before they expire.
+    tokio::time::sleep(ttl.min(Duration::from_secs(1))).await;
+}
+
+async fn finals(client: &Client, history: &History) -> Vec<Final> {
+    let mut ids: Vec<&str> = history
+        .submissions
+        .iter()
+        .filter(|s| s.accepted())
+        .map(|s| s.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut finals = Vec::new();
+    for id in ids {
+        let record = client.get(id).await;
+        finals.push(Final {
+            id: id.to_owned(),
+            status: record
+                .as_ref()
+                .and_then(|r| r["status"].as_str())
+                .map(str::to_owned),
+            created_at: record
+                .as_ref()
+                .and_then(|r| r["created_at"].as_str())
+                .map(str::to_owned),
+        });
+    }
+    finals
+}

@@ -1,0 +1,23 @@
+//! The short seeded run of the fault-injecting checker (`make chaos` runs the long one).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use workpool_e2e::chaos::run::{Config, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_run_under_faults_keeps_every_invariant() {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(7);
+    let (report, history) = run(&Config::short(seed)).await.expect("chaos run");
+    println!("seed {seed}: {report:#?}\nfaults: {:#?}", history.faults);
+    assert!(report.accepted > 0 && report.executions > 0, "{report:?}");
+    assert!(history.faults.len() >= 5, "{:?}", history.faults);
+    assert!(
+        report.cancels_confirmed + report.cancels_requested > 0,
+        "{report:?}"
+    );
+    assert!(report.after_expiry > 0, "{report:?}");
+    assert_eq!(report.violations(), 0, "seed {seed}: {report:#?}");
+}
