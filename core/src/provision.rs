@@ -31,9 +31,17 @@ pub enum ProvisionError {
     #[error("listing consumers of {stream}: {message}")]
     ListConsumers { stream: String, message: String },
     #[error(
-        "consumer {name} still holds {pending} keyed messages; lower worker.partitions only once they are done"
+        "consumer {name}, beyond worker.partitions, still holds {pending} keyed messages; it is removed once they are done"
     )]
     PartitionNotEmpty { name: String, pending: u64 },
+    #[error(
+        "the stream already has {existing} keyed partitions (left by an earlier WorkPool of this name) holding {pending} messages; worker.partitions {wanted} would send their keys' new work to other partitions: use {existing}, or let that work finish first"
+    )]
+    PartitionCountChanged {
+        existing: usize,
+        wanted: usize,
+        pending: u64,
+    },
     #[error("deleting {what} {name}: {message}")]
     Delete {
         what: &'static str,
@@ -61,7 +69,8 @@ impl ProvisionError {
                     jetstream::stream::ConsumerErrorKind::JetStream(_)
                 )
             }
-            ProvisionError::PartitionNotEmpty { .. } => true,
+            ProvisionError::PartitionNotEmpty { .. }
+            | ProvisionError::PartitionCountChanged { .. } => true,
             ProvisionError::ListConsumers { .. } | ProvisionError::Delete { .. } => false,
         }
     }
@@ -100,6 +109,7 @@ pub async fn provision(
     let wanted: Vec<consumer::pull::Config> = std::iter::once(streams::work_consumer(names, spec))
         .chain(streams::keyed_consumers(names, spec))
         .collect();
+    check_partition_count(&stream, &wanted).await?;
     for config in &wanted {
         let name = config.durable_name.clone().unwrap_or_default();
         stream
@@ -110,7 +120,55 @@ pub async fn provision(
     remove_surplus_partitions(&stream, &wanted).await
 }
 
-/// Deletes keyed consumers beyond the partition count, if they hold no work.
+/// Refuses another partition count while keyed work is queued: a key's partition is
+/// `hash(key) mod partitions`, so its new work would go to another partition than its
+/// queued work and two of its jobs could run at once. A WorkPool's count is fixed, but a
+/// pool recreated under the same name finds what a retained one left.
+async fn check_partition_count(
+    stream: &jetstream::stream::Stream,
+    wanted: &[consumer::pull::Config],
+) -> Result<(), ProvisionError> {
+    let list_error = |err: &dyn std::fmt::Display| ProvisionError::ListConsumers {
+        stream: stream.cached_info().config.name.clone(),
+        message: err.to_string(),
+    };
+    let keyed = |name: &str| name.starts_with("keyed-");
+    let existing: Vec<String> = stream
+        .consumer_names()
+        .try_filter(|name| std::future::ready(keyed(name)))
+        .try_collect()
+        .await
+        .map_err(|e| list_error(&e))?;
+    let wanted: Vec<&str> = wanted
+        .iter()
+        .filter_map(|c| c.durable_name.as_deref())
+        .filter(|name| keyed(name))
+        .collect();
+    let same =
+        existing.len() == wanted.len() && existing.iter().all(|n| wanted.contains(&n.as_str()));
+    if existing.is_empty() || same {
+        return Ok(());
+    }
+    let mut pending = 0;
+    for name in &existing {
+        let info = stream
+            .consumer_info(name)
+            .await
+            .map_err(|e| list_error(&e))?;
+        pending += info.num_pending + info.num_ack_pending as u64;
+    }
+    if pending > 0 {
+        return Err(ProvisionError::PartitionCountChanged {
+            existing: existing.len(),
+            wanted: wanted.len(),
+            pending,
+        });
+    }
+    Ok(())
+}
+
+/// Deletes keyed consumers beyond the partition count, if they hold no work (checked
+/// again here: work may have arrived since [`check_partition_count`]).
 async fn remove_surplus_partitions(
     stream: &jetstream::stream::Stream,
     wanted: &[consumer::pull::Config],

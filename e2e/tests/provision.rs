@@ -1,5 +1,5 @@
-//! `provision` against a real server: idempotent, follows spec changes, refuses to drop
-//! partitions that still hold work, and `deprovision` removes everything.
+//! `provision` against a real server: idempotent, follows spec changes, refuses another
+//! partition count while keyed work is queued, and `deprovision` removes everything.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
@@ -82,24 +82,44 @@ async fn provisioning_is_idempotent_and_follows_the_spec() {
     assert!(js.get_key_value(names.bucket()).await.is_err());
 }
 
+/// Publishes one keyed message to partition `partition`.
+async fn publish_keyed(js: &jetstream::Context, names: &PoolNames, partition: u32) {
+    let id = workpool_core::WorkId::from_idempotency_key(&partition.to_string());
+    js.publish(names.keyed_subject(partition, &id), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+}
+
 #[tokio::test]
-async fn a_partition_with_queued_work_is_not_dropped() {
+async fn another_partition_count_is_refused_while_keyed_work_is_queued() {
     let server = NatsServer::start().await.expect("nats");
     let js = jetstream::new(server.client().await.expect("client"));
     let names = PoolNames::new("default", "demo").expect("names");
     let mut spec = PoolSpec::from_json(r#"{"worker": {"partitions": 2}}"#).expect("spec");
     provision(&js, &names, &spec).await.expect("provision");
-    let id = workpool_core::WorkId::from_idempotency_key("k");
-    js.publish(names.keyed_subject(1, &id), "{}".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    spec.worker.partitions = 1;
-    match provision(&js, &names, &spec).await {
-        Err(ProvisionError::PartitionNotEmpty { name, pending }) => {
-            assert_eq!((name.as_str(), pending), ("keyed-1", 1))
-        }
-        other => panic!("expected PartitionNotEmpty, got {other:?}"),
+    // Work in a partition both counts keep still changes place: hash mod 2 vs mod 3.
+    publish_keyed(&js, &names, 0).await;
+    for partitions in [1, 3] {
+        spec.worker.partitions = partitions;
+        let err = provision(&js, &names, &spec)
+            .await
+            .expect_err("another count with queued keyed work");
+        assert!(err.is_refusal(), "{err}");
+        assert!(
+            matches!(err, ProvisionError::PartitionCountChanged { existing: 2, wanted, pending: 1 }
+                if wanted == partitions as usize),
+            "{partitions} partitions: {err:?}"
+        );
     }
+    assert_eq!(
+        consumer_names(&js, &names).await,
+        ["keyed-0", "keyed-1", "workers"],
+        "a refusal changes no consumer"
+    );
+    spec.worker.partitions = 2;
+    provision(&js, &names, &spec)
+        .await
+        .expect("the same count with queued work is fine");
 }
