@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,25 @@ use crate::spec::{self, BuiltinHandler, PoolSpec};
 
 /// A Go-style duration such as `30s`, `5m` or `1h30m`.
 const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+/// A Kubernetes object name (RFC 1123 subdomain), as Secret names are.
+const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// Refuses a duration shorter than `min` (`field` names it in the message). The pattern
+/// check guards `duration()`, which fails on text the pattern already refuses; the length
+/// bound keeps the rule's cost estimate within the apiserver's budget.
+fn at_least(field: &str, min: &str) -> Rule {
+    Rule::new(format!(
+        "!self.matches('{DURATION_PATTERN}') || duration(self) >= duration('{min}')"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "{field} must be at least {min}"
+    )))
+}
+
+/// The apiserver's answer to a change of `worker.partitions`.
+pub const PARTITIONS_FIXED: &str = "worker.partitions is fixed once the pool exists: to change it, create a new WorkPool with the new count and move clients to it, then delete the old one after it drains";
 
 /// A work queue: an HTTP api, a pool of workers, and the NATS JetStream stream and
 /// key-value bucket that hold its work and results.
@@ -52,7 +72,8 @@ pub struct WorkPoolSpec {
     pub nats: NatsSpec,
     /// How long a work record stays readable after its last change (for example `10m`).
     #[serde(default = "default_result_ttl", rename = "resultTTL")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = at_least("resultTTL", "1s"))]
     pub result_ttl: String,
     /// Limits of the work queue.
     #[serde(default)]
@@ -106,6 +127,7 @@ pub struct NatsSpec {
     /// Name of a Secret in the pool's namespace whose `nats.creds` key holds NATS
     /// credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(max = 253))]
     pub credentials_secret: Option<String>,
     /// JetStream replicas of the stream and bucket: 1, 3 or 5. Cannot be changed on a
     /// running pool without recreating its NATS objects.
@@ -200,8 +222,10 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(max = 253))]
     pub name: String,
     /// Key in the Secret.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
     pub key: String,
 }
 
@@ -224,7 +248,8 @@ pub struct WorkerSpec {
     pub handler: HandlerSpec,
     /// Limit of one attempt, for example `30s`.
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = at_least("worker.timeout", "10ms"))]
     pub timeout: String,
     /// Attempts before work is recorded `failed` and dead-lettered.
     #[serde(default = "five")]
@@ -234,15 +259,20 @@ pub struct WorkerSpec {
     #[serde(default = "default_backoff")]
     #[schemars(length(min = 1, max = 20), inner(regex(pattern = DURATION_PATTERN)))]
     pub backoff: Vec<String>,
-    /// Partitions for keyed work (work with the same key runs one at a time). Can be
-    /// raised at any time; lowered only when the dropped partitions hold no work.
+    /// Partitions for keyed work (work with the same key runs one at a time). Immutable
+    /// once the pool exists: a key's partition is `hash(key) mod partitions`, so another
+    /// count would route a key elsewhere while its queued work stays where it was. To
+    /// change it, create a new WorkPool with the new count, move clients to it, and
+    /// delete the old one after it drains.
     #[serde(default = "sixteen")]
     #[schemars(range(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(PARTITIONS_FIXED))]
     pub partitions: u32,
     /// How long NATS waits for a heartbeat before it gives a running job to another
     /// worker (so also how soon work of a crashed worker is retried).
     #[serde(default = "default_ack_wait")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = at_least("worker.ackWait", "500ms"))]
     pub ack_wait: String,
     /// Scale workers on queue depth. Do not also drive `replicas` with `kubectl scale` or
     /// an HPA: while this is set, the operator owns the worker count.
@@ -385,6 +415,10 @@ pub struct WorkPoolStatus {
     /// URL of the api Service inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The latest generation whose stream, bucket and consumers NATS accepted. Unset
+    /// while NATS never accepted one: then a deletion has no NATS objects to wait for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_generation: Option<i64>,
 }
 
 /// Ready and desired pods of one component.
@@ -537,6 +571,9 @@ mod tests {
             r#""status":{}"#,
             "worker.handler needs exactly one of builtin, exec or http",
             "worker.autoscale.min must not exceed worker.autoscale.max",
+            PARTITIONS_FIXED,
+            r#""rule":"self == oldSelf""#,
+            "worker.timeout must be at least 10ms",
             r#""name":"Pending""#,
         ] {
             assert!(crd.contains(needle), "{needle} missing from the CRD");

@@ -250,77 +250,6 @@ async fn a_workpool_gets_its_children_and_nats_objects_and_follows_changes() {
 }
 
 #[tokio::test]
-async fn invalid_specs_are_refused_with_a_message_that_says_what_to_fix() {
-    let (_plane, client, ns, nats) = setup("invalid").await;
-    let cases: Vec<(&str, String, &str)> = vec![
-        ("two handlers", "  worker:\n    handler:\n      builtin: echo\n      http:\n        url: http://localhost:9000\n".into(), "exactly one of builtin, exec or http"),
-        ("no handler", "  worker:\n    handler: {}\n".into(), "exactly one of builtin, exec or http"),
-        ("autoscale min > max", "  worker:\n    autoscale:\n      min: 5\n      max: 2\n".into(), "autoscale.min must not exceed"),
-        ("concurrency 0", "  worker:\n    concurrency: 0\n".into(), "spec.worker.concurrency"),
-        ("maxAttempts 0", "  worker:\n    maxAttempts: 0\n".into(), "spec.worker.maxAttempts"),
-        ("bad duration", "  worker:\n    timeout: soon\n".into(), "spec.worker.timeout"),
-        ("bad backoff", "  worker:\n    backoff: [1s, later]\n".into(), "spec.worker.backoff"),
-        ("negative replicas", "  api:\n    replicas: -1\n".into(), "spec.api.replicas"),
-        ("nats replicas 2", "  nats:\n    url: nats://x:4222\n    replicas: 2\n".into(), "nats.replicas must be 1, 3 or 5"),
-        ("http url", "  worker:\n    handler:\n      http:\n        url: ftp://x\n".into(), "http:// or https://"),
-        ("unknown builtin", "  worker:\n    handler:\n      builtin: fly\n".into(), "spec.worker.handler.builtin"),
-        ("empty exec", "  worker:\n    handler:\n      exec:\n        command: []\n".into(), "spec.worker.handler.exec.command"),
-        ("tiny payload limit", "  queue:\n    maxPayloadBytes: 10\n".into(), "spec.queue.maxPayloadBytes"),
-        ("deletion policy", "  deletionPolicy: Sometimes\n".into(), "spec.deletionPolicy"),
-    ];
-    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
-    for (what, extra, expected) in cases {
-        // A later `nats:` block replaces the default one.
-        let yaml = if extra.starts_with("  nats:") {
-            format!(
-                "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: bad\nspec:\n{extra}"
-            )
-        } else {
-            pool_yaml("bad", &nats.url(), &extra)
-        };
-        let pool: serde_json::Value = serde_saphyr::from_str(&yaml).expect("yaml");
-        let result = api
-            .patch(
-                "bad",
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&pool),
-            )
-            .await;
-        let message = match result {
-            Ok(_) => panic!("{what}: accepted"),
-            Err(err) => err.to_string(),
-        };
-        assert!(
-            message.contains(expected),
-            "{what}: {message:?} does not mention {expected:?}"
-        );
-    }
-    // The shipped example is valid.
-    let example = workpool_e2e::paths::repo_root().join("examples/workpool.yaml");
-    let plane = ControlPlane::shared().unwrap();
-    plane
-        .kubectl(&[
-            "-n",
-            &ns,
-            "apply",
-            "--dry-run=server",
-            "-f",
-            &example.display().to_string(),
-        ])
-        .expect("examples/workpool.yaml is accepted");
-    // A name that is not a DNS label of at most 40 characters.
-    let long = "a".repeat(45);
-    let err = create_pool(&client, &ns, &pool_yaml(&long, &nats.url(), ""))
-        .await
-        .expect_err("long name");
-    assert!(
-        err.to_string()
-            .contains("metadata.name must be a DNS label"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
 async fn deletion_removes_nats_objects_unless_retained_and_children_are_collected() {
     let (_plane, client, ns, nats) = setup("delete").await;
     let _operator = RunningOperator::start(ControlPlane::shared().unwrap(), &ns, "op", "op-0")
@@ -512,10 +441,217 @@ async fn nats_down_is_a_condition_and_recovery_follows() {
     .expect("QueueReady=False");
     assert_eq!(condition(&down, "QueueReady").unwrap().1, "NatsUnreachable");
     assert_eq!(condition(&down, "Ready").unwrap().0, "False");
+    // A scale change still reaches the Deployment; the new settings wait for NATS.
+    let patch = serde_json::json!({"spec": {"worker": {"replicas": 3}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("scale");
+    wait_worker_replicas(&client, &ns, 3, "a scale change while NATS is down").await;
+    for name in ["demo-api", "demo-worker"] {
+        let spec = spec_env(&deployment(&client, &ns, name).await);
+        assert_eq!(
+            spec["worker"]["concurrency"], 4,
+            "{name} got settings NATS has not accepted"
+        );
+    }
     nats.start_again().await.expect("start nats");
-    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+    // Look again now rather than after the failures' backoff.
+    let poke = serde_json::json!({"metadata": {"annotations": {"test/poke": "1"}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&poke))
+        .await
+        .expect("poke");
+    let back = wait_pool(&client, &ns, "demo", WAIT, queue_ready)
         .await
         .expect("recovered");
+    assert_eq!(back.status.unwrap().provisioned_generation, Some(3));
+    let worker = deployment(&client, &ns, "demo-worker").await;
+    assert_eq!(spec_env(&worker)["worker"]["concurrency"], 6);
+}
+
+/// The Warning events of reason `reason` in `ns`.
+async fn warnings(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spec_nats_refuses_never_reaches_the_pods() {
+    let (_plane, client, ns, nats, _operator) = running_pool("refused", "").await;
+    let before: Vec<serde_json::Value> = futures::future::join_all(
+        ["demo-api", "demo-worker"]
+            .map(|name| async { spec_env(&deployment(&client, &ns, name).await) }),
+    )
+    .await;
+    // A single server cannot hold 3 replicas; the concurrency change rides along.
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    let patch =
+        serde_json::json!({"spec": {"nats": {"replicas": 3}, "worker": {"concurrency": 8}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let refused = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        condition(p, "QueueReady").is_some_and(|(s, _)| s == "False")
+            && p.status.as_ref().unwrap().observed_generation == Some(2)
+    })
+    .await
+    .expect("refused");
+    // Give a wrong operator time to roll the pods.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, before) in ["demo-api", "demo-worker"].iter().zip(&before) {
+        let after = spec_env(&deployment(&client, &ns, name).await);
+        assert_eq!(
+            &after, before,
+            "{name}'s WORKPOOL_SPEC changed to a refused spec"
+        );
+    }
+    let status = refused.status.clone().unwrap();
+    let queue = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "QueueReady")
+        .unwrap();
+    assert_eq!(queue.reason, "NatsConfigRejected");
+    assert!(
+        queue.message.contains("Deployments stay as they are"),
+        "{}",
+        queue.message
+    );
+    assert_eq!(status.provisioned_generation, Some(1));
+    let events = warnings(&client, &ns, "NatsConfigRejected").await;
+    assert!(
+        events.iter().any(|e| e
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("stay as they are"))),
+        "a Warning says why: {events:?}"
+    );
+
+    // Fixing the spec rolls the pods onto it.
+    let patch = serde_json::json!({"spec": {"nats": {"replicas": 1}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    wait_pool(&client, &ns, "demo", WAIT, |p| {
+        queue_ready(p) && p.status.as_ref().unwrap().provisioned_generation == Some(3)
+    })
+    .await
+    .expect("accepted");
+    let worker = deployment(&client, &ns, "demo-worker").await;
+    assert_eq!(spec_env(&worker)["worker"]["concurrency"], 8);
+
+    // A new pool whose spec NATS refuses gets no pods at all.
+    let fresh = format!(
+        "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: fresh\nspec:\n  nats:\n    url: {}\n    replicas: 3\n",
+        nats.url()
+    );
+    create_pool(&client, &ns, &fresh).await.expect("create");
+    wait_pool(&client, &ns, "fresh", WAIT, |p| {
+        condition(p, "QueueReady").is_some_and(|(_, reason)| reason == "NatsConfigRejected")
+    })
+    .await
+    .expect("refused");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        deployments
+            .get_opt("fresh-api")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        deployments
+            .get_opt("fresh-worker")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn worker_partitions_are_fixed_once_the_pool_exists() {
+    let (plane, client, ns, nats) = setup("partitions").await;
+    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    let js = async_nats::jetstream::new(nats.client().await.expect("nats client"));
+    // Any valid count works for a new pool.
+    for (name, partitions) in [("one", Some(1)), ("many", Some(1024)), ("default", None)] {
+        let extra = partitions.map_or(String::new(), |n| {
+            format!("  worker:\n    partitions: {n}\n")
+        });
+        create_pool(&client, &ns, &pool_yaml(name, &nats.url(), &extra))
+            .await
+            .expect("create");
+        wait_pool(&client, &ns, name, WAIT, queue_ready)
+            .await
+            .expect("reconciled");
+        let stream = js
+            .get_stream(PoolNames::new(&ns, name).unwrap().stream())
+            .await
+            .expect("stream");
+        let consumers: Vec<String> = futures::TryStreamExt::try_collect(stream.consumer_names())
+            .await
+            .expect("consumers");
+        let keyed = consumers.iter().filter(|c| c.starts_with("keyed-")).count();
+        assert_eq!(keyed, partitions.unwrap_or(16) as usize, "{name}");
+    }
+    let kubectl = |args: &[&str]| {
+        let mut all = vec!["-n", ns.as_str()];
+        all.extend_from_slice(args);
+        plane.kubectl(&all)
+    };
+    let patched = kubectl(&[
+        "patch",
+        "workpool/one",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"worker":{"partitions":2}}}"#,
+    ])
+    .expect_err("kubectl patch of partitions");
+    assert!(
+        patched
+            .to_string()
+            .contains(workpool_core::crd::PARTITIONS_FIXED),
+        "{patched}"
+    );
+    let mut object: serde_json::Value =
+        serde_json::from_str(&kubectl(&["get", "workpool/default", "-o", "json"]).expect("get"))
+            .expect("json");
+    object["spec"]["worker"]["partitions"] = 32.into();
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), object.to_string()).expect("write");
+    let replaced = kubectl(&["replace", "-f", &file.path().display().to_string()])
+        .expect_err("kubectl replace with other partitions");
+    assert!(
+        replaced.to_string().contains("spec.worker.partitions"),
+        "{replaced}"
+    );
+    assert!(
+        replaced
+            .to_string()
+            .contains(workpool_core::crd::PARTITIONS_FIXED),
+        "{replaced}"
+    );
+    // The rest of the spec stays changeable.
+    kubectl(&["scale", "workpool/one", "--replicas=3"]).expect("kubectl scale");
+    kubectl(&[
+        "patch",
+        "workpool/one",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"worker":{"concurrency":8}}}"#,
+    ])
+    .expect("kubectl patch of concurrency");
 }
 
 #[tokio::test]
@@ -634,8 +770,7 @@ async fn a_nats_setting_the_server_refuses_is_reported_not_retried() {
         condition(&pool, "QueueReady").unwrap().1,
         "NatsConfigRejected"
     );
-    // The new pod template makes the Deployments change for a moment (each change wakes
-    // the operator); after that a refused spec must leave it quiet: no retry loop.
+    // A refused spec must leave the operator quiet: no retry loop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reconciles = operator.metric("workpool_operator_reconciles_total").await;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -738,4 +873,70 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
+    let extra = "  deletionPolicy: Retain\n  worker:\n    partitions: 2\n";
+    let (_plane, client, ns, nats, _operator) = running_pool("recreate", extra).await;
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let id = workpool_core::WorkId::from_idempotency_key("queued");
+    js.publish(names.keyed_subject(1, &id), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    api.delete("demo", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + WAIT;
+    while api.get_opt("demo").await.expect("get").is_some() {
+        assert!(std::time::Instant::now() < deadline, "not finalized");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    while deployments
+        .get_opt("demo-worker")
+        .await
+        .expect("get")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Same name, another count: the retained keyed work would land elsewhere.
+    let extra = "  worker:\n    partitions: 4\n";
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), extra))
+        .await
+        .expect("create");
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        condition(p, "QueueReady").is_some_and(|(_, reason)| reason == "NatsConfigRejected")
+    })
+    .await
+    .expect("refused");
+    let queue = pool
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "QueueReady")
+        .unwrap();
+    assert!(
+        queue.message.contains("keyed partitions"),
+        "{}",
+        queue.message
+    );
+    assert!(
+        deployments
+            .get_opt("demo-worker")
+            .await
+            .expect("get")
+            .is_none(),
+        "no pods for a refused spec"
+    );
 }

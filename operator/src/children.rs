@@ -22,6 +22,8 @@ use workpool_core::crd::{PullPolicy, WorkPool};
 pub const API_PORT: i32 = 8080;
 /// Port of the worker's health and metrics server in its pod.
 pub const WORKER_PORT: i32 = 8081;
+/// The env var that hands a pod its pool's settings (JSON).
+const SPEC_ENV: &str = "WORKPOOL_SPEC";
 const AUTH_DIR: &str = "/etc/workpool/auth";
 const NATS_DIR: &str = "/etc/workpool/nats";
 
@@ -73,6 +75,15 @@ pub fn worker_service_name(pool: &str) -> String {
 
 pub fn service_account_name(pool: &str) -> String {
     format!("{pool}-workpool")
+}
+
+/// The pool settings a Deployment's pods run with (its `WORKPOOL_SPEC`), if it has any
+/// that parse.
+pub fn deployed_spec(deployment: &Deployment) -> Option<PoolSpec> {
+    let template = deployment.spec.as_ref()?.template.spec.as_ref()?;
+    let env = template.containers.first()?.env.as_ref()?;
+    let text = env.iter().find(|e| e.name == SPEC_ENV)?.value.as_ref()?;
+    PoolSpec::from_json(text).ok()
 }
 
 /// Labels every child and pod carries.
@@ -233,7 +244,7 @@ impl PoolContext<'_> {
             from("WORKPOOL_NAMESPACE", "metadata.namespace"),
             value("WORKPOOL_POOL", self.name.clone()),
             value(
-                "WORKPOOL_SPEC",
+                SPEC_ENV,
                 serde_json::to_string(self.spec).unwrap_or_default(),
             ),
             value("WORKPOOL_LISTEN", format!("0.0.0.0:{}", component.port())),
@@ -438,5 +449,36 @@ impl PoolContext<'_> {
             }),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_gives_back_the_settings_it_was_built_with() {
+        let pool: WorkPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "workpool.dev/v1alpha1",
+            "kind": "WorkPool",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
+            "spec": {"nats": {"url": "nats://nats:4222"}, "worker": {"concurrency": 7}},
+        }))
+        .expect("pool");
+        let spec = pool.spec.pool_spec().expect("spec");
+        let context = PoolContext {
+            pool: &pool,
+            name: "demo".into(),
+            namespace: "ns".into(),
+            owner: OwnerReference::default(),
+            spec: &spec,
+            image: &DefaultImage {
+                repository: "r".into(),
+                tag: "t".into(),
+            },
+        };
+        let deployment = context.deployment(Component::Worker, 2);
+        assert_eq!(deployed_spec(&deployment), Some(spec));
+        assert_eq!(deployed_spec(&Deployment::default()), None);
     }
 }

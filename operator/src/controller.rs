@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -16,8 +17,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
-use workpool_core::PoolNames;
-use workpool_core::crd::{DeletionPolicy, QueueStatus, ReplicaStatus, WorkPool, WorkPoolStatus};
+use workpool_core::crd::{QueueStatus, ReplicaStatus, WorkPool, WorkPoolStatus};
+use workpool_core::{PoolNames, PoolSpec};
 
 use crate::children::{self, Component, DefaultImage, PoolContext};
 use crate::error::Error;
@@ -64,7 +65,7 @@ impl Context {
     }
 }
 
-fn key(pool: &WorkPool) -> String {
+pub(crate) fn key(pool: &WorkPool) -> String {
     format!(
         "{}/{}",
         pool.namespace().unwrap_or_default(),
@@ -80,7 +81,7 @@ pub async fn reconcile(pool: Arc<WorkPool>, ctx: Arc<Context>) -> Result<Action,
     let result = finalizer(&api, FINALIZER, pool, |event| async {
         match event {
             finalizer::Event::Apply(pool) => apply(&pool, &ctx).await,
-            finalizer::Event::Cleanup(pool) => cleanup(&pool, &ctx).await,
+            finalizer::Event::Cleanup(pool) => crate::deletion::cleanup(&pool, &ctx).await,
         }
     })
     .await
@@ -135,7 +136,7 @@ where
         .await?)
 }
 
-async fn nats_credentials(
+pub(crate) async fn nats_credentials(
     ctx: &Context,
     namespace: &str,
     pool: &WorkPool,
@@ -144,7 +145,11 @@ async fn nats_credentials(
         return Ok(None);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets.get(secret_name).await?;
+    // Gone (for example with its namespace) is a credentials problem, not an API error.
+    let secret = secrets
+        .get_opt(secret_name)
+        .await?
+        .ok_or_else(|| Error::NatsCredentials(format!("secret {secret_name} not found")))?;
     let creds = secret
         .data
         .and_then(|data| {
@@ -165,7 +170,7 @@ fn ready_count(deployment: &Deployment) -> i32 {
         .unwrap_or(0)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     pool: &WorkPool,
     type_: EventType,
@@ -185,10 +190,165 @@ async fn publish(
     }
 }
 
+/// What NATS said about a pool's spec, and the queue figures when it answered.
+struct QueueOutcome {
+    /// NATS accepted the stream, bucket and consumers of this spec.
+    accepted: bool,
+    figures: Result<QueueFigures, Error>,
+}
+
+impl QueueOutcome {
+    /// NATS answered and refused the spec (as opposed to not answering).
+    fn refused(&self) -> bool {
+        matches!(self.figures, Err(Error::NatsConfigRejected(_)))
+    }
+}
+
+/// Provisions the pool's NATS objects and reads its queue figures.
+async fn reach_queue(
+    ctx: &Context,
+    namespace: &str,
+    pool: &WorkPool,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> QueueOutcome {
+    let failed = |err| QueueOutcome {
+        accepted: false,
+        figures: Err(err),
+    };
+    let js = match nats_credentials(ctx, namespace, pool).await {
+        Ok(credentials) => ctx.nats.jetstream(&spec.nats.url, credentials).await,
+        Err(err) => Err(err),
+    };
+    let js = match js {
+        Ok(js) => js,
+        Err(err) => return failed(err),
+    };
+    if let Err(err) = queue::ensure(&js, names, spec).await {
+        return failed(err);
+    }
+    QueueOutcome {
+        accepted: true,
+        figures: queue::figures(&js, names, spec).await,
+    }
+}
+
+/// The settings the api and worker Deployments get: the new ones once NATS accepted
+/// them; none while NATS refuses them (the Deployments stay as they are, so no pod ever
+/// runs a refused spec); while NATS does not answer, the settings the pods already run
+/// (only replicas, image and resources follow the WorkPool), or the new ones for a pool
+/// that has no pods yet.
+fn rollout_spec(
+    outcome: &QueueOutcome,
+    spec: &PoolSpec,
+    deployed: Option<PoolSpec>,
+) -> Option<PoolSpec> {
+    if outcome.accepted {
+        Some(spec.clone())
+    } else if outcome.refused() {
+        None
+    } else {
+        Some(deployed.unwrap_or_else(|| spec.clone()))
+    }
+}
+
+/// Why the pods do not get the new settings, if they do not.
+fn held_back(
+    outcome: &QueueOutcome,
+    spec: &PoolSpec,
+    rollout: Option<&PoolSpec>,
+) -> Option<&'static str> {
+    match rollout {
+        _ if outcome.accepted => None,
+        None => Some("the api and worker Deployments stay as they are until NATS accepts the spec"),
+        Some(rolled) if rolled != spec => {
+            Some("the pods keep the settings NATS last accepted until NATS answers")
+        }
+        Some(_) => None,
+    }
+}
+
+/// A pool's api and worker Deployments.
+struct Deployments {
+    api: Option<Deployment>,
+    worker: Option<Deployment>,
+}
+
+async fn current_deployments(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Deployments, Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(Deployments {
+        api: api
+            .get_opt(&children::deployment_name(name, Component::Api))
+            .await?,
+        worker: api
+            .get_opt(&children::deployment_name(name, Component::Worker))
+            .await?,
+    })
+}
+
+/// Workers wanted: the autoscaler's choice while `autoscale` is set, else the spec's.
+fn desired_workers(
+    pool: &WorkPool,
+    figures: &Result<QueueFigures, Error>,
+    current: Option<i32>,
+) -> i32 {
+    match (&pool.spec.worker.autoscale, figures) {
+        (Some(scale), Ok(figures)) => queue::autoscaled_replicas(
+            figures.backlog(),
+            scale.target_backlog_per_replica,
+            scale.min,
+            scale.max,
+        ),
+        // Without a backlog reading, keep what runs now: never guess.
+        (Some(scale), Err(_)) => current.unwrap_or(scale.min),
+        (None, _) => pool.spec.worker.replicas,
+    }
+}
+
+/// Applies every Kubernetes child; the Deployments only with `rollout` settings (without
+/// them the current ones are kept as they are).
+async fn apply_children(
+    ctx: &Context,
+    context: &PoolContext<'_>,
+    rollout: Option<&PoolSpec>,
+    current: Deployments,
+    workers: i32,
+) -> Result<Deployments, Error> {
+    let (client, namespace) = (&ctx.client, context.namespace.as_str());
+    apply_child::<ServiceAccount>(client, namespace, &context.service_account()).await?;
+    apply_child::<Role>(client, namespace, &context.role()).await?;
+    apply_child::<RoleBinding>(client, namespace, &context.role_binding()).await?;
+    let deployments = match rollout {
+        Some(spec) => {
+            let context = PoolContext {
+                spec,
+                ..context.clone()
+            };
+            let api = context.deployment(Component::Api, context.pool.spec.api.replicas);
+            let worker = context.deployment(Component::Worker, workers);
+            Deployments {
+                api: Some(apply_child(client, namespace, &api).await?),
+                worker: Some(apply_child(client, namespace, &worker).await?),
+            }
+        }
+        None => current,
+    };
+    apply_child::<Service>(client, namespace, &context.api_service()).await?;
+    apply_child::<Service>(client, namespace, &context.worker_service()).await?;
+    for component in [Component::Api, Component::Worker] {
+        let budget = context.disruption_budget(component);
+        apply_child::<PodDisruptionBudget>(client, namespace, &budget).await?;
+    }
+    Ok(deployments)
+}
+
 async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
     let name = pool.name_any();
-    let generation = pool.metadata.generation;
     let previous = pool.status.clone().unwrap_or_default();
 
     let spec = match pool.spec.pool_spec() {
@@ -201,152 +361,72 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     };
     let names =
         PoolNames::new(&namespace, &name).map_err(|err| Error::InvalidSpec(err.to_string()))?;
+    let outcome = reach_queue(ctx, &namespace, pool, &names, &spec).await;
 
-    // NATS first, but children are applied whatever NATS says: pods wait for it.
-    let queue_result: Result<QueueFigures, Error> = async {
-        let credentials = nats_credentials(ctx, &namespace, pool).await?;
-        let js = ctx.nats.jetstream(&spec.nats.url, credentials).await?;
-        queue::ensure(&js, &names, &spec).await?;
-        queue::figures(&js, &names, &spec).await
-    }
-    .await;
-
-    let owner = pool
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))?;
+    let current = current_deployments(ctx, &namespace, &name).await?;
+    let current_workers = current
+        .worker
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas);
+    let desired_workers = desired_workers(pool, &outcome.figures, current_workers);
+    let deployed = current.worker.as_ref().and_then(children::deployed_spec);
+    let rollout = rollout_spec(&outcome, &spec, deployed);
+    let held = held_back(&outcome, &spec, rollout.as_ref());
     let context = PoolContext {
         pool,
         name: name.clone(),
         namespace: namespace.clone(),
-        owner,
+        owner: pool
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField("metadata.uid"))?,
         spec: &spec,
         image: &ctx.image,
     };
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let worker_name = children::deployment_name(&name, Component::Worker);
-    let current_workers = deployments
-        .get_opt(&worker_name)
-        .await?
-        .and_then(|d| d.spec.and_then(|s| s.replicas));
-    let desired_workers = match (&pool.spec.worker.autoscale, &queue_result) {
-        (Some(scale), Ok(figures)) => queue::autoscaled_replicas(
-            figures.backlog(),
-            scale.target_backlog_per_replica,
-            scale.min,
-            scale.max,
-        ),
-        // Without a backlog reading, keep what runs now: never guess.
-        (Some(scale), Err(_)) => current_workers.unwrap_or(scale.min),
-        (None, _) => pool.spec.worker.replicas,
-    };
+    let deployments =
+        apply_children(ctx, &context, rollout.as_ref(), current, desired_workers).await?;
 
-    let client = &ctx.client;
-    apply_child::<ServiceAccount>(client, &namespace, &context.service_account()).await?;
-    apply_child::<Role>(client, &namespace, &context.role()).await?;
-    apply_child::<RoleBinding>(client, &namespace, &context.role_binding()).await?;
-    let api_deployment = apply_child(
-        client,
-        &namespace,
-        &context.deployment(Component::Api, pool.spec.api.replicas),
-    )
-    .await?;
-    apply_child::<Service>(client, &namespace, &context.api_service()).await?;
-    let worker_deployment = apply_child(
-        client,
-        &namespace,
-        &context.deployment(Component::Worker, desired_workers),
-    )
-    .await?;
-    apply_child::<Service>(client, &namespace, &context.worker_service()).await?;
-    for component in [Component::Api, Component::Worker] {
-        apply_child::<PodDisruptionBudget>(
-            client,
-            &namespace,
-            &context.disruption_budget(component),
-        )
-        .await?;
-    }
+    let ready = Readiness {
+        api: deployments.api.as_ref().map_or(0, ready_count),
+        workers: deployments.worker.as_ref().map_or(0, ready_count),
+        desired_workers,
+    };
+    let status = pool_status(pool, &previous, &outcome, &ready, held);
+    patch_status(ctx, &namespace, &name, &status).await?;
+    ctx.metrics
+        .queue(&namespace, &name, outcome.figures.as_ref().ok().copied());
+    announce(pool, ctx, &previous, &status, &outcome, current_workers).await;
+    finish(pool, ctx, outcome, held).await
+}
 
-    let api_ready = ready_count(&api_deployment);
-    let workers_ready = ready_count(&worker_deployment);
-    let queue_condition = match &queue_result {
-        Ok(_) => condition(
-            status::QUEUE_READY,
-            true,
-            "Provisioned",
-            "stream, bucket and consumers match the spec".into(),
-            generation,
-            &previous.conditions,
-        ),
-        Err(err) => condition(
-            status::QUEUE_READY,
-            false,
-            err.category(),
-            err.to_string(),
-            generation,
-            &previous.conditions,
-        ),
-    };
-    let api_ok = api_ready >= pool.spec.api.replicas.min(1);
-    let workers_ok = workers_ready >= desired_workers.min(1);
-    let queue_ok = queue_result.is_ok();
-    let ready_reason = match (queue_ok, api_ok, workers_ok) {
-        (true, true, true) => "Ready",
-        (false, _, _) => "QueueNotReady",
-        (_, false, _) => "ApiUnavailable",
-        _ => "WorkersUnavailable",
-    };
-    let conditions = vec![
-        condition(
-            status::READY,
-            queue_ok && api_ok && workers_ok,
-            ready_reason,
-            format!(
-                "api {api_ready}/{}, workers {workers_ready}/{desired_workers}",
-                pool.spec.api.replicas
-            ),
-            generation,
-            &previous.conditions,
-        ),
-        queue_condition,
-        condition(
-            status::API_AVAILABLE,
-            api_ok,
-            if api_ok {
-                "MinimumReplicasAvailable"
-            } else {
-                "MinimumReplicasUnavailable"
-            },
-            format!("{api_ready} of {} api pods ready", pool.spec.api.replicas),
-            generation,
-            &previous.conditions,
-        ),
-        condition(
-            status::WORKERS_AVAILABLE,
-            workers_ok,
-            if workers_ok {
-                "MinimumReplicasAvailable"
-            } else {
-                "MinimumReplicasUnavailable"
-            },
-            format!("{workers_ready} of {desired_workers} worker pods ready"),
-            generation,
-            &previous.conditions,
-        ),
-    ];
-    let figures = queue_result.as_ref().ok().copied();
-    ctx.metrics.queue(&namespace, &name, figures);
-    let status = WorkPoolStatus {
-        observed_generation: generation,
-        conditions,
+/// Ready pods of a pool and the workers it wants.
+struct Readiness {
+    api: i32,
+    workers: i32,
+    desired_workers: i32,
+}
+
+/// The pool's status after a reconcile.
+fn pool_status(
+    pool: &WorkPool,
+    previous: &WorkPoolStatus,
+    outcome: &QueueOutcome,
+    ready: &Readiness,
+    held: Option<&str>,
+) -> WorkPoolStatus {
+    let name = pool.name_any();
+    let namespace = pool.namespace().unwrap_or_default();
+    let figures = outcome.figures.as_ref().ok();
+    WorkPoolStatus {
+        observed_generation: pool.metadata.generation,
+        conditions: conditions(pool, previous, outcome, ready, held),
         api: Some(ReplicaStatus::new(
-            api_ready,
+            ready.api,
             pool.spec.api.replicas,
             children::selector_string(&name, Component::Api),
         )),
         workers: Some(ReplicaStatus::new(
-            workers_ready,
-            desired_workers,
+            ready.workers,
+            ready.desired_workers,
             children::selector_string(&name, Component::Worker),
         )),
         queue: figures
@@ -360,58 +440,149 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
             "http://{}.{namespace}.svc",
             children::deployment_name(&name, Component::Api)
         )),
-    };
-    patch_status(ctx, &namespace, &name, &status).await?;
-    let changed = crate::status::changes(&previous, &status);
+        provisioned_generation: if outcome.accepted {
+            pool.metadata.generation
+        } else {
+            previous.provisioned_generation
+        },
+    }
+}
 
-    if previous.observed_generation != generation {
-        publish(
-            ctx,
-            pool,
-            EventType::Normal,
-            "Applied",
-            "Reconcile",
+fn conditions(
+    pool: &WorkPool,
+    previous: &WorkPoolStatus,
+    outcome: &QueueOutcome,
+    ready: &Readiness,
+    held: Option<&str>,
+) -> Vec<Condition> {
+    let generation = pool.metadata.generation;
+    let make = |kind, ok, reason: &str, message| {
+        condition(kind, ok, reason, message, generation, &previous.conditions)
+    };
+    let (api_wanted, workers_wanted) = (pool.spec.api.replicas, ready.desired_workers);
+    let api_ok = ready.api >= api_wanted.min(1);
+    let workers_ok = ready.workers >= workers_wanted.min(1);
+    let queue_ok = outcome.figures.is_ok();
+    let ready_reason = match (queue_ok, api_ok, workers_ok) {
+        (true, true, true) => "Ready",
+        (false, _, _) => "QueueNotReady",
+        (_, false, _) => "ApiUnavailable",
+        _ => "WorkersUnavailable",
+    };
+    let availability = |ok| {
+        if ok {
+            "MinimumReplicasAvailable"
+        } else {
+            "MinimumReplicasUnavailable"
+        }
+    };
+    let queue = match &outcome.figures {
+        Ok(_) => make(
+            status::QUEUE_READY,
+            true,
+            "Provisioned",
+            "stream, bucket and consumers match the spec".into(),
+        ),
+        Err(err) => make(
+            status::QUEUE_READY,
+            false,
+            err.category(),
+            with_note(err, held),
+        ),
+    };
+    vec![
+        make(
+            status::READY,
+            queue_ok && api_ok && workers_ok,
+            ready_reason,
             format!(
-                "generation {} applied: api {}, workers {desired_workers}",
-                generation.unwrap_or(0),
-                pool.spec.api.replicas
+                "api {}/{api_wanted}, workers {}/{workers_wanted}",
+                ready.api, ready.workers
             ),
-        )
-        .await;
+        ),
+        queue,
+        make(
+            status::API_AVAILABLE,
+            api_ok,
+            availability(api_ok),
+            format!("{} of {api_wanted} api pods ready", ready.api),
+        ),
+        make(
+            status::WORKERS_AVAILABLE,
+            workers_ok,
+            availability(workers_ok),
+            format!("{} of {workers_wanted} worker pods ready", ready.workers),
+        ),
+    ]
+}
+
+fn with_note(err: &Error, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{err}; {note}"),
+        None => err.to_string(),
+    }
+}
+
+/// The Normal events of a reconcile and its log line.
+async fn announce(
+    pool: &WorkPool,
+    ctx: &Context,
+    previous: &WorkPoolStatus,
+    status: &WorkPoolStatus,
+    outcome: &QueueOutcome,
+    current_workers: Option<i32>,
+) {
+    let generation = pool.metadata.generation;
+    let desired_workers = status.workers.as_ref().map_or(0, |w| w.desired);
+    let figures = outcome.figures.as_ref().ok();
+    if outcome.accepted && previous.provisioned_generation != generation {
+        let note = format!(
+            "generation {} applied: api {}, workers {desired_workers}",
+            generation.unwrap_or(0),
+            pool.spec.api.replicas
+        );
+        publish(ctx, pool, EventType::Normal, "Applied", "Reconcile", note).await;
     }
     if pool.spec.worker.autoscale.is_some()
         && current_workers.is_some_and(|current| current != desired_workers)
     {
-        let backlog = figures.map_or(0, |f| f.backlog());
-        publish(
-            ctx,
-            pool,
-            EventType::Normal,
-            "Scaled",
-            "Autoscale",
-            format!(
-                "workers {} -> {desired_workers} for a backlog of {backlog}",
-                current_workers.unwrap_or(0)
-            ),
-        )
-        .await;
+        let note = format!(
+            "workers {} -> {desired_workers} for a backlog of {}",
+            current_workers.unwrap_or(0),
+            figures.map_or(0, |f| f.backlog())
+        );
+        publish(ctx, pool, EventType::Normal, "Scaled", "Autoscale", note).await;
     }
+    let changed = status::changes(previous, status);
+    let ready = status.conditions.first().map(|c| c.reason.as_str());
     tracing::info!(
-        pool = %key(pool), generation, api_ready, workers_ready, desired_workers,
+        pool = %key(pool), generation,
+        api_ready = status.api.as_ref().map(|a| a.ready),
+        workers_ready = status.workers.as_ref().map(|w| w.ready), desired_workers,
         pending = figures.map(|f| f.pending), in_flight = figures.map(|f| f.in_flight),
-        dead_letters = figures.map(|f| f.dead_letters), result = ready_reason,
+        dead_letters = figures.map(|f| f.dead_letters), result = ready,
         changed = %if changed.is_empty() { "nothing".to_owned() } else { changed.join("; ") },
         "reconciled"
     );
-    match queue_result {
+}
+
+/// The end of a reconcile: a Warning for a queue problem, and when to look again.
+async fn finish(
+    pool: &WorkPool,
+    ctx: &Context,
+    outcome: QueueOutcome,
+    held: Option<&str>,
+) -> Result<Action, Error> {
+    match outcome.figures {
         Err(err) => {
+            let note = with_note(&err, held);
             publish(
                 ctx,
                 pool,
                 EventType::Warning,
                 err.category(),
                 "Reconcile",
-                err.to_string(),
+                note,
             )
             .await;
             if err.is_permanent() {
@@ -474,7 +645,7 @@ async fn report_stuck(
     Ok(())
 }
 
-async fn patch_status(
+pub(crate) async fn patch_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
@@ -495,38 +666,43 @@ async fn patch_status(
     Ok(())
 }
 
-/// Deletes the pool's NATS objects unless `deletionPolicy: Retain`; Kubernetes children
-/// go with the garbage collector through their owner references.
-async fn cleanup(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
-    let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
-    let name = pool.name_any();
-    ctx.metrics.forget(&namespace, &name);
-    if pool.spec.deletion_policy == DeletionPolicy::Retain {
-        publish(
-            ctx,
-            pool,
-            EventType::Normal,
-            "Retained",
-            "Cleanup",
-            "NATS stream and bucket kept (deletionPolicy: Retain)".into(),
-        )
-        .await;
-        return Ok(Action::await_change());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(figures: Result<QueueFigures, Error>) -> QueueOutcome {
+        QueueOutcome {
+            accepted: figures.is_ok(),
+            figures,
+        }
     }
-    let names =
-        PoolNames::new(&namespace, &name).map_err(|err| Error::InvalidSpec(err.to_string()))?;
-    let credentials = nats_credentials(ctx, &namespace, pool).await?;
-    let js = ctx.nats.jetstream(&pool.spec.nats.url, credentials).await?;
-    queue::remove(&js, &names).await?;
-    publish(
-        ctx,
-        pool,
-        EventType::Normal,
-        "Deleted",
-        "Cleanup",
-        format!("NATS stream {} and bucket deleted", names.stream()),
-    )
-    .await;
-    tracing::info!(pool = %key(pool), "NATS objects deleted");
-    Ok(Action::await_change())
+
+    #[test]
+    fn only_settings_nats_accepted_reach_the_pods() {
+        let old = PoolSpec::from_json(r#"{"worker": {"concurrency": 2}}"#).expect("old");
+        let new = PoolSpec::from_json(r#"{"worker": {"concurrency": 8}}"#).expect("new");
+        let accepted = outcome(Ok(QueueFigures::default()));
+        assert_eq!(
+            rollout_spec(&accepted, &new, Some(old.clone())),
+            Some(new.clone())
+        );
+        assert_eq!(held_back(&accepted, &new, Some(&new)), None);
+
+        let refused = outcome(Err(Error::NatsConfigRejected("no".into())));
+        assert_eq!(rollout_spec(&refused, &new, Some(old.clone())), None);
+        assert_eq!(
+            rollout_spec(&refused, &new, None),
+            None,
+            "no pods for a refused spec"
+        );
+        assert!(held_back(&refused, &new, None).is_some());
+
+        let down = outcome(Err(Error::NatsUnreachable("down".into())));
+        let kept = rollout_spec(&down, &new, Some(old.clone()));
+        assert_eq!(kept, Some(old), "pods keep what NATS last accepted");
+        assert!(held_back(&down, &new, kept.as_ref()).is_some());
+        let fresh = rollout_spec(&down, &new, None);
+        assert_eq!(fresh, Some(new.clone()), "a pool without pods gets them");
+        assert_eq!(held_back(&down, &new, fresh.as_ref()), None);
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod children;
 pub mod controller;
+pub mod deletion;
 pub mod error;
 pub mod metrics;
 pub mod queue;

@@ -43,6 +43,23 @@ impl QueueFigures {
     }
 }
 
+/// `url` (one or a comma-separated list) without user, password or token, for messages
+/// that end up in conditions, events and logs.
+pub fn redact(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
 impl NatsClients {
     /// A JetStream context on `url`, connecting on first use. A client that lost its
     /// connection keeps reconnecting on its own; requests fail fast meanwhile.
@@ -52,11 +69,12 @@ impl NatsClients {
         credentials: Option<String>,
     ) -> Result<jetstream::Context, Error> {
         let key = (url.to_owned(), credentials.clone());
+        let shown = redact(url);
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&key) {
             if client.connection_state() != async_nats::connection::State::Connected {
                 return Err(Error::NatsUnreachable(format!(
-                    "{url}: not connected (reconnecting)"
+                    "{shown}: not connected (reconnecting)"
                 )));
             }
             return Ok(jetstream::new(client.clone()));
@@ -74,8 +92,8 @@ impl NatsClients {
             .connect(url);
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| Error::NatsUnreachable(format!("{url}: connection timed out")))?
-            .map_err(|err| Error::NatsUnreachable(format!("{url}: {err}")))?;
+            .map_err(|_| Error::NatsUnreachable(format!("{shown}: connection timed out")))?
+            .map_err(|err| Error::NatsUnreachable(format!("{shown}: {err}")))?;
         clients.insert(key, client.clone());
         Ok(jetstream::new(client))
     }
@@ -183,6 +201,16 @@ pub fn autoscaled_replicas(backlog: u64, target_per_replica: i64, min: i32, max:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacting_drops_userinfo_only() {
+        assert_eq!(redact("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(
+            redact("nats://alice:s3cret@nats:4222,tls://token@other:4222"),
+            "nats://***@nats:4222,tls://***@other:4222"
+        );
+        assert_eq!(redact("nats://nats:4222/a@b"), "nats://nats:4222/a@b");
+    }
 
     #[test]
     fn autoscaling_follows_the_backlog_within_bounds() {

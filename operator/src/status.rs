@@ -7,6 +7,8 @@ pub const READY: &str = "Ready";
 pub const QUEUE_READY: &str = "QueueReady";
 pub const API_AVAILABLE: &str = "ApiAvailable";
 pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
+/// Set while a deletion waits for the pool's NATS objects to go.
+pub const DELETING: &str = "Deleting";
 
 /// A condition; its transition time is kept from `previous` when the status is unchanged.
 pub fn condition(
