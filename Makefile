@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools deps build up down test lint static unit e2e generate bench run-operator chart kind-up kind-e2e kind-down
+.PHONY: help tools deps build up down test lint static unit e2e generate bench chaos run-operator chart kind-up kind-e2e kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or 
 bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins
 	./target/release/workpool-local bench
+
+chaos: tools build ## The fault-injecting checker, full run (CHAOS_SEED, CHAOS_JOBS; see docs/reliability.md)
+	./target/debug/workpool-chaos
 
 kind-up: ## With Docker: build the image, create a kind cluster, helm install, demo on :8080
 	@scripts/kind.sh up

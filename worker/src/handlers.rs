@@ -17,6 +17,8 @@ use workpool_core::PoolSpec;
 use workpool_core::message::WorkMessage;
 use workpool_core::spec::{BuiltinHandler, HandlerSpec};
 
+use crate::guard::ExecGuard;
+
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
@@ -54,6 +56,8 @@ pub struct Handler {
     kind: Kind,
     /// `queue.maxPayloadBytes`: the largest result, as stored JSON.
     max_result_bytes: usize,
+    /// Runs `exec` programs under the guard (the worker binary does; tests may not).
+    guard: Option<ExecGuard>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +84,15 @@ impl Handler {
         Self {
             kind,
             max_result_bytes: spec.queue.max_payload_bytes,
+            guard: None,
         }
+    }
+
+    /// Runs `exec` programs under `guard`, which stops them if the worker is stopped or
+    /// killed (module `guard`).
+    pub fn with_exec_guard(mut self, guard: ExecGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Runs one attempt. The caller bounds it with the pool's timeout; dropping the future
@@ -94,7 +106,7 @@ impl Handler {
         let limit = self.max_result_bytes;
         let result = match &self.kind {
             Kind::Builtin(builtin) => run_builtin(*builtin, &work.data).await,
-            Kind::Exec(command) => run_exec(command, &input, limit).await?,
+            Kind::Exec(command) => run_exec(command, self.guard.as_ref(), &input, limit).await?,
             Kind::Http { url, client } => run_http(client, url, &input, limit).await?,
         };
         // The stored form is what must fit: text with control characters or invalid
@@ -243,6 +255,7 @@ impl Drop for GroupKiller {
 
 async fn run_exec(
     command: &[String],
+    guard: Option<&ExecGuard>,
     input: &HandlerInput<'_>,
     limit: usize,
 ) -> Result<serde_json::Value, HandlerError> {
@@ -251,8 +264,15 @@ async fn run_exec(
             "exec handler has an empty command".into(),
         ));
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut command = match guard {
+        Some(guard) => guard.command(program, args),
+        None => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(args);
+            command
+        }
+    };
+    let mut child = command
         .env("WORKPOOL_WORK_ID", input.work.id.as_str())
         .env("WORKPOOL_TASK", &input.work.task)
         .env("WORKPOOL_ATTEMPT", input.attempt.to_string())

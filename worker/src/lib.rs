@@ -2,6 +2,7 @@
 //! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
 
 pub mod cluster;
+pub mod guard;
 pub mod handlers;
 mod hold;
 pub mod metrics;
@@ -50,6 +51,22 @@ pub struct Args {
     /// only itself and pulls every partition.
     #[arg(long, env = "WORKPOOL_WORKERS_SERVICE")]
     pub workers_service: Option<String>,
+}
+
+/// The pool's handler; `exec` programs run under the guard when the worker binary is
+/// known (it always is, except in odd test setups).
+fn handler(spec: &workpool_core::PoolSpec) -> Handler {
+    let handler = Handler::new(spec);
+    match std::env::current_exe() {
+        Ok(program) => handler.with_exec_guard(guard::ExecGuard {
+            program,
+            fence: hold::fence(spec.worker.ack_wait),
+        }),
+        Err(err) => {
+            tracing::warn!(%err, "worker binary not found; exec handlers run unguarded");
+            handler
+        }
+    }
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -214,7 +231,7 @@ pub async fn run(
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
-            handler: Handler::new(&config.spec),
+            handler: handler(&config.spec),
             records: bound.records,
             config,
             client,

@@ -4,8 +4,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
+fn main() -> std::process::ExitCode {
+    // The same binary guards exec handlers; that mode needs no runtime.
+    if let Some(code) = workpool_worker::guard::run_if_asked() {
+        return code;
+    }
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve() -> std::process::ExitCode {
     workpool_core::telemetry::init_logging();
     let args = workpool_worker::Args::parse();
     match workpool_worker::run(args, workpool_core::telemetry::shutdown_signal()).await {
