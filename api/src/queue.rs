@@ -10,6 +10,7 @@ use futures::StreamExt;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
+use workpool_core::repair::{self, CreatePendingError};
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 
 use crate::error::ApiError;
@@ -103,7 +104,7 @@ impl Queue {
             created_at: now,
         };
         let record = message.pending_record();
-        match self.kv.create(id.as_str(), record.to_json().into()).await {
+        match self.create_pending(id, &record).await {
             Ok(revision) => {
                 if let Err(err) = self.publish(&message, revision).await {
                     // The message is certainly not queued: drop the record so a retry of
@@ -119,7 +120,7 @@ impl Queue {
                 }
                 Ok(Submitted::Accepted)
             }
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(CreatePendingError::AlreadyExists) => {
                 let Some((existing, revision)) = self.record(id).await? else {
                     // Expired between our create and read: a retry will create it.
                     return Err(ApiError::Unavailable("record changed concurrently".into()));
@@ -132,6 +133,17 @@ impl Queue {
             }
             Err(err) => Err(unavailable(err)),
         }
+    }
+
+    /// Creates the `pending` record, marked as the api's own until a worker writes it, so
+    /// the operator's sweep can repair it if the publish never lands
+    /// (`workpool_core::repair`).
+    async fn create_pending(
+        &self,
+        id: &WorkId,
+        record: &WorkRecord,
+    ) -> Result<u64, CreatePendingError> {
+        repair::create_pending(&self.js, &self.kv, &self.names, id, record).await
     }
 
     async fn publish(&self, message: &WorkMessage, record_revision: u64) -> Result<(), ApiError> {

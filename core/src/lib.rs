@@ -2,7 +2,8 @@
 //! messages, events), NATS names, and the JetStream objects a pool needs.
 //!
 //! Everything here is pure and unit-tested, except [`provision`], the one function that
-//! creates or updates a pool's NATS objects on a server.
+//! creates or updates a pool's NATS objects on a server, and [`repair`], which writes the
+//! api's `pending` records and repairs those whose work was never queued.
 
 pub mod cluster;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod message;
 pub mod names;
 pub mod provision;
 pub mod record;
+pub mod repair;
 pub mod spec;
 pub mod streams;
 pub mod telemetry;

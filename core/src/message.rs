@@ -14,6 +14,12 @@ pub const DEFAULT_TASK: &str = "default";
 /// compare-and-set needs no read.
 pub const RECORD_REVISION_HEADER: &str = "Workpool-Record-Revision";
 
+/// The header on the api's `pending` record in the results bucket (set to `1`). Workers
+/// overwrite the record without it, so a key whose latest message carries it still holds
+/// the api's untouched record, the one a crash between record and publish strands
+/// (`repair::sweep_stranded` looks for it). KV readers ignore the extra header.
+pub const PENDING_HEADER: &str = "Workpool-Pending";
+
 /// The body of `POST /api/v1/work`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::metrics::OperatorMetrics;
 use crate::queue::{self, NatsClients, QueueFigures};
 use crate::status::{self, condition};
+use crate::sweep::{self, SweepThrottle};
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "workpool-operator";
@@ -45,6 +46,8 @@ pub struct Context {
     pub nats: NatsClients,
     pub image: DefaultImage,
     failures: Mutex<HashMap<String, u32>>,
+    /// When each pool's stranded pending records were last swept.
+    pub sweeps: SweepThrottle,
 }
 
 impl Context {
@@ -61,6 +64,7 @@ impl Context {
             nats: NatsClients::default(),
             image,
             failures: Mutex::default(),
+            sweeps: SweepThrottle::new(sweep::SWEEP_EVERY),
         }
     }
 }
@@ -227,9 +231,11 @@ async fn reach_queue(
     if let Err(err) = queue::ensure(&js, names, spec).await {
         return failed(err);
     }
+    let figures = queue::figures(&js, names, spec).await;
+    sweep::sweep_if_due(ctx, pool, &js, names, spec).await;
     QueueOutcome {
         accepted: true,
-        figures: queue::figures(&js, names, spec).await,
+        figures,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod metrics;
 pub mod queue;
 pub mod status;
+pub mod sweep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
