@@ -1,4 +1,4 @@
-//! The cluster of one pool's workers (DESIGN section 7): who the members are, which
+//! The cluster of one pool's workers: who the members are, which
 //! keyed partitions each owns, and the messages peers exchange over NATS request/reply
 //! on `wp.<ns>.<pool>.peer.<pod>`.
 

@@ -1,4 +1,4 @@
-//! NATS names of one pool (DESIGN section 5). `namespace` and `pool` are DNS labels, which
+//! NATS names of one pool (docs/api.md lists them). `namespace` and `pool` are DNS labels, which
 //! are valid in stream, bucket and subject names alike.
 
 use crate::ids::WorkId;

@@ -1,4 +1,4 @@
-//! The workers as a cluster, on real pods (DESIGN section 7): membership from the worker
+//! The workers as a cluster, on real pods: membership from the worker
 //! Service's EndpointSlices, keyed partitions spread by rendezvous hashing, serial work
 //! per key across pods, partitions moving when a worker dies or the pool scales, the
 //! cluster view following membership, cancelling running work across pods, and work

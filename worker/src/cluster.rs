@@ -1,4 +1,4 @@
-//! The worker's part in the pool's cluster (DESIGN section 7): it counts the ready
+//! The worker's part in the pool's cluster: it counts the ready
 //! endpoints of the pool's headless worker Service as members, pulls the keyed partitions
 //! rendezvous hashing gives it, answers peers on `wp.<ns>.<pool>.peer.<pod>` (view,
 //! cancel, leaving), and on SIGTERM tells the others it is leaving so its partitions move

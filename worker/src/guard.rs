@@ -21,6 +21,9 @@ use nix::unistd::{Pid, getppid};
 /// The flag that makes the worker binary a guard.
 pub const FLAG: &str = "--exec-guard";
 
+/// The guard's exit code when the program cannot start (the shell's "not found").
+pub const CANNOT_START: u8 = 127;
+
 /// How often the guard looks at the worker and the program.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
@@ -84,7 +87,7 @@ fn guard(fence: Duration, worker: Pid, program: &str, args: &[String]) -> ExitCo
         Ok(child) => child,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "cannot start {program}: {err}");
-            return ExitCode::from(127);
+            return ExitCode::from(CANNOT_START);
         }
     };
     let mut stopped_since: Option<Instant> = None;

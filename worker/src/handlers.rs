@@ -326,6 +326,9 @@ async fn run_exec(
     killer.0 = None;
     if status.success() {
         Ok(output_value(&stdout))
+    } else if guard.is_some() && status.code() == Some(i32::from(crate::guard::CANNOT_START)) {
+        // The guard could not start the program: as permanent as a failed spawn here.
+        Err(HandlerError::Permanent(tail(&stderr)))
     } else {
         Err(HandlerError::Retryable(format!(
             "{program} exited with {status}: {}",
