@@ -365,11 +365,9 @@ proptest! {
     #![proptest_config(config())]
 
     /// The work a handler gets is the work the client sent, to the last bit of every
-    /// float. Fails today: serde_json parses some floats one ulp off (e.g.
-    /// -3.2816173337235715e+260 comes back as -3.281617333723572e+260) unless its
-    /// `float_roundtrip` feature is on.
+    /// float. Without serde_json's `float_roundtrip` feature (on in the workspace), some
+    /// floats came back one ulp off (-3.2816173337235715e+260 as -3.281617333723572e+260).
     #[test]
-    #[ignore = "needs serde_json's float_roundtrip feature in the workspace"]
     fn every_float_in_the_data_round_trips(data in json()) {
         let submission = WorkSubmission { data, task: None, key: None };
         let parsed: WorkSubmission =
