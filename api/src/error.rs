@@ -31,6 +31,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the queue is full; retry later")]
     QueueFull,
+    #[error("{limit} requests already wait for work in this api pod; retry later")]
+    TooManyWaiters { limit: usize },
     #[error("the queue is unavailable ({0}); retry later")]
     Unavailable(String),
 }
@@ -61,7 +63,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull | ApiError::TooManyWaiters { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
+            ApiError::TooManyWaiters { .. } => "too_many_waiters",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -89,7 +92,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
-        if matches!(self, ApiError::QueueFull | ApiError::Unavailable(_)) {
+        if matches!(
+            self,
+            ApiError::QueueFull | ApiError::TooManyWaiters { .. } | ApiError::Unavailable(_)
+        ) {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(RETRY_AFTER.as_secs()),

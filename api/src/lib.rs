@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod queue;
 pub mod routes;
+pub mod waiters;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ pub struct Args {
     /// The pool's api Service, whose ready endpoints are the api members.
     #[arg(long, env = "WORKPOOL_API_SERVICE")]
     pub api_service: Option<String>,
+    /// Most requests that may wait at once in this process (`?wait=` long-polls and
+    /// DELETEs of running work); past it they get `429 too_many_waiters`.
+    #[arg(long, env = "WORKPOOL_MAX_WAITERS", default_value_t = waiters::DEFAULT_MAX_WAITERS)]
+    pub max_waiters: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,7 @@ struct Inner {
     metrics: ApiMetrics,
     auth: Option<Auth>,
     members: cluster::Members,
+    max_waiters: usize,
 }
 
 impl AppState {
@@ -85,6 +91,7 @@ impl AppState {
         config: PoolConfig,
         auth: Option<Auth>,
         members: cluster::Members,
+        max_waiters: usize,
     ) -> Result<Self, prometheus::Error> {
         let metrics = ApiMetrics::new(&config.names.namespace, &config.names.pool)?;
         Ok(Self(Arc::new(Inner {
@@ -93,6 +100,7 @@ impl AppState {
             metrics,
             auth,
             members,
+            max_waiters,
         })))
     }
 
@@ -140,7 +148,14 @@ impl AppState {
         let config = &self.0.config;
         let mut delay = Duration::from_millis(100);
         loop {
-            match Queue::bind(client.clone(), config.names.clone(), &config.spec).await {
+            let bound = Queue::bind(
+                client.clone(),
+                config.names.clone(),
+                &config.spec,
+                self.0.max_waiters,
+            )
+            .await;
+            match bound {
                 Ok(queue) => {
                     let _ = self.0.queue.set(queue);
                     tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
@@ -222,7 +237,7 @@ pub async fn run(
         args.workers_service.as_deref(),
     )
     .await;
-    let state = AppState::new(config, auth, members)?;
+    let state = AppState::new(config, auth, members, args.max_waiters)?;
     let binder = state.clone();
     tokio::spawn(async move { binder.bind(client).await });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::DirectGetErrorKind};
 use async_nats::{Client, connection::State};
 use chrono::Utc;
-use futures::StreamExt;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
@@ -14,6 +13,7 @@ use workpool_core::repair::{self, CreatePendingError};
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 
 use crate::error::ApiError;
+use crate::waiters::Waiters;
 
 /// Handles on one pool's stream and bucket.
 #[derive(Debug, Clone)]
@@ -24,6 +24,7 @@ pub struct Queue {
     kv: kv::Store,
     stream: jetstream::stream::Stream,
     partitions: u32,
+    waiters: Waiters,
 }
 
 /// What a POST did.
@@ -47,14 +48,23 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 impl Queue {
-    /// Binds to the pool's bucket and stream; fails if they do not exist yet.
-    pub async fn bind(client: Client, names: PoolNames, spec: &PoolSpec) -> Result<Self, ApiError> {
+    /// Binds to the pool's bucket and stream; fails if they do not exist yet. At most
+    /// `max_waiters` requests wait for records at once.
+    pub async fn bind(
+        client: Client,
+        names: PoolNames,
+        spec: &PoolSpec,
+        max_waiters: usize,
+    ) -> Result<Self, ApiError> {
         let js = jetstream::new(client.clone());
         let kv = js
             .get_key_value(names.bucket())
             .await
             .map_err(unavailable)?;
         let stream = js.get_stream(names.stream()).await.map_err(unavailable)?;
+        let waiters = Waiters::start(&js, kv.clone(), &names.bucket(), max_waiters)
+            .await
+            .map_err(unavailable)?;
         Ok(Self {
             names,
             client,
@@ -62,6 +72,7 @@ impl Queue {
             kv,
             stream,
             partitions: spec.worker.partitions,
+            waiters,
         })
     }
 
@@ -193,38 +204,53 @@ impl Queue {
         }
     }
 
-    /// The record once it is terminal, or as it stands at the deadline.
+    /// The record once it is terminal, or as it stands at the deadline. Waits on the
+    /// process's one watch of the bucket, not a watch (a consumer) of its own.
     pub async fn wait_for_end(
         &self,
         id: &WorkId,
         wait: Duration,
     ) -> Result<Option<WorkRecord>, ApiError> {
-        let current = self.record(id).await?.map(|(record, _)| record);
-        match &current {
-            Some(record) if !record.status.is_terminal() => {}
-            _ => return Ok(current),
-        }
-        let mut watch = self
-            .kv
-            .watch_with_history(id.as_str())
-            .await
-            .map_err(unavailable)?;
-        let mut latest = current;
+        /// Bounds the read at the deadline, so an answer never waits long past it.
+        const DEADLINE_READ: Duration = Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(entry)) = tokio::time::timeout_at(deadline, watch.next()).await {
-            let entry = entry.map_err(unavailable)?;
-            if entry.operation != kv::Operation::Put {
-                return Ok(None);
-            }
-            if let Ok(record) = WorkRecord::from_json(&entry.value) {
-                let done = record.status.is_terminal();
-                latest = Some(record);
-                if done {
-                    break;
+        // Registered before the read, so a write between the two is still delivered.
+        let mut waiter = self
+            .waiters
+            .register(id)
+            .map_err(|full| ApiError::TooManyWaiters { limit: full.limit })?;
+        let Some((mut latest, mut revision)) = self.record(id).await? else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(seen) = waiter.latest()
+                && seen.revision > revision
+            {
+                match seen.record {
+                    Some(record) => (latest, revision) = (record, seen.revision),
+                    None => return Ok(None), // deleted or purged meanwhile
                 }
             }
+            if latest.status.is_terminal() {
+                return Ok(Some(latest));
+            }
+            tokio::select! {
+                () = waiter.changed() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
-        Ok(latest)
+        if waiter.covered() && self.is_connected() {
+            return Ok(Some(latest));
+        }
+        // The watch was down during the wait and may have missed writes: answer what the
+        // record says now, or 503, rather than wait on.
+        drop(waiter);
+        match tokio::time::timeout(DEADLINE_READ, self.record(id)).await {
+            Ok(read) => Ok(read?.map(|(record, _)| record)),
+            Err(_) => Err(ApiError::Unavailable(
+                "the results watch is down and the record could not be read in time".into(),
+            )),
+        }
     }
 
     /// Cancels work that has not finished. Queued work (or work between attempts, or

@@ -1,4 +1,4 @@
-//! The HTTP handlers of `/api/v1/work` (DESIGN section 4).
+//! The HTTP handlers of `/api/v1/work` and the health routes.
 
 use std::time::Duration;
 
@@ -115,7 +115,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 #[utoipa::path(
     post, path = "/api/v1/work", tag = "work",
     request_body(content = WorkSubmission, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Derive the id from this key instead of the content")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Derive the id from this key instead of the content (1-256 visible ASCII characters)", min_length = 1, max_length = 256)),
     responses(
         (status = 202, description = "Accepted and durably queued", body = SubmitAnswer,
          headers(("Location" = String, description = "Where to GET the work"))),
@@ -141,6 +141,14 @@ pub async fn submit(
         },
         _ => ApiError::bad_request("invalid_body", rejection.body_text()),
     })?;
+    // serde also reads a struct from a JSON array, by position (`[null]` would be work
+    // with data null), so anything but an object is refused before parsing.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "invalid work: the body must be a JSON object",
+        ));
+    }
     let work: WorkSubmission = serde_json::from_slice(&body)
         .map_err(|err| ApiError::bad_request("invalid_json", format!("invalid work: {err}")))?;
     work.validate()
@@ -184,12 +192,13 @@ pub async fn submit(
 /// Get the status (and result) of work.
 #[utoipa::path(
     get, path = "/api/v1/work/{id}", tag = "work",
-    params(("id" = String, Path, description = "The callback id"), WaitParams),
+    params(("id" = String, Path, description = "The callback id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$"), WaitParams),
     responses(
         (status = 200, description = "The work record", body = WorkView),
         (status = 400, description = "Malformed id or wait", body = ErrorBody),
         (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
         (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
+        (status = 429, description = "With `wait`: too many requests already wait in this api pod (see Retry-After)", body = ErrorBody),
         (status = 503, description = "NATS is unreachable", body = ErrorBody),
     )
 )]
@@ -235,13 +244,14 @@ pub async fn get(
 /// Cancel work that has not finished (queued or running).
 #[utoipa::path(
     delete, path = "/api/v1/work/{id}", tag = "work",
-    params(("id" = String, Path, description = "The callback id")),
+    params(("id" = String, Path, description = "The callback id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
     responses(
         (status = 200, description = "Cancelled: queued work is skipped by workers; running work is aborted by its worker", body = WorkView),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
         (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody),
+        (status = 429, description = "Running work: too many requests already wait in this api pod (see Retry-After)", body = ErrorBody),
         (status = 503, description = "NATS is unreachable", body = ErrorBody),
     )
 )]

@@ -42,6 +42,15 @@ pub enum ProvisionError {
         wanted: usize,
         pending: u64,
     },
+    #[error(
+        "queue.maxPayloadBytes {max_payload_bytes} plus the {envelope} byte envelope is {needed} bytes, over the NATS server's max_payload of {server_max_payload} bytes; raise the server's max_payload or lower maxPayloadBytes"
+    )]
+    PayloadOverServerLimit {
+        max_payload_bytes: usize,
+        envelope: usize,
+        needed: usize,
+        server_max_payload: usize,
+    },
     #[error("deleting {what} {name}: {message}")]
     Delete {
         what: &'static str,
@@ -70,7 +79,8 @@ impl ProvisionError {
                 )
             }
             ProvisionError::PartitionNotEmpty { .. }
-            | ProvisionError::PartitionCountChanged { .. } => true,
+            | ProvisionError::PartitionCountChanged { .. }
+            | ProvisionError::PayloadOverServerLimit { .. } => true,
             ProvisionError::ListConsumers { .. } | ProvisionError::Delete { .. } => false,
         }
     }
@@ -83,6 +93,7 @@ pub async fn provision(
     names: &PoolNames,
     spec: &PoolSpec,
 ) -> Result<(), ProvisionError> {
+    check_payload_fits(js, spec)?;
     for config in [
         streams::work_stream(names, spec),
         streams::dead_letter_stream(names, spec),
@@ -118,6 +129,26 @@ pub async fn provision(
             .map_err(|source| ProvisionError::Consumer { name, source })?;
     }
     remove_surplus_partitions(&stream, &wanted).await
+}
+
+/// Refuses a pool whose largest message the server would not accept: the stream would take
+/// it, but every publish of such work would fail.
+fn check_payload_fits(js: &jetstream::Context, spec: &PoolSpec) -> Result<(), ProvisionError> {
+    let server_max_payload = js.client().server_info().max_payload;
+    let needed = spec
+        .queue
+        .max_payload_bytes
+        .saturating_add(streams::ENVELOPE_BYTES);
+    // 0: the server did not say (no INFO yet); the publish errors would still tell.
+    if server_max_payload > 0 && needed > server_max_payload {
+        return Err(ProvisionError::PayloadOverServerLimit {
+            max_payload_bytes: spec.queue.max_payload_bytes,
+            envelope: streams::ENVELOPE_BYTES,
+            needed,
+            server_max_payload,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses another partition count while keyed work is queued: a key's partition is
