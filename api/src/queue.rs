@@ -116,29 +116,41 @@ impl Queue {
         };
         let record = message.pending_record();
         match self.create_pending(id, &record).await {
-            Ok(revision) => {
-                if let Err(err) = self.publish(&message, revision).await {
+            Ok(revision) => match self.publish(&message, revision).await {
+                Ok(Published { duplicate: false }) => Ok(Submitted::Accepted),
+                // A fresh record's generation cannot have been published before: the
+                // stream stored nothing, so this is never answered 202.
+                Ok(Published { duplicate: true }) => {
+                    self.drop_record(id, revision).await;
+                    Err(ApiError::Unavailable(
+                        "the queue refused the work as a duplicate; retry".into(),
+                    ))
+                }
+                Err(err) => {
                     // The message is certainly not queued: drop the record so a retry of
                     // the same POST starts afresh. (After a timeout the message may have
                     // landed; the record stays and a retry re-checks the stream.)
                     if matches!(err, ApiError::QueueFull | ApiError::PayloadTooLarge { .. }) {
-                        let _ = self
-                            .kv
-                            .delete_expect_revision(id.as_str(), Some(revision))
-                            .await;
+                        self.drop_record(id, revision).await;
                     }
-                    return Err(err);
+                    Err(err)
                 }
-                Ok(Submitted::Accepted)
-            }
+            },
             Err(CreatePendingError::AlreadyExists) => {
                 let Some((existing, revision)) = self.record(id).await? else {
                     // Expired between our create and read: a retry will create it.
                     return Err(ApiError::Unavailable("record changed concurrently".into()));
                 };
                 if existing.status == WorkStatus::Pending && !self.is_queued(&message).await? {
-                    // The first POST recorded `pending` but its publish never landed.
-                    self.publish(&message, revision).await?;
+                    // The first POST recorded `pending` but its publish never landed: send
+                    // the work as that POST would have, so the message and the record
+                    // describe the same submission.
+                    let first = WorkMessage {
+                        accepted_by: existing.accepted_by.clone(),
+                        created_at: existing.created_at,
+                        ..message
+                    };
+                    self.publish(&first, revision).await?;
                 }
                 Ok(Submitted::Existing(existing))
             }
@@ -157,26 +169,48 @@ impl Queue {
         repair::create_pending(&self.js, &self.kv, &self.names, id, record).await
     }
 
-    async fn publish(&self, message: &WorkMessage, record_revision: u64) -> Result<(), ApiError> {
+    async fn publish(
+        &self,
+        message: &WorkMessage,
+        record_revision: u64,
+    ) -> Result<Published, ApiError> {
         let subject = self.subject(&message.id, &message.task, message.key.as_deref());
+        // The id names the record's generation, not only the content: once a record has
+        // expired, the same content is a new submission and must not be deduplicated
+        // against the old message (docs/reliability.md).
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.to_json().into())
-            .message_id(message.id.as_str())
+            .message_id(message_id(&message.id, record_revision).as_str())
             .header(RECORD_REVISION_HEADER, record_revision.to_string().as_str());
         let ack = self
             .js
             .send_publish(subject, publish)
             .await
-            .map_err(unavailable)?;
-        match ack.await {
-            Ok(_) => Ok(()),
-            Err(err) => Err(match err.kind() {
-                PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge {
-                    limit: self.client.server_info().max_payload,
-                },
-                PublishErrorKind::Other if is_stream_full(&err) => ApiError::QueueFull,
-                _ => unavailable(err),
-            }),
+            .map_err(|err| self.publish_error(err))?;
+        let ack = ack.await.map_err(|err| self.publish_error(err))?;
+        Ok(Published {
+            duplicate: ack.duplicate,
+        })
+    }
+
+    fn publish_error(&self, err: jetstream::context::PublishError) -> ApiError {
+        match err.kind() {
+            // async-nats refuses a message over the server's max_payload before sending.
+            PublishErrorKind::MaxPayloadExceeded => ApiError::PayloadTooLarge {
+                limit: self.client.server_info().max_payload,
+            },
+            PublishErrorKind::Other if is_stream_full(&err) => ApiError::QueueFull,
+            _ => unavailable(err),
+        }
+    }
+
+    async fn drop_record(&self, id: &WorkId, revision: u64) {
+        if let Err(err) = self
+            .kv
+            .delete_expect_revision(id.as_str(), Some(revision))
+            .await
+        {
+            tracing::warn!(%id, %err, "could not drop the record of work that was not queued");
         }
     }
 
@@ -253,48 +287,39 @@ impl Queue {
         }
     }
 
-    /// Cancels work that has not finished. Queued work (or work between attempts, or
-    /// whose worker is gone) is marked `cancelled` and workers skip it when it comes up.
-    /// Running work: the worker that holds it is asked, by pod name over NATS, to abort
-    /// the handler; it records `cancelled` and terminates the message. The flag says
-    /// whether a worker did it (and counted it).
-    pub async fn cancel(&self, id: &WorkId) -> Result<(WorkRecord, bool), ApiError> {
+    /// Cancels work that has not finished.
+    /// - Queued work (or work between attempts, or whose attempt's lease has run out) is
+    ///   marked `cancelled` and its message removed from the stream, so the cancel holds
+    ///   however long the work waited, even after the record expires.
+    /// - Running work: the worker that holds it is asked, by pod name over NATS, to abort
+    ///   the handler; it records `cancelled` and terminates the message. When that worker
+    ///   does not answer, the record asks instead (`cancel_requested`): the attempt's
+    ///   heartbeat sees it and stops, or, if the attempt is gone, the next delivery
+    ///   records `cancelled`. Never `cancelled` while a handler may still run.
+    pub async fn cancel(&self, id: &WorkId) -> Result<Cancel, ApiError> {
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut record, revision)) = self.record(id).await? else {
                 return Err(ApiError::NotFound(id.to_string()));
             };
-            match (&record.status, &record.worker) {
-                (WorkStatus::Pending, _) => {}
-                (WorkStatus::Working, Some(worker)) => {
-                    if self.ask_to_cancel(worker, id).await? {
-                        return match self.wait_for_end(id, CANCEL_WAIT).await? {
-                            Some(record) if record.status == WorkStatus::Cancelled => {
-                                Ok((record, true))
-                            }
-                            // It finished in the same instant; its outcome stands.
-                            Some(record) if record.status.is_terminal() => {
-                                Err(ApiError::Conflict {
-                                    code: "finished",
-                                    message: format!(
-                                        "the work is already {}",
-                                        record.status.as_str()
-                                    ),
-                                })
-                            }
-                            _ => Err(ApiError::Unavailable(
-                                "the worker is cancelling the work; GET it in a moment".into(),
-                            )),
-                        };
-                    }
-                    // Not running there now (between attempts, or the worker is gone):
-                    // the record decides, so the next delivery is skipped.
+            if record.status == WorkStatus::Cancelled {
+                // Again (a retry after a 503): make sure the message is gone.
+                self.remove_message(id, &record).await?;
+                return Ok(Cancel::Already(record));
+            }
+            if record.status.is_terminal() {
+                return Err(finished(record.status));
+            }
+            if record.is_held(Utc::now()) {
+                if let Some(worker) = record.worker.as_deref()
+                    && self.ask_to_cancel(worker, id).await?
+                {
+                    return self.cancelled_by_worker(id).await;
                 }
-                (WorkStatus::Working, None) => {}
-                (status, _) => {
-                    return Err(ApiError::Conflict {
-                        code: "finished",
-                        message: format!("the work is already {}", status.as_str()),
-                    });
+                // Not confirmed by the holder: ask through the record.
+                record.cancel_requested = true;
+                match self.update(id, &record, revision).await? {
+                    Some(_) => return Ok(Cancel::Requested(record)),
+                    None => continue,
                 }
             }
             record
@@ -303,24 +328,85 @@ impl Queue {
                     code: "finished",
                     message: err.to_string(),
                 })?;
-            match self
-                .kv
-                .update(id.as_str(), record.to_json().into(), revision)
-                .await
-            {
-                Ok(_) => return Ok((record, false)),
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(err) => return Err(unavailable(err)),
+            if self.update(id, &record, revision).await?.is_none() {
+                continue;
             }
+            self.remove_message(id, &record).await?;
+            return Ok(Cancel::Done {
+                record,
+                by_worker: false,
+            });
         }
         Err(ApiError::Unavailable(
             "the record kept changing; retry".into(),
         ))
     }
 
-    /// Asks `worker` to abort the running attempt of `id`: true if it was running there.
-    /// A worker that does not answer (gone, or NATS has no responder) counts as not
-    /// running it.
+    /// After the holder confirmed it is aborting the work: its `cancelled` record.
+    async fn cancelled_by_worker(&self, id: &WorkId) -> Result<Cancel, ApiError> {
+        match self.wait_for_end(id, CANCEL_WAIT).await? {
+            Some(record) if record.status == WorkStatus::Cancelled => Ok(Cancel::Done {
+                record,
+                by_worker: true,
+            }),
+            // It finished in the same instant; its outcome stands.
+            Some(record) if record.status.is_terminal() => Err(finished(record.status)),
+            _ => Err(ApiError::Unavailable(
+                "the worker is cancelling the work; GET it in a moment".into(),
+            )),
+        }
+    }
+
+    /// Compare-and-set of a record: `None` when another writer got there first.
+    async fn update(
+        &self,
+        id: &WorkId,
+        record: &WorkRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, ApiError> {
+        match self
+            .kv
+            .update(id.as_str(), record.to_json().into(), revision)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// Removes cancelled work's message from the stream, so it is never delivered: the
+    /// `cancelled` record alone would be forgotten once it expires, and the work would
+    /// then run. Only this record's generation is removed (a later resubmission of the
+    /// same content is not). Failing that, the DELETE is answered 503 and its retry
+    /// tries again.
+    async fn remove_message(&self, id: &WorkId, record: &WorkRecord) -> Result<(), ApiError> {
+        let subject = self.subject(id, &record.task, record.key.as_deref());
+        let message = match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(not_removed(err)),
+        };
+        let same_generation = serde_json::from_slice::<WorkMessage>(&message.payload)
+            .is_ok_and(|work| work.created_at == record.created_at);
+        if !same_generation {
+            return Ok(());
+        }
+        match self.stream.delete_message(message.sequence).await {
+            Ok(_) => Ok(()),
+            // Acknowledged (and so removed) meanwhile by a worker that skipped it.
+            Err(_) if !self.is_in_stream(message.sequence).await => Ok(()),
+            Err(err) => Err(not_removed(err)),
+        }
+    }
+
+    async fn is_in_stream(&self, sequence: u64) -> bool {
+        self.stream.direct_get(sequence).await.is_ok()
+    }
+
+    /// Asks `worker` to abort the running attempt of `id`: true if it confirmed that it
+    /// runs the work and is stopping it. Any other answer, or none, is not a
+    /// confirmation.
     async fn ask_to_cancel(&self, worker: &str, id: &WorkId) -> Result<bool, ApiError> {
         let request = serde_json::to_vec(&PeerRequest::Cancel { id: id.to_string() })
             .map_err(|err| ApiError::Unavailable(err.to_string()))?;
@@ -339,6 +425,41 @@ impl Queue {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// What a DELETE did.
+#[derive(Debug)]
+pub enum Cancel {
+    /// The work is `cancelled`; `by_worker` when its worker aborted it (and counted it).
+    Done { record: WorkRecord, by_worker: bool },
+    /// A running attempt was asked to stop through its record; it is still `working`.
+    Requested(WorkRecord),
+    /// It was cancelled before (this DELETE is a retry); nothing new happened.
+    Already(WorkRecord),
+}
+
+fn not_removed(err: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!(
+        "the work is cancelled but its message is not removed yet ({err}); DELETE again"
+    ))
+}
+
+fn finished(status: WorkStatus) -> ApiError {
+    ApiError::Conflict {
+        code: "finished",
+        message: format!("the work is already {}", status.as_str()),
+    }
+}
+
+/// What the stream said of a publish.
+struct Published {
+    /// The stream already held a message of this id (and record generation).
+    duplicate: bool,
+}
+
+/// The `Nats-Msg-Id` of work: its id and the revision of the record it was accepted under.
+pub fn message_id(id: &WorkId, record_revision: u64) -> String {
+    format!("{id}.{record_revision}")
 }
 
 /// A publish refused because the stream hit `max_messages` (or its byte limit).

@@ -16,7 +16,7 @@ use workpool_core::{WorkId, WorkRecord};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::queue::Submitted;
+use crate::queue::{Cancel, Submitted};
 
 /// The longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -246,11 +246,12 @@ pub async fn get(
     delete, path = "/api/v1/work/{id}", tag = "work",
     params(("id" = String, Path, description = "The callback id: 32 lowercase hex characters", pattern = "^[0-9a-f]{32}$")),
     responses(
-        (status = 200, description = "Cancelled: queued work is skipped by workers; running work is aborted by its worker", body = WorkView),
+        (status = 200, description = "Cancelled: queued work is removed from the queue; running work was aborted by its worker", body = WorkView),
+        (status = 202, description = "Cancel requested: the running attempt's worker did not confirm; the record asks it to stop (`cancel_requested`), and the work ends `cancelled` once no handler runs it", body = WorkView),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or invalid token (when auth is on)", body = ErrorBody),
         (status = 404, description = "Unknown id, or the record expired", body = ErrorBody),
-        (status = 409, description = "Already finished", body = ErrorBody),
+        (status = 409, description = "Already finished (worked or failed); a DELETE of cancelled work answers 200 again", body = ErrorBody),
         (status = 429, description = "Running work: too many requests already wait in this api pod (see Retry-After)", body = ErrorBody),
         (status = 503, description = "NATS is unreachable", body = ErrorBody),
     )
@@ -259,11 +260,18 @@ pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<WorkView>, ApiError> {
+) -> Result<Response, ApiError> {
     state.check_auth(&headers)?;
     let id = parse_id(&id)?;
     let queue = state.queue()?;
-    let (record, by_worker) = queue.cancel(&id).await?;
+    let (record, by_worker) = match queue.cancel(&id).await? {
+        Cancel::Done { record, by_worker } => (record, by_worker),
+        Cancel::Requested(record) => {
+            let view = Json(WorkView { id, record });
+            return Ok((StatusCode::ACCEPTED, view).into_response());
+        }
+        Cancel::Already(record) => return Ok(Json(WorkView { id, record }).into_response()),
+    };
     if !by_worker {
         state.metrics().cancelled(&record.task);
     }
@@ -276,7 +284,7 @@ pub async fn cancel(
         record.attempts,
     )
     .await;
-    Ok(Json(WorkView { id, record }))
+    Ok(Json(WorkView { id, record }).into_response())
 }
 
 /// Liveness: the process serves HTTP.

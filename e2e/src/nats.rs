@@ -44,9 +44,16 @@ impl NatsServer {
         let [port, monitor_port] = crate::free_ports::<2>()?;
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
+        // Flushed before each ack: without it, a SIGKILL of the server loses acknowledged
+        // writes (measured by the chaos checker; docs/reliability.md). The checker can
+        // run without it to show that: WORKPOOL_NATS_SYNC=default.
+        let sync = match std::env::var("WORKPOOL_NATS_SYNC").as_deref() {
+            Ok("default") => "",
+            _ => ", sync_interval: always",
+        };
         let text = format!(
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
-             jetstream {{ store_dir: {store:?} }}\n"
+             jetstream {{ store_dir: {store:?}{sync} }}\n"
         );
         std::fs::write(&config, text).map_err(HarnessError::io("writing nats.conf"))?;
         let mut server = Self {

@@ -1,0 +1,252 @@
+//! Holes in "nothing accepted is lost", each pinned by the test that found it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::Duration;
+
+use serde_json::json;
+use workpool_core::PoolSpec;
+use workpool_e2e::chaos::ledger::{Execution, executions};
+use workpool_e2e::paths;
+use workpool_e2e::pool::TestPool;
+
+/// A pool whose handler is the ledger program, writing to a file in `dir`.
+fn ledger_spec(
+    dir: &tempfile::TempDir,
+    worker: serde_json::Value,
+) -> (PoolSpec, std::path::PathBuf) {
+    let ledger = dir.path().join("ledger");
+    let program = paths::workspace_binary("workpool-ledger").expect("ledger program built");
+    let mut worker = worker;
+    worker["handler"] = json!({"exec": {"command": [program, ledger]}});
+    let spec = PoolSpec::from_json(&json!({"worker": worker}).to_string()).expect("spec");
+    (spec, ledger)
+}
+
+fn ledger_runs(ledger: &std::path::Path, id: &str) -> Vec<Execution> {
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    executions(&text)
+        .into_iter()
+        .filter(|run| run.id == id)
+        .collect()
+}
+
+fn overlapping(runs: &[Execution]) -> bool {
+    runs.windows(2)
+        .any(|pair| pair[0].ended_by() > pair[1].start_ns)
+}
+
+/// The README's demo: the same content POSTed again after its record expired runs again,
+/// although the stream's dedupe window still remembers the first message.
+#[tokio::test]
+async fn the_same_content_after_its_record_expired_runs_again() {
+    let spec = PoolSpec::from_json(r#"{"resultTTL": "2s"}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool starts");
+    for idempotency_key in [None, Some("order-7")] {
+        let post = || {
+            let mut request = pool
+                .http
+                .post(format!("{}/api/v1/work", pool.api_url(0)))
+                .json(&json!({"data": "foo"}));
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            pool.send(request)
+        };
+        let first = post().await.expect("post");
+        assert_eq!(first.status, 202, "{first:?}");
+        let id = first.str("callback").to_owned();
+        pool.wait_status(&id, "worked", Duration::from_secs(10))
+            .await
+            .expect("first run worked");
+        pool.wait_for(&id, Duration::from_secs(10), |answer| answer.status == 404)
+            .await
+            .expect("record expired");
+
+        let again = post().await.expect("post again");
+        assert_eq!(again.status, 202, "{again:?}");
+        assert_eq!(again.str("callback"), id);
+        pool.wait_status(&id, "worked", Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|err| panic!("the resubmission never ran: {err}\n{}", pool.logs()));
+    }
+}
+
+/// NATS frozen for longer than `ackWait`: the worker cannot prove its hold, so it stops
+/// the attempt before the server can hand the message to anyone else, and the work runs
+/// once at a time (before the fence, the first attempt ran on beside the redelivery).
+#[tokio::test]
+async fn an_attempt_that_cannot_prove_its_hold_stops_before_redelivery() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "2s", "timeout": "30s"}));
+    let pool = TestPool::start(spec, 1, 2).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 6000}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&id, "working", Duration::from_secs(10))
+        .await
+        .expect("working");
+    pool.nats.pause();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pool.nats.resume();
+    let done = pool
+        .wait_status(&id, "worked", Duration::from_secs(40))
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", pool.logs()));
+    let runs = ledger_runs(&ledger, &id);
+    assert!(
+        !overlapping(&runs),
+        "attempts overlapped: {runs:?}\n{}",
+        pool.logs()
+    );
+    assert!(done.body["attempts"].as_u64() >= Some(2), "{done:?}");
+}
+
+/// A DELETE of running work whose worker does not answer is a request, never a
+/// `cancelled` while the handler may still run; the worker honours it once it can.
+#[tokio::test]
+async fn cancel_of_running_work_whose_worker_is_silent_is_only_requested() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "10s"}));
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 8000}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&id, "working", Duration::from_secs(10))
+        .await
+        .expect("working");
+    pool.workers[0].process.pause();
+    let answer = pool
+        .send(
+            pool.http
+                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
+        )
+        .await
+        .expect("delete");
+    pool.workers[0].process.resume();
+    assert_eq!(answer.status, 202, "{answer:?}");
+    assert_eq!(answer.str("status"), "working");
+    assert_eq!(answer.body["cancel_requested"], json!(true), "{answer:?}");
+    let cancelled = pool
+        .wait_status(&id, "cancelled", Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", pool.logs()));
+    assert!(cancelled.body["result"].is_null());
+    let runs = ledger_runs(&ledger, &id);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        runs[0].end_ns.is_none(),
+        "the handler was stopped: {runs:?}"
+    );
+}
+
+/// Cancelled queued work stays cancelled however long it waited: its message is removed,
+/// so it does not run once the `cancelled` record has expired.
+#[tokio::test]
+async fn cancelled_queued_work_never_runs_even_after_its_record_expired() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut spec, ledger) = ledger_spec(&dir, json!({}));
+    spec.result_ttl = Duration::from_secs(2);
+    let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 10}}))
+        .await
+        .expect("submit");
+    let answer = pool
+        .send(
+            pool.http
+                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(
+        (answer.status, answer.str("status")),
+        (200, "cancelled"),
+        "{answer:?}"
+    );
+    pool.wait_for(&id, Duration::from_secs(10), |answer| answer.status == 404)
+        .await
+        .expect("cancelled record expired");
+    pool.add_worker().await.expect("worker");
+    let probe = pool
+        .submit(&json!({"data": {"ms": 10, "probe": true}}))
+        .await
+        .expect("probe");
+    pool.wait_status(&probe, "worked", Duration::from_secs(10))
+        .await
+        .expect("the worker runs work");
+    assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+    assert!(ledger_runs(&ledger, &id).is_empty(), "cancelled work ran");
+}
+
+/// The worker running a job is frozen (SIGSTOP) or killed (SIGKILL) past `ackWait`: its
+/// exec program must stop before the server hands the work to another worker (before the
+/// exec guard, the program ran on beside the redelivered attempt).
+#[tokio::test]
+async fn a_frozen_or_killed_worker_s_program_stops_before_redelivery() {
+    for kill in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "2s", "timeout": "30s"}));
+        let mut pool = TestPool::start(spec, 1, 2).await.expect("pool");
+        let id = pool
+            .submit(&json!({"data": {"ms": 6000, "kill": kill}}))
+            .await
+            .expect("submit");
+        let working = pool
+            .wait_status(&id, "working", Duration::from_secs(10))
+            .await
+            .expect("working");
+        let holder = pool
+            .workers
+            .iter()
+            .position(|w| w.pod == working.str("worker"))
+            .expect("a worker of ours");
+        // Only once its program runs: the fault must hit a running handler.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ledger_runs(&ledger, &id).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if kill {
+            pool.workers[holder].process.kill();
+        } else {
+            pool.workers[holder].process.pause();
+        }
+        let done = pool
+            .wait_status(&id, "worked", Duration::from_secs(40))
+            .await
+            .unwrap_or_else(|err| panic!("{err}\n{}", pool.logs()));
+        pool.workers[holder].process.resume();
+        let runs = ledger_runs(&ledger, &id);
+        assert!(
+            runs.len() >= 2 && !overlapping(&runs),
+            "kill={kill}: attempts overlapped: {runs:?}\n{}",
+            pool.logs()
+        );
+        assert_ne!(done.str("worker"), working.str("worker"));
+    }
+}
+
+/// An exec program that cannot start fails for good at once, also under the exec guard
+/// (which starts it): retrying cannot help (the guard's first version made it retryable).
+#[tokio::test]
+async fn an_exec_program_that_cannot_start_fails_for_good_at_once() {
+    let spec = PoolSpec::from_json(
+        r#"{"worker": {"maxAttempts": 5, "handler": {"exec": {"command": ["/nonexistent/program"]}}}}"#,
+    )
+    .expect("spec");
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let id = pool.submit(&json!({"data": 1})).await.expect("submit");
+    let failed = pool
+        .wait_status(&id, "failed", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", pool.logs()));
+    assert_eq!(failed.body["attempts"], json!(1), "{failed:?}");
+    assert!(
+        failed
+            .str("error")
+            .contains("cannot start /nonexistent/program"),
+        "{failed:?}"
+    );
+}
