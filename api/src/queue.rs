@@ -24,6 +24,8 @@ pub struct Queue {
     kv: kv::Store,
     stream: jetstream::stream::Stream,
     partitions: u32,
+    /// `queue.maxPayloadBytes`, the limit a 413 names.
+    max_message_bytes: usize,
     waiters: Waiters,
 }
 
@@ -72,6 +74,7 @@ impl Queue {
             kv,
             stream,
             partitions: spec.worker.partitions,
+            max_message_bytes: spec.queue.max_payload_bytes,
             waiters,
         })
     }
@@ -200,6 +203,15 @@ impl Queue {
                 limit: self.client.server_info().max_payload,
             },
             PublishErrorKind::Other if is_stream_full(&err) => ApiError::QueueFull,
+            // Under the body limit, yet the message grew past the stream's per-message
+            // limit on the way (JSON numbers such as `1E2` become `100.0`).
+            PublishErrorKind::Other
+                if has_code(&err, jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) =>
+            {
+                ApiError::PayloadTooLarge {
+                    limit: self.max_message_bytes,
+                }
+            }
             _ => unavailable(err),
         }
     }
@@ -460,6 +472,13 @@ struct Published {
 /// The `Nats-Msg-Id` of work: its id and the revision of the record it was accepted under.
 pub fn message_id(id: &WorkId, record_revision: u64) -> String {
     format!("{id}.{record_revision}")
+}
+
+/// Whether JetStream itself answered the publish with `code`.
+fn has_code(err: &jetstream::context::PublishError, code: jetstream::ErrorCode) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js_err| js_err.error_code() == code)
 }
 
 /// A publish refused because the stream hit `max_messages` (or its byte limit).

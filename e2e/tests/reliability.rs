@@ -250,3 +250,30 @@ async fn an_exec_program_that_cannot_start_fails_for_good_at_once() {
         "{failed:?}"
     );
 }
+
+/// A body under the api's limit whose message the stream cannot carry (numbers like
+/// `1E2` grow into `100.0` on the way) is a 413 with no record left behind, not a 503
+/// that every retry repeats.
+#[tokio::test]
+async fn work_the_stream_cannot_carry_is_413_and_leaves_no_record() {
+    let spec = PoolSpec::from_json(r#"{"queue": {"maxPayloadBytes": 65536}}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let numbers = vec!["1E2"; 15_000].join(",");
+    let body = format!(r#"{{"data": [{numbers}]}}"#);
+    assert!(body.len() < 65_536);
+    let answer = pool
+        .send(
+            pool.http
+                .post(format!("{}/api/v1/work", pool.api_url(0)))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+        .expect("post");
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert_eq!(answer.str("code"), "payload_too_large", "{answer:?}");
+    let data: serde_json::Value = serde_json::from_str(&format!("[{numbers}]")).expect("numbers");
+    let id = workpool_core::WorkId::from_content("default", None, &data);
+    assert_eq!(pool.get(id.as_str()).await.expect("get").status, 404);
+    assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+}
