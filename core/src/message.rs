@@ -29,9 +29,11 @@ pub struct WorkSubmission {
     /// A name for the kind of work (letters, digits, '-' and '_', at most 64); it labels
     /// metrics and is passed to the handler. Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub task: Option<String>,
-    /// Work with the same key runs one at a time, in order.
+    /// Work with the same key runs one at a time, in order (1-256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
     pub key: Option<String>,
 }
 
@@ -39,7 +41,7 @@ pub struct WorkSubmission {
 pub enum SubmissionError {
     #[error("task must be 1-64 characters of letters, digits, '-' and '_'")]
     BadTask,
-    #[error("key must be 1-256 characters")]
+    #[error("key must be 1-256 bytes")]
     BadKey,
 }
 
