@@ -90,6 +90,14 @@ fn generations(history: &History, runs: &[Execution]) -> HashMap<String, Vec<(u1
             .or_default()
             .insert(terminal.created_at.clone());
     }
+    for cancel in &history.cancels {
+        if let Some(created) = &cancel.created_at {
+            by_id
+                .entry(cancel.id.clone())
+                .or_default()
+                .insert(created.clone());
+        }
+    }
     for last in &history.finals {
         if let Some(created) = &last.created_at {
             by_id
@@ -194,13 +202,18 @@ pub fn check(history: &History, runs: &[Execution]) -> Report {
             .is_some_and(|g| terminals_of.contains_key(g))
             || generation.as_ref().is_some_and(|g| cancelled.contains(g));
         if !ended {
-            let still_open = generation.as_ref().is_some_and(|(id, created)| {
-                history.finals.iter().any(|f| {
-                    &f.id == id
-                        && f.created_at.as_ref() == Some(created)
-                        && matches!(f.status.as_deref(), Some("pending" | "working"))
-                })
-            });
+            let queued = history
+                .finals
+                .iter()
+                .any(|f| f.id == submission.id && f.queued);
+            let still_open = queued
+                || generation.as_ref().is_some_and(|(id, created)| {
+                    history.finals.iter().any(|f| {
+                        &f.id == id
+                            && f.created_at.as_ref() == Some(created)
+                            && matches!(f.status.as_deref(), Some("pending" | "working"))
+                    })
+                });
             if still_open {
                 report.stuck += 1;
                 report.note(|| format!("stuck: {submission:?} ({generation:?})"));

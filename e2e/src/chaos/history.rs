@@ -57,6 +57,8 @@ pub struct Final {
     /// `None`: 404 (expired or never existed).
     pub status: Option<String>,
     pub created_at: Option<String>,
+    /// Its message was still in the work stream at the end: queued, not lost.
+    pub queued: bool,
 }
 
 /// A terminal record seen by the watchers during the run.
@@ -77,4 +79,6 @@ pub struct History {
     pub finals: Vec<Final>,
     /// Faults injected, in order, as text (for the report and replay).
     pub faults: Vec<String>,
+    /// The stream and keyed consumers at the end, when work was left open.
+    pub queue_at_end: Vec<String>,
 }

@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(Line::parse(&start.to_text()), Some(start.clone()));
         let text = "start a t1 - 10 7\nstart b t2 k 11 8\ntick b t2 k 15 8\nend a t1 - 20 7\n\
              gone a t1 - 21 7\nstart c t3 - 30 7\nstart d t4 - 40 9\ngone d t4 - 42 9\n";
-        let runs = executions(&text);
+        let runs = executions(text);
         assert_eq!(runs.len(), 4);
         assert_eq!((runs[0].id.as_str(), runs[0].end_ns), ("a", Some(20)));
         assert_eq!((runs[1].key.as_deref(), runs[1].end_ns), (Some("k"), None));

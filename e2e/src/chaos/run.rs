@@ -53,6 +53,9 @@ impl Config {
 
 type Shared<T> = Arc<Mutex<Vec<T>>>;
 
+/// Keyed partitions of the checker's pool.
+const PARTITIONS: u32 = 8;
+
 fn push<T>(list: &Shared<T>, item: T) {
     list.lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -65,7 +68,7 @@ fn spec(config: &Config, ledger: &std::path::Path) -> Result<PoolSpec> {
         "resultTTL": format!("{}ms", config.result_ttl.as_millis()),
         "worker": {
             "concurrency": 4,
-            "partitions": 8,
+            "partitions": PARTITIONS,
             "ackWait": format!("{}ms", config.ack_wait.as_millis()),
             "timeout": "10s",
             "maxAttempts": 20,
@@ -108,7 +111,8 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
             rng.shuffle(&mut round);
         }
         let fault = round.pop().unwrap_or(ALL[0]);
-        let done = injector.apply(&mut pool, fault, &mut rng).await?;
+        let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+        let done = format!("{at} {}", injector.apply(&mut pool, fault, &mut rng).await?);
         tracing::info!(%done, "fault");
         faults.push(done);
         *apis.write().unwrap_or_else(PoisonError::into_inner) = api_urls(&pool);
@@ -122,6 +126,14 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .unwrap_or_else(PoisonError::into_inner);
     drain(&history, &terminals, config.result_ttl).await;
     history.finals = finals(&client, &history).await;
+    let open = open_ids(&history, &terminals);
+    if !open.is_empty() {
+        let (queued, state) = still_queued(&pool, &open, PARTITIONS).await;
+        for last in &mut history.finals {
+            last.queued = queued.contains(&last.id);
+        }
+        history.queue_at_end = state;
+    }
     watcher.abort();
     history.terminals = terminals
         .lock()
@@ -193,11 +205,19 @@ async fn workload(config: Config, client: Client, history: Arc<Mutex<History>>) 
         let roll = rng.u32(..100);
         let (client, history) = (client.clone(), history.clone());
         let key = (roll < 60).then(|| format!("k{}", rng.usize(..config.keys.max(1))));
-        let ms = if roll % 17 == 0 { 1500 } else { rng.u64(5..60) };
+        let ms = if roll.is_multiple_of(17) {
+            1500
+        } else {
+            rng.u64(5..60)
+        };
         let body = json!({"data": {"n": n, "seed": config.seed, "ms": ms}, "key": key});
-        let idempotency = (roll % 13 == 0).then(|| format!("idem-{}-{n}", config.seed));
-        let cancel_after = (roll % 23 == 0).then(|| Duration::from_millis(rng.u64(0..800)));
-        let resubmit = roll % 11 == 0;
+        let idempotency = roll
+            .is_multiple_of(13)
+            .then(|| format!("idem-{}-{n}", config.seed));
+        let cancel_after = roll
+            .is_multiple_of(23)
+            .then(|| Duration::from_millis(rng.u64(0..800)));
+        let resubmit = roll.is_multiple_of(11);
         tasks.spawn(async move {
             let first = client
                 .submit(&body, idempotency.as_deref(), Intent::Fresh)
@@ -265,28 +285,95 @@ async fn after_expiry_probe(
     }
 }
 
-/// Waits until every accepted id has a terminal record (or a while has passed).
+/// Waits until every accepted id has a terminal record. A slow machine drains slowly,
+/// so the wait lasts as long as work keeps finishing: it ends once nothing has finished
+/// for a minute (or after a quarter of an hour).
 async fn drain(history: &History, terminals: &Shared<Terminal>, ttl: Duration) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(900);
+    let mut last_progress = tokio::time::Instant::now();
+    let mut last_open = usize::MAX;
     loop {
-        let ended: std::collections::HashSet<String> = terminals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|t| t.id.clone())
-            .collect();
-        let open = history
-            .submissions
-            .iter()
-            .filter(|s| s.accepted() && !ended.contains(&s.id))
-            .count();
-        if open == 0 || tokio::time::Instant::now() > deadline {
+        let open = open_ids(history, terminals).len();
+        if open < last_open {
+            last_open = open;
+            last_progress = tokio::time::Instant::now();
+        }
+        let now = tokio::time::Instant::now();
+        if open == 0 || now > give_up || now - last_progress > Duration::from_secs(60) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Let the last writes reach the watcher, but read the finals before they expire.
     tokio::time::sleep(ttl.min(Duration::from_secs(1))).await;
+}
+
+/// Accepted submissions with no terminal record seen yet.
+fn open_ids(history: &History, terminals: &Shared<Terminal>) -> Vec<(String, Option<String>)> {
+    let ended: std::collections::HashSet<String> = terminals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    history
+        .submissions
+        .iter()
+        .filter(|s| s.accepted() && !ended.contains(&s.id))
+        .map(|s| (s.id.clone(), s.key.clone()))
+        .collect()
+}
+
+/// Of the open ids, those whose message is still in the work stream (queued, not lost),
+/// and how each keyed consumer stands: evidence for a run that did not drain.
+async fn still_queued(
+    pool: &TestPool,
+    open: &[(String, Option<String>)],
+    partitions: u32,
+) -> (std::collections::HashSet<String>, Vec<String>) {
+    let mut queued = std::collections::HashSet::new();
+    let mut state = Vec::new();
+    let Ok(client) = pool.nats.client().await else {
+        return (queued, vec!["NATS unreachable at the end".into()]);
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(pool.names.stream()).await else {
+        return (queued, vec!["work stream unreadable at the end".into()]);
+    };
+    for (id, key) in open {
+        let Ok(work_id) = id.parse::<workpool_core::WorkId>() else {
+            continue;
+        };
+        let subject = match key {
+            Some(key) => pool.names.keyed_subject(
+                workpool_core::names::partition_of(key, partitions),
+                &work_id,
+            ),
+            None => pool
+                .names
+                .work_subject(workpool_core::message::DEFAULT_TASK, &work_id),
+        };
+        if stream.direct_get_last_for_subject(subject).await.is_ok() {
+            queued.insert(id.clone());
+        }
+    }
+    if let Ok(info) = stream.info().await {
+        state.push(format!("stream holds {} messages", info.state.messages));
+    }
+    for partition in 0..partitions {
+        let name = workpool_core::PoolNames::keyed_consumer(partition);
+        if let Ok(mut consumer) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+            .await
+            && let Ok(info) = consumer.info().await
+        {
+            state.push(format!(
+                "{name}: pending {} ack-pending {} redelivered {} waiting {}",
+                info.num_pending, info.num_ack_pending, info.num_redelivered, info.num_waiting
+            ));
+        }
+    }
+    (queued, state)
 }
 
 async fn finals(client: &Client, history: &History) -> Vec<Final> {
@@ -302,6 +389,7 @@ async fn finals(client: &Client, history: &History) -> Vec<Final> {
     for id in ids {
         let record = client.get(id).await;
         finals.push(Final {
+            queued: false,
             id: id.to_owned(),
             status: record
                 .as_ref()
