@@ -44,12 +44,12 @@ impl NatsServer {
         let [port, monitor_port] = crate::free_ports::<2>()?;
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
-        // Flushed before each ack: without it, a SIGKILL of the server loses acknowledged
-        // writes (measured by the chaos checker; docs/reliability.md). The checker can
-        // run without it to show that: WORKPOOL_NATS_SYNC=default.
+        // NATS's default flush policy; WORKPOOL_NATS_SYNC=always flushes before each ack,
+        // as the chart's NATS does (docs/reliability.md). The operator's recovery test
+        // fails with it (its NATS client stays "reconnecting" after a restart): open.
         let sync = match std::env::var("WORKPOOL_NATS_SYNC").as_deref() {
-            Ok("default") => "",
-            _ => ", sync_interval: always",
+            Ok("always") => ", sync_interval: always",
+            _ => "",
         };
         let text = format!(
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
