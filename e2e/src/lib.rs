@@ -1,6 +1,6 @@
-//! The test harness of Workpool: a real `nats-server` per test, the real api and worker
-//! binaries as child processes, and helpers to talk to them. Also the small TCP load
-//! balancer and the tools behind `make up` and `make bench`.
+//! The test harness of Workpool: a real `nats-server` (or a 3-node cluster) per test,
+//! the real api and worker binaries as child processes, and helpers to talk to them. Also
+//! the small TCP load balancer and the tools behind `make up` and `make bench`.
 
 pub mod bench;
 pub mod browser;
@@ -12,6 +12,7 @@ pub mod lb;
 pub mod local_cluster;
 pub mod metrics;
 pub mod nats;
+pub mod nats_cluster;
 pub mod node;
 pub mod operator;
 pub mod paths;

@@ -1,5 +1,5 @@
-//! A whole pool for a test: a NATS server, its provisioned objects, and api and worker
-//! processes running the real binaries.
+//! A whole pool for a test: a NATS server (or a 3-node cluster), its provisioned objects,
+//! and api and worker processes running the real binaries.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,9 +22,28 @@ pub struct Member {
     pub port: u16,
 }
 
+/// What a pool needs of its NATS: the `NATS_URL` its processes get and a client for
+/// provisioning and checks. A pool's `nats` is a [`NatsServer`] unless it was started with
+/// [`TestPool::start_on`] (the chaos checker's [`crate::nats_cluster::Nats`] is a single
+/// server or a 3-node cluster).
+pub trait PoolNats {
+    fn url(&self) -> String;
+    fn client(&self) -> impl Future<Output = Result<async_nats::Client>> + Send;
+}
+
+impl PoolNats for NatsServer {
+    fn url(&self) -> String {
+        NatsServer::url(self)
+    }
+
+    fn client(&self) -> impl Future<Output = Result<async_nats::Client>> + Send {
+        NatsServer::client(self)
+    }
+}
+
 #[derive(Debug)]
-pub struct TestPool {
-    pub nats: NatsServer,
+pub struct TestPool<N = NatsServer> {
+    pub nats: N,
     pub names: PoolNames,
     pub spec: PoolSpec,
     spec_file: PathBuf,
@@ -78,7 +97,26 @@ impl TestPool {
 
     /// A NATS server without the pool's objects and no processes yet.
     pub async fn unprovisioned(spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {
-        let nats = NatsServer::start().await?;
+        Self::unprovisioned_on(NatsServer::start().await?, spec, api_env)
+    }
+}
+
+impl<N: PoolNats> TestPool<N> {
+    /// A pool on a NATS the caller started (a cluster for `nats.replicas: 3`):
+    /// provisions it and waits for `apis` api and `workers` worker processes.
+    pub async fn start_on(nats: N, spec: PoolSpec, apis: usize, workers: usize) -> Result<Self> {
+        let mut pool = Self::unprovisioned_on(nats, spec, Vec::new())?;
+        pool.provision().await?;
+        for _ in 0..apis {
+            pool.add_api().await?;
+        }
+        for _ in 0..workers {
+            pool.add_worker().await?;
+        }
+        Ok(pool)
+    }
+
+    fn unprovisioned_on(nats: N, spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {
         let names =
             PoolNames::new(NAMESPACE, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
         let dir = tempfile::Builder::new()

@@ -21,6 +21,10 @@ struct Args {
     /// Mean seconds between faults.
     #[arg(long, default_value_t = 3.0)]
     fault_every: f64,
+    /// Run on a 3-node NATS cluster (`nats.replicas: 3`) and kill the work stream's leader
+    /// among the faults.
+    #[arg(long, env = "CHAOS_NATS_CLUSTER")]
+    nats_cluster: bool,
 }
 
 #[tokio::main]
@@ -35,6 +39,10 @@ async fn main() -> ExitCode {
         after_expiry_probes: 20,
         ..Config::short(args.seed)
     };
+    let config = match args.nats_cluster {
+        true => config.on_nats_cluster(),
+        false => config,
+    };
     let (report, history) = match run(&config).await {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -42,12 +50,20 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let summary =
-        serde_json::json!({"seed": config.seed, "report": report, "faults": history.faults});
+    let summary = serde_json::json!({
+        "seed": config.seed,
+        "nats_cluster": config.nats_cluster,
+        "report": report,
+        "faults": history.faults,
+    });
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     println!("{text}");
     let _ = std::fs::create_dir_all("artifacts");
-    let _ = std::fs::write(format!("artifacts/chaos-{}.json", config.seed), &text);
+    let name = match config.nats_cluster {
+        true => format!("artifacts/chaos-cluster-{}.json", config.seed),
+        false => format!("artifacts/chaos-{}.json", config.seed),
+    };
+    let _ = std::fs::write(name, &text);
     if report.violations() == 0 {
         ExitCode::SUCCESS
     } else {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::Result;
+use crate::nats_cluster::{NODES, Nats, NatsCluster};
 use crate::pool::{Member, TestPool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,9 @@ pub enum Fault {
     PauseNats,
     /// A graceful restart on the same file store.
     RestartNats,
+    /// SIGKILL of the node that leads the work stream, restarted on its store after
+    /// `ackWait`; only on a NATS cluster (elsewhere it is skipped).
+    KillStreamLeader,
 }
 
 pub const ALL: [Fault; 8] = [
@@ -30,6 +34,20 @@ pub const ALL: [Fault; 8] = [
     Fault::KillNats,
     Fault::PauseNats,
     Fault::RestartNats,
+];
+
+/// The kinds of a run on a 3-node cluster: the worker and api faults, the NATS faults on
+/// one random node, and the leader kill (run.rs opens each round with another).
+pub const CLUSTER: [Fault; 9] = [
+    Fault::KillWorker,
+    Fault::PauseWorker,
+    Fault::ScaleDown,
+    Fault::ScaleUp,
+    Fault::KillApi,
+    Fault::KillNats,
+    Fault::PauseNats,
+    Fault::RestartNats,
+    Fault::KillStreamLeader,
 ];
 
 /// Applies faults to one pool; names new pods so none repeats.
@@ -50,7 +68,7 @@ impl Injector {
         }
     }
 
-    async fn spawn(&mut self, pool: &TestPool, binary: &str, role: &str) -> Result<Member> {
+    async fn spawn(&mut self, pool: &TestPool<Nats>, binary: &str, role: &str) -> Result<Member> {
         self.spawned += 1;
         let member = pool.spawn_unready(binary, format!("demo-{role}-c{}", self.spawned), &[])?;
         pool.wait_ready(&member).await?;
@@ -60,10 +78,16 @@ impl Injector {
     /// Applies `fault` to a random member (from `rng`); returns what it did.
     pub async fn apply(
         &mut self,
-        pool: &mut TestPool,
+        pool: &mut TestPool<Nats>,
         fault: Fault,
         rng: &mut fastrand::Rng,
     ) -> Result<String> {
+        let stream = pool.names.stream();
+        if let Some(cluster) = pool.nats.cluster_mut()
+            && let Some(done) = self.cluster_fault(cluster, &stream, fault, rng).await?
+        {
+            return Ok(done);
+        }
         let workers = pool.workers.len();
         Ok(match fault {
             Fault::KillWorker if workers > 0 => {
@@ -120,5 +144,58 @@ impl Injector {
             }
             other => format!("{other:?} skipped (no member fits)"),
         })
+    }
+
+    /// The NATS faults of a cluster, each on one node while the other two keep a quorum;
+    /// `None` for the faults that do not touch NATS. Each waits until the node has caught
+    /// up again, so two faults never take down two nodes at once.
+    async fn cluster_fault(
+        &self,
+        cluster: &mut NatsCluster,
+        stream: &str,
+        fault: Fault,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Option<String>> {
+        let pause = self.ack_wait + self.ack_wait / 2;
+        Ok(Some(match fault {
+            Fault::KillStreamLeader => {
+                let leader = cluster.stream_leader(stream).await?;
+                cluster.kill(leader);
+                // Long enough for the other two to elect a leader and take writes.
+                tokio::time::sleep(self.ack_wait).await;
+                cluster.start_again(leader).await?;
+                let now = cluster.stream_leader(stream).await?;
+                format!(
+                    "SIGKILL nats {} (leader of {stream}), restarted on its store; leader now {}",
+                    cluster.name(leader),
+                    cluster.name(now)
+                )
+            }
+            Fault::KillNats => {
+                let node = rng.usize(..NODES);
+                cluster.kill(node);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                cluster.start_again(node).await?;
+                format!(
+                    "SIGKILL nats {}, restarted on its store",
+                    cluster.name(node)
+                )
+            }
+            Fault::PauseNats => {
+                let node = rng.usize(..NODES);
+                cluster.pause(node);
+                tokio::time::sleep(pause).await;
+                cluster.resume(node);
+                cluster.start_again(node).await?;
+                format!("SIGSTOP nats {} for {pause:?}", cluster.name(node))
+            }
+            Fault::RestartNats => {
+                let node = rng.usize(..NODES);
+                cluster.stop(node).await?;
+                cluster.start_again(node).await?;
+                format!("nats {} restarted gracefully", cluster.name(node))
+            }
+            _ => return Ok(None),
+        }))
     }
 }

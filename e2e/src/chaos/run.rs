@@ -11,10 +11,12 @@ use workpool_core::PoolSpec;
 
 use super::check::{Report, check};
 use super::client::{Apis, Client};
-use super::faults::{ALL, Injector};
+use super::faults::{ALL, CLUSTER, Fault, Injector};
 use super::history::{Final, History, Intent, Submission, Terminal};
 use super::ledger::executions;
-use crate::pool::TestPool;
+use crate::nats::NatsServer;
+use crate::nats_cluster::{Nats, NatsCluster};
+use crate::pool::{PoolNats, TestPool};
 use crate::{HarnessError, Result, paths};
 
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Resubmissions of worked content after its record expired.
     pub after_expiry_probes: usize,
+    /// Run on a 3-node NATS cluster with `nats.replicas: 3`, and kill the work stream's
+    /// leader among the faults.
+    pub nats_cluster: bool,
 }
 
 impl Config {
@@ -47,6 +52,19 @@ impl Config {
             ack_wait: Duration::from_secs(2),
             result_ttl: Duration::from_secs(8),
             after_expiry_probes: 4,
+            nats_cluster: false,
+        }
+    }
+
+    /// The same run on a 3-node NATS cluster. Records live at least 30 s there: a watch
+    /// whose consumer was on a killed node sees nothing for 10 s (async-nats notices a lost
+    /// ordered consumer after two missed 5 s heartbeats) plus the election, and a terminal
+    /// record that expired meanwhile would be counted as lost work.
+    pub fn on_nats_cluster(self) -> Self {
+        Self {
+            nats_cluster: true,
+            result_ttl: self.result_ttl.max(Duration::from_secs(30)),
+            ..self
         }
     }
 }
@@ -83,7 +101,15 @@ fn spec(config: &Config, ledger: &std::path::Path) -> Result<PoolSpec> {
 pub async fn run(config: &Config) -> Result<(Report, History)> {
     let dir = tempfile::tempdir().map_err(HarnessError::io("chaos dir"))?;
     let ledger = dir.path().join("ledger");
-    let mut pool = TestPool::start(spec(config, &ledger)?, config.apis, config.workers).await?;
+    let mut spec = spec(config, &ledger)?;
+    let nats = if config.nats_cluster {
+        spec.nats.replicas = 3;
+        Nats::Cluster(NatsCluster::start().await?)
+    } else {
+        Nats::Single(NatsServer::start().await?)
+    };
+    let mut pool = TestPool::start_on(nats, spec, config.apis, config.workers).await?;
+    let kinds: &[Fault] = if config.nats_cluster { &CLUSTER } else { &ALL };
     let apis: Apis = Arc::new(RwLock::new(api_urls(&pool)));
     let terminals: Shared<Terminal> = Arc::default();
     let watcher = tokio::spawn(watch_terminals(
@@ -107,8 +133,13 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         }
         // Rounds of every fault kind in a seeded order: a short run still has each.
         if round.is_empty() {
-            round = ALL.to_vec();
+            round = kinds.to_vec();
             rng.shuffle(&mut round);
+            if config.nats_cluster {
+                // Each round on a cluster opens with a leader kill (the fault a replicated
+                // stream is there to survive), so even a short run has one.
+                round.push(Fault::KillStreamLeader);
+            }
         }
         let fault = round.pop().unwrap_or(ALL[0]);
         let at = chrono::Utc::now().format("%H:%M:%S%.3f");
@@ -145,7 +176,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     Ok((report, history))
 }
 
-fn api_urls(pool: &TestPool) -> Vec<String> {
+fn api_urls(pool: &TestPool<Nats>) -> Vec<String> {
     (0..pool.apis.len()).map(|i| pool.api_url(i)).collect()
 }
 
@@ -154,7 +185,9 @@ fn api_urls(pool: &TestPool) -> Vec<String> {
 async fn watch_terminals(url: String, bucket: String, terminals: Shared<Terminal>) {
     loop {
         let watched = async {
-            let client = async_nats::connect(&url).await.ok()?;
+            // A cluster's URL lists every node.
+            let servers: Vec<&str> = url.split(',').collect();
+            let client = async_nats::connect(servers.as_slice()).await.ok()?;
             let kv = async_nats::jetstream::new(client)
                 .get_key_value(&bucket)
                 .await
@@ -327,7 +360,7 @@ fn open_ids(history: &History, terminals: &Shared<Terminal>) -> Vec<(String, Opt
 /// Of the open ids, those whose message is still in the work stream (queued, not lost),
 /// and how each keyed consumer stands: evidence for a run that did not drain.
 async fn still_queued(
-    pool: &TestPool,
+    pool: &TestPool<Nats>,
     open: &[(String, Option<String>)],
     partitions: u32,
 ) -> (std::collections::HashSet<String>, Vec<String>) {
