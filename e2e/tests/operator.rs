@@ -455,14 +455,21 @@ async fn nats_down_is_a_condition_and_recovery_follows() {
         );
     }
     nats.start_again().await.expect("start nats");
-    // Look again now rather than after the failures' backoff.
-    let poke = serde_json::json!({"metadata": {"annotations": {"test/poke": "1"}}});
-    api.patch("demo", &PatchParams::default(), &Patch::Merge(&poke))
-        .await
-        .expect("poke");
-    let back = wait_pool(&client, &ns, "demo", WAIT, queue_ready)
-        .await
-        .expect("recovered");
+    // Look again now rather than after the failures' backoff, and again while the
+    // operator's client is still reconnecting (slow on a loaded machine).
+    let mut back = None;
+    for poke_number in 0..12 {
+        let poke = serde_json::json!({"metadata": {"annotations": {"test/poke": poke_number.to_string()}}});
+        api.patch("demo", &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .expect("poke");
+        if let Ok(pool) = wait_pool(&client, &ns, "demo", Duration::from_secs(5), queue_ready).await
+        {
+            back = Some(pool);
+            break;
+        }
+    }
+    let back = back.expect("recovered within a minute of NATS coming back");
     assert_eq!(back.status.unwrap().provisioned_generation, Some(3));
     let worker = deployment(&client, &ns, "demo-worker").await;
     assert_eq!(spec_env(&worker)["worker"]["concurrency"], 6);
