@@ -45,8 +45,7 @@ impl NatsServer {
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
         // NATS's default flush policy; WORKPOOL_NATS_SYNC=always flushes before each ack,
-        // as the chart's NATS does (docs/reliability.md). The operator's recovery test
-        // fails with it (its NATS client stays "reconnecting" after a restart): open.
+        // as the chart's NATS does (docs/reliability.md says why the default stays here).
         let sync = match std::env::var("WORKPOOL_NATS_SYNC").as_deref() {
             Ok("always") => ", sync_interval: always",
             _ => "",
