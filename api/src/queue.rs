@@ -483,13 +483,6 @@ fn has_code(err: &jetstream::context::PublishError, code: jetstream::ErrorCode) 
 
 /// A publish refused because the stream hit `max_messages` (or its byte limit).
 fn is_stream_full(err: &jetstream::context::PublishError) -> bool {
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|js_err| {
-            [
-                jetstream::ErrorCode::STREAM_STORE_FAILED,
-                jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED,
-            ]
-            .contains(&js_err.error_code())
-        })
+    has_code(err, jetstream::ErrorCode::STREAM_STORE_FAILED)
+        || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
 }

@@ -92,7 +92,12 @@ impl PoolNames {
     }
 
     pub fn keyed_consumer(partition: u32) -> String {
-        format!("keyed-{partition}")
+        format!("{KEYED_CONSUMER_PREFIX}{partition}")
+    }
+
+    /// Whether `name` is one of the per-partition consumers.
+    pub fn is_keyed_consumer(name: &str) -> bool {
+        name.starts_with(KEYED_CONSUMER_PREFIX)
     }
 
     pub fn dead_letter_subject(&self, id: &WorkId) -> String {
@@ -132,6 +137,9 @@ impl PoolNames {
 
 /// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is
 /// fixed forever (unlike std's hasher), so every component agrees on the partition.
+/// The names of the per-partition consumers start with this.
+const KEYED_CONSUMER_PREFIX: &str = "keyed-";
+
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     u32::try_from(fnv1a(key.as_bytes()) % u64::from(partitions.max(1))).unwrap_or(0)
 }

@@ -159,21 +159,11 @@ async fn check_partition_count(
     stream: &jetstream::stream::Stream,
     wanted: &[consumer::pull::Config],
 ) -> Result<(), ProvisionError> {
-    let list_error = |err: &dyn std::fmt::Display| ProvisionError::ListConsumers {
-        stream: stream.cached_info().config.name.clone(),
-        message: err.to_string(),
-    };
-    let keyed = |name: &str| name.starts_with("keyed-");
-    let existing: Vec<String> = stream
-        .consumer_names()
-        .try_filter(|name| std::future::ready(keyed(name)))
-        .try_collect()
-        .await
-        .map_err(|e| list_error(&e))?;
+    let existing = keyed_consumers(stream).await?;
     let wanted: Vec<&str> = wanted
         .iter()
         .filter_map(|c| c.durable_name.as_deref())
-        .filter(|name| keyed(name))
+        .filter(|name| PoolNames::is_keyed_consumer(name))
         .collect();
     let same =
         existing.len() == wanted.len() && existing.iter().all(|n| wanted.contains(&n.as_str()));
@@ -182,11 +172,7 @@ async fn check_partition_count(
     }
     let mut pending = 0;
     for name in &existing {
-        let info = stream
-            .consumer_info(name)
-            .await
-            .map_err(|e| list_error(&e))?;
-        pending += info.num_pending + info.num_ack_pending as u64;
+        pending += consumer_pending(stream, name).await?;
     }
     if pending > 0 {
         return Err(ProvisionError::PartitionCountChanged {
@@ -204,28 +190,14 @@ async fn remove_surplus_partitions(
     stream: &jetstream::stream::Stream,
     wanted: &[consumer::pull::Config],
 ) -> Result<(), ProvisionError> {
-    let list_error = |err: &dyn std::fmt::Display| ProvisionError::ListConsumers {
-        stream: stream.cached_info().config.name.clone(),
-        message: err.to_string(),
-    };
-    let existing: Vec<String> = stream
-        .consumer_names()
-        .try_collect()
-        .await
-        .map_err(|e| list_error(&e))?;
-    for name in existing {
-        let surplus = name.starts_with("keyed-")
-            && !wanted
-                .iter()
-                .any(|c| c.durable_name.as_deref() == Some(&name));
+    for name in keyed_consumers(stream).await? {
+        let surplus = !wanted
+            .iter()
+            .any(|c| c.durable_name.as_deref() == Some(&name));
         if !surplus {
             continue;
         }
-        let info = stream
-            .consumer_info(&name)
-            .await
-            .map_err(|e| list_error(&e))?;
-        let pending = info.num_pending + info.num_ack_pending as u64;
+        let pending = consumer_pending(stream, &name).await?;
         if pending > 0 {
             return Err(ProvisionError::PartitionNotEmpty { name, pending });
         }
@@ -239,6 +211,37 @@ async fn remove_surplus_partitions(
             })?;
     }
     Ok(())
+}
+
+fn list_error(stream: &jetstream::stream::Stream, err: &dyn std::fmt::Display) -> ProvisionError {
+    ProvisionError::ListConsumers {
+        stream: stream.cached_info().config.name.clone(),
+        message: err.to_string(),
+    }
+}
+
+/// The names of the stream's keyed (per-partition) consumers.
+async fn keyed_consumers(
+    stream: &jetstream::stream::Stream,
+) -> Result<Vec<String>, ProvisionError> {
+    stream
+        .consumer_names()
+        .try_filter(|name| std::future::ready(PoolNames::is_keyed_consumer(name)))
+        .try_collect()
+        .await
+        .map_err(|err| list_error(stream, &err))
+}
+
+/// Messages a consumer has yet to deliver or to see acknowledged.
+async fn consumer_pending(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+) -> Result<u64, ProvisionError> {
+    let info = stream
+        .consumer_info(name)
+        .await
+        .map_err(|err| list_error(stream, &err))?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
 /// Deletes the pool's streams and bucket (the operator's finalizer, unless `Retain`).
