@@ -18,6 +18,7 @@ use workpool_e2e::nats::NatsServer;
 use workpool_e2e::operator::{
     RunningOperator, condition, create_pool, install_crd, pool_yaml, queue_ready, wait_pool,
 };
+use workpool_e2e::pods::wait_until;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -426,7 +427,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
 
 #[tokio::test]
 async fn nats_down_is_a_condition_and_recovery_follows() {
-    let (_plane, client, ns, mut nats, _operator) = running_pool("natsdown", "").await;
+    let (_plane, client, ns, mut nats, operator) = running_pool("natsdown", "").await;
     nats.stop().await.expect("stop nats");
     // A spec change makes the operator look again at once.
     let patch = serde_json::json!({"spec": {"worker": {"concurrency": 6}}});
@@ -454,22 +455,27 @@ async fn nats_down_is_a_condition_and_recovery_follows() {
             "{name} got settings NATS has not accepted"
         );
     }
-    nats.start_again().await.expect("start nats");
-    // Look again now rather than after the failures' backoff, and again while the
-    // operator's client is still reconnecting (slow on a loaded machine).
-    let mut back = None;
-    for poke_number in 0..12 {
+    // Fail a few more reconciles, as a long outage would: a backoff grown from them must
+    // not delay the recovery.
+    let errors = "workpool_operator_reconcile_errors_total{category=\"NatsUnreachable\"}";
+    for poke_number in 0..5 {
+        let before = operator.metric(errors).await;
         let poke = serde_json::json!({"metadata": {"annotations": {"test/poke": poke_number.to_string()}}});
         api.patch("demo", &PatchParams::default(), &Patch::Merge(&poke))
             .await
             .expect("poke");
-        if let Ok(pool) = wait_pool(&client, &ns, "demo", Duration::from_secs(5), queue_ready).await
-        {
-            back = Some(pool);
-            break;
-        }
+        wait_until("the poked reconcile to fail", WAIT, || async {
+            operator.metric(errors).await > before
+        })
+        .await
+        .expect("the poked reconcile to fail");
     }
-    let back = back.expect("recovered within a minute of NATS coming back");
+    nats.start_again().await.expect("start nats");
+    // No poke now: the operator looks again by itself, within seconds.
+    let back = wait_pool(&client, &ns, "demo", Duration::from_secs(20), queue_ready)
+        .await
+        .ok();
+    let back = back.expect("recovered within 20 s of NATS coming back, with no poke");
     assert_eq!(back.status.unwrap().provisioned_generation, Some(3));
     let worker = deployment(&client, &ns, "demo-worker").await;
     assert_eq!(spec_env(&worker)["worker"]["concurrency"], 6);

@@ -37,6 +37,8 @@ const RESYNC_AUTOSCALED: Duration = Duration::from_secs(10);
 /// First and longest delay before retrying a failed reconcile.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The retry interval while a pool's NATS is unreachable.
+const NATS_RETRY: Duration = Duration::from_secs(5);
 
 /// Handles shared by all reconciles.
 pub struct Context {
@@ -112,8 +114,19 @@ pub fn error_policy(pool: Arc<WorkPool>, error: &Error, ctx: Arc<Context>) -> Ac
         *count = count.saturating_add(1);
         *count
     });
-    let exponent = failures.unwrap_or(1).saturating_sub(1).min(10);
-    Action::requeue((BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX))
+    Action::requeue(retry_after(error, failures.unwrap_or(1)))
+}
+
+/// How long after its `failures`-th failure in a row a pool is looked at again. An
+/// unreachable NATS is retried at a short fixed interval: the outage ends without any
+/// change to the pool, and the pool should be Ready again within seconds of NATS coming
+/// back, not after a backoff that grew while it was down.
+fn retry_after(error: &Error, failures: u32) -> Duration {
+    if matches!(error, Error::NatsUnreachable(_)) {
+        return NATS_RETRY;
+    }
+    let exponent = failures.saturating_sub(1).min(10);
+    (BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX)
 }
 
 async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
@@ -681,6 +694,18 @@ mod tests {
             accepted: figures.is_ok(),
             figures,
         }
+    }
+
+    #[test]
+    fn an_unreachable_nats_is_retried_at_a_fixed_interval_however_long_it_lasts() {
+        let down = Error::NatsUnreachable("connection refused".into());
+        for failures in [1, 5, 50] {
+            assert_eq!(retry_after(&down, failures), NATS_RETRY);
+        }
+        let refused = Error::NatsConfigRejected("no".into());
+        assert_eq!(retry_after(&refused, 1), BACKOFF_FIRST);
+        assert_eq!(retry_after(&refused, 3), BACKOFF_FIRST * 4);
+        assert_eq!(retry_after(&refused, 50), BACKOFF_MAX);
     }
 
     #[test]
