@@ -59,3 +59,34 @@ where
     }
     Ok(())
 }
+
+/// The processes of pod `ns/pod` on this machine: every process whose environment names
+/// it (`POD_NAMESPACE` and `POD_NAME`, which the operator's pods and the chart's carry),
+/// including what its containers started. Works whatever runs the pod, since a
+/// container's processes are the host's too.
+pub fn pod_processes(ns: &str, pod: &str) -> Vec<i32> {
+    let wanted = [
+        format!("POD_NAMESPACE={ns}").into_bytes(),
+        format!("POD_NAME={pod}").into_bytes(),
+    ];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                let vars: Vec<&[u8]> = environ.split(|byte| *byte == 0).collect();
+                wanted.iter().all(|var| vars.contains(&var.as_slice()))
+            })
+        })
+        .collect()
+}
+
+/// The first argument of process `pid` (its program), if it still runs.
+pub fn program_of(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let first = cmdline.split(|byte| *byte == 0).next()?;
+    Some(String::from_utf8_lossy(first).into_owned())
+}

@@ -15,7 +15,7 @@ use workpool_e2e::helm::Release;
 use workpool_e2e::http::post_json;
 use workpool_e2e::local_cluster::LocalCluster;
 use workpool_e2e::operator::{condition, create_pool, wait_pool};
-use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
+use workpool_e2e::pods::{pod_processes, ready_endpoints, running_pods, wait_until};
 use workpool_e2e::prometheus::{Prometheus, sample_value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -288,6 +288,51 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     })
     .await
     .expect("the long job to finish");
+
+    // Force-deleting a worker pod while it works stops its processes at once, as a
+    // runtime would, and the work is done elsewhere.
+    let answer = post_json(
+        &http,
+        &format!("http://{ip}:8080/api/v1/work"),
+        &json!({"data": {"ms": 20000, "kind": "long", "force": true}}),
+    )
+    .await
+    .expect("post");
+    let forced_id = answer["callback"].as_str().unwrap().to_owned();
+    wait_until("the long job to start", WAIT, || {
+        let status = status(ip.clone(), forced_id.clone());
+        async move { status.await.1 == "working" }
+    })
+    .await
+    .expect("the long job to start");
+    let (_, _, body) = status(ip.clone(), forced_id.clone()).await;
+    let worker = body["worker"].as_str().unwrap().to_owned();
+    let processes = pod_processes(&ns, &worker);
+    assert!(!processes.is_empty(), "found the processes of {worker}");
+    plane
+        .kubectl(&[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            &worker,
+            "--force",
+            "--grace-period=0",
+        ])
+        .expect("force delete");
+    wait_until(
+        "the force-deleted pod's processes to stop",
+        Duration::from_secs(10),
+        || async { pod_processes(&ns, &worker).is_empty() },
+    )
+    .await
+    .expect("the force-deleted pod's processes to stop");
+    wait_until("the long job to finish elsewhere", WAIT, || {
+        let status = status(ip.clone(), forced_id.clone());
+        async move { status.await.1 == "worked" }
+    })
+    .await
+    .expect("the long job to finish elsewhere");
 
     // Deleting the WorkPool removes its pods, Services and NATS objects.
     Api::<WorkPool>::namespaced(client.clone(), &ns)

@@ -22,9 +22,13 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     fault_every: f64,
     /// Run on a 3-node NATS cluster (`nats.replicas: 3`) and kill the work stream's leader
-    /// among the faults.
+    /// among the faults (on api and worker processes, not pods).
     #[arg(long, env = "CHAOS_NATS_CLUSTER")]
     nats_cluster: bool,
+    /// Run on api and worker processes alone, without the local cluster (no pod, apiserver
+    /// or operator faults).
+    #[arg(long, env = "CHAOS_PROCESSES", conflicts_with = "nats_cluster")]
+    processes: bool,
 }
 
 #[tokio::main]
@@ -39,9 +43,10 @@ async fn main() -> ExitCode {
         after_expiry_probes: 20,
         ..Config::short(args.seed)
     };
-    let config = match args.nats_cluster {
-        true => config.on_nats_cluster(),
-        false => config,
+    let config = match (args.nats_cluster, args.processes) {
+        (true, _) => config.on_nats_cluster(),
+        (false, true) => config.on_processes(),
+        (false, false) => config,
     };
     let (report, history) = match run(&config).await {
         Ok(outcome) => outcome,
@@ -53,15 +58,17 @@ async fn main() -> ExitCode {
     let summary = serde_json::json!({
         "seed": config.seed,
         "nats_cluster": config.nats_cluster,
+        "pods": config.pods,
         "report": report,
         "faults": history.faults,
     });
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     println!("{text}");
     let _ = std::fs::create_dir_all("artifacts");
-    let name = match config.nats_cluster {
-        true => format!("artifacts/chaos-cluster-{}.json", config.seed),
-        false => format!("artifacts/chaos-{}.json", config.seed),
+    let name = match (config.nats_cluster, config.pods) {
+        (true, _) => format!("artifacts/chaos-cluster-{}.json", config.seed),
+        (false, true) => format!("artifacts/chaos-pods-{}.json", config.seed),
+        (false, false) => format!("artifacts/chaos-{}.json", config.seed),
     };
     let _ = std::fs::write(name, &text);
     if report.violations() == 0 {

@@ -42,6 +42,9 @@ pub struct Report {
     pub after_expiry_not_run: usize,
     /// Resubmissions while the record lived that were queued again.
     pub while_live_requeued: usize,
+    /// Promises of the platform broken while faults were applied: a force-deleted pod's
+    /// processes still running, a refused spec change accepted.
+    pub platform_broken: usize,
     /// What each violation was, for the first few (to debug and replay).
     pub evidence: Vec<String>,
 }
@@ -67,6 +70,7 @@ impl Report {
             + self.order_violations
             + self.cancelled_while_running
             + self.after_expiry_not_run
+            + self.platform_broken
     }
 }
 
@@ -146,6 +150,13 @@ pub fn check(history: &History, runs: &[Execution]) -> Report {
     let mut report = Report {
         submissions: history.submissions.len(),
         executions: runs.len(),
+        platform_broken: history.platform_broken.len(),
+        evidence: history
+            .platform_broken
+            .iter()
+            .take(EVIDENCE)
+            .cloned()
+            .collect(),
         ..Report::default()
     };
     let run_ms: HashMap<&str, u64> = history
@@ -443,6 +454,34 @@ mod tests {
             report.lost, 0,
             "a confirmed cancel ends the work: {report:?}"
         );
+    }
+
+    #[test]
+    fn new_content_answered_200_after_retries_is_promised_work_too() {
+        // The first try's answer was lost; the retry found the record it had made.
+        let mut retried = submission("a", None, 0, 2);
+        retried.code = 200;
+        retried.status = "pending".into();
+        let mut live = submission("a", None, 3, 4);
+        live.intent = Intent::WhileLive;
+        live.code = 200;
+        let history = History {
+            submissions: vec![retried, live],
+            ..History::default()
+        };
+        let report = check(&history, &[]);
+        assert_eq!((report.accepted, report.lost), (1, 1), "{report:?}");
+    }
+
+    #[test]
+    fn a_platform_promise_broken_by_a_fault_is_a_violation() {
+        let history = History {
+            platform_broken: vec!["pod x: processes [1] still run".into()],
+            ..History::default()
+        };
+        let report = check(&history, &[]);
+        assert_eq!(report.violations(), 1, "{report:?}");
+        assert_eq!(report.evidence.len(), 1);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The faults, drawn from a seed so a failing run can be replayed, and applied to the
-//! real processes of a [`TestPool`].
+//! real processes of a [`TestPool`] or to the pods of a [`PodPool`] on the local cluster.
 
 use std::time::Duration;
 
+use super::pods::PodPool;
 use crate::Result;
+use crate::nats::NatsServer;
 use crate::nats_cluster::{NODES, Nats, NatsCluster};
 use crate::pool::{Member, TestPool};
 
@@ -23,6 +25,15 @@ pub enum Fault {
     /// SIGKILL of the node that leads the work stream, restarted on its store after
     /// `ackWait`; only on a NATS cluster (elsewhere it is skipped).
     KillStreamLeader,
+    /// `kubectl delete pod --force --grace-period=0`; its processes must stop.
+    ForceDeleteWorker,
+    ForceDeleteApi,
+    /// kube-apiserver stopped for longer than `ackWait`, then started again.
+    RestartApiserver,
+    /// SIGKILL of the operator's process (its pod's container restarts).
+    KillOperator,
+    /// A change of `worker.partitions`, which the apiserver must refuse.
+    ChangePartitions,
 }
 
 pub const ALL: [Fault; 8] = [
@@ -50,12 +61,38 @@ pub const CLUSTER: [Fault; 9] = [
     Fault::KillStreamLeader,
 ];
 
+/// The kinds of a run on the local cluster's pods: every fault but the leader kill.
+pub const PODS: [Fault; 13] = [
+    Fault::KillWorker,
+    Fault::PauseWorker,
+    Fault::ForceDeleteWorker,
+    Fault::ScaleDown,
+    Fault::ScaleUp,
+    Fault::KillApi,
+    Fault::ForceDeleteApi,
+    Fault::KillNats,
+    Fault::PauseNats,
+    Fault::RestartNats,
+    Fault::RestartApiserver,
+    Fault::KillOperator,
+    Fault::ChangePartitions,
+];
+
+/// What the faults act on: processes started by the test, or pods on the local cluster.
+pub enum Target {
+    Processes(Box<TestPool<Nats>>),
+    Pods(Box<PodPool>),
+}
+
 /// Applies faults to one pool; names new pods so none repeats.
 pub struct Injector {
     pub ack_wait: Duration,
     pub min_workers: usize,
     pub max_workers: usize,
     spawned: usize,
+    /// Broken promises of the platform seen while applying faults: processes of a
+    /// force-deleted pod still running, a refused spec change accepted.
+    pub survivors: Vec<String>,
 }
 
 impl Injector {
@@ -65,6 +102,7 @@ impl Injector {
             min_workers,
             max_workers,
             spawned: 0,
+            survivors: Vec::new(),
         }
     }
 
@@ -78,14 +116,40 @@ impl Injector {
     /// Applies `fault` to a random member (from `rng`); returns what it did.
     pub async fn apply(
         &mut self,
+        target: &mut Target,
+        fault: Fault,
+        rng: &mut fastrand::Rng,
+    ) -> Result<String> {
+        let pause = self.ack_wait + self.ack_wait / 2;
+        match target {
+            Target::Pods(pods) => {
+                if let Some(done) = pods
+                    .apply(fault, self.ack_wait, &mut self.survivors, rng)
+                    .await?
+                {
+                    return Ok(done);
+                }
+                Ok(server_fault(&mut pods.cluster.nats, fault, pause)
+                    .await?
+                    .unwrap_or_else(|| format!("{fault:?} skipped (not on pods)")))
+            }
+            Target::Processes(pool) => self.apply_to_processes(pool, fault, rng).await,
+        }
+    }
+
+    async fn apply_to_processes(
+        &mut self,
         pool: &mut TestPool<Nats>,
         fault: Fault,
         rng: &mut fastrand::Rng,
     ) -> Result<String> {
         let stream = pool.names.stream();
-        if let Some(cluster) = pool.nats.cluster_mut()
-            && let Some(done) = self.cluster_fault(cluster, &stream, fault, rng).await?
-        {
+        let pause = self.ack_wait + self.ack_wait / 2;
+        let done = match &mut pool.nats {
+            Nats::Cluster(cluster) => self.cluster_fault(cluster, &stream, fault, rng).await?,
+            Nats::Single(server) => server_fault(server, fault, pause).await?,
+        };
+        if let Some(done) = done {
             return Ok(done);
         }
         let workers = pool.workers.len();
@@ -99,7 +163,6 @@ impl Injector {
             }
             Fault::PauseWorker if workers > 0 => {
                 let victim = &pool.workers[rng.usize(..workers)];
-                let pause = self.ack_wait + self.ack_wait / 2;
                 victim.process.pause();
                 tokio::time::sleep(pause).await;
                 victim.process.resume();
@@ -123,24 +186,6 @@ impl Injector {
                 let mut victim = pool.apis.remove(rng.usize(..pool.apis.len() - 1));
                 victim.process.kill();
                 format!("SIGKILL {} (replaced)", victim.pod)
-            }
-            Fault::KillNats => {
-                pool.nats.kill();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                pool.nats.start_again().await?;
-                "SIGKILL nats-server, restarted on its store".to_owned()
-            }
-            Fault::PauseNats => {
-                let pause = self.ack_wait + self.ack_wait / 2;
-                pool.nats.pause();
-                tokio::time::sleep(pause).await;
-                pool.nats.resume();
-                format!("SIGSTOP nats-server for {pause:?}")
-            }
-            Fault::RestartNats => {
-                pool.nats.stop().await?;
-                pool.nats.start_again().await?;
-                "nats-server restarted gracefully".to_owned()
             }
             other => format!("{other:?} skipped (no member fits)"),
         })
@@ -198,4 +243,32 @@ impl Injector {
             _ => return Ok(None),
         }))
     }
+}
+
+/// The faults of one nats-server; `None` for the faults that do not touch NATS.
+async fn server_fault(
+    nats: &mut NatsServer,
+    fault: Fault,
+    pause: Duration,
+) -> Result<Option<String>> {
+    Ok(Some(match fault {
+        Fault::KillNats => {
+            nats.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            nats.start_again().await?;
+            "SIGKILL nats-server, restarted on its store".to_owned()
+        }
+        Fault::PauseNats => {
+            nats.pause();
+            tokio::time::sleep(pause).await;
+            nats.resume();
+            format!("SIGSTOP nats-server for {pause:?}")
+        }
+        Fault::RestartNats => {
+            nats.stop().await?;
+            nats.start_again().await?;
+            "nats-server restarted gracefully".to_owned()
+        }
+        _ => return Ok(None),
+    }))
 }

@@ -31,9 +31,10 @@ pub struct Submission {
 }
 
 impl Submission {
-    /// Answered `202`: new work that Workpool promised to run.
+    /// Work that Workpool promised to run: answered `202`, or `200` for new content, which
+    /// means an earlier try of this same POST (answered 503 or cut off) left its record.
     pub fn accepted(&self) -> bool {
-        self.code == 202
+        self.code == 202 || (self.code == 200 && self.intent == Intent::Fresh)
     }
 }
 
@@ -79,6 +80,8 @@ pub struct History {
     pub finals: Vec<Final>,
     /// Faults injected, in order, as text (for the report and replay).
     pub faults: Vec<String>,
+    /// What the faults found broken in the platform itself (see `Report::platform_broken`).
+    pub platform_broken: Vec<String>,
     /// The stream and keyed consumers at the end, when work was left open.
     pub queue_at_end: Vec<String>,
 }

@@ -8,4 +8,5 @@ pub mod client;
 pub mod faults;
 pub mod history;
 pub mod ledger;
+pub mod pods;
 pub mod run;

@@ -11,9 +11,10 @@ use workpool_core::PoolSpec;
 
 use super::check::{Report, check};
 use super::client::{Apis, Client};
-use super::faults::{ALL, CLUSTER, Fault, Injector};
+use super::faults::{ALL, CLUSTER, Fault, Injector, PODS, Target};
 use super::history::{Final, History, Intent, Submission, Terminal};
 use super::ledger::executions;
+use super::pods::PodPool;
 use crate::nats::NatsServer;
 use crate::nats_cluster::{Nats, NatsCluster};
 use crate::pool::{PoolNats, TestPool};
@@ -34,8 +35,11 @@ pub struct Config {
     /// Resubmissions of worked content after its record expired.
     pub after_expiry_probes: usize,
     /// Run on a 3-node NATS cluster with `nats.replicas: 3`, and kill the work stream's
-    /// leader among the faults.
+    /// leader among the faults (on processes the test starts, not on pods).
     pub nats_cluster: bool,
+    /// Run on the local cluster's pods (operator, api and workers), with the faults that
+    /// need pods and a control plane; otherwise on api and worker processes alone.
+    pub pods: bool,
 }
 
 impl Config {
@@ -53,6 +57,16 @@ impl Config {
             result_ttl: Duration::from_secs(8),
             after_expiry_probes: 4,
             nats_cluster: false,
+            pods: true,
+        }
+    }
+
+    /// The same run on api and worker processes the test starts itself, with no
+    /// Kubernetes: only the process and NATS faults.
+    pub fn on_processes(self) -> Self {
+        Self {
+            pods: false,
+            ..self
         }
     }
 
@@ -63,6 +77,7 @@ impl Config {
     pub fn on_nats_cluster(self) -> Self {
         Self {
             nats_cluster: true,
+            pods: false,
             result_ttl: self.result_ttl.max(Duration::from_secs(30)),
             ..self
         }
@@ -80,9 +95,13 @@ fn push<T>(list: &Shared<T>, item: T) {
         .push(item);
 }
 
-fn spec(config: &Config, ledger: &std::path::Path) -> Result<PoolSpec> {
-    let program = paths::workspace_binary("workpool-ledger")?;
-    let spec = json!({
+/// The pool's spec as JSON (a WorkPool's `spec`, or a test pool's).
+fn spec(config: &Config, ledger: &std::path::Path) -> serde_json::Value {
+    let program = paths::workspace_binary("workpool-ledger").map_or_else(
+        |_| "workpool-ledger".to_owned(),
+        |p| p.display().to_string(),
+    );
+    json!({
         "resultTTL": format!("{}ms", config.result_ttl.as_millis()),
         "worker": {
             "concurrency": 4,
@@ -93,28 +112,50 @@ fn spec(config: &Config, ledger: &std::path::Path) -> Result<PoolSpec> {
             "backoff": ["100ms", "500ms"],
             "handler": {"exec": {"command": [program, ledger]}},
         }
-    });
-    PoolSpec::from_json(&spec.to_string()).map_err(|err| HarnessError::Other(err.to_string()))
+    })
+}
+
+/// Starts what the run acts on: the local cluster's pods, or processes on one NATS
+/// server or a 3-node cluster.
+async fn start(config: &Config, ledger: &std::path::Path) -> Result<Target> {
+    let mut spec = spec(config, ledger);
+    if config.pods {
+        let apis = i32::try_from(config.apis).unwrap_or(2);
+        let workers = i32::try_from(config.workers).unwrap_or(3);
+        let pool = PodPool::start(spec, apis, workers).await?;
+        return Ok(Target::Pods(Box::new(pool)));
+    }
+    let nats = if config.nats_cluster {
+        spec["nats"] = json!({"replicas": 3});
+        Nats::Cluster(NatsCluster::start().await?)
+    } else {
+        Nats::Single(NatsServer::start().await?)
+    };
+    let spec = PoolSpec::from_json(&spec.to_string())
+        .map_err(|err| HarnessError::Other(err.to_string()))?;
+    let pool = TestPool::start_on(nats, spec, config.apis, config.workers).await?;
+    Ok(Target::Processes(Box::new(pool)))
 }
 
 /// Runs the whole thing; the report says how many times each invariant broke.
 pub async fn run(config: &Config) -> Result<(Report, History)> {
     let dir = tempfile::tempdir().map_err(HarnessError::io("chaos dir"))?;
     let ledger = dir.path().join("ledger");
-    let mut spec = spec(config, &ledger)?;
-    let nats = if config.nats_cluster {
-        spec.nats.replicas = 3;
-        Nats::Cluster(NatsCluster::start().await?)
-    } else {
-        Nats::Single(NatsServer::start().await?)
+    let mut target = start(config, &ledger).await?;
+    let kinds: &[Fault] = match &target {
+        Target::Pods(_) => &PODS,
+        Target::Processes(_) if config.nats_cluster => &CLUSTER,
+        Target::Processes(_) => &ALL,
     };
-    let mut pool = TestPool::start_on(nats, spec, config.apis, config.workers).await?;
-    let kinds: &[Fault] = if config.nats_cluster { &CLUSTER } else { &ALL };
-    let apis: Apis = Arc::new(RwLock::new(api_urls(&pool)));
+    let apis: Apis = Arc::new(RwLock::new(api_urls(&target)));
     let terminals: Shared<Terminal> = Arc::default();
+    let (nats_url, names) = match &target {
+        Target::Pods(pods) => (pods.cluster.nats.url(), pods.names.clone()),
+        Target::Processes(pool) => (pool.nats.url(), pool.names.clone()),
+    };
     let watcher = tokio::spawn(watch_terminals(
-        pool.nats.url(),
-        pool.names.bucket(),
+        nats_url.clone(),
+        names.bucket(),
         terminals.clone(),
     ));
     let client = Client::new(apis.clone());
@@ -143,10 +184,15 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         }
         let fault = round.pop().unwrap_or(ALL[0]);
         let at = chrono::Utc::now().format("%H:%M:%S%.3f");
-        let done = format!("{at} {}", injector.apply(&mut pool, fault, &mut rng).await?);
+        // A fault that could not be applied (the apiserver slow to answer, say) is
+        // recorded, not fatal: the run and its history go on.
+        let done = match injector.apply(&mut target, fault, &mut rng).await {
+            Ok(done) => format!("{at} {done}"),
+            Err(err) => format!("{at} {fault:?} could not be applied: {err}"),
+        };
         tracing::info!(%done, "fault");
         faults.push(done);
-        *apis.write().unwrap_or_else(PoisonError::into_inner) = api_urls(&pool);
+        *apis.write().unwrap_or_else(PoisonError::into_inner) = api_urls(&target);
     }
     workload
         .await
@@ -159,7 +205,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     history.finals = finals(&client, &history).await;
     let open = open_ids(&history, &terminals);
     if !open.is_empty() {
-        let (queued, state) = still_queued(&pool, &open, PARTITIONS).await;
+        let (queued, state) = still_queued(&nats_url, &names, &open, PARTITIONS).await;
         for last in &mut history.finals {
             last.queued = queued.contains(&last.id);
         }
@@ -171,13 +217,21 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     history.faults = faults;
+    history.platform_broken = injector.survivors;
+    if let Target::Pods(pods) = target {
+        pods.stop().await?;
+    }
     let text = std::fs::read_to_string(&ledger).unwrap_or_default();
     let report = check(&history, &executions(&text));
     Ok((report, history))
 }
 
-fn api_urls(pool: &TestPool<Nats>) -> Vec<String> {
-    (0..pool.apis.len()).map(|i| pool.api_url(i)).collect()
+fn api_urls(target: &Target) -> Vec<String> {
+    match target {
+        // One balancer in front of every api pod, as users of the local cluster reach it.
+        Target::Pods(pods) => vec![pods.api_url.clone()],
+        Target::Processes(pool) => (0..pool.apis.len()).map(|i| pool.api_url(i)).collect(),
+    }
 }
 
 /// Every terminal record written during the run, from a watch of the whole bucket that
@@ -360,17 +414,19 @@ fn open_ids(history: &History, terminals: &Shared<Terminal>) -> Vec<(String, Opt
 /// Of the open ids, those whose message is still in the work stream (queued, not lost),
 /// and how each keyed consumer stands: evidence for a run that did not drain.
 async fn still_queued(
-    pool: &TestPool<Nats>,
+    url: &str,
+    names: &workpool_core::PoolNames,
     open: &[(String, Option<String>)],
     partitions: u32,
 ) -> (std::collections::HashSet<String>, Vec<String>) {
     let mut queued = std::collections::HashSet::new();
     let mut state = Vec::new();
-    let Ok(client) = pool.nats.client().await else {
+    let servers: Vec<&str> = url.split(',').collect();
+    let Ok(client) = async_nats::connect(servers.as_slice()).await else {
         return (queued, vec!["NATS unreachable at the end".into()]);
     };
     let js = async_nats::jetstream::new(client);
-    let Ok(mut stream) = js.get_stream(pool.names.stream()).await else {
+    let Ok(mut stream) = js.get_stream(names.stream()).await else {
         return (queued, vec!["work stream unreadable at the end".into()]);
     };
     for (id, key) in open {
@@ -378,13 +434,11 @@ async fn still_queued(
             continue;
         };
         let subject = match key {
-            Some(key) => pool.names.keyed_subject(
+            Some(key) => names.keyed_subject(
                 workpool_core::names::partition_of(key, partitions),
                 &work_id,
             ),
-            None => pool
-                .names
-                .work_subject(workpool_core::message::DEFAULT_TASK, &work_id),
+            None => names.work_subject(workpool_core::message::DEFAULT_TASK, &work_id),
         };
         if stream.direct_get_last_for_subject(subject).await.is_ok() {
             queued.insert(id.clone());

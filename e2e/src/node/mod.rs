@@ -7,7 +7,7 @@ mod logs;
 mod net;
 mod pod;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -234,6 +234,7 @@ pub async fn run(
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(pods, watch_config).default_backoff().boxed();
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut listed: HashSet<String> = HashSet::new();
     let used: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(vec![false; 256]));
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -244,9 +245,22 @@ pub async fn run(
         };
         let Some(Ok(event)) = event else { continue };
         let (applied, deleted) = match event {
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => (Some(pod), None),
+            watcher::Event::Apply(pod) => (Some(pod), None),
+            watcher::Event::InitApply(pod) => {
+                listed.insert(pod.metadata.uid.clone().unwrap_or_default());
+                (Some(pod), None)
+            }
             watcher::Event::Delete(pod) => (None, Some(pod)),
-            _ => (None, None),
+            watcher::Event::Init => {
+                listed.clear();
+                (None, None)
+            }
+            watcher::Event::InitDone => {
+                // A re-list (after the watch broke, say while the apiserver restarted)
+                // reports no deletions: a pod deleted meanwhile is simply not listed.
+                running.retain(|uid, _| listed.contains(uid));
+                (None, None)
+            }
         };
         if let Some(pod) = deleted {
             let uid = pod.metadata.uid.clone().unwrap_or_default();

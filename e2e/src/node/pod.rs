@@ -11,7 +11,7 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, T
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -328,6 +328,9 @@ impl PodRunner {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err.map_or(Stdio::null(), Stdio::from))
+            // Its own process group, so stopping the container reaches every process in
+            // it, as a runtime's cgroup does, not only the guard shell.
+            .process_group(0)
             .spawn();
         match child {
             Ok(child) => {
@@ -563,16 +566,25 @@ impl PodRunner {
     }
 }
 
-/// SIGTERM (if not sent yet), wait up to `grace`, then SIGKILL.
+/// SIGTERM to the container's process group, wait up to `grace` for its first process,
+/// then SIGKILL to the whole group.
 async fn stop(run: &mut ContainerRun, grace: Duration) {
     let Some(mut child) = run.child.take() else {
         return;
     };
-    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(Pid::from_raw);
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = child.kill().await;
+    }
+    // Whatever of the group outlived its first process (or ignored SIGTERM) goes too.
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
     }
     run.ready = false;
 }

@@ -1,0 +1,282 @@
+//! The checker's pool on the local cluster: the operator installed with `helm install`,
+//! the pool's api and worker pods run by the node, the api reached through the balancer
+//! that follows its Service, and the faults that need pods and a control plane.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use workpool_core::PoolNames;
+use workpool_core::crd::WorkPool;
+
+use super::faults::Fault;
+use crate::helm::Release;
+use crate::local_cluster::LocalCluster;
+use crate::operator::{condition, wait_pool};
+use crate::pods::{pod_processes, program_of, running_pods, wait_until};
+use crate::{HarnessError, Result};
+
+/// The pool's name in its namespace.
+const POOL: &str = "chaos";
+/// How long a force-deleted pod's processes may take to stop before they count as
+/// survivors (the node stops them at once; 2 s of SIGTERM, then SIGKILL).
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(180);
+
+pub struct PodPool {
+    pub cluster: LocalCluster,
+    pub namespace: String,
+    pub names: PoolNames,
+    pub api_url: String,
+    workers: i32,
+    balancer: tokio::task::JoinHandle<std::io::Result<()>>,
+    _state: tempfile::TempDir,
+}
+
+fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
+    move |err| HarnessError::Other(format!("{what}: {err}"))
+}
+
+impl PodPool {
+    /// Starts the local cluster, installs the operator and applies a WorkPool with `spec`
+    /// (its NATS URL set to the cluster's), `apis` api and `workers` worker replicas; waits
+    /// until every pod is ready.
+    pub async fn start(mut spec: Value, apis: i32, workers: i32) -> Result<Self> {
+        let state = tempfile::tempdir().map_err(HarnessError::io("cluster state dir"))?;
+        let cluster = LocalCluster::start(state.path()).await?;
+        let namespace = cluster.plane.namespace("chaos").await?;
+        let release_ns = cluster.plane.namespace("workpool-system").await?;
+        Release::new(&cluster.plane, "workpool", &release_ns)?
+            .install(&[("operator.watchNamespace", &namespace)])
+            .await?;
+        spec["nats"]["url"] = json!(cluster.nats.url());
+        spec["api"]["replicas"] = json!(apis);
+        spec["worker"]["replicas"] = json!(workers);
+        let pool: WorkPool = serde_json::from_value(json!({
+            "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
+            "metadata": {"name": POOL}, "spec": spec,
+        }))
+        .map_err(|err| HarnessError::Other(format!("the chaos WorkPool: {err}")))?;
+        Api::<WorkPool>::namespaced(cluster.client.clone(), &namespace)
+            .create(&PostParams::default(), &pool)
+            .await
+            .map_err(kube_error("creating the chaos WorkPool"))?;
+        let all_ready = |p: &WorkPool| {
+            let status = p.status.as_ref();
+            let ready =
+                |r: Option<&workpool_core::crd::ReplicaStatus>, n| r.is_some_and(|r| r.ready == n);
+            condition(p, "Ready").is_some_and(|(s, _)| s == "True")
+                && ready(status.and_then(|s| s.api.as_ref()), apis)
+                && ready(status.and_then(|s| s.workers.as_ref()), workers)
+        };
+        wait_pool(&cluster.client, &namespace, POOL, WAIT, all_ready).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(HarnessError::io("binding the balancer"))?;
+        let api_url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(HarnessError::io("balancer address"))?
+        );
+        let balancer = crate::lb::Balancer::following(
+            cluster.client.clone(),
+            &namespace,
+            &format!("{POOL}-api"),
+            "http",
+        );
+        let follower = balancer.clone();
+        wait_until("the balancer to see every api pod", WAIT, || async {
+            follower.backends().len() == usize::try_from(apis).unwrap_or(0)
+        })
+        .await?;
+        let names =
+            PoolNames::new(&namespace, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
+        Ok(Self {
+            balancer: tokio::spawn(balancer.serve(listener)),
+            cluster,
+            namespace,
+            names,
+            api_url,
+            workers,
+            _state: state,
+        })
+    }
+
+    /// Stops the balancer and the whole cluster.
+    pub async fn stop(self) -> Result<()> {
+        self.balancer.abort();
+        self.cluster.stop().await
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.cluster.client.clone(), &self.namespace)
+    }
+
+    async fn pick(&self, component: &str, rng: &mut fastrand::Rng) -> Result<Option<String>> {
+        let ns = match component {
+            "operator" => self.operator_namespace().await?,
+            _ => self.namespace.clone(),
+        };
+        let pods = running_pods(&self.cluster.client, &ns, component).await?;
+        Ok((!pods.is_empty())
+            .then(|| pods[rng.usize(..pods.len())].metadata.name.clone())
+            .flatten())
+    }
+
+    async fn operator_namespace(&self) -> Result<String> {
+        // `ControlPlane::namespace` adds a suffix; the release's is the one with the operator.
+        let pods: Api<Pod> = Api::all(self.cluster.client.clone());
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await
+            .map_err(kube_error("listing the operator pod"))?;
+        list.items
+            .first()
+            .and_then(|pod| pod.metadata.namespace.clone())
+            .ok_or_else(|| HarnessError::Other("no operator pod".into()))
+    }
+
+    /// Sends `signal` to the main process of pod `pod` (the one running `binary`, not the
+    /// programs it started); `false` when no such process was found.
+    fn signal_main(&self, ns: &str, pod: &str, binary: &str, signal: Signal) -> bool {
+        let main = pod_processes(ns, pod).into_iter().find(|pid| {
+            program_of(*pid).is_some_and(|program| program.ends_with(binary))
+                && !is_exec_guard(*pid)
+        });
+        main.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
+        })
+    }
+
+    /// Applies one of the faults that need pods or the control plane; `None` for the
+    /// others (the NATS faults, which the caller applies to the cluster's NATS).
+    pub async fn apply(
+        &mut self,
+        fault: Fault,
+        ack_wait: Duration,
+        survivors: &mut Vec<String>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Option<String>> {
+        let ns = self.namespace.clone();
+        let pause = ack_wait + ack_wait / 2;
+        Ok(Some(match fault {
+            Fault::KillWorker | Fault::KillApi | Fault::KillOperator => {
+                let (component, binary) = match fault {
+                    Fault::KillWorker => ("worker", "workpool-worker"),
+                    Fault::KillApi => ("api", "workpool-api"),
+                    _ => ("operator", "workpool-operator"),
+                };
+                let Some(pod) = self.pick(component, rng).await? else {
+                    return Ok(Some(format!("{fault:?} skipped (no {component} pod)")));
+                };
+                let ns = match fault {
+                    Fault::KillOperator => self.operator_namespace().await?,
+                    _ => ns,
+                };
+                let killed = self.signal_main(&ns, &pod, binary, Signal::SIGKILL);
+                format!("SIGKILL {pod}'s {binary} (found: {killed}; the node restarts it)")
+            }
+            Fault::PauseWorker => {
+                let Some(pod) = self.pick("worker", rng).await? else {
+                    return Ok(Some("PauseWorker skipped (no worker pod)".into()));
+                };
+                let paused = self.signal_main(&ns, &pod, "workpool-worker", Signal::SIGSTOP);
+                tokio::time::sleep(pause).await;
+                self.signal_main(&ns, &pod, "workpool-worker", Signal::SIGCONT);
+                format!("SIGSTOP {pod} for {pause:?} (found: {paused})")
+            }
+            Fault::ForceDeleteWorker | Fault::ForceDeleteApi => {
+                let component = match fault {
+                    Fault::ForceDeleteWorker => "worker",
+                    _ => "api",
+                };
+                let Some(pod) = self.pick(component, rng).await? else {
+                    return Ok(Some(format!("{fault:?} skipped (no {component} pod)")));
+                };
+                self.force_delete(&pod, survivors).await?
+            }
+            Fault::ScaleUp | Fault::ScaleDown => {
+                let workers = match fault {
+                    Fault::ScaleUp => self.workers + 1,
+                    _ => self.workers - 1,
+                };
+                if !(1..=5).contains(&workers) {
+                    return Ok(Some(format!("{fault:?} skipped (at {})", self.workers)));
+                }
+                self.patch_spec(json!({"worker": {"replicas": workers}}))
+                    .await
+                    .map_err(kube_error("scaling the workers"))?;
+                self.workers = workers;
+                format!("workers scaled to {workers}")
+            }
+            Fault::RestartApiserver => {
+                self.cluster.plane.stop_apiserver().await?;
+                tokio::time::sleep(pause).await;
+                self.cluster.plane.start_apiserver().await?;
+                format!("kube-apiserver stopped for {pause:?} and started again")
+            }
+            Fault::ChangePartitions => {
+                let refused = self
+                    .patch_spec(json!({"worker": {"partitions": 13}}))
+                    .await
+                    .is_err();
+                if refused {
+                    "a change of worker.partitions, refused by the apiserver".to_owned()
+                } else {
+                    survivors.push("worker.partitions changed: the apiserver accepted it".into());
+                    "a change of worker.partitions, ACCEPTED".to_owned()
+                }
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    async fn patch_spec(&self, spec: Value) -> std::result::Result<WorkPool, kube::Error> {
+        Api::<WorkPool>::namespaced(self.cluster.client.clone(), &self.namespace)
+            .patch(
+                POOL,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+    }
+
+    /// `kubectl delete pod --force --grace-period=0`, then checks that the pod's processes
+    /// are gone; those still running are recorded in `survivors`.
+    async fn force_delete(&self, pod: &str, survivors: &mut Vec<String>) -> Result<String> {
+        self.pods()
+            .delete(pod, &DeleteParams::default().grace_period(0))
+            .await
+            .map_err(kube_error("force-deleting a pod"))?;
+        let ns = &self.namespace;
+        let stopped = || async { pod_processes(ns, pod).is_empty() };
+        let gone = wait_until(
+            "a force-deleted pod's processes to stop",
+            STOP_WITHIN,
+            stopped,
+        )
+        .await
+        .is_ok();
+        if !gone {
+            let left = pod_processes(ns, pod);
+            survivors.push(format!(
+                "{pod}: processes {left:?} still run {STOP_WITHIN:?} after a force delete"
+            ));
+        }
+        Ok(format!(
+            "force-deleted {pod} (its processes stopped: {gone})"
+        ))
+    }
+}
+
+fn is_exec_guard(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|byte| *byte == 0)
+            .any(|arg| arg == b"--exec-guard")
+    })
+}
