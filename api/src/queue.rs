@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::DirectGetErrorKind};
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::LastRawMessageErrorKind};
 use async_nats::{Client, connection::State};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
@@ -226,12 +226,14 @@ impl Queue {
         }
     }
 
-    /// Whether the work's message is still in the stream (queued or being worked).
+    /// Whether the work's message is still in the stream (queued or being worked). Asked
+    /// of the stream's leader, not with a direct get: any replica answers those, and a
+    /// lagging one would call queued work missing (docs/reliability.md).
     async fn is_queued(&self, message: &WorkMessage) -> Result<bool, ApiError> {
         let subject = self.subject(&message.id, &message.task, message.key.as_deref());
-        match self.stream.direct_get_last_for_subject(subject).await {
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(_) => Ok(true),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -391,12 +393,12 @@ impl Queue {
     /// `cancelled` record alone would be forgotten once it expires, and the work would
     /// then run. Only this record's generation is removed (a later resubmission of the
     /// same content is not). Failing that, the DELETE is answered 503 and its retry
-    /// tries again.
+    /// tries again. Both reads go to the stream's leader, as in [`Self::is_queued`].
     async fn remove_message(&self, id: &WorkId, record: &WorkRecord) -> Result<(), ApiError> {
         let subject = self.subject(id, &record.task, record.key.as_deref());
-        let message = match self.stream.direct_get_last_for_subject(subject).await {
+        let message = match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(message) => message,
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
             Err(err) => return Err(not_removed(err)),
         };
         let same_generation = serde_json::from_slice::<WorkMessage>(&message.payload)
@@ -413,7 +415,7 @@ impl Queue {
     }
 
     async fn is_in_stream(&self, sequence: u64) -> bool {
-        self.stream.direct_get(sequence).await.is_ok()
+        self.stream.get_raw_message(sequence).await.is_ok()
     }
 
     /// Asks `worker` to abort the running attempt of `id`: true if it confirmed that it

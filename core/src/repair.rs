@@ -15,7 +15,7 @@ use async_nats::jetstream::{
     consumer::{self, AckPolicy, DeliverPolicy},
     context::{PublishError, PublishErrorKind},
     kv,
-    stream::DirectGetErrorKind,
+    stream::LastRawMessageErrorKind,
 };
 use futures::StreamExt;
 
@@ -87,7 +87,7 @@ pub enum RepairError {
     Lookup {
         id: WorkId,
         #[source]
-        source: jetstream::stream::DirectGetError,
+        source: jetstream::stream::LastRawMessageError,
     },
     #[error("deleting the stranded record of {id}: {source}")]
     Delete {
@@ -378,9 +378,11 @@ async fn repair(
         _ => return Ok(Repair::NotStranded),
     };
     let subject = work_message_subject(names, spec, id, &record);
-    match work.direct_get_last_for_subject(subject).await {
+    // The leader's answer, not a direct get's: a lagging replica would call queued work
+    // stranded, and its record would be deleted under it.
+    match work.get_last_raw_message_by_subject(&subject).await {
         Ok(_) => return Ok(Repair::NotStranded),
-        Err(err) if err.kind() == DirectGetErrorKind::NotFound => {}
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {}
         Err(source) => {
             return Err(RepairError::Lookup {
                 id: id.clone(),

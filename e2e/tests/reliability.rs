@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::json;
 use workpool_core::PoolSpec;
 use workpool_e2e::chaos::ledger::{Execution, executions};
@@ -276,4 +277,62 @@ async fn work_the_stream_cannot_carry_is_413_and_leaves_no_record() {
     let id = workpool_core::WorkId::from_content("default", None, &data);
     assert_eq!(pool.get(id.as_str()).await.expect("get").status, 404);
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+}
+
+/// The reads that decide whether queued work exists (a cancel's removal of its message,
+/// a resubmission's check of its first publish) go to the stream's leader: a direct get
+/// may be answered by a lagging replica of a replicated stream, which would call queued
+/// work missing. Watched on the wire: no direct get of the work stream is sent.
+#[tokio::test]
+async fn whether_work_is_queued_is_asked_of_the_stream_leader() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (spec, _ledger) = ledger_spec(&dir, json!({}));
+    let pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let watcher = pool.nats.client().await.expect("client");
+    let stream = pool.names.stream();
+    let mut direct = watcher
+        .subscribe(format!("$JS.API.DIRECT.GET.{stream}.>"))
+        .await
+        .expect("subscribe");
+    let mut direct_by_sequence = watcher
+        .subscribe(format!("$JS.API.DIRECT.GET.{stream}"))
+        .await
+        .expect("subscribe");
+    let mut leader = watcher
+        .subscribe(format!("$JS.API.STREAM.MSG.GET.{stream}"))
+        .await
+        .expect("subscribe");
+    watcher.flush().await.expect("flush");
+
+    let body = json!({"data": {"ms": 10}});
+    let id = pool.submit(&body).await.expect("submit");
+    let again = pool.post(&body).await.expect("resubmit");
+    assert_eq!(again.status, 200, "{again:?}");
+    let answer = pool
+        .send(
+            pool.http
+                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(answer.str("status"), "cancelled", "{answer:?}");
+
+    let mut leader_reads = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), leader.next()).await {
+        leader_reads += 1;
+    }
+    assert!(
+        leader_reads >= 2,
+        "the resubmission and the cancel ask the leader"
+    );
+    for (name, subscription) in [
+        ("by subject", &mut direct),
+        ("by sequence", &mut direct_by_sequence),
+    ] {
+        let sent = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await;
+        assert!(
+            !matches!(sent, Ok(Some(_))),
+            "a direct get {name} of the work stream was sent: {sent:?}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use workpool_core::message::{PENDING_HEADER, WorkSubmission};
 use workpool_core::repair::{self, Swept, sweep_stranded};
@@ -110,7 +111,33 @@ async fn a_pending_record_whose_publish_never_landed_is_repaired_and_the_retry_r
     }
 
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Whether a record's message exists is asked of the stream's leader: a direct get may
+    // be answered by a lagging replica, which would call queued work stranded.
+    let wire = pool.nats.client().await.expect("client");
+    let stream = pool.names.stream();
+    let mut direct = wire
+        .subscribe(format!("$JS.API.DIRECT.GET.{stream}.>"))
+        .await
+        .expect("subscribe");
+    let mut leader = wire
+        .subscribe(format!("$JS.API.STREAM.MSG.GET.{stream}"))
+        .await
+        .expect("subscribe");
+    wire.flush().await.expect("flush");
     let swept = sweep(&pool, Duration::from_millis(100)).await;
+    let mut leader_reads = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), leader.next()).await {
+        leader_reads += 1;
+    }
+    assert_eq!(
+        leader_reads, 3,
+        "each candidate's message is looked up at the leader"
+    );
+    let sent = tokio::time::timeout(Duration::from_millis(100), direct.next()).await;
+    assert!(
+        !matches!(sent, Ok(Some(_))),
+        "a direct get was sent: {sent:?}"
+    );
     assert_eq!(
         (swept.scanned, swept.stranded, swept.repaired),
         (3, 2, 2),
