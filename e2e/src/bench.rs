@@ -1,6 +1,7 @@
 //! `make bench`: end-to-end jobs per second (POST to `worked`, builtin echo, small
 //! payload, open-loop arrivals) and the raw JetStream async-publish rate, measured in one
-//! run against one nats-server, with their ratio.
+//! run against one nats-server, with their ratio; then both again on a server that
+//! flushes before each ack (`sync_interval: always`, the chart's setting), for its cost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use workpool_core::PoolSpec;
 
-use crate::pool::TestPool;
+use crate::nats::NatsServer;
+use crate::pool::{PoolNats, TestPool};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -40,6 +42,16 @@ pub struct BenchArgs {
     /// Jobs in flight per worker.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Jobs (and a fifth as many raw messages) for the run on a server with
+    /// `sync_interval: always`; 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    pub synced_jobs: usize,
+}
+
+/// What one end-to-end run measured.
+struct EndToEnd {
+    completed: usize,
+    rate: f64,
 }
 
 /// Publishes `count` 128-byte messages to a file-backed stream as fast as acks come back.
@@ -98,18 +110,64 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         args.concurrency
     ))
     .map_err(|err| err.to_string())?;
-    let pool = TestPool::start(spec, args.apis, args.workers)
+    let pool = TestPool::start(spec.clone(), args.apis, args.workers)
         .await
         .map_err(|err| err.to_string())?;
-    let client = pool.nats.client().await.map_err(|err| err.to_string())?;
-
+    let (raw, e2e) = measure(&pool, &args, args.raw_messages, args.jobs).await?;
     println!(
-        "raw JetStream async publish: {} x 128 B, window {} ...",
-        args.raw_messages, args.raw_window
+        "\nRESULT end-to-end {:.0} jobs/s | raw publish {raw:.0} msgs/s | ratio {:.3}",
+        e2e.rate,
+        e2e.rate / raw
     );
-    let raw = raw_publish_rate(client.clone(), args.raw_messages, args.raw_window).await?;
-    println!("  {raw:.0} msgs/s");
+    drop(pool);
+    if args.synced_jobs > 0 {
+        println!("\nthe same on a nats-server with sync_interval: always ...");
+        let synced = NatsServer::start_synced()
+            .await
+            .map_err(|err| err.to_string())?;
+        let pool = TestPool::start_on(synced, spec, args.apis, args.workers)
+            .await
+            .map_err(|err| err.to_string())?;
+        let (synced_raw, synced_e2e) =
+            measure(&pool, &args, args.synced_jobs / 5, args.synced_jobs).await?;
+        println!(
+            "\nDURABILITY sync_interval=always: end-to-end {:.0} jobs/s ({:.2} of default) | raw publish {synced_raw:.0} msgs/s ({:.2} of default)",
+            synced_e2e.rate,
+            synced_e2e.rate / e2e.rate,
+            synced_raw / raw
+        );
+    }
+    if e2e.completed < args.jobs {
+        return Err(format!("only {} of {} jobs completed", e2e.completed, args.jobs));
+    }
+    Ok(())
+}
 
+/// The raw publish rate and an end-to-end run of `jobs` on `pool`'s server.
+async fn measure<N: PoolNats>(
+    pool: &TestPool<N>,
+    args: &BenchArgs,
+    raw_messages: usize,
+    jobs: usize,
+) -> Result<(f64, EndToEnd), String> {
+    let client = pool.nats.client().await.map_err(|err| err.to_string())?;
+    println!(
+        "raw JetStream async publish: {raw_messages} x 128 B, window {} ...",
+        args.raw_window
+    );
+    let raw = raw_publish_rate(client.clone(), raw_messages, args.raw_window).await?;
+    println!("  {raw:.0} msgs/s");
+    let e2e = end_to_end(pool, client, args, jobs).await?;
+    Ok((raw, e2e))
+}
+
+/// `jobs` POSTs at the offered rate, each timed until its `worked` event.
+async fn end_to_end<N: PoolNats>(
+    pool: &TestPool<N>,
+    client: async_nats::Client,
+    args: &BenchArgs,
+    jobs: usize,
+) -> Result<EndToEnd, String> {
     let mut worked = client
         .subscribe(pool.names.event_subject("work", "worked"))
         .await
@@ -128,13 +186,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut throttled = 0usize;
 
     println!(
-        "end to end: {} jobs offered at {}/s over {} api and {} worker processes ...",
-        args.jobs, args.rate, args.apis, args.workers
+        "end to end: {jobs} jobs offered at {}/s over {} api and {} worker processes ...",
+        args.rate, args.apis, args.workers
     );
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let collector = tokio::spawn({
-        let jobs = args.jobs;
         async move {
             let mut done = HashMap::new();
             while done.len() < jobs {
@@ -152,7 +209,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             done
         }
     });
-    for n in 0..args.jobs {
+    for n in 0..jobs {
         tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
         let permit = match limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -199,8 +256,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     latencies.sort();
     let e2e = completed as f64 / elapsed.as_secs_f64();
     println!(
-        "  {completed} of {} jobs worked in {:.2}s (arrivals took {:.2}s; {} refused; generator throttled {} times)",
-        args.jobs,
+        "  {completed} of {jobs} jobs worked in {:.2}s (arrivals took {:.2}s; {} refused; generator throttled {} times)",
         elapsed.as_secs_f64(),
         offered_for.as_secs_f64(),
         refused.load(std::sync::atomic::Ordering::Relaxed),
@@ -211,12 +267,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0
     );
-    println!(
-        "\nRESULT end-to-end {e2e:.0} jobs/s | raw publish {raw:.0} msgs/s | ratio {:.3}",
-        e2e / raw
-    );
-    if completed < args.jobs {
-        return Err(format!("only {completed} of {} jobs completed", args.jobs));
-    }
-    Ok(())
+    Ok(EndToEnd {
+        completed,
+        rate: e2e,
+    })
 }

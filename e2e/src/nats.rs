@@ -19,6 +19,12 @@ pub struct NatsServer {
     binary: PathBuf,
 }
 
+/// NATS's default flush policy, unless WORKPOOL_NATS_SYNC=always asks for a flush before
+/// each ack, as the chart's NATS does (docs/reliability.md says why the default stays here).
+fn sync_from_env() -> bool {
+    std::env::var("WORKPOOL_NATS_SYNC").as_deref() == Ok("always")
+}
+
 impl NatsServer {
     /// Starts a server and waits until JetStream is ready.
     pub async fn start() -> Result<Self> {
@@ -27,15 +33,21 @@ impl NatsServer {
 
     /// A server listening on `host` (for example the pod network's bridge address).
     pub async fn start_on(host: &str) -> Result<Self> {
-        Self::start_with(host, "8MB").await
+        Self::start_with(host, "8MB", sync_from_env()).await
     }
 
     /// A server whose `max_payload` is `bytes` (to test pools that would not fit).
     pub async fn start_with_max_payload(bytes: usize) -> Result<Self> {
-        Self::start_with("127.0.0.1", &bytes.to_string()).await
+        Self::start_with("127.0.0.1", &bytes.to_string(), sync_from_env()).await
     }
 
-    async fn start_with(host: &str, max_payload: &str) -> Result<Self> {
+    /// A server that flushes its store before each acknowledgement
+    /// (`sync_interval: always`), as the chart's NATS does: to measure what that costs.
+    pub async fn start_synced() -> Result<Self> {
+        Self::start_with("127.0.0.1", "8MB", true).await
+    }
+
+    async fn start_with(host: &str, max_payload: &str, sync_always: bool) -> Result<Self> {
         let binary = paths::tool("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-")
@@ -44,11 +56,10 @@ impl NatsServer {
         let [port, monitor_port] = crate::free_ports::<2>()?;
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
-        // NATS's default flush policy; WORKPOOL_NATS_SYNC=always flushes before each ack,
-        // as the chart's NATS does (docs/reliability.md says why the default stays here).
-        let sync = match std::env::var("WORKPOOL_NATS_SYNC").as_deref() {
-            Ok("always") => ", sync_interval: always",
-            _ => "",
+        let sync = if sync_always {
+            ", sync_interval: always"
+        } else {
+            ""
         };
         let text = format!(
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
