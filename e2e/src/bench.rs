@@ -138,7 +138,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         );
     }
     if e2e.completed < args.jobs {
-        return Err(format!("only {} of {} jobs completed", e2e.completed, args.jobs));
+        return Err(format!(
+            "only {} of {} jobs completed",
+            e2e.completed, args.jobs
+        ));
     }
     Ok(())
 }
