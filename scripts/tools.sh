@@ -62,27 +62,39 @@ go_build_in_module() {
   return 0
 }
 
+# The commands built from the throwaway Kubernetes module (its tools.go imports each, so
+# `go mod tidy` records every dependency they need). kube-scheduler is built only by name.
+kubernetes_commands=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
+
 # Kubernetes' go.mod replaces its ~30 staging modules with local paths, so a throwaway
 # module requires k8s.io/kubernetes and points each staging module at its published tag.
+# The .prepared marker holds the command list it was prepared for: adding a command
+# prepares the module again (quick once the module cache is warm).
 kubernetes_module() {
   local work="$tools_dir/build/kubernetes-$KUBERNETES_VERSION"
-  [ -f "$work/.prepared" ] && { echo "$work"; return 0; }
+  local prepared_for="${kubernetes_commands[*]}"
+  if [ -f "$work/.prepared" ] && [ "$(cat "$work/.prepared")" = "$prepared_for" ]; then
+    echo "$work"
+    return 0
+  fi
   need_go
   mkdir -p "$work"
   (
     cd "$work"
-    rm -f go.mod go.sum
+    rm -f go.mod go.sum .prepared
     go mod init workpool.local/build/kubernetes >/dev/null 2>&1
-    local download gomod staging
+    local download gomod staging command
     download=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION")
     gomod=$(printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
     staging=$(sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/.*#\1#p' "$gomod")
     [ -n "$staging" ] || { echo "tools: no staging modules found in $gomod" >&2; exit 1; }
     go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
     for module in $staging; do go mod edit -replace="$module=$module@v0.${KUBERNETES_VERSION#v1.}"; done
-    printf '%s\n' '//go:build tools' '' 'package tools' '' 'import (' \
-      '	_ "k8s.io/kubernetes/cmd/kube-apiserver"' '	_ "k8s.io/kubernetes/cmd/kube-controller-manager"' \
-      '	_ "k8s.io/kubernetes/cmd/kubectl"' ')' > tools.go
+    {
+      printf '%s\n' '//go:build tools' '' 'package tools' '' 'import ('
+      for command in "${kubernetes_commands[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$command"; done
+      printf ')\n'
+    } > tools.go
     go mod tidy
     # Go 1.26 links protobuf < v1.36.12 without dead-code elimination (much larger binaries).
     local protobuf
@@ -91,7 +103,7 @@ kubernetes_module() {
       go get google.golang.org/protobuf@v1.36.12 && go mod tidy
     fi
     printf '%s\n' "$download" | sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]\{40\}\)".*/\1/p' | head -1 > .commit
-    touch .prepared
+    printf '%s\n' "$prepared_for" > .prepared
   ) >&2
   echo "$work"
 }
@@ -160,13 +172,49 @@ build_prometheus_operator_crds() {
 # promtool, to check the alert rules the chart ships.
 build_promtool() { go_install promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool promtool; }
 
+# The CNI plugins a node's bridge network uses, one module and one `go install` for all
+# four; their version string is stamped or they report "version unknown".
+cni_plugins=(main/bridge ipam/host-local main/loopback meta/portmap)
+build_cni_plugins() {
+  local bin_dir="$tools_dir/cni-plugins-$CNI_PLUGINS_VERSION/bin" plugin packages=() complete=true
+  for plugin in "${cni_plugins[@]}"; do
+    [ -x "$bin_dir/${plugin#*/}" ] || complete=false
+    packages+=("github.com/containernetworking/plugins/plugins/$plugin@$CNI_PLUGINS_VERSION")
+  done
+  if $complete; then
+    already_built "$bin_dir" "${cni_plugins[-1]#*/}" "CNI plugins $CNI_PLUGINS_VERSION" && return 0
+  fi
+  need_go
+  echo "tools: building CNI plugins $CNI_PLUGINS_VERSION (${cni_plugins[*]#*/}; first time takes a minute or two)" >&2
+  mkdir -p "$bin_dir"
+  rm -rf "$bin_dir.partial"
+  GOBIN="$bin_dir.partial" go install -trimpath \
+    -ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+    "${packages[@]}"
+  for plugin in "${cni_plugins[@]}"; do mv "$bin_dir.partial/${plugin#*/}" "$bin_dir/${plugin#*/}"; done
+  rmdir "$bin_dir.partial" 2>/dev/null || true
+  $print_bin && echo "$bin_dir"
+  return 0
+}
+
+# CoreDNS's own version is in its source; only the commit would be stamped, and it is
+# not needed.
+build_coredns() { go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns coredns; }
+# crictl reports "unknown" unless its version is stamped.
+build_crictl() {
+  GO_LDFLAGS="-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl crictl
+}
+
 print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
-all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus promtool prometheus-operator-crds)
-# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
-optional_tools=(kind)
+all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus promtool
+  prometheus-operator-crds kubelet kube-proxy cni-plugins coredns crictl)
+# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh);
+# kube-scheduler for a node setup that wants the real scheduler.
+optional_tools=(kind kube-scheduler)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
@@ -178,7 +226,11 @@ for tool in "${wanted[@]}"; do
     prometheus) build_prometheus ;;
     promtool) build_promtool ;;
     prometheus-operator-crds) build_prometheus_operator_crds ;;
-    kube-apiserver | kube-controller-manager | kubectl) build_kubernetes_command "$tool" ;;
+    cni-plugins) build_cni_plugins ;;
+    coredns) build_coredns ;;
+    crictl) build_crictl ;;
+    kube-apiserver | kube-controller-manager | kubectl | kubelet | kube-proxy | kube-scheduler)
+      build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;
   esac
 done

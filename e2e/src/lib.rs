@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod helm;
 pub mod http;
+pub mod image;
 pub mod lb;
 pub mod local_cluster;
 pub mod metrics;
