@@ -131,19 +131,9 @@ pub async fn connect_nats(
             let url = url_for_log.clone();
             async move { tracing::info!(%url, %event, "nats connection event") }
         })
-        .connect(servers(url).as_slice())
+        .connect(crate::crd::nats_servers(url).as_slice())
         .await
         .map_err(ConnectError::Connect)
-}
-
-/// The servers of a `nats.url` that may list a cluster's members, comma-separated (as
-/// the NATS tools accept them): async-nats parses a `&str` as one address, and a client
-/// that knows every member can (re)connect while any one of them is down.
-fn servers(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|server| !server.is_empty())
-        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,18 +146,4 @@ pub enum ConnectError {
     },
     #[error(transparent)]
     Connect(async_nats::ConnectError),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::servers;
-
-    #[test]
-    fn a_comma_separated_url_names_every_server() {
-        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
-        assert_eq!(
-            servers("nats://a:1, nats://b:2,nats://c:3,"),
-            ["nats://a:1", "nats://b:2", "nats://c:3"]
-        );
-    }
 }

@@ -117,11 +117,22 @@ pub enum PullPolicy {
     Never,
 }
 
+/// The servers of a `nats.url` that may list a cluster's members, comma-separated (as the
+/// NATS tools accept them): async-nats parses a `&str` as one address.
+pub fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
+}
+
 /// Where NATS is.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NatsSpec {
-    /// NATS URL as seen from the pods, for example `nats://nats.nats:4222`.
+    /// NATS URL as seen from the pods, for example `nats://nats.nats:4222`; for a NATS
+    /// cluster, its members' URLs separated by commas, so every client can (re)connect
+    /// while any one member is down.
     #[x_kube(validation = Rule::new("self.startsWith('nats://') || self.startsWith('tls://')").message("nats.url must start with nats:// or tls://"))]
     pub url: String,
     /// Name of a Secret in the pool's namespace whose `nats.creds` key holds NATS
@@ -536,6 +547,15 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
+
+    #[test]
+    fn a_comma_separated_url_names_every_server() {
+        assert_eq!(nats_servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            nats_servers("nats://a:1, nats://b:2,nats://c:3,"),
+            ["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
+    }
 
     fn minimal() -> WorkPoolSpec {
         serde_json::from_value(serde_json::json!({"nats": {"url": "nats://nats:4222"}}))

@@ -425,6 +425,24 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     );
 }
 
+/// A `nats.url` listing a cluster's members, one of them down, is provisioned through the
+/// others, as the pods connect (before, the operator parsed the list as one address).
+#[tokio::test]
+async fn a_url_listing_several_servers_reaches_the_one_that_is_up() {
+    let (plane, client, ns, nats) = setup("urllist").await;
+    let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
+        .await
+        .expect("operator");
+    let down = workpool_e2e::free_port().expect("port");
+    let url = format!("nats://127.0.0.1:{down}, {}", nats.url());
+    create_pool(&client, &ns, &pool_yaml("demo", &url, ""))
+        .await
+        .expect("create");
+    wait_pool(&client, &ns, "demo", WAIT, queue_ready)
+        .await
+        .expect("provisioned through the server that is up");
+}
+
 #[tokio::test]
 async fn nats_down_is_a_condition_and_recovery_follows() {
     let (_plane, client, ns, mut nats, operator) = running_pool("natsdown", "").await;

@@ -84,12 +84,14 @@ impl NatsClients {
                 .map_err(|err| Error::NatsCredentials(err.to_string()))?,
             None => async_nats::ConnectOptions::new(),
         };
+        // Every member of a cluster the URL lists, as the pods get them.
+        let servers = workpool_core::crd::nats_servers(url);
         let connect = options
             .name("workpool-operator")
             .max_reconnects(None)
             .connection_timeout(CONNECT_TIMEOUT)
             .request_timeout(Some(Duration::from_secs(5)))
-            .connect(url);
+            .connect(servers.as_slice());
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| Error::NatsUnreachable(format!("{shown}: connection timed out")))?
