@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools deps build up down test lint static unit e2e generate bench chaos run-operator chart kind-up kind-e2e kind-down
+.PHONY: help tools deps build up down test lint static unit e2e generate bench chaos run-operator chart kind-up kind-e2e kind-down image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHM
 
 chaos: tools build ## The fault-injecting checker, full run (CHAOS_SEED, CHAOS_JOBS; see docs/reliability.md)
 	./target/debug/workpool-chaos
+
+image: deps ## The Workpool image and the node's pause image as OCI layout tars in target/image/ (no Docker, no registry)
+	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl \
+	  -p workpool-operator --bin workpool-operator -p workpool-api --bin workpool-api \
+	  -p workpool-worker --bin workpool-worker --bin workpool-smoke -p workpool-e2e --bin workpool-pause
+	$(CARGO) run -q -p workpool-e2e --bin workpool-image -- \
+	  --binaries target/x86_64-unknown-linux-musl/release --out-dir target/image
+	@echo "import into a node's containerd: ctr -n k8s.io images import target/image/workpool.oci.tar (and pause.oci.tar)"
 
 kind-up: ## With Docker: build the image, create a kind cluster, helm install, demo on :8080
 	@scripts/kind.sh up
