@@ -1,5 +1,6 @@
 //! A real 3-node `nats-server` cluster with JetStream for one test: every node on
-//! loopback with its own ports, store and log, routed to the others. A node can be
+//! loopback (or clients on the pod network's bridge address) with its own ports, store
+//! and log, routed to the others. A node can be
 //! killed, paused or restarted on its store while the other two keep a quorum, which is
 //! what a replicated (`nats.replicas: 3`) pool is meant to survive.
 
@@ -28,6 +29,8 @@ struct Node {
 
 #[derive(Debug)]
 pub struct NatsCluster {
+    /// Where clients connect (routes and monitoring stay on loopback).
+    host: String,
     nodes: Vec<Node>,
     binary: PathBuf,
     dir: tempfile::TempDir,
@@ -38,6 +41,12 @@ impl NatsCluster {
     /// Starts the three nodes and waits until each is healthy and JetStream has elected
     /// a meta leader (before that, creating a stream fails).
     pub async fn start() -> Result<Self> {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// The same with client connections on `host` (the pod network's bridge address, so
+    /// the local cluster's pods reach it).
+    pub async fn start_on(host: &str) -> Result<Self> {
         let binary = paths::tool("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-cluster-")
@@ -65,7 +74,7 @@ impl NatsCluster {
             let store = dir.path().join(format!("{name}-store"));
             let config = dir.path().join(format!("{name}.conf"));
             let text = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                "server_name: {name}\nlisten: {host}:{port}\nhttp: 127.0.0.1:{monitor}\n\
                  max_payload: 8MB\njetstream {{ store_dir: {store:?}{sync} }}\n\
                  cluster {{\n  name: workpool-e2e\n  listen: 127.0.0.1:{route}\n  \
                  routes: [{routes}]\n}}\n",
@@ -85,6 +94,7 @@ impl NatsCluster {
             });
         }
         let mut cluster = Self {
+            host: host.to_owned(),
             nodes,
             binary,
             dir,
@@ -107,7 +117,7 @@ impl NatsCluster {
     pub fn url(&self, i: usize) -> String {
         self.nodes
             .get(i)
-            .map(|node| format!("nats://127.0.0.1:{}", node.port))
+            .map(|node| format!("nats://{}:{}", self.host, node.port))
             .unwrap_or_default()
     }
 

@@ -48,7 +48,10 @@ async fn a_seeded_run_on_a_replicated_stream_survives_leader_kills() {
         jobs: 1600,
         ..Config::short(seed)
     }
-    .on_nats_cluster();
+    .on_nats_cluster()
+    // On processes: the pods' run above has the pod faults, and `make chaos` with
+    // CHAOS_NATS_CLUSTER=true runs both together.
+    .on_processes();
     let (report, history) = run(&config).await.expect("chaos run");
     println!(
         "seed {seed} (cluster): {report:#?}\nfaults: {:#?}",

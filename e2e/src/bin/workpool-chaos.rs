@@ -22,12 +22,12 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     fault_every: f64,
     /// Run on a 3-node NATS cluster (`nats.replicas: 3`) and kill the work stream's leader
-    /// among the faults (on api and worker processes, not pods).
+    /// among the faults.
     #[arg(long, env = "CHAOS_NATS_CLUSTER")]
     nats_cluster: bool,
     /// Run on api and worker processes alone, without the local cluster (no pod, apiserver
     /// or operator faults).
-    #[arg(long, env = "CHAOS_PROCESSES", conflicts_with = "nats_cluster")]
+    #[arg(long, env = "CHAOS_PROCESSES")]
     processes: bool,
 }
 
@@ -43,10 +43,15 @@ async fn main() -> ExitCode {
         after_expiry_probes: 20,
         ..Config::short(args.seed)
     };
-    let config = match (args.nats_cluster, args.processes) {
-        (true, _) => config.on_nats_cluster(),
-        (false, true) => config.on_processes(),
-        (false, false) => config,
+    let config = if args.nats_cluster {
+        config.on_nats_cluster()
+    } else {
+        config
+    };
+    let config = if args.processes {
+        config.on_processes()
+    } else {
+        config
     };
     let (report, history) = match run(&config).await {
         Ok(outcome) => outcome,
@@ -65,11 +70,16 @@ async fn main() -> ExitCode {
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     println!("{text}");
     let _ = std::fs::create_dir_all("artifacts");
-    let name = match (config.nats_cluster, config.pods) {
-        (true, _) => format!("artifacts/chaos-cluster-{}.json", config.seed),
-        (false, true) => format!("artifacts/chaos-pods-{}.json", config.seed),
-        (false, false) => format!("artifacts/chaos-{}.json", config.seed),
-    };
+    let name = format!(
+        "artifacts/chaos-{}{}-{}.json",
+        if config.pods { "pods" } else { "processes" },
+        if config.nats_cluster {
+            "-nats-cluster"
+        } else {
+            ""
+        },
+        config.seed
+    );
     let _ = std::fs::write(name, &text);
     if report.violations() == 0 {
         ExitCode::SUCCESS

@@ -61,7 +61,8 @@ pub const CLUSTER: [Fault; 9] = [
     Fault::KillStreamLeader,
 ];
 
-/// The kinds of a run on the local cluster's pods: every fault but the leader kill.
+/// The kinds of a run on the local cluster's pods: every fault but the leader kill (which
+/// a run on a NATS cluster adds to each round).
 pub const PODS: [Fault; 13] = [
     Fault::KillWorker,
     Fault::PauseWorker,
@@ -129,9 +130,12 @@ impl Injector {
                 {
                     return Ok(done);
                 }
-                Ok(server_fault(&mut pods.cluster.nats, fault, pause)
-                    .await?
-                    .unwrap_or_else(|| format!("{fault:?} skipped (not on pods)")))
+                let stream = pods.names.stream();
+                let done = match &mut pods.nats_cluster {
+                    Some(nats) => self.cluster_fault(nats, &stream, fault, rng).await?,
+                    None => server_fault(&mut pods.cluster.nats, fault, pause).await?,
+                };
+                Ok(done.unwrap_or_else(|| format!("{fault:?} skipped (not on pods)")))
             }
             Target::Processes(pool) => self.apply_to_processes(pool, fault, rng).await,
         }

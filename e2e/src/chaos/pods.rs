@@ -15,6 +15,7 @@ use workpool_core::crd::WorkPool;
 use super::faults::Fault;
 use crate::helm::Release;
 use crate::local_cluster::LocalCluster;
+use crate::nats_cluster::NatsCluster;
 use crate::operator::{condition, wait_pool};
 use crate::pods::{pod_processes, program_of, running_pods, wait_until};
 use crate::{HarnessError, Result};
@@ -28,6 +29,9 @@ const WAIT: Duration = Duration::from_secs(180);
 
 pub struct PodPool {
     pub cluster: LocalCluster,
+    /// A 3-node NATS cluster on the pod network, when the pool runs on one
+    /// (`nats.replicas: 3`); otherwise the pool uses the local cluster's single server.
+    pub nats_cluster: Option<NatsCluster>,
     pub namespace: String,
     pub names: PoolNames,
     pub api_url: String,
@@ -42,17 +46,25 @@ fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
 
 impl PodPool {
     /// Starts the local cluster, installs the operator and applies a WorkPool with `spec`
-    /// (its NATS URL set to the cluster's), `apis` api and `workers` worker replicas; waits
-    /// until every pod is ready.
-    pub async fn start(mut spec: Value, apis: i32, workers: i32) -> Result<Self> {
+    /// (its NATS URL set to the cluster's, or to a 3-node NATS cluster's with
+    /// `nats.replicas: 3`), `apis` api and `workers` worker replicas; waits until every
+    /// pod is ready.
+    pub async fn start(mut spec: Value, apis: i32, workers: i32, replicated: bool) -> Result<Self> {
         let state = tempfile::tempdir().map_err(HarnessError::io("cluster state dir"))?;
         let cluster = LocalCluster::start(state.path()).await?;
+        let nats_cluster = match replicated {
+            true => Some(NatsCluster::start_on(&cluster.host).await?),
+            false => None,
+        };
         let namespace = cluster.plane.namespace("chaos").await?;
         let release_ns = cluster.plane.namespace("workpool-system").await?;
         Release::new(&cluster.plane, "workpool", &release_ns)?
             .install(&[("operator.watchNamespace", &namespace)])
             .await?;
-        spec["nats"]["url"] = json!(cluster.nats.url());
+        match &nats_cluster {
+            Some(nats) => spec["nats"] = json!({"url": nats.urls(), "replicas": 3}),
+            None => spec["nats"]["url"] = json!(cluster.nats.url()),
+        }
         spec["api"]["replicas"] = json!(apis);
         spec["worker"]["replicas"] = json!(workers);
         let pool: WorkPool = serde_json::from_value(json!({
@@ -98,12 +110,21 @@ impl PodPool {
         Ok(Self {
             balancer: tokio::spawn(balancer.serve(listener)),
             cluster,
+            nats_cluster,
             namespace,
             names,
             api_url,
             workers,
             _state: state,
         })
+    }
+
+    /// The pool's NATS URL (every node of a NATS cluster, comma-separated).
+    pub fn nats_url(&self) -> String {
+        match &self.nats_cluster {
+            Some(nats) => nats.urls(),
+            None => self.cluster.nats.url(),
+        }
     }
 
     /// Stops the balancer and the whole cluster.

@@ -35,7 +35,7 @@ pub struct Config {
     /// Resubmissions of worked content after its record expired.
     pub after_expiry_probes: usize,
     /// Run on a 3-node NATS cluster with `nats.replicas: 3`, and kill the work stream's
-    /// leader among the faults (on processes the test starts, not on pods).
+    /// leader among the faults.
     pub nats_cluster: bool,
     /// Run on the local cluster's pods (operator, api and workers), with the faults that
     /// need pods and a control plane; otherwise on api and worker processes alone.
@@ -77,7 +77,6 @@ impl Config {
     pub fn on_nats_cluster(self) -> Self {
         Self {
             nats_cluster: true,
-            pods: false,
             result_ttl: self.result_ttl.max(Duration::from_secs(30)),
             ..self
         }
@@ -122,7 +121,7 @@ async fn start(config: &Config, ledger: &std::path::Path) -> Result<Target> {
     if config.pods {
         let apis = i32::try_from(config.apis).unwrap_or(2);
         let workers = i32::try_from(config.workers).unwrap_or(3);
-        let pool = PodPool::start(spec, apis, workers).await?;
+        let pool = PodPool::start(spec, apis, workers, config.nats_cluster).await?;
         return Ok(Target::Pods(Box::new(pool)));
     }
     let nats = if config.nats_cluster {
@@ -150,7 +149,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     let apis: Apis = Arc::new(RwLock::new(api_urls(&target)));
     let terminals: Shared<Terminal> = Arc::default();
     let (nats_url, names) = match &target {
-        Target::Pods(pods) => (pods.cluster.nats.url(), pods.names.clone()),
+        Target::Pods(pods) => (pods.nats_url(), pods.names.clone()),
         Target::Processes(pool) => (pool.nats.url(), pool.names.clone()),
     };
     let watcher = tokio::spawn(watch_terminals(
