@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::LastRawMessageErrorKind};
 use async_nats::{Client, connection::State};
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
@@ -48,6 +49,9 @@ const CAS_ATTEMPTS: usize = 8;
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long DELETE waits for a worker to record the cancellation of running work.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How long an api pod keeps trying to remove a cancelled work's message that a DELETE
+/// could not remove (a NATS outage outlasting this is left to the client's retries).
+const REMOVAL_RETRIES_FOR: Duration = Duration::from_secs(600);
 
 impl Queue {
     /// Binds to the pool's bucket and stream; fails if they do not exist yet. At most
@@ -317,7 +321,7 @@ impl Queue {
             };
             if record.status == WorkStatus::Cancelled {
                 // Again (a retry after a 503): make sure the message is gone.
-                self.remove_message(id, &record).await?;
+                self.remove_or_keep_removing(id, &record).await?;
                 return Ok(Cancel::Already(record));
             }
             if record.status.is_terminal() {
@@ -345,7 +349,7 @@ impl Queue {
             if self.update(id, &record, revision).await?.is_none() {
                 continue;
             }
-            self.remove_message(id, &record).await?;
+            self.remove_or_keep_removing(id, &record).await?;
             return Ok(Cancel::Done {
                 record,
                 by_worker: false,
@@ -389,6 +393,36 @@ impl Queue {
         }
     }
 
+    /// Removes cancelled work's message, or answers why not (503) and keeps trying in the
+    /// background: the `cancelled` record keeps workers from starting the work only
+    /// while it lives, so the message must go before it expires, whether or not the
+    /// client asks again.
+    async fn remove_or_keep_removing(
+        &self,
+        id: &WorkId,
+        record: &WorkRecord,
+    ) -> Result<(), ApiError> {
+        let Err(err) = self.remove_message(id, record).await else {
+            return Ok(());
+        };
+        let (queue, id, record) = (self.clone(), id.clone(), record.clone());
+        tokio::spawn(async move {
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .with_total_delay(Some(REMOVAL_RETRIES_FOR));
+            let removal = || queue.remove_message(&id, &record);
+            match removal.retry(backoff).await {
+                Ok(()) => tracing::info!(%id, "the cancelled work's message is removed"),
+                Err(err) => {
+                    tracing::error!(%id, %err, "the cancelled work's message could not be removed")
+                }
+            }
+        });
+        Err(err)
+    }
+
     /// Removes cancelled work's message from the stream, so it is never delivered: the
     /// `cancelled` record alone would be forgotten once it expires, and the work would
     /// then run. Only this record's generation is removed (a later resubmission of the
@@ -409,13 +443,20 @@ impl Queue {
         match self.stream.delete_message(message.sequence).await {
             Ok(_) => Ok(()),
             // Acknowledged (and so removed) meanwhile by a worker that skipped it.
-            Err(_) if !self.is_in_stream(message.sequence).await => Ok(()),
+            Err(_) if !self.is_in_stream(message.sequence).await? => Ok(()),
             Err(err) => Err(not_removed(err)),
         }
     }
 
-    async fn is_in_stream(&self, sequence: u64) -> bool {
-        self.stream.get_raw_message(sequence).await.is_ok()
+    /// Whether message `sequence` is still in the stream. Only the leader's "no message"
+    /// says it is gone: a failed lookup (no leader during an election, say) is no answer,
+    /// and taking it for one would answer `cancelled` while the message stays queued.
+    async fn is_in_stream(&self, sequence: u64) -> Result<bool, ApiError> {
+        match self.stream.get_raw_message(sequence).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(err) => Err(not_removed(err)),
+        }
     }
 
     /// Asks `worker` to abort the running attempt of `id`: true if it confirmed that it

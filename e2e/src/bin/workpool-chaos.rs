@@ -80,7 +80,11 @@ async fn main() -> ExitCode {
         },
         config.seed
     );
-    let _ = std::fs::write(name, &text);
+    let _ = std::fs::write(&name, &text);
+    // The whole history beside it, to study a failed run.
+    if let Ok(history) = serde_json::to_string(&history) {
+        let _ = std::fs::write(name.replace(".json", "-history.json"), history);
+    }
     if report.violations() == 0 {
         ExitCode::SUCCESS
     } else {

@@ -178,8 +178,11 @@ pub fn check(history: &History, runs: &[Execution]) -> Report {
             .or_default()
             .insert((t.status.as_str(), t.updated_at.as_str()));
     }
-    for terminals in terminals_of.values() {
-        report.extra_terminals += terminals.len().saturating_sub(1);
+    for (generation, terminals) in &terminals_of {
+        if terminals.len() > 1 {
+            report.extra_terminals += terminals.len() - 1;
+            report.note(|| format!("extra terminal records: {generation:?}: {terminals:?}"));
+        }
     }
     for (generation, terminals) in &terminals_of {
         let worked = terminals.iter().any(|(status, _)| *status == "worked");
@@ -389,6 +392,8 @@ mod tests {
             created_at: created(created_ms),
             status: "worked".into(),
             updated_at: "u".into(),
+            worker: None,
+            revision: 1,
         }
     }
 

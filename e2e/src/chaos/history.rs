@@ -69,6 +69,9 @@ pub struct Terminal {
     pub created_at: String,
     pub status: String,
     pub updated_at: String,
+    /// Who wrote it (the worker, or `None` for the api) and the bucket's revision.
+    pub worker: Option<String>,
+    pub revision: u64,
 }
 
 /// Everything recorded in one run.

@@ -265,6 +265,8 @@ async fn watch_terminals(url: String, bucket: String, terminals: Shared<Terminal
                                 .as_str()
                                 .unwrap_or_default()
                                 .to_owned(),
+                            worker: record["worker"].as_str().map(str::to_owned),
+                            revision: entry.revision,
                         },
                     );
                 }
