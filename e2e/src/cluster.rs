@@ -16,9 +16,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::{HarnessError, Result, free_port, paths};
 
 /// Controllers the tests need: service accounts and their tokens, namespaces, garbage
-/// collection (owner references), deployments, replica sets and endpoint slices.
+/// collection (owner references), deployments, replica sets and endpoint slices, and the
+/// `kube-root-ca.crt` ConfigMap in every namespace, without which a real kubelet cannot
+/// mount a pod's projected ServiceAccount token volume.
 const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,namespace-controller,\
-garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller";
+garbage-collector-controller,deployment-controller,replicaset-controller,endpointslice-controller,\
+root-ca-certificate-publisher-controller";
 
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -34,7 +37,7 @@ pub struct ControlPlane {
     apiserver_command: (PathBuf, Vec<String>),
 }
 
-fn spawn_guarded(
+pub(crate) fn spawn_guarded(
     name: &str,
     program: &Path,
     args: &[String],
@@ -63,6 +66,55 @@ fn spawn_guarded(
         .stderr(err)
         .spawn()
         .map_err(HarnessError::io(format!("starting {name}")))
+}
+
+const KUBELET_CLIENT_CA: &str = "kubelet-client-ca.crt";
+const KUBELET_CLIENT_CERT: &str = "kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "kubelet-client.key";
+
+/// A CA and the client certificate kube-apiserver shows kubelets. Its organization
+/// `system:masters` lets a kubelet's webhook authorizer (a SubjectAccessReview to RBAC)
+/// allow the apiserver's log, exec and port-forward calls.
+fn write_kubelet_client_certificates(certs: &Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let failed =
+        |err: rcgen::Error| HarnessError::Other(format!("kubelet client certificate: {err}"));
+    let ca_key = KeyPair::generate().map_err(failed)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "workpool-kubelet-client-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(failed)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let client_key = KeyPair::generate().map_err(failed)?;
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    client_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params
+        .signed_by(&client_key, &issuer)
+        .map_err(failed)?;
+    for (name, text) in [
+        (KUBELET_CLIENT_CA, ca_cert.pem()),
+        (KUBELET_CLIENT_CERT, client_cert.pem()),
+        (KUBELET_CLIENT_KEY, client_key.serialize_pem()),
+    ] {
+        std::fs::write(certs.join(name), text)
+            .map_err(HarnessError::io(format!("writing {name}")))?;
+    }
+    Ok(())
 }
 
 impl ControlPlane {
@@ -128,6 +180,8 @@ impl ControlPlane {
         )
         .map_err(HarnessError::io("token file"))?;
 
+        write_kubelet_client_certificates(&certs)?;
+
         let [etcd_port, peer_port, api_port, kcm_port] = crate::free_ports::<4>()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd_args = [
@@ -162,6 +216,18 @@ impl ControlPlane {
             "--authorization-mode=RBAC".into(),
             format!("--token-auth-file={}", dir.join("tokens.csv").display()),
             "--endpoint-reconciler-type=none".into(),
+            // A real kubelet (crate::kubelet) authenticates the apiserver's calls for
+            // `kubectl logs`/`exec` by this client certificate; node names do not
+            // resolve here, so the apiserver reaches a kubelet at its InternalIP.
+            format!(
+                "--kubelet-client-certificate={}",
+                certs.join(KUBELET_CLIENT_CERT).display()
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                certs.join(KUBELET_CLIENT_KEY).display()
+            ),
+            "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
         ];
         let mut apiserver_args = apiserver_args.to_vec();
         if let Some(ip) = host_ip {
@@ -327,6 +393,12 @@ impl ControlPlane {
     /// The CA that signed the apiserver's serving certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("certs/apiserver.crt")
+    }
+
+    /// The CA of the client certificate the apiserver presents to kubelets: a kubelet's
+    /// `authentication.x509.clientCAFile`.
+    pub fn kubelet_client_ca_file(&self) -> PathBuf {
+        self.dir.join("certs").join(KUBELET_CLIENT_CA)
     }
 
     /// Where the control plane's logs are.

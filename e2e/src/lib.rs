@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod helm;
 pub mod http;
 pub mod image;
+pub mod kubelet;
 pub mod lb;
 pub mod local_cluster;
 pub mod metrics;

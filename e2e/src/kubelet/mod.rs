@@ -1,0 +1,751 @@
+//! A real Kubernetes node for a [`ControlPlane`]: a private containerd (with runc and the
+//! CNI bridge `wpk0` on 10.89.0.0/24), kubelet, kube-scheduler, kube-proxy in iptables
+//! mode and CoreDNS, running our own image. Every process runs under the shell guard of
+//! [`crate::process`], so it stops when the test process does.
+//!
+//! Use: [`RealNode::prepare`] (checks the machine, makes the bridge so its host address
+//! exists), then [`ControlPlane::start_for_pods`] on [`HOST_IP`], then
+//! [`RealNode::start`]. [`RealNode::stop`] (also run on drop) removes every pod, process,
+//! mount, cgroup, interface and iptables chain the node made, and says what is left.
+//!
+//! CoreDNS runs as a host process on the bridge address, behind a selector-less `kube-dns`
+//! Service whose EndpointSlice we write: it needs no image of its own and no pod network
+//! to be up first, and it starts in well under a second. The `kubernetes` Service gets a
+//! hand-written EndpointSlice the same way, since the control plane runs without the
+//! apiserver's endpoint reconciler.
+
+pub mod config;
+pub mod containerd;
+pub mod network;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::PostParams;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cluster::{ControlPlane, spawn_guarded};
+use crate::image::{self, Compression, IMAGE_REPOSITORY, PAUSE_BINARY, PAUSE_REFERENCE};
+use crate::{HarnessError, Result, paths};
+
+pub use network::{BRIDGE, HOST_IP, POD_SUBNET};
+
+/// The Workpool image the node imports (the chart's default reference).
+pub fn workpool_image_reference() -> String {
+    format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Host-wide sysctls kubelet sets when `protectKernelDefaults` is false (its default):
+/// we put them back on stop, as the machine is shared.
+const KUBELET_SYSCTLS: [&str; 6] = [
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
+
+const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+/// The upstream tools a node needs, as `scripts/tools.sh` names them.
+struct Tools {
+    kubelet: PathBuf,
+    kube_proxy: PathBuf,
+    kube_scheduler: PathBuf,
+    coredns: PathBuf,
+    crictl: PathBuf,
+    cni_bin_dir: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Result<Self> {
+        let cni_bridge = paths::tool("cni-plugins", "bridge")?;
+        let cni_bin_dir = cni_bridge
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for plugin in ["host-local", "loopback", "portmap"] {
+            if !cni_bin_dir.join(plugin).is_file() {
+                return Err(HarnessError::Missing(format!(
+                    "the CNI plugin {plugin} is missing from {}: run scripts/tools.sh cni-plugins",
+                    cni_bin_dir.display()
+                )));
+            }
+        }
+        Ok(Self {
+            kubelet: paths::tool("kubelet", "kubelet")?,
+            kube_proxy: paths::tool("kube-proxy", "kube-proxy")?,
+            kube_scheduler: paths::tool("kube-scheduler", "kube-scheduler")?,
+            coredns: paths::tool("coredns", "coredns")?,
+            crictl: paths::tool("crictl", "crictl")?,
+            cni_bin_dir,
+        })
+    }
+}
+
+/// One supervised process: its guard (whose SIGTERM stops the program) and its log.
+#[derive(Debug)]
+struct Component {
+    name: &'static str,
+    guard: Child,
+    log: PathBuf,
+}
+
+impl Component {
+    fn start(name: &'static str, program: &Path, args: &[String], logs: &Path) -> Result<Self> {
+        let log = logs.join(format!("{name}.log"));
+        let guard = spawn_guarded(name, program, args, &log, None)?;
+        Ok(Self { name, guard, log })
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.guard.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM to the guard, which gives the program its grace period, then waits.
+    fn stop(&mut self, timeout: Duration) {
+        if let Ok(pid) = i32::try_from(self.guard.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.guard.kill();
+        let _ = self.guard.wait();
+    }
+}
+
+/// A real node; see the module documentation.
+#[derive(Debug)]
+pub struct RealNode {
+    dir: PathBuf,
+    pub node_name: String,
+    cgroup_root: String,
+    cri_socket: PathBuf,
+    crictl: Option<PathBuf>,
+    kube_proxy: Option<PathBuf>,
+    components: Vec<Component>,
+    ip_forward_before: Option<bool>,
+    sysctls_before: Vec<(&'static str, String)>,
+    stopped: bool,
+}
+
+impl RealNode {
+    /// Checks that this machine can run a node (root, cgroups, overlayfs, iptables,
+    /// containerd, runc and the built tools) and makes the bridge with [`HOST_IP`], so
+    /// the control plane can be started on it. Fails with what is missing.
+    pub fn prepare() -> Result<Self> {
+        check_machine()?;
+        // A short path: containerd's unix sockets are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("wpk-")
+            .tempdir_in("/tmp")
+            .map_err(HarnessError::io("the node's directory"))?
+            .keep();
+        let ip_forward_before = network::ip_forwarding();
+        let sysctls_before = KUBELET_SYSCTLS
+            .iter()
+            .filter_map(|key| {
+                let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
+                Some((*key, value.trim().to_owned()))
+            })
+            .collect();
+        let node = Self {
+            cri_socket: containerd::socket_path(&dir.join("containerd")),
+            dir,
+            node_name: format!("workpool-node-{}", std::process::id()),
+            cgroup_root: format!("workpool-node-{}", std::process::id()),
+            crictl: None,
+            kube_proxy: None,
+            components: Vec::new(),
+            ip_forward_before,
+            sysctls_before,
+            stopped: false,
+        };
+        network::create_bridge()?;
+        Ok(node)
+    }
+
+    /// The node's directory (configs, logs, containerd's and kubelet's state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a component's log is (`containerd`, `kubelet`, `kube-proxy`,
+    /// `kube-scheduler`, `coredns`).
+    pub fn log(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    /// Starts containerd (and imports the Workpool and pause images), kube-scheduler,
+    /// kubelet, kube-proxy and CoreDNS against `plane`, and waits until the Node is
+    /// Ready and DNS answers.
+    pub async fn start(&mut self, plane: &ControlPlane) -> Result<()> {
+        let tools = Tools::find()?;
+        self.crictl = Some(tools.crictl.clone());
+        self.kube_proxy = Some(tools.kube_proxy.clone());
+        let logs = self.dir.join("logs");
+        for sub in [
+            "logs",
+            "containerd",
+            "cni/conf",
+            "cni/ipam",
+            "kubelet",
+            "pod-logs",
+            "volume-plugins",
+            "images",
+        ] {
+            std::fs::create_dir_all(self.dir.join(sub)).map_err(HarnessError::io(format!(
+                "creating the node's {sub} directory"
+            )))?;
+        }
+        make_cgroup_root(&self.cgroup_root)?;
+
+        // containerd, with the CNI network.
+        let containerd_dir = self.dir.join("containerd");
+        std::fs::write(
+            self.dir.join("cni/conf/10-workpool-node.conflist"),
+            network::conflist(&self.dir.join("cni/ipam")),
+        )
+        .map_err(HarnessError::io("writing the CNI conflist"))?;
+        let cni = containerd::CniDirs {
+            bin_dir: tools.cni_bin_dir.clone(),
+            conf_dir: self.dir.join("cni/conf"),
+        };
+        let containerd_config = containerd_dir.join("config.toml");
+        std::fs::write(
+            &containerd_config,
+            containerd::config(&containerd_dir, Some(&cni)),
+        )
+        .map_err(HarnessError::io("writing containerd's config"))?;
+        let containerd_program = containerd::find_on_path("containerd")
+            .ok_or_else(|| HarnessError::Missing("containerd is not installed".into()))?;
+        self.components.push(Component::start(
+            "containerd",
+            &containerd_program,
+            &["--config".into(), containerd_config.display().to_string()],
+            &logs,
+        )?);
+        let socket = self.cri_socket.clone();
+        let containerd_log = self.log("containerd");
+        tokio::task::spawn_blocking(move || {
+            containerd::wait_answering(&socket, Duration::from_secs(20), &containerd_log)
+        })
+        .await
+        .map_err(|err| HarnessError::Other(format!("waiting for containerd: {err}")))??;
+        self.import_images().await?;
+
+        // kube-scheduler: it, not the test, binds pods to the node.
+        let [
+            scheduler_port,
+            kubelet_port,
+            kubelet_healthz,
+            proxy_healthz,
+            proxy_metrics,
+        ] = crate::free_ports::<5>()?;
+        self.components.push(Component::start(
+            "kube-scheduler",
+            &tools.kube_scheduler,
+            &[
+                format!("--kubeconfig={}", plane.kubeconfig.display()),
+                format!("--authentication-kubeconfig={}", plane.kubeconfig.display()),
+                format!("--authorization-kubeconfig={}", plane.kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={scheduler_port}"),
+            ],
+            &logs,
+        )?);
+
+        // CoreDNS and the Services that lead to it and to the apiserver.
+        self.publish_host_services(plane).await?;
+        let corefile = self.dir.join("Corefile");
+        std::fs::write(&corefile, config::corefile(&plane.kubeconfig))
+            .map_err(HarnessError::io("writing the Corefile"))?;
+        self.components.push(Component::start(
+            "coredns",
+            &tools.coredns,
+            &["-conf".into(), corefile.display().to_string()],
+            &logs,
+        )?);
+
+        // kubelet.
+        let resolv_conf = self.dir.join("resolv.conf");
+        std::fs::write(&resolv_conf, format!("nameserver {HOST_IP}\n"))
+            .map_err(HarnessError::io("writing the pods' default resolv.conf"))?;
+        let kubelet_config = self.dir.join("kubelet-config.yaml");
+        let client_ca = plane.kubelet_client_ca_file();
+        let cgroup_root = format!("/{}", self.cgroup_root);
+        let pod_logs_dir = self.dir.join("pod-logs");
+        let volume_plugin_dir = self.dir.join("volume-plugins");
+        std::fs::write(
+            &kubelet_config,
+            config::kubelet(&config::KubeletSettings {
+                runtime_socket: &self.cri_socket,
+                port: kubelet_port,
+                healthz_port: kubelet_healthz,
+                client_ca: &client_ca,
+                cgroup_root: &cgroup_root,
+                pod_logs_dir: &pod_logs_dir,
+                volume_plugin_dir: &volume_plugin_dir,
+                resolv_conf: &resolv_conf,
+            }),
+        )
+        .map_err(HarnessError::io("writing the KubeletConfiguration"))?;
+        self.components.push(Component::start(
+            "kubelet",
+            &tools.kubelet,
+            &[
+                format!("--config={}", kubelet_config.display()),
+                format!("--kubeconfig={}", plane.kubeconfig.display()),
+                format!("--root-dir={}", self.dir.join("kubelet").display()),
+                format!("--hostname-override={}", self.node_name),
+                format!("--node-ip={HOST_IP}"),
+            ],
+            &logs,
+        )?);
+
+        // kube-proxy.
+        self.components.push(Component::start(
+            "kube-proxy",
+            &tools.kube_proxy,
+            &config::kube_proxy_args(
+                &plane.kubeconfig,
+                &self.node_name,
+                proxy_healthz,
+                proxy_metrics,
+            ),
+            &logs,
+        )?);
+
+        self.wait_ready(plane).await
+    }
+
+    /// Writes the uncompressed Workpool image (from this workspace's `target/<profile>`
+    /// binaries) and the pause image, and imports both into containerd's CRI namespace.
+    async fn import_images(&self) -> Result<()> {
+        let images = self.dir.join("images");
+        let socket = self.cri_socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let pause_binary = paths::workspace_binary(PAUSE_BINARY)?;
+            let binary_dir = pause_binary
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let workpool = image::workpool_image(&binary_dir, &workpool_image_reference())?;
+            let pause = image::pause_image(&pause_binary, PAUSE_REFERENCE)?;
+            for (spec, file) in [(workpool, "workpool.oci.tar"), (pause, "pause.oci.tar")] {
+                let archive = images.join(file);
+                // Debug binaries are large: uncompressed layers write and import faster.
+                image::write_oci_archive(&spec, &archive, Compression::None)?;
+                let output = containerd::ctr(
+                    &socket,
+                    &["images", "import", &archive.to_string_lossy()],
+                    Duration::from_secs(120),
+                )?;
+                if !output.status.success() {
+                    return Err(HarnessError::Other(format!(
+                        "importing {}: {}",
+                        spec.reference,
+                        String::from_utf8_lossy(&output.stderr)
+                    )));
+                }
+                let _ = std::fs::remove_file(&archive);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|err| HarnessError::Other(format!("importing images: {err}")))?
+    }
+
+    /// The `kube-dns` Service (ClusterIP [`config::CLUSTER_DNS_IP`]) and the `kubernetes`
+    /// Service's endpoints, both at the host address.
+    async fn publish_host_services(&self, plane: &ControlPlane) -> Result<()> {
+        let client = plane.client().await?;
+        let api_port = plane
+            .server
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse::<u16>().ok())
+            .ok_or_else(|| HarnessError::Other(format!("no port in {}", plane.server)))?;
+        let kube_error = |what: &'static str| {
+            move |err: kube::Error| HarnessError::Other(format!("{what}: {err}"))
+        };
+        let dns_service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"clusterIP": config::CLUSTER_DNS_IP, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}
+        }))
+        .map_err(|err| HarnessError::Other(format!("the kube-dns Service: {err}")))?;
+        Api::<Service>::namespaced(client.clone(), "kube-system")
+            .create(&PostParams::default(), &dns_service)
+            .await
+            .map_err(kube_error("creating the kube-dns Service"))?;
+        let slices = [
+            (
+                "kube-system",
+                "kube-dns",
+                serde_json::json!([
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]),
+            ),
+            (
+                "default",
+                "kubernetes",
+                serde_json::json!([
+                {"name": "https", "port": api_port, "protocol": "TCP"}]),
+            ),
+        ];
+        for (namespace, service, ports) in slices {
+            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{service}-host"), "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": service,
+                               // Not the endpointslice controller's: it leaves these alone.
+                               "endpointslice.kubernetes.io/managed-by": "workpool-e2e"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
+                "ports": ports,
+            }))
+            .map_err(|err| HarnessError::Other(format!("the {service} EndpointSlice: {err}")))?;
+            Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+                .create(&PostParams::default(), &slice)
+                .await
+                .map_err(kube_error("creating an EndpointSlice"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the Node is Ready and CoreDNS listens; fails early (with the end of its
+    /// log) when a component exits.
+    async fn wait_ready(&mut self, plane: &ControlPlane) -> Result<()> {
+        let nodes: Api<Node> = Api::all(plane.client().await?);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let exited = self.components.iter_mut().position(|c| !c.running());
+            if let Some(exited) = exited.and_then(|index| self.components.get(index)) {
+                return Err(HarnessError::Other(format!(
+                    "{} exited; the end of its log:\n{}",
+                    exited.name,
+                    containerd::log_tail(&exited.log, 25)
+                )));
+            }
+            let ready = nodes
+                .get_opt(&self.node_name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|node| node.status?.conditions)
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+            let dns_listening = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([10, 89, 0, 1], 53)),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if ready && dns_listening {
+                return self.untaint_ready(&nodes).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout(format!(
+                    "node {} to be Ready (ready: {ready}, CoreDNS listening: {dns_listening}); \
+                     the end of kubelet's log:\n{}",
+                    self.node_name,
+                    containerd::log_tail(&self.log("kubelet"), 25)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// kubelet registers its Node with the `node.kubernetes.io/not-ready` taint, which
+    /// kube-controller-manager's node lifecycle controller lifts once the Node is Ready.
+    /// That controller is not run (it would evict the pods of the stand-in node agent,
+    /// which keeps no Lease), so we lift it, as it would.
+    async fn untaint_ready(&self, nodes: &Api<Node>) -> Result<()> {
+        let node = nodes.get(&self.node_name).await.map_err(|err| {
+            HarnessError::Other(format!("reading node {}: {err}", self.node_name))
+        })?;
+        let taints = node.spec.and_then(|spec| spec.taints).unwrap_or_default();
+        let kept: Vec<_> = taints
+            .iter()
+            .filter(|taint| taint.key != NOT_READY_TAINT)
+            .collect();
+        if kept.len() == taints.len() {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"spec": {"taints": kept}});
+        nodes
+            .patch(
+                &self.node_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|err| {
+                HarnessError::Other(format!("untainting node {}: {err}", self.node_name))
+            })?;
+        Ok(())
+    }
+
+    /// Stops everything (pods first, through the CRI, so their networks are torn down by
+    /// the CNI plugins) and removes what the node made. Fails listing what is left.
+    pub fn stop(&mut self) -> Result<()> {
+        if !self.stopped {
+            self.stopped = true;
+            self.tear_down();
+        }
+        let left = self.leftovers();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(HarnessError::Other(format!(
+                "the real node left behind: {}",
+                left.join(", ")
+            )))
+        }
+    }
+
+    fn component(&mut self, name: &str) -> Option<&mut Component> {
+        self.components.iter_mut().find(|c| c.name == name)
+    }
+
+    fn tear_down(&mut self) {
+        let grace = Duration::from_secs(10);
+        // kubelet first, so it does not start again what we remove.
+        if let Some(kubelet) = self.component("kubelet") {
+            kubelet.stop(grace);
+        }
+        if let Some(crictl) = self.crictl.clone()
+            && self.component("containerd").is_some_and(Component::running)
+        {
+            self.remove_pods(&crictl);
+        }
+        if let Some(proxy) = self.component("kube-proxy") {
+            proxy.stop(grace);
+        }
+        if let Some(kube_proxy) = self.kube_proxy.clone() {
+            let mut cleanup = std::process::Command::new(kube_proxy);
+            cleanup.arg("--cleanup");
+            let _ = containerd::run_with_timeout(cleanup, Duration::from_secs(30));
+        }
+        for component in self.components.iter_mut().rev() {
+            component.stop(grace);
+        }
+        // Shims outlive containerd (they name its socket, under our directory); a
+        // container left running is in our cgroup.
+        for pid in containerd::processes_mentioning(&self.dir)
+            .into_iter()
+            .chain(processes_in_cgroup(&self.cgroup_root))
+        {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        containerd::unmount_all_under(&self.dir);
+        network::remove_our_chains();
+        network::delete_bridge();
+        remove_cni_cache();
+        if self.ip_forward_before == Some(false) {
+            network::set_ip_forwarding(false);
+        }
+        for (key, value) in &self.sysctls_before {
+            let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
+        }
+        containerd::remove_cgroup_tree(&self.cgroup_root);
+        // Never remove through a mount that is still there (a pod's volume, a rootfs).
+        if containerd::mounts_under(&self.dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Stops and removes every pod sandbox (and so its containers, network namespace and
+    /// veth) through the CRI, while containerd still runs.
+    fn remove_pods(&self, crictl: &Path) {
+        let crictl_run = |arguments: &[&str], timeout: Duration| {
+            let mut command = std::process::Command::new(crictl);
+            command
+                .arg(format!(
+                    "--runtime-endpoint=unix://{}",
+                    self.cri_socket.display()
+                ))
+                .arg("--timeout=60s")
+                .args(arguments);
+            containerd::run_with_timeout(command, timeout).ok()
+        };
+        let listed = crictl_run(&["pods", "--quiet"], Duration::from_secs(20));
+        let pods: Vec<String> = listed
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pods.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = pods.iter().map(String::as_str).collect();
+        let mut stop = vec!["stopp"];
+        stop.extend(&ids);
+        crictl_run(&stop, Duration::from_secs(90));
+        let mut remove = vec!["rmp", "--force"];
+        remove.extend(&ids);
+        crictl_run(&remove, Duration::from_secs(60));
+    }
+
+    /// What of the node is still there: processes, mounts, the bridge, iptables chains,
+    /// cgroups and its directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        left.extend(
+            containerd::processes_mentioning(&self.dir)
+                .into_iter()
+                .chain(processes_in_cgroup(&self.cgroup_root))
+                .map(|pid| format!("process {pid}")),
+        );
+        left.extend(
+            containerd::mounts_under(&self.dir)
+                .into_iter()
+                .map(|mount| format!("mount {}", mount.display())),
+        );
+        if network::bridge_exists() {
+            left.push(format!("the bridge {BRIDGE}"));
+        }
+        left.extend(
+            network::chains_left()
+                .into_iter()
+                .map(|chain| format!("chain {chain}")),
+        );
+        left.extend(
+            containerd::cgroups_left(&self.cgroup_root)
+                .into_iter()
+                .map(|cgroup| format!("cgroup {}", cgroup.display())),
+        );
+        if self.dir.exists() {
+            left.push(format!("directory {}", self.dir.display()));
+        }
+        left
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!("{err}");
+        }
+    }
+}
+
+/// Fails, naming what is missing, unless this machine can run a node.
+fn check_machine() -> Result<()> {
+    // /proc/self belongs to the process's effective user.
+    let effective_uid = std::fs::metadata("/proc/self").map(|meta| meta.uid()).ok();
+    if effective_uid != Some(0) {
+        return Err(HarnessError::Missing(
+            "a real node needs root (containerd, runc, network namespaces, iptables)".into(),
+        ));
+    }
+    let cgroup = Path::new("/sys/fs/cgroup");
+    let v2 = cgroup.join("cgroup.controllers").is_file();
+    let v1_missing: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|controller| !cgroup.join(controller).join("tasks").is_file())
+        .collect();
+    if !v2 && !v1_missing.is_empty() {
+        return Err(HarnessError::Missing(format!(
+            "cgroups: no {} hierarchy under /sys/fs/cgroup (kubelet and runc need cpu, \
+             memory and pids)",
+            v1_missing.join(", ")
+        )));
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|line| line.trim_end().ends_with("\toverlay"))
+    {
+        return Err(HarnessError::Missing(
+            "overlayfs: the kernel has no overlay filesystem (containerd's snapshotter needs \
+             it; try `modprobe overlay`)"
+                .into(),
+        ));
+    }
+    network::check_iptables()?;
+    containerd::check_installed()?;
+    if containerd::find_on_path("ip").is_none() {
+        return Err(HarnessError::Missing(
+            "ip is not installed: run `make deps` (iproute2)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes the node's cgroup in every v1 hierarchy (kubelet requires its `cgroupRoot` to
+/// exist); a new cpuset cgroup starts with no CPUs or memory nodes, so it gets the root's.
+fn make_cgroup_root(relative: &str) -> Result<()> {
+    for hierarchy in containerd::cgroup_hierarchies() {
+        let dir = hierarchy.join(relative);
+        std::fs::create_dir_all(&dir).map_err(HarnessError::io(format!(
+            "creating the cgroup {}",
+            dir.display()
+        )))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = std::fs::read_to_string(hierarchy.join(file))
+                && std::fs::read_to_string(dir.join(file)).is_ok_and(|own| own.trim().is_empty())
+            {
+                std::fs::write(dir.join(file), value.trim()).map_err(HarnessError::io(format!(
+                    "setting {file} of {}",
+                    dir.display()
+                )))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Processes in the node's cgroup tree (its pods' containers).
+fn processes_in_cgroup(relative: &str) -> Vec<Pid> {
+    fn collect(dir: &Path, pids: &mut Vec<Pid>) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(
+                procs
+                    .lines()
+                    .filter_map(|line| line.trim().parse::<i32>().ok())
+                    .map(Pid::from_raw),
+            );
+        }
+        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                collect(&child.path(), pids);
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    collect(&Path::new("/sys/fs/cgroup/pids").join(relative), &mut pids);
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+/// libcnis's result cache (in the host's /var/lib/cni, which containerd 1.6 does not let
+/// us move): the entries of our network.
+fn remove_cni_cache() {
+    let results = Path::new("/var/lib/cni/results");
+    let prefix = format!("{}-", network::NETWORK_NAME);
+    for entry in std::fs::read_dir(results).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
