@@ -5,7 +5,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +14,7 @@ use workpool_e2e::image::{
     self, Compression, IMAGE_BINARIES, IMAGE_REPOSITORY, PAUSE_REFERENCE, dockerfile_disagreements,
     parse_dockerfile,
 };
+use workpool_e2e::kubelet::containerd;
 use workpool_e2e::paths::{repo_root, workspace_binary};
 
 fn dockerfile() -> String {
@@ -93,16 +93,9 @@ struct PrivateContainerd {
     daemon: Option<Child>,
 }
 
-const NAMESPACE: &str = "k8s.io";
-
 impl PrivateContainerd {
     fn start() -> Self {
-        for command in ["containerd", "ctr", "runc"] {
-            assert!(
-                find_on_path(command).is_some(),
-                "{command} is not installed: run `make deps` (Debian's containerd and runc)"
-            );
-        }
+        containerd::check_installed().expect("containerd, ctr and runc");
         assert!(
             // /proc/self belongs to the process's effective user.
             std::fs::metadata("/proc/self").map(|meta| meta.uid()).ok() == Some(0),
@@ -113,30 +106,8 @@ impl PrivateContainerd {
             .prefix("wpimg-")
             .tempdir_in("/tmp")
             .expect("temporary directory");
-        let socket = dir.path().join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-# Only overlayfs is used; the others only log that they cannot start.
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{root}/containerd.sock"
-[ttrpc]
-  address = "{root}/containerd.ttrpc.sock"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  # Root here lacks CAP_SYS_RESOURCE, so nothing may lower oom_score_adj.
-  restrict_oom_score_adj = true
-  sandbox_image = "{pause}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-"#,
-            root = dir.path().display(),
-            pause = PAUSE_REFERENCE,
-        );
+        let socket = containerd::socket_path(dir.path());
+        let config = containerd::config(dir.path(), None);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("writing containerd's config");
         let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log file");
@@ -180,14 +151,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 
     fn ctr(&self, arguments: &[&str], timeout: Duration) -> Output {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(&self.socket)
-            .arg("--namespace")
-            .arg(NAMESPACE)
-            .args(arguments);
-        run_with_timeout(command, timeout)
+        containerd::ctr(&self.socket, arguments, timeout).expect("running ctr")
     }
 
     /// `ctr` that must succeed; its output.
@@ -233,38 +197,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             let _ = daemon.wait();
         }
         // Shims outlive containerd; ours name its socket on their command line.
-        for pid in processes_mentioning(self.dir.path()) {
+        for pid in containerd::processes_mentioning(self.dir.path()) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        for mount in mounts_under(self.dir.path()).into_iter().rev() {
-            let _ = Command::new("umount").arg("--lazy").arg(&mount).status();
-        }
-        for hierarchy in cgroup_hierarchies() {
-            let parent = hierarchy.join(&self.cgroup_parent);
-            if let Ok(children) = std::fs::read_dir(&parent) {
-                for child in children.flatten().filter(|entry| entry.path().is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
-                }
-                let _ = std::fs::remove_dir(&parent);
-            }
-        }
+        containerd::unmount_all_under(self.dir.path());
+        containerd::remove_cgroup_tree(&self.cgroup_parent);
         std::thread::sleep(Duration::from_millis(200));
         let mut left = Vec::new();
         left.extend(
-            processes_mentioning(self.dir.path())
+            containerd::processes_mentioning(self.dir.path())
                 .into_iter()
                 .map(|pid| format!("process {pid}")),
         );
         left.extend(
-            mounts_under(self.dir.path())
+            containerd::mounts_under(self.dir.path())
                 .into_iter()
                 .map(|mount| format!("mount {}", mount.display())),
         );
         left.extend(
-            cgroup_hierarchies()
+            containerd::cgroups_left(&self.cgroup_parent)
                 .into_iter()
-                .map(|hierarchy| hierarchy.join(&self.cgroup_parent))
-                .filter(|parent| parent.exists())
                 .map(|parent| format!("cgroup {}", parent.display())),
         );
         left
@@ -278,99 +230,6 @@ impl Drop for PrivateContainerd {
             eprintln!("image test: left behind: {left:?}");
         }
     }
-}
-
-fn find_on_path(command: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(command))
-            .find(|candidate| candidate.is_file())
-    })
-}
-
-/// Runs `command`, killing it after `timeout`; its output either way.
-fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting ctr");
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
-    ]
-    .map(|pipe| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for ctr") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break child.wait().expect("waiting for a killed ctr");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let [stdout, stderr] = readers.map(|reader| reader.join().unwrap_or_default());
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn processes_mentioning(dir: &Path) -> Vec<nix::unistd::Pid> {
-    let needle = dir.to_string_lossy().into_owned();
-    let own = std::process::id();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
-                .unwrap_or(false)
-        })
-        .map(|pid| nix::unistd::Pid::from_raw(pid as i32))
-        .collect()
-}
-
-/// Mount points at or below `dir`, outermost first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|mount| mount.starts_with(dir))
-        .collect()
-}
-
-fn cgroup_hierarchies() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.is_dir() && !path.is_symlink())
-        .collect()
 }
 
 #[test]
