@@ -7,26 +7,22 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use workpool_core::PoolSpec;
-use workpool_e2e::chaos::ledger::{Execution, executions};
+use workpool_e2e::chaos::ledger::{Execution, LedgerServer, executions};
 use workpool_e2e::paths;
 use workpool_e2e::pool::TestPool;
 
-/// A pool whose handler is the ledger program, writing to a file in `dir`.
-fn ledger_spec(
-    dir: &tempfile::TempDir,
-    worker: serde_json::Value,
-) -> (PoolSpec, std::path::PathBuf) {
-    let ledger = dir.path().join("ledger");
+/// A pool whose handler is the ledger program, sending to a ledger server on loopback.
+async fn ledger_spec(worker: serde_json::Value) -> (PoolSpec, LedgerServer) {
+    let ledger = LedgerServer::start("127.0.0.1").await.expect("ledger");
     let program = paths::workspace_binary("workpool-ledger").expect("ledger program built");
     let mut worker = worker;
-    worker["handler"] = json!({"exec": {"command": [program, ledger]}});
+    worker["handler"] = json!({"exec": {"command": [program, ledger.address]}});
     let spec = PoolSpec::from_json(&json!({"worker": worker}).to_string()).expect("spec");
     (spec, ledger)
 }
 
-fn ledger_runs(ledger: &std::path::Path, id: &str) -> Vec<Execution> {
-    let text = std::fs::read_to_string(ledger).unwrap_or_default();
-    executions(&text)
+fn ledger_runs(ledger: &LedgerServer, id: &str) -> Vec<Execution> {
+    executions(&ledger.text())
         .into_iter()
         .filter(|run| run.id == id)
         .collect()
@@ -78,8 +74,7 @@ async fn the_same_content_after_its_record_expired_runs_again() {
 /// once at a time (before the fence, the first attempt ran on beside the redelivery).
 #[tokio::test]
 async fn an_attempt_that_cannot_prove_its_hold_stops_before_redelivery() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "2s", "timeout": "30s"}));
+    let (spec, ledger) = ledger_spec(json!({"ackWait": "2s", "timeout": "30s"})).await;
     let pool = TestPool::start(spec, 1, 2).await.expect("pool");
     let id = pool
         .submit(&json!({"data": {"ms": 6000}}))
@@ -108,8 +103,7 @@ async fn an_attempt_that_cannot_prove_its_hold_stops_before_redelivery() {
 /// `cancelled` while the handler may still run; the worker honours it once it can.
 #[tokio::test]
 async fn cancel_of_running_work_whose_worker_is_silent_is_only_requested() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "10s"}));
+    let (spec, ledger) = ledger_spec(json!({"ackWait": "10s"})).await;
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let id = pool
         .submit(&json!({"data": {"ms": 8000}}))
@@ -147,8 +141,7 @@ async fn cancel_of_running_work_whose_worker_is_silent_is_only_requested() {
 /// so it does not run once the `cancelled` record has expired.
 #[tokio::test]
 async fn cancelled_queued_work_never_runs_even_after_its_record_expired() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut spec, ledger) = ledger_spec(&dir, json!({}));
+    let (mut spec, ledger) = ledger_spec(json!({})).await;
     spec.result_ttl = Duration::from_secs(2);
     let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
     let id = pool
@@ -188,8 +181,7 @@ async fn cancelled_queued_work_never_runs_even_after_its_record_expired() {
 #[tokio::test]
 async fn a_frozen_or_killed_worker_s_program_stops_before_redelivery() {
     for kill in [false, true] {
-        let dir = tempfile::tempdir().expect("dir");
-        let (spec, ledger) = ledger_spec(&dir, json!({"ackWait": "2s", "timeout": "30s"}));
+        let (spec, ledger) = ledger_spec(json!({"ackWait": "2s", "timeout": "30s"})).await;
         let mut pool = TestPool::start(spec, 1, 2).await.expect("pool");
         let id = pool
             .submit(&json!({"data": {"ms": 6000, "kill": kill}}))
@@ -285,8 +277,7 @@ async fn work_the_stream_cannot_carry_is_413_and_leaves_no_record() {
 /// work missing. Watched on the wire: no direct get of the work stream is sent.
 #[tokio::test]
 async fn whether_work_is_queued_is_asked_of_the_stream_leader() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (spec, _ledger) = ledger_spec(&dir, json!({}));
+    let (spec, _ledger) = ledger_spec(json!({})).await;
     let pool = TestPool::start(spec, 1, 0).await.expect("pool");
     let watcher = pool.nats.client().await.expect("client");
     let stream = pool.names.stream();

@@ -1,8 +1,14 @@
-//! The ledger: one line per start and end of a handler execution, written by the
-//! `workpool-ledger` handler, so the checker counts side effects independently of the
-//! records Workpool keeps.
+//! The ledger: one line per start and end of a handler execution, sent by the
+//! `workpool-ledger` handler to a [`LedgerServer`] outside the pods, so the checker counts
+//! side effects independently of the records Workpool keeps.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncBufReadExt;
+
+use crate::{HarnessError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Edge {
@@ -10,7 +16,8 @@ pub enum Edge {
     /// Still running (written every [`TICK_NS`] while the handler runs).
     Tick,
     End,
-    /// Written by the run's witness once the run's process is gone.
+    /// Written by the server when a run's connection closed without an `end`: its
+    /// process is gone (the kernel closes a dead process's socket, however it died).
     Gone,
 }
 
@@ -18,7 +25,8 @@ pub enum Edge {
 /// plus this.
 pub const TICK_NS: u128 = 100_000_000;
 
-/// One ledger line: `<edge> <id> <created_at> <key or -> <unix ns> <pid>`.
+/// One ledger line: `<edge> <id> <created_at> <key or -> <unix ns> <run>`. A run is one
+/// connection to the server, which numbers them (process ids repeat across containers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub edge: Edge,
@@ -27,6 +35,7 @@ pub struct Line {
     pub created_at: String,
     pub key: Option<String>,
     pub at_ns: u128,
+    /// The run: the program's pid as sent, the server's connection number once received.
     pub pid: u32,
 }
 
@@ -115,7 +124,7 @@ impl Execution {
     }
 }
 
-/// Pairs start and end lines by process id (each execution is its own process).
+/// Pairs start and end lines by run (each execution is its own connection).
 pub fn executions(text: &str) -> Vec<Execution> {
     let mut open: std::collections::HashMap<u32, Execution> = std::collections::HashMap::new();
     let mut done = Vec::new();
@@ -131,7 +140,7 @@ pub fn executions(text: &str) -> Vec<Execution> {
                     last_seen_ns: line.at_ns,
                     gone_ns: None,
                 };
-                // A pid reused by a later run: the earlier one never ended.
+                // A run that started twice (not sent by the program): keep both.
                 if let Some(unfinished) = open.insert(line.pid, execution) {
                     done.push(unfinished);
                 }
@@ -166,9 +175,111 @@ pub fn executions(text: &str) -> Vec<Execution> {
     done
 }
 
+/// Collects the lines of every handler run over TCP, one connection per run.
+pub struct LedgerServer {
+    /// Where handlers send their lines (`host:port`).
+    pub address: String,
+    text: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LedgerServer {
+    /// Listens on `host` (where the handlers reach this machine).
+    pub async fn start(host: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((host, 0))
+            .await
+            .map_err(HarnessError::io(format!("binding the ledger on {host}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(HarnessError::io("ledger address"))?
+            .to_string();
+        let text: Arc<Mutex<String>> = Arc::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let shared = text.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let run = runs.fetch_add(1, Ordering::Relaxed) + 1;
+                tokio::spawn(collect_run(stream, run, shared.clone()));
+            }
+        });
+        Ok(Self {
+            address,
+            text,
+            task,
+        })
+    }
+
+    /// Every line received so far.
+    pub fn text(&self) -> String {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for LedgerServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Appends one run's lines as they come, numbered `run`; a run whose connection ends
+/// after its start but without an end is gone.
+async fn collect_run(stream: tokio::net::TcpStream, run: u32, text: Arc<Mutex<String>>) {
+    let append = |line: &Line| {
+        text.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_str(&line.to_text());
+    };
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut last: Option<Line> = None;
+    while let Ok(Some(received)) = lines.next_line().await {
+        let Some(mut line) = Line::parse(&received) else {
+            continue;
+        };
+        line.pid = run;
+        append(&line);
+        last = Some(line);
+    }
+    if let Some(mut line) = last.filter(|line| line.edge != Edge::End) {
+        line.edge = Edge::Gone;
+        line.at_ns = now_ns();
+        append(&line);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_run_whose_connection_closes_without_an_end_is_gone() {
+        let ledger = LedgerServer::start("127.0.0.1").await.expect("ledger");
+        let work = serde_json::json!({"id": "ab", "created_at": "t1"});
+        let send = |edges: &'static [Edge]| {
+            let (address, work) = (ledger.address.clone(), work.clone());
+            async move {
+                let mut run = tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect");
+                for edge in edges {
+                    let line = Line::of_work(*edge, &work).to_text();
+                    run.write_all(line.as_bytes()).await.expect("send");
+                }
+            }
+        };
+        send(&[Edge::Start, Edge::Tick, Edge::End]).await;
+        send(&[Edge::Start]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut runs = executions(&ledger.text());
+        runs.sort_by_key(|run| run.end_ns.is_none());
+        assert_eq!(runs.len(), 2, "{}", ledger.text());
+        assert!(runs[0].end_ns.is_some() && runs[0].gone_ns.is_none());
+        assert!(runs[1].end_ns.is_none() && runs[1].gone_ns.is_some());
+    }
 
     #[test]
     fn lines_round_trip_and_pair_by_process() {

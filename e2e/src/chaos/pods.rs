@@ -45,13 +45,24 @@ fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
 }
 
 impl PodPool {
-    /// Starts the local cluster, installs the operator and applies a WorkPool with `spec`
+    /// The local cluster the pool will run on, with its state directory.
+    pub async fn cluster() -> Result<(LocalCluster, tempfile::TempDir)> {
+        let state = tempfile::tempdir().map_err(HarnessError::io("cluster state dir"))?;
+        let cluster = LocalCluster::start(state.path()).await?;
+        Ok((cluster, state))
+    }
+
+    /// On the local `cluster`, installs the operator and applies a WorkPool with `spec`
     /// (its NATS URL set to the cluster's, or to a 3-node NATS cluster's with
     /// `nats.replicas: 3`), `apis` api and `workers` worker replicas; waits until every
     /// pod is ready.
-    pub async fn start(mut spec: Value, apis: i32, workers: i32, replicated: bool) -> Result<Self> {
-        let state = tempfile::tempdir().map_err(HarnessError::io("cluster state dir"))?;
-        let cluster = LocalCluster::start(state.path()).await?;
+    pub async fn start(
+        (cluster, state): (LocalCluster, tempfile::TempDir),
+        mut spec: Value,
+        apis: i32,
+        workers: i32,
+        replicated: bool,
+    ) -> Result<Self> {
         let nats_cluster = match replicated {
             true => Some(NatsCluster::start_on(&cluster.host).await?),
             false => None,

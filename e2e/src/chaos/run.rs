@@ -13,7 +13,7 @@ use super::check::{Report, check};
 use super::client::{Apis, Client};
 use super::faults::{ALL, CLUSTER, Fault, Injector, PODS, Target};
 use super::history::{Final, History, Intent, Submission, Terminal};
-use super::ledger::executions;
+use super::ledger::{LedgerServer, executions};
 use super::pods::PodPool;
 use crate::nats::NatsServer;
 use crate::nats_cluster::{Nats, NatsCluster};
@@ -94,8 +94,9 @@ fn push<T>(list: &Shared<T>, item: T) {
         .push(item);
 }
 
-/// The pool's spec as JSON (a WorkPool's `spec`, or a test pool's).
-fn spec(config: &Config, ledger: &std::path::Path) -> serde_json::Value {
+/// The pool's spec as JSON (a WorkPool's `spec`, or a test pool's); its handler sends
+/// to the ledger at `ledger` (`host:port`).
+fn spec(config: &Config, ledger: &str) -> serde_json::Value {
     let program = paths::workspace_binary("workpool-ledger").map_or_else(
         |_| "workpool-ledger".to_owned(),
         |p| p.display().to_string(),
@@ -114,16 +115,21 @@ fn spec(config: &Config, ledger: &std::path::Path) -> serde_json::Value {
     })
 }
 
-/// Starts what the run acts on: the local cluster's pods, or processes on one NATS
-/// server or a 3-node cluster.
-async fn start(config: &Config, ledger: &std::path::Path) -> Result<Target> {
-    let mut spec = spec(config, ledger);
+/// Starts what the run acts on (the local cluster's pods, or processes on one NATS
+/// server or a 3-node cluster) and the ledger its handlers reach.
+async fn start(config: &Config) -> Result<(Target, LedgerServer)> {
     if config.pods {
+        let (cluster, state) = PodPool::cluster().await?;
+        let ledger = LedgerServer::start(&cluster.host).await?;
         let apis = i32::try_from(config.apis).unwrap_or(2);
         let workers = i32::try_from(config.workers).unwrap_or(3);
-        let pool = PodPool::start(spec, apis, workers, config.nats_cluster).await?;
-        return Ok(Target::Pods(Box::new(pool)));
+        let spec = spec(config, &ledger.address);
+        let pool =
+            PodPool::start((cluster, state), spec, apis, workers, config.nats_cluster).await?;
+        return Ok((Target::Pods(Box::new(pool)), ledger));
     }
+    let ledger = LedgerServer::start("127.0.0.1").await?;
+    let mut spec = spec(config, &ledger.address);
     let nats = if config.nats_cluster {
         spec["nats"] = json!({"replicas": 3});
         Nats::Cluster(NatsCluster::start().await?)
@@ -133,14 +139,12 @@ async fn start(config: &Config, ledger: &std::path::Path) -> Result<Target> {
     let spec = PoolSpec::from_json(&spec.to_string())
         .map_err(|err| HarnessError::Other(err.to_string()))?;
     let pool = TestPool::start_on(nats, spec, config.apis, config.workers).await?;
-    Ok(Target::Processes(Box::new(pool)))
+    Ok((Target::Processes(Box::new(pool)), ledger))
 }
 
 /// Runs the whole thing; the report says how many times each invariant broke.
 pub async fn run(config: &Config) -> Result<(Report, History)> {
-    let dir = tempfile::tempdir().map_err(HarnessError::io("chaos dir"))?;
-    let ledger = dir.path().join("ledger");
-    let mut target = start(config, &ledger).await?;
+    let (mut target, ledger) = start(config).await?;
     let kinds: &[Fault] = match &target {
         Target::Pods(_) => &PODS,
         Target::Processes(_) if config.nats_cluster => &CLUSTER,
@@ -220,7 +224,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     if let Target::Pods(pods) = target {
         pods.stop().await?;
     }
-    let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    let text = ledger.text();
     let report = check(&history, &executions(&text));
     Ok((report, history))
 }
