@@ -8,7 +8,7 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-tools: ## Build the pinned upstream tools (nats-server, nats CLI, etcd, kube-apiserver, ...) into .tools/
+tools: ## Build the pinned upstream tools (nats-server, etcd, kube-apiserver, kubelet, CNI plugins, CoreDNS, ...) into .tools/
 	@scripts/tools.sh
 
 build: ## Build every binary of the workspace (debug)
@@ -24,7 +24,7 @@ lint: ## cargo fmt --check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium), if missing
+deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium, containerd, runc, musl-tools), if missing
 	@scripts/system-deps.sh
 
 static: ## hadolint, yamllint and shellcheck; checks the kind path's files agree
