@@ -52,6 +52,12 @@ const KUBELET_SYSCTLS: [&str; 6] = [
     "kernel/keys/root_maxbytes",
 ];
 
+/// The node directories' prefix under /tmp, and the file in each naming the process that
+/// owns it (so a later run can tell a killed run's leftovers from a live node).
+const DIR_PREFIX: &str = "wpk-";
+const OWNER_FILE: &str = "owner.pid";
+const CGROUP_PREFIX: &str = "workpool-node-";
+
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
 /// The upstream tools a node needs, as `scripts/tools.sh` names them.
@@ -144,9 +150,18 @@ impl RealNode {
     /// the control plane can be started on it. Fails with what is missing.
     pub fn prepare() -> Result<Self> {
         check_machine()?;
+        if network::bridge_exists() && live_owners().is_empty() {
+            // A test process killed outright: its guards stopped kubelet and containerd,
+            // but shims, containers, mounts and the network outlive it.
+            let removed = remove_stale();
+            eprintln!(
+                "real node: removed what a killed run left: {}",
+                removed.join(", ")
+            );
+        }
         // A short path: containerd's unix sockets are limited to 108 bytes.
         let dir = tempfile::Builder::new()
-            .prefix("wpk-")
+            .prefix(DIR_PREFIX)
             .tempdir_in("/tmp")
             .map_err(HarnessError::io("the node's directory"))?
             .keep();
@@ -161,8 +176,8 @@ impl RealNode {
         let node = Self {
             cri_socket: containerd::socket_path(&dir.join("containerd")),
             dir,
-            node_name: format!("workpool-node-{}", std::process::id()),
-            cgroup_root: format!("workpool-node-{}", std::process::id()),
+            node_name: format!("{CGROUP_PREFIX}{}", std::process::id()),
+            cgroup_root: format!("{CGROUP_PREFIX}{}", std::process::id()),
             crictl: None,
             kube_proxy: None,
             components: Vec::new(),
@@ -170,6 +185,8 @@ impl RealNode {
             sysctls_before,
             stopped: false,
         };
+        std::fs::write(node.dir.join(OWNER_FILE), std::process::id().to_string())
+            .map_err(HarnessError::io("writing the node's owner file"))?;
         network::create_bridge()?;
         Ok(node)
     }
@@ -748,4 +765,81 @@ fn remove_cni_cache() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// The node directories under /tmp, each with the pid of its owner (None when unreadable).
+fn node_dirs() -> Vec<(PathBuf, Option<i32>)> {
+    std::fs::read_dir("/tmp")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(DIR_PREFIX))
+        .map(|entry| {
+            let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok());
+            (entry.path(), owner)
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The processes that own a node directory and still run.
+fn live_owners() -> Vec<i32> {
+    node_dirs()
+        .into_iter()
+        .filter_map(|(_, owner)| owner)
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Removes what real nodes whose test process was killed left behind: their shims and
+/// containers, mounts, cgroups and directories, and (when no node is alive) the bridge
+/// and the node's iptables chains. Says what it removed. For `make down` after a crash.
+pub fn remove_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    for (dir, owner) in node_dirs() {
+        if owner.is_some_and(alive) {
+            continue;
+        }
+        for pid in containerd::processes_mentioning(&dir) {
+            let _ = kill(pid, Signal::SIGKILL);
+            removed.push(format!("process {pid}"));
+        }
+        if let Some(owner) = owner {
+            let cgroup = format!("{CGROUP_PREFIX}{owner}");
+            for pid in processes_in_cgroup(&cgroup) {
+                let _ = kill(pid, Signal::SIGKILL);
+                removed.push(format!("container process {pid}"));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            containerd::remove_cgroup_tree(&cgroup);
+        }
+        let mounts = containerd::mounts_under(&dir);
+        removed.extend(
+            mounts
+                .iter()
+                .map(|mount| format!("mount {}", mount.display())),
+        );
+        containerd::unmount_all_under(&dir);
+        if containerd::mounts_under(&dir).is_empty() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(format!("directory {}", dir.display()));
+        }
+    }
+    if live_owners().is_empty() {
+        let chains = network::chains_left();
+        if !chains.is_empty() {
+            network::remove_our_chains();
+            removed.extend(chains.into_iter().map(|chain| format!("chain {chain}")));
+        }
+        if network::bridge_exists() {
+            network::delete_bridge();
+            removed.push(format!("the bridge {BRIDGE}"));
+        }
+        remove_cni_cache();
+    }
+    removed
 }
