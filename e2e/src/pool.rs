@@ -280,6 +280,15 @@ impl<N: PoolNats> TestPool<N> {
         Self::answer(response).await
     }
 
+    /// `DELETE /api/v1/work/{id}` on the first api process.
+    pub async fn cancel(&self, id: &str) -> Result<Answer> {
+        self.send(
+            self.http
+                .delete(format!("{}/api/v1/work/{id}", self.api_url(0))),
+        )
+        .await
+    }
+
     pub async fn get(&self, id: &str) -> Result<Answer> {
         self.send(
             self.http

@@ -113,13 +113,7 @@ async fn cancel_of_running_work_whose_worker_is_silent_is_only_requested() {
         .await
         .expect("working");
     pool.workers[0].process.pause();
-    let answer = pool
-        .send(
-            pool.http
-                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
-        )
-        .await
-        .expect("delete");
+    let answer = pool.cancel(&id).await.expect("delete");
     pool.workers[0].process.resume();
     assert_eq!(answer.status, 202, "{answer:?}");
     assert_eq!(answer.str("status"), "working");
@@ -148,13 +142,7 @@ async fn cancelled_queued_work_never_runs_even_after_its_record_expired() {
         .submit(&json!({"data": {"ms": 10}}))
         .await
         .expect("submit");
-    let answer = pool
-        .send(
-            pool.http
-                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
-        )
-        .await
-        .expect("delete");
+    let answer = pool.cancel(&id).await.expect("delete");
     assert_eq!(
         (answer.status, answer.str("status")),
         (200, "cancelled"),
@@ -299,13 +287,7 @@ async fn whether_work_is_queued_is_asked_of_the_stream_leader() {
     let id = pool.submit(&body).await.expect("submit");
     let again = pool.post(&body).await.expect("resubmit");
     assert_eq!(again.status, 200, "{again:?}");
-    let answer = pool
-        .send(
-            pool.http
-                .delete(format!("{}/api/v1/work/{id}", pool.api_url(0))),
-        )
-        .await
-        .expect("delete");
+    let answer = pool.cancel(&id).await.expect("delete");
     assert_eq!(answer.str("status"), "cancelled", "{answer:?}");
 
     let mut leader_reads = 0;
