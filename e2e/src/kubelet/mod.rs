@@ -41,16 +41,46 @@ pub fn workpool_image_reference() -> String {
     format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Host-wide sysctls kubelet sets when `protectKernelDefaults` is false (its default):
-/// we put them back on stop, as the machine is shared.
-const KUBELET_SYSCTLS: [&str; 6] = [
+/// Host-wide sysctls the node changes and we put back on stop, as the machine is shared:
+/// kubelet sets the first six when `protectKernelDefaults` is false (its default), and
+/// the bridge plugin turns on IPv4 forwarding for its gateway (a ClusterIP that leads to
+/// another pod on the bridge is routed through the host). They are also written to the
+/// node's directory, so [`remove_stale`] can put them back after a killed run.
+const HOST_SYSCTLS: [&str; 7] = [
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
     "kernel/panic_on_oops",
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
+    "net/ipv4/ip_forward",
 ];
+const SYSCTLS_FILE: &str = "sysctls.before";
+
+fn read_sysctls() -> Vec<(String, String)> {
+    HOST_SYSCTLS
+        .iter()
+        .filter_map(|key| {
+            let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
+            Some(((*key).to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn restore_sysctls(saved: &[(String, String)]) {
+    for (key, value) in saved {
+        if HOST_SYSCTLS.contains(&key.as_str()) {
+            let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
+        }
+    }
+}
+
+fn parse_sysctls(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
 
 /// The node directories' prefix under /tmp, and the file in each naming the process that
 /// owns it (so a later run can tell a killed run's leftovers from a live node).
@@ -139,8 +169,7 @@ pub struct RealNode {
     crictl: Option<PathBuf>,
     kube_proxy: Option<PathBuf>,
     components: Vec<Component>,
-    ip_forward_before: Option<bool>,
-    sysctls_before: Vec<(&'static str, String)>,
+    sysctls_before: Vec<(String, String)>,
     stopped: bool,
 }
 
@@ -150,14 +179,16 @@ impl RealNode {
     /// the control plane can be started on it. Fails with what is missing.
     pub fn prepare() -> Result<Self> {
         check_machine()?;
-        if network::bridge_exists() && live_owners().is_empty() {
+        if live_owners().is_empty() {
             // A test process killed outright: its guards stopped kubelet and containerd,
             // but shims, containers, mounts and the network outlive it.
             let removed = remove_stale();
-            eprintln!(
-                "real node: removed what a killed run left: {}",
-                removed.join(", ")
-            );
+            if !removed.is_empty() {
+                eprintln!(
+                    "real node: removed what a killed run left: {}",
+                    removed.join(", ")
+                );
+            }
         }
         // A short path: containerd's unix sockets are limited to 108 bytes.
         let dir = tempfile::Builder::new()
@@ -165,14 +196,7 @@ impl RealNode {
             .tempdir_in("/tmp")
             .map_err(HarnessError::io("the node's directory"))?
             .keep();
-        let ip_forward_before = network::ip_forwarding();
-        let sysctls_before = KUBELET_SYSCTLS
-            .iter()
-            .filter_map(|key| {
-                let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
-                Some((*key, value.trim().to_owned()))
-            })
-            .collect();
+        let sysctls_before = read_sysctls();
         let node = Self {
             cri_socket: containerd::socket_path(&dir.join("containerd")),
             dir,
@@ -181,12 +205,18 @@ impl RealNode {
             crictl: None,
             kube_proxy: None,
             components: Vec::new(),
-            ip_forward_before,
             sysctls_before,
             stopped: false,
         };
         std::fs::write(node.dir.join(OWNER_FILE), std::process::id().to_string())
             .map_err(HarnessError::io("writing the node's owner file"))?;
+        let saved: String = node
+            .sysctls_before
+            .iter()
+            .map(|(key, value)| format!("{key}={value}\n"))
+            .collect();
+        std::fs::write(node.dir.join(SYSCTLS_FILE), saved)
+            .map_err(HarnessError::io("saving the host's sysctls"))?;
         network::create_bridge()?;
         Ok(node)
     }
@@ -574,12 +604,7 @@ impl RealNode {
         network::remove_our_chains();
         network::delete_bridge();
         remove_cni_cache();
-        if self.ip_forward_before == Some(false) {
-            network::set_ip_forwarding(false);
-        }
-        for (key, value) in &self.sysctls_before {
-            let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
-        }
+        restore_sysctls(&self.sysctls_before);
         containerd::remove_cgroup_tree(&self.cgroup_root);
         // Never remove through a mount that is still there (a pod's volume, a rootfs).
         if containerd::mounts_under(&self.dir).is_empty() {
@@ -674,24 +699,16 @@ fn check_machine() -> Result<()> {
             "a real node needs root (containerd, runc, network namespaces, iptables)".into(),
         ));
     }
-    let cgroup = Path::new("/sys/fs/cgroup");
-    let v2 = cgroup.join("cgroup.controllers").is_file();
-    let v1_missing: Vec<&str> = ["cpu", "memory", "pids"]
-        .into_iter()
-        .filter(|controller| !cgroup.join(controller).join("tasks").is_file())
-        .collect();
-    if !v2 && !v1_missing.is_empty() {
+    let missing = missing_cgroup_controllers(Path::new("/sys/fs/cgroup"));
+    if !missing.is_empty() {
         return Err(HarnessError::Missing(format!(
             "cgroups: no {} hierarchy under /sys/fs/cgroup (kubelet and runc need cpu, \
              memory and pids)",
-            v1_missing.join(", ")
+            missing.join(", ")
         )));
     }
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems
-        .lines()
-        .any(|line| line.trim_end().ends_with("\toverlay"))
-    {
+    if !has_overlayfs(&filesystems) {
         return Err(HarnessError::Missing(
             "overlayfs: the kernel has no overlay filesystem (containerd's snapshotter needs \
              it; try `modprobe overlay`)"
@@ -706,6 +723,26 @@ fn check_machine() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The cgroup controllers kubelet and runc need that `root` (normally /sys/fs/cgroup)
+/// lacks: none on a cgroup v2 machine with them enabled, or v1 with their hierarchies.
+fn missing_cgroup_controllers(root: &Path) -> Vec<&'static str> {
+    let v2_controllers = std::fs::read_to_string(root.join("cgroup.controllers"));
+    ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|controller| match &v2_controllers {
+            Ok(enabled) => !enabled.split_whitespace().any(|c| c == *controller),
+            Err(_) => !root.join(controller).join("tasks").is_file(),
+        })
+        .collect()
+}
+
+/// Whether `/proc/filesystems` lists overlayfs.
+fn has_overlayfs(filesystems: &str) -> bool {
+    filesystems
+        .lines()
+        .any(|line| line.split_whitespace().last() == Some("overlay"))
 }
 
 /// Makes the node's cgroup in every v1 hierarchy (kubelet requires its `cgroupRoot` to
@@ -801,9 +838,13 @@ fn live_owners() -> Vec<i32> {
 /// and the node's iptables chains. Says what it removed. For `make down` after a crash.
 pub fn remove_stale() -> Vec<String> {
     let mut removed = Vec::new();
+    let mut saved_sysctls = Vec::new();
     for (dir, owner) in node_dirs() {
         if owner.is_some_and(alive) {
             continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join(SYSCTLS_FILE)) {
+            saved_sysctls = parse_sysctls(&text);
         }
         for pid in containerd::processes_mentioning(&dir) {
             let _ = kill(pid, Signal::SIGKILL);
@@ -840,6 +881,52 @@ pub fn remove_stale() -> Vec<String> {
             removed.push(format!("the bridge {BRIDGE}"));
         }
         remove_cni_cache();
+        if !saved_sysctls.is_empty() {
+            restore_sysctls(&saved_sysctls);
+            removed.push("the host sysctls it changed (restored)".into());
+        }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_cgroup_controllers_are_named() {
+        let root = tempfile::tempdir().expect("temp dir");
+        assert_eq!(
+            missing_cgroup_controllers(root.path()),
+            ["cpu", "memory", "pids"]
+        );
+        for controller in ["cpu", "memory"] {
+            std::fs::create_dir(root.path().join(controller)).expect("mkdir");
+            std::fs::write(root.path().join(controller).join("tasks"), "").expect("tasks");
+        }
+        assert_eq!(missing_cgroup_controllers(root.path()), ["pids"]);
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .expect("controllers");
+        assert!(missing_cgroup_controllers(root.path()).is_empty());
+    }
+
+    #[test]
+    fn overlayfs_is_found_in_proc_filesystems() {
+        assert!(has_overlayfs("nodev\tsysfs\n\text4\nnodev\toverlay\n"));
+        assert!(!has_overlayfs("nodev\tsysfs\n\text4\n"));
+    }
+
+    #[test]
+    fn saved_sysctls_read_back() {
+        assert_eq!(
+            parse_sysctls("kernel/panic=1\nnet/ipv4/ip_forward=0\n"),
+            [
+                ("kernel/panic".to_owned(), "1".to_owned()),
+                ("net/ipv4/ip_forward".to_owned(), "0".to_owned())
+            ]
+        );
+    }
 }

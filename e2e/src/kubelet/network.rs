@@ -21,8 +21,6 @@ pub const HOST_IP: &str = "10.89.0.1";
 /// iptables rules it makes (so cleanup finds only ours).
 pub const NETWORK_NAME: &str = "workpool-node";
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
 fn ip(arguments: &[&str]) -> Result<String> {
     let mut command = Command::new("ip");
     command.args(arguments);
@@ -101,18 +99,6 @@ pub fn conflist(ipam_dir: &Path) -> String {
         ]
     })
     .to_string()
-}
-
-/// Whether the host forwards IPv4 (the bridge plugin turns it on for its gateway; a
-/// ClusterIP that leads to another pod on the bridge is routed through the host).
-pub fn ip_forwarding() -> Option<bool> {
-    std::fs::read_to_string(IP_FORWARD)
-        .ok()
-        .map(|value| value.trim() == "1")
-}
-
-pub fn set_ip_forwarding(on: bool) {
-    let _ = std::fs::write(IP_FORWARD, if on { "1" } else { "0" });
 }
 
 /// The iptables binaries whose rules a node makes (IPv4 and IPv6: kubelet and kube-proxy
