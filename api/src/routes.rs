@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -74,7 +74,10 @@ fn work_location(id: &WorkId) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("/api/v1/work"))
 }
 
-fn parse_id(text: &str) -> Result<WorkId, ApiError> {
+/// The id in the path; a path axum cannot decode (not UTF-8) is an invalid id too, with
+/// the same JSON error.
+fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<WorkId, ApiError> {
+    let Path(text) = path.map_err(|err| ApiError::bad_request("invalid_id", err.body_text()))?;
     text.parse()
         .map_err(|err: workpool_core::ids::InvalidWorkId| {
             ApiError::bad_request("invalid_id", err.to_string())
@@ -205,11 +208,11 @@ pub async fn submit(
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WorkView>, ApiError> {
     state.check_auth(&headers)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let Query(params) =
         params.map_err(|err| ApiError::bad_request("invalid_query", err.body_text()))?;
     let wait = match params.wait.as_deref() {
@@ -259,10 +262,10 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     state.check_auth(&headers)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let queue = state.queue()?;
     let (record, by_worker) = match queue.cancel(&id).await? {
         Cancel::Done { record, by_worker } => (record, by_worker),

@@ -81,6 +81,13 @@ async fn bad_requests_get_400_404_413_415_with_json_errors() {
         400,
         "invalid_id",
     );
+    // A path that is not UTF-8 once decoded gets the same JSON error, not axum's text.
+    assert_error(&pool.get("%ff%fe").await.expect("get"), 400, "invalid_id");
+    assert_error(
+        &pool.cancel("%ff%fe").await.expect("delete"),
+        400,
+        "invalid_id",
+    );
     let bad_wait = pool
         .send(
             pool.http
