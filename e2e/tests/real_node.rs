@@ -46,6 +46,7 @@ spec:
         - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
         ports: [{{containerPort: {port}}}]
         readinessProbe: {{httpGet: {{path: /readyz, port: {port}}}, periodSeconds: 1}}
+        resources: {{limits: {{memory: 256Mi, cpu: 500m}}}}
         securityContext:
           readOnlyRootFilesystem: true
           allowPrivilegeEscalation: false
@@ -128,9 +129,21 @@ fn root_mount_options(pid: i32) -> String {
         .to_owned()
 }
 
+/// The host's named network namespaces (containerd puts pods' here unless told to keep
+/// them under its state directory, as the node does).
+fn host_netns() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
     let started = Instant::now();
+    let netns_before = host_netns();
     let mut node = RealNode::prepare().expect("preparing the real node");
     let plane = ControlPlane::start_for_pods(HOST_IP)
         .await
@@ -237,6 +250,17 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
         root_options.split(',').next() == Some("ro"),
         "the api's root filesystem is mounted {root_options}"
     );
+    // Limits: the container's memory cgroup has the pod's limit.
+    let memory_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("process cgroups")
+        .lines()
+        .find_map(|line| line.split_once(":memory:").map(|(_, path)| path.to_owned()))
+        .expect("a memory cgroup");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{memory_cgroup}/memory.limit_in_bytes"
+    ))
+    .expect("the memory limit");
+    assert_eq!(limit.trim(), (256u64 << 20).to_string(), "{memory_cgroup}");
     let mounted_spec = std::fs::read_to_string(format!("/proc/{pid}/root/etc/workpool/spec.json"))
         .expect("the Secret's file in the pod");
     assert_eq!(mounted_spec, spec_json);
@@ -285,6 +309,34 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
         .expect("kubectl logs of the api");
     assert!(!api_logs.is_empty());
 
+    // A pod deleted at once takes its processes with it.
+    let worker_pod = wide
+        .lines()
+        .find(|line| line.starts_with("worker-"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(!pods::pod_processes(&namespace, &worker_pod).is_empty());
+    plane
+        .kubectl(&[
+            "-n",
+            &namespace,
+            "delete",
+            "pod",
+            &worker_pod,
+            "--force",
+            "--grace-period=0",
+        ])
+        .expect("force-deleting the worker pod");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !pods::pod_processes(&namespace, &worker_pod).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the force-deleted pod's processes still run"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     let stopping = Instant::now();
     let stopped = node.stop();
     eprintln!(
@@ -296,5 +348,13 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
     assert!(
         !std::path::Path::new("/sys/class/net/wpk0").exists(),
         "the bridge is still there"
+    );
+    let new_netns: Vec<String> = host_netns()
+        .into_iter()
+        .filter(|name| !netns_before.contains(name))
+        .collect();
+    assert!(
+        new_netns.iter().all(|name| !name.starts_with("cni-")),
+        "network namespaces left: {new_netns:?}"
     );
 }
