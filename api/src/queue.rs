@@ -14,7 +14,7 @@ use workpool_core::repair::{self, CreatePendingError};
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 
 use crate::error::ApiError;
-use crate::waiters::Waiters;
+use crate::waiters::{Waiter, Waiters};
 
 /// Handles on one pool's stream and bucket.
 #[derive(Debug, Clone)]
@@ -263,14 +263,28 @@ impl Queue {
         id: &WorkId,
         wait: Duration,
     ) -> Result<Option<WorkRecord>, ApiError> {
+        // Registered before the read, so a write between the two is still delivered.
+        let waiter = self.waiter(id)?;
+        self.wait_with(waiter, id, wait).await
+    }
+
+    /// One of this api pod's bounded waits on `id`'s record (429 when they are all taken).
+    fn waiter(&self, id: &WorkId) -> Result<Waiter, ApiError> {
+        self.waiters
+            .register(id)
+            .map_err(|full| ApiError::TooManyWaiters { limit: full.limit })
+    }
+
+    /// [`Self::wait_for_end`] with a waiter registered already.
+    async fn wait_with(
+        &self,
+        mut waiter: Waiter,
+        id: &WorkId,
+        wait: Duration,
+    ) -> Result<Option<WorkRecord>, ApiError> {
         /// Bounds the read at the deadline, so an answer never waits long past it.
         const DEADLINE_READ: Duration = Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait;
-        // Registered before the read, so a write between the two is still delivered.
-        let mut waiter = self
-            .waiters
-            .register(id)
-            .map_err(|full| ApiError::TooManyWaiters { limit: full.limit })?;
         let Some((mut latest, mut revision)) = self.record(id).await? else {
             return Ok(None);
         };
@@ -328,10 +342,13 @@ impl Queue {
                 return Err(finished(record.status));
             }
             if record.is_held(Utc::now()) {
-                if let Some(worker) = record.worker.as_deref()
-                    && self.ask_to_cancel(worker, id).await?
-                {
-                    return self.cancelled_by_worker(id).await;
+                if let Some(worker) = record.worker.as_deref() {
+                    // The wait for the worker's answer is taken first: an api pod with
+                    // every wait taken answers 429 before it asks the worker anything.
+                    let waiter = self.waiter(id)?;
+                    if self.ask_to_cancel(worker, id).await? {
+                        return self.cancelled_by_worker(id, waiter).await;
+                    }
                 }
                 // Not confirmed by the holder: ask through the record.
                 record.cancel_requested = true;
@@ -361,8 +378,8 @@ impl Queue {
     }
 
     /// After the holder confirmed it is aborting the work: its `cancelled` record.
-    async fn cancelled_by_worker(&self, id: &WorkId) -> Result<Cancel, ApiError> {
-        match self.wait_for_end(id, CANCEL_WAIT).await? {
+    async fn cancelled_by_worker(&self, id: &WorkId, waiter: Waiter) -> Result<Cancel, ApiError> {
+        match self.wait_with(waiter, id, CANCEL_WAIT).await? {
             Some(record) if record.status == WorkStatus::Cancelled => Ok(Cancel::Done {
                 record,
                 by_worker: true,

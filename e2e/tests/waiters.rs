@@ -182,6 +182,45 @@ async fn past_the_cap_a_long_poll_gets_429_until_a_place_is_free() {
     assert_eq!(again.str("status"), "worked");
 }
 
+/// A DELETE of running work needs a wait for the worker's answer: with every wait taken
+/// it is refused (429) before the worker is asked, so the work runs on, as the 429 says.
+#[tokio::test]
+async fn a_cancel_refused_at_the_cap_leaves_the_running_work_alone() {
+    let mut pool = TestPool::start_with_api_env(PoolSpec::default(), 1, 0, cap_env(1))
+        .await
+        .expect("pool");
+    pool.add_worker().await.expect("worker");
+    let running = pool
+        .submit(&json!({"data": {"ms": 3000, "n": "running"}}))
+        .await
+        .expect("submit");
+    pool.wait_status(&running, "working", Duration::from_secs(10))
+        .await
+        .expect("running");
+    let holder = pool
+        .submit(&json!({"data": {"ms": 20000, "n": "holder"}}))
+        .await
+        .expect("submit");
+    let waiting = spawn_poll(&pool, &holder, "60s");
+    let (refused, _) = probe_until_full(&pool, &holder).await;
+    assert_too_many_waiters(&refused.expect("the one wait is taken"));
+
+    let cancel = pool.cancel(&running).await.expect("delete");
+    assert_too_many_waiters(&cancel);
+    let done = pool
+        .wait_for(&running, Duration::from_secs(20), |answer| {
+            answer.str("status") == "worked" || answer.str("status") == "cancelled"
+        })
+        .await
+        .expect("the running work ends");
+    assert_eq!(
+        done.str("status"),
+        "worked",
+        "a refused cancel cancelled it: {done:?}"
+    );
+    waiting.abort();
+}
+
 #[tokio::test]
 async fn a_long_poll_answers_at_its_deadline_while_nats_is_down_and_works_again_after() {
     let mut pool = TestPool::start(PoolSpec::default(), 1, 0)
