@@ -179,16 +179,26 @@ impl RealNode {
     /// the control plane can be started on it. Fails with what is missing.
     pub fn prepare() -> Result<Self> {
         check_machine()?;
-        if live_owners().is_empty() {
-            // A test process killed outright: its guards stopped kubelet and containerd,
-            // but shims, containers, mounts and the network outlive it.
-            let removed = remove_stale();
-            if !removed.is_empty() {
-                eprintln!(
-                    "real node: removed what a killed run left: {}",
-                    removed.join(", ")
-                );
-            }
+        let owners = live_owners();
+        if !owners.is_empty() {
+            // Two nodes on one machine would fight over wpk0 and kube-proxy's KUBE- chains.
+            return Err(HarnessError::Other(format!(
+                "another real node runs here (process {}); only one can at a time",
+                owners
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        // A test process killed outright: its guards stopped kubelet and containerd, but
+        // shims, containers, mounts and the network outlive it.
+        let removed = remove_stale();
+        if !removed.is_empty() {
+            eprintln!(
+                "real node: removed what a killed run left: {}",
+                removed.join(", ")
+            );
         }
         // A short path: containerd's unix sockets are limited to 108 bytes.
         let dir = tempfile::Builder::new()
