@@ -67,6 +67,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
+    # runc's state under ours too, not the host's /run/containerd/runc.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{root}/runc"
 {cni_section}"#,
         root = dir.display(),
         socket = socket_path(dir).display(),
@@ -269,4 +274,61 @@ pub fn cgroups_left(relative: &str) -> Vec<PathBuf> {
         .map(|hierarchy| hierarchy.join(relative))
         .filter(|path| path.exists())
         .collect()
+}
+
+/// Where containerd 1.6 always puts its shims' sockets, whatever its own address.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// runc's state of containers run by `ctr` (the CRI's go to our own `Root`).
+const HOST_RUNC_STATE: &str = "/run/containerd/runc";
+/// libcni's result cache; containerd 1.6 does not let us move it.
+pub const CNI_RESULTS: &str = "/var/lib/cni/results";
+
+/// The ids of the tasks (containers and pod sandboxes) the containerd in `dir` runs or
+/// ran without deleting them: what a killed run leaves host state for.
+pub fn task_ids(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(
+        dir.join("state/io.containerd.runtime.v2.task")
+            .join(CRI_NAMESPACE),
+    )
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+    .collect()
+}
+
+/// The files on the host (outside `dir`) that a task of the containerd in `dir` keeps
+/// while it runs and a killed shim never removes: its shim's socket (named by the SHA-256
+/// of containerd's address, namespace and task id), runc's state of a `ctr` task, and the
+/// loopback's CNI result.
+pub fn host_files_of_tasks(dir: &Path, ids: &[String]) -> Vec<PathBuf> {
+    let address = socket_path(dir);
+    ids.iter()
+        .flat_map(|id| {
+            let key = format!("{}/{CRI_NAMESPACE}/{id}", address.display());
+            let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+            let hex: String = digest
+                .as_ref()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            [
+                Path::new(SHIM_SOCKET_DIR).join(hex),
+                Path::new(HOST_RUNC_STATE).join(CRI_NAMESPACE).join(id),
+                Path::new(CNI_RESULTS).join(format!("cni-loopback-{id}-lo")),
+            ]
+        })
+        .filter(|path| path.exists())
+        .collect()
+}
+
+/// Removes [`host_files_of_tasks`].
+pub fn remove_host_files(files: &[PathBuf]) {
+    for file in files {
+        if file.is_dir() {
+            let _ = std::fs::remove_dir_all(file);
+        } else {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }

@@ -364,6 +364,8 @@ impl RealNode {
                 format!("--config={}", kubelet_config.display()),
                 format!("--kubeconfig={}", plane.kubeconfig.display()),
                 format!("--root-dir={}", self.dir.join("kubelet").display()),
+                // Not under --root-dir by default, but /var/lib/kubelet/pki.
+                format!("--cert-dir={}", self.dir.join("kubelet/pki").display()),
                 format!("--hostname-override={}", self.node_name),
                 format!("--node-ip={HOST_IP}"),
             ],
@@ -581,6 +583,7 @@ impl RealNode {
 
     fn tear_down(&mut self) {
         let grace = Duration::from_secs(10);
+        let containerd_dir = self.dir.join("containerd");
         // kubelet first, so it does not start again what we remove.
         if let Some(kubelet) = self.component("kubelet") {
             kubelet.stop(grace);
@@ -610,6 +613,9 @@ impl RealNode {
             let _ = kill(pid, Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(300));
+        let ids = containerd::task_ids(&containerd_dir);
+        containerd::remove_host_files(&containerd::host_files_of_tasks(&containerd_dir, &ids));
+        remove_kubelet_host_files(&self.dir);
         containerd::unmount_all_under(&self.dir);
         network::remove_our_chains();
         network::delete_bridge();
@@ -671,6 +677,14 @@ impl RealNode {
             containerd::mounts_under(&self.dir)
                 .into_iter()
                 .map(|mount| format!("mount {}", mount.display())),
+        );
+        let containerd_dir = self.dir.join("containerd");
+        let ids = containerd::task_ids(&containerd_dir);
+        left.extend(
+            containerd::host_files_of_tasks(&containerd_dir, &ids)
+                .into_iter()
+                .chain(kubelet_host_files(&self.dir))
+                .map(|file| format!("file {}", file.display())),
         );
         if network::bridge_exists() {
             left.push(format!("the bridge {BRIDGE}"));
@@ -802,16 +816,19 @@ fn processes_in_cgroup(relative: &str) -> Vec<Pid> {
     pids
 }
 
-/// libcnis's result cache (in the host's /var/lib/cni, which containerd 1.6 does not let
+/// libcni's result cache (in the host's /var/lib/cni, which containerd 1.6 does not let
 /// us move): the entries of our network.
 fn remove_cni_cache() {
-    let results = Path::new("/var/lib/cni/results");
+    let results = Path::new(containerd::CNI_RESULTS);
     let prefix = format!("{}-", network::NETWORK_NAME);
     for entry in std::fs::read_dir(results).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    // Made by the CNI plugins for us; removed when no one else keeps anything there.
+    let _ = std::fs::remove_dir(results);
+    let _ = std::fs::remove_dir("/var/lib/cni");
 }
 
 /// The node directories under /tmp, each with the pid of its owner (None when unreadable).
@@ -844,10 +861,15 @@ fn live_owners() -> Vec<i32> {
 }
 
 /// Removes what real nodes whose test process was killed left behind: their shims and
-/// containers, mounts, cgroups and directories, and (when no node is alive) the bridge
-/// and the node's iptables chains. Says what it removed. For `make down` after a crash.
+/// containers, host files, mounts, cgroups and directories, the bridge and the node's
+/// iptables chains, and puts back the host sysctls. Does nothing while a node is alive.
+/// Says what it removed. For `make down` after a crash.
 pub fn remove_stale() -> Vec<String> {
     let mut removed = Vec::new();
+    if !live_owners().is_empty() {
+        // A live node's kubelet socket, chains and bridge look like a dead one's.
+        return removed;
+    }
     let mut saved_sysctls = Vec::new();
     for (dir, owner) in node_dirs() {
         if owner.is_some_and(alive) {
@@ -869,6 +891,17 @@ pub fn remove_stale() -> Vec<String> {
             std::thread::sleep(Duration::from_millis(300));
             containerd::remove_cgroup_tree(&cgroup);
         }
+        let containerd_dir = dir.join("containerd");
+        let files = containerd::host_files_of_tasks(
+            &containerd_dir,
+            &containerd::task_ids(&containerd_dir),
+        )
+        .into_iter()
+        .chain(kubelet_host_files(&dir))
+        .collect::<Vec<_>>();
+        containerd::remove_host_files(&files);
+        removed.extend(files.iter().map(|file| format!("file {}", file.display())));
+        remove_kubelet_host_files(&dir);
         let mounts = containerd::mounts_under(&dir);
         removed.extend(
             mounts
@@ -897,6 +930,42 @@ pub fn remove_stale() -> Vec<String> {
         }
     }
     removed
+}
+
+/// Where kubelet always puts its device-plugin socket, whatever its `--root-dir`.
+const KUBELET_DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
+/// Where kubelet links every container's log, whatever its `podLogsDir`.
+const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
+
+/// Files kubelet made on the host outside the node's directory `dir`: its device-plugin
+/// socket and the links in /var/log/containers to logs under `dir`.
+fn kubelet_host_files(dir: &Path) -> Vec<PathBuf> {
+    let socket = Path::new(KUBELET_DEVICE_PLUGINS).join("kubelet.sock");
+    let links = std::fs::read_dir(CONTAINER_LOG_LINKS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|link| std::fs::read_link(link).is_ok_and(|target| target.starts_with(dir)));
+    socket
+        .exists()
+        .then_some(socket)
+        .into_iter()
+        .chain(links)
+        .collect()
+}
+
+/// Removes [`kubelet_host_files`], then the directories they were in when nothing else
+/// is left there (kubelet made them; nothing else here uses them).
+fn remove_kubelet_host_files(dir: &Path) {
+    containerd::remove_host_files(&kubelet_host_files(dir));
+    for empty in [
+        KUBELET_DEVICE_PLUGINS,
+        "/var/lib/kubelet",
+        CONTAINER_LOG_LINKS,
+    ] {
+        let _ = std::fs::remove_dir(empty);
+    }
 }
 
 #[cfg(test)]
