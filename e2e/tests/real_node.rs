@@ -162,6 +162,22 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
         "{line}"
     );
 
+    // The `kubernetes` Service's ClusterIP leads to the apiserver (through kube-proxy's
+    // rules, which also apply to the host's own traffic), with a certificate valid for
+    // it: what in-cluster clients such as the operator use.
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&plane.kubeconfig).expect("reading the kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("client config");
+    config.cluster_url = "https://10.96.0.1:443".parse().expect("the ClusterIP URL");
+    let version = kube::Client::try_from(config)
+        .expect("client")
+        .apiserver_version()
+        .await
+        .expect("the apiserver through the kubernetes Service's ClusterIP");
+    assert_eq!(version.git_version, "v1.35.4");
+
     let nats = NatsServer::start_on(HOST_IP).await.expect("NATS for pods");
     let namespace = plane.namespace("real-node").await.expect("namespace");
     let spec = PoolSpec::from_json("{}").expect("default spec");

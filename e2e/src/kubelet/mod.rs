@@ -484,7 +484,9 @@ impl RealNode {
         Ok(())
     }
 
-    /// Waits until the Node is Ready and CoreDNS listens; fails early (with the end of its
+    /// Waits until the Node is Ready, CoreDNS listens and kube-proxy has the rules of the
+    /// `kubernetes` and `kube-dns` Services (until then a ClusterIP leads out of the
+    /// machine, where something else may answer); fails early (with the end of its
     /// log) when a component exits.
     async fn wait_ready(&mut self, plane: &ControlPlane) -> Result<()> {
         let nodes: Api<Node> = Api::all(plane.client().await?);
@@ -514,12 +516,17 @@ impl RealNode {
                 Duration::from_millis(200),
             )
             .is_ok();
-            if ready && dns_listening {
+            let services_proxied = network::services_proxied(&[
+                "default/kubernetes:https",
+                "kube-system/kube-dns:dns",
+            ]);
+            if ready && dns_listening && services_proxied {
                 return self.untaint_ready(&nodes).await;
             }
             if Instant::now() >= deadline {
                 return Err(HarnessError::Timeout(format!(
-                    "node {} to be Ready (ready: {ready}, CoreDNS listening: {dns_listening}); \
+                    "node {} to be Ready (ready: {ready}, CoreDNS listening: {dns_listening}, \
+                     Services proxied: {services_proxied}); \
                      the end of kubelet's log:\n{}",
                     self.node_name,
                     containerd::log_tail(&self.log("kubelet"), 25)

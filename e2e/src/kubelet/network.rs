@@ -124,6 +124,14 @@ pub fn check_iptables() -> Result<()> {
     }
 }
 
+/// Whether kube-proxy has written the ClusterIP rules of every `namespace/service:port`.
+pub fn services_proxied(services: &[&str]) -> bool {
+    let nat = save("iptables", "nat");
+    services
+        .iter()
+        .all(|service| nat.contains(&format!("{service} cluster IP")))
+}
+
 fn save(binary: &str, table: &str) -> String {
     let mut command = Command::new(format!("{binary}-save"));
     command.args(["-t", table]);
