@@ -24,7 +24,7 @@ lint: ## cargo fmt --check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium, containerd, runc, musl-tools), if missing
+deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium, containerd, runc, musl-tools, iptables), if missing
 	@scripts/system-deps.sh
 
 static: ## hadolint, yamllint and shellcheck; checks the kind path's files agree

@@ -2,7 +2,8 @@
 # The Debian packages the local cluster and the tests use, installed when missing:
 # iproute2 (pod network namespaces), openssl (control-plane keys), chromium (the console's
 # browser test), containerd and runc (the node's container runtime; ctr comes with
-# containerd), musl-tools (musl-gcc, for the C parts of `make image`'s static musl build).
+# containerd), musl-tools (musl-gcc, for the C parts of `make image`'s static musl build),
+# iptables and conntrack (kube-proxy's iptables mode on the real node).
 # Idempotent; a second run installs nothing.
 #
 # containerd and runc are Debian's (1.6.20 and 1.1.5 on bookworm) rather than built like
@@ -13,7 +14,8 @@
 # btrfs snapshotter only with cgo and btrfs headers (without cgo it is left out).
 set -euo pipefail
 declare -A package_of=([ip]=iproute2 [openssl]=openssl [chromium]=chromium
-  [containerd]=containerd [ctr]=containerd [runc]=runc [musl-gcc]=musl-tools)
+  [containerd]=containerd [ctr]=containerd [runc]=runc [musl-gcc]=musl-tools
+  [iptables]=iptables [conntrack]=conntrack)
 missing=()
 for command in "${!package_of[@]}"; do
   package=${package_of[$command]}

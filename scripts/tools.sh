@@ -63,7 +63,7 @@ go_build_in_module() {
 }
 
 # The commands built from the throwaway Kubernetes module (its tools.go imports each, so
-# `go mod tidy` records every dependency they need). kube-scheduler is built only by name.
+# `go mod tidy` records every dependency they need).
 kubernetes_commands=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
 
 # Kubernetes' go.mod replaces its ~30 staging modules with local paths, so a throwaway
@@ -211,10 +211,9 @@ if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
 all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus promtool
-  prometheus-operator-crds kubelet kube-proxy cni-plugins coredns crictl)
-# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh);
-# kube-scheduler for a node setup that wants the real scheduler.
-optional_tools=(kind kube-scheduler)
+  prometheus-operator-crds kubelet kube-proxy kube-scheduler cni-plugins coredns crictl)
+# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
+optional_tools=(kind)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
