@@ -93,7 +93,7 @@ pub struct Injector {
     spawned: usize,
     /// Broken promises of the platform seen while applying faults: processes of a
     /// force-deleted pod still running, a refused spec change accepted.
-    pub survivors: Vec<String>,
+    pub platform_broken: Vec<String>,
 }
 
 impl Injector {
@@ -103,7 +103,7 @@ impl Injector {
             min_workers,
             max_workers,
             spawned: 0,
-            survivors: Vec::new(),
+            platform_broken: Vec::new(),
         }
     }
 
@@ -125,7 +125,7 @@ impl Injector {
         match target {
             Target::Pods(pods) => {
                 if let Some(done) = pods
-                    .apply(fault, self.ack_wait, &mut self.survivors, rng)
+                    .apply(fault, self.ack_wait, &mut self.platform_broken, rng)
                     .await?
                 {
                     return Ok(done);

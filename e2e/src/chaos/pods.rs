@@ -190,7 +190,7 @@ impl PodPool {
         &mut self,
         fault: Fault,
         ack_wait: Duration,
-        survivors: &mut Vec<String>,
+        platform_broken: &mut Vec<String>,
         rng: &mut fastrand::Rng,
     ) -> Result<Option<String>> {
         let ns = self.namespace.clone();
@@ -229,7 +229,7 @@ impl PodPool {
                 let Some(pod) = self.pick(component, rng).await? else {
                     return Ok(Some(format!("{fault:?} skipped (no {component} pod)")));
                 };
-                self.force_delete(&pod, survivors).await?
+                self.force_delete(&pod, platform_broken).await?
             }
             Fault::ScaleUp | Fault::ScaleDown => {
                 let workers = match fault {
@@ -259,7 +259,8 @@ impl PodPool {
                 if refused {
                     "a change of worker.partitions, refused by the apiserver".to_owned()
                 } else {
-                    survivors.push("worker.partitions changed: the apiserver accepted it".into());
+                    platform_broken
+                        .push("worker.partitions changed: the apiserver accepted it".into());
                     "a change of worker.partitions, ACCEPTED".to_owned()
                 }
             }
@@ -278,8 +279,8 @@ impl PodPool {
     }
 
     /// `kubectl delete pod --force --grace-period=0`, then checks that the pod's processes
-    /// are gone; those still running are recorded in `survivors`.
-    async fn force_delete(&self, pod: &str, survivors: &mut Vec<String>) -> Result<String> {
+    /// are gone; those still running are recorded in `platform_broken`.
+    async fn force_delete(&self, pod: &str, platform_broken: &mut Vec<String>) -> Result<String> {
         self.pods()
             .delete(pod, &DeleteParams::default().grace_period(0))
             .await
@@ -295,7 +296,7 @@ impl PodPool {
         .is_ok();
         if !gone {
             let left = pod_processes(ns, pod);
-            survivors.push(format!(
+            platform_broken.push(format!(
                 "{pod}: processes {left:?} still run {STOP_WITHIN:?} after a force delete"
             ));
         }

@@ -220,7 +220,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     history.faults = faults;
-    history.platform_broken = injector.survivors;
+    history.platform_broken = injector.platform_broken;
     if let Target::Pods(pods) = target {
         pods.stop().await?;
     }
