@@ -104,6 +104,14 @@ impl NatsCluster {
         Ok(cluster)
     }
 
+    /// Stops every node and keeps their stores and logs (not removed on drop); returns
+    /// their directory.
+    pub fn keep_stores(mut self) -> PathBuf {
+        (0..NODES).for_each(|i| self.kill(i));
+        let Self { dir, .. } = self;
+        dir.keep()
+    }
+
     /// The client URLs of every node, comma-separated: what `NATS_URL` takes for a
     /// cluster (core/src/config.rs splits it), so a process can connect while any one
     /// node is down.

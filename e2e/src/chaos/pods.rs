@@ -37,7 +37,8 @@ pub struct PodPool {
     pub api_url: String,
     workers: i32,
     balancer: tokio::task::JoinHandle<std::io::Result<()>>,
-    _state: tempfile::TempDir,
+    /// The pods' logs and the node's state.
+    state: tempfile::TempDir,
 }
 
 fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
@@ -126,7 +127,7 @@ impl PodPool {
             names,
             api_url,
             workers,
-            _state: state,
+            state,
         })
     }
 
@@ -138,10 +139,16 @@ impl PodPool {
         }
     }
 
-    /// Stops the balancer and the whole cluster.
-    pub async fn stop(self) -> Result<()> {
+    /// Stops the balancer and the whole cluster, but keeps the pods' logs and node state,
+    /// and a NATS cluster's stores, to study a failed run; returns where they are.
+    pub async fn stop_keeping_state(self) -> Result<Vec<std::path::PathBuf>> {
         self.balancer.abort();
-        self.cluster.stop().await
+        let mut kept = vec![self.state.keep()];
+        if let Some(nats) = self.nats_cluster {
+            kept.push(nats.keep_stores());
+        }
+        self.cluster.stop().await?;
+        Ok(kept)
     }
 
     fn pods(&self) -> Api<Pod> {

@@ -221,11 +221,20 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .clone();
     history.faults = faults;
     history.platform_broken = injector.platform_broken;
-    if let Target::Pods(pods) = target {
-        pods.stop().await?;
+    // Stopped before the ledger is read, so runs the stop killed are `gone` in it; the
+    // state is kept until the verdict, and only a failed run keeps it.
+    let kept = match target {
+        Target::Pods(pods) => pods.stop_keeping_state().await?,
+        Target::Processes(_) => Vec::new(),
+    };
+    let report = check(&history, &executions(&ledger.text()));
+    for dir in kept {
+        if report.violations() == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("kept for study: {}", dir.display());
+        }
     }
-    let text = ledger.text();
-    let report = check(&history, &executions(&text));
     Ok((report, history))
 }
 
