@@ -65,10 +65,11 @@ where
 /// including what its containers started. Works whatever runs the pod, since a
 /// container's processes are the host's too.
 pub fn pod_processes(ns: &str, pod: &str) -> Vec<i32> {
-    let wanted = [
-        format!("POD_NAMESPACE={ns}").into_bytes(),
-        format!("POD_NAME={pod}").into_bytes(),
-    ];
+    processes_with_env(&[format!("POD_NAMESPACE={ns}"), format!("POD_NAME={pod}")])
+}
+
+/// Every process on this machine whose environment holds all of `vars` (`NAME=value`).
+pub fn processes_with_env(vars: &[String]) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -77,8 +78,8 @@ pub fn pod_processes(ns: &str, pod: &str) -> Vec<i32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                let vars: Vec<&[u8]> = environ.split(|byte| *byte == 0).collect();
-                wanted.iter().all(|var| vars.contains(&var.as_slice()))
+                let found: Vec<&[u8]> = environ.split(|byte| *byte == 0).collect();
+                vars.iter().all(|var| found.contains(&var.as_bytes()))
             })
         })
         .collect()

@@ -258,7 +258,13 @@ pub async fn run(
             watcher::Event::InitDone => {
                 // A re-list (after the watch broke, say while the apiserver restarted)
                 // reports no deletions: a pod deleted meanwhile is simply not listed.
-                running.retain(|uid, _| listed.contains(uid));
+                running.retain(|uid, _| {
+                    let listed = listed.contains(uid);
+                    if !listed {
+                        pod::kill_pod_processes(uid);
+                    }
+                    listed
+                });
                 (None, None)
             }
         };
@@ -267,6 +273,9 @@ pub async fn run(
             // Dropping the sender stops the runner at once; it frees the pod's address
             // only after its namespace is gone, so no new pod can collide with it.
             running.remove(&uid);
+            // Not left to the runner alone: it may be busy (a probe, a status report),
+            // and a process may have left its container's group.
+            pod::kill_pod_processes(&uid);
             continue;
         }
         let Some(pod) = applied else { continue };

@@ -125,6 +125,7 @@ impl PodRunner {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+        kill_pod_processes(self.pod.metadata.uid.as_deref().unwrap_or_default());
         self.shared.network.delete_pod(self.index);
         tracing::info!(pod = %name, "pod removed");
     }
@@ -206,6 +207,7 @@ impl PodRunner {
                 "KUBECONFIG".to_owned(),
                 self.dir.join("kubeconfig").display().to_string(),
             ),
+            pod_marker(self.pod.metadata.uid.as_deref().unwrap_or_default()),
         ];
         for var in container.env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {
@@ -587,4 +589,22 @@ async fn stop(run: &mut ContainerRun, grace: Duration) {
         let _ = killpg(group, Signal::SIGKILL);
     }
     run.ready = false;
+}
+
+/// The variable that marks every process of a pod, including what its containers start
+/// in process groups of their own: this agent's stand-in for a runtime's cgroup.
+fn pod_marker(uid: &str) -> (String, String) {
+    ("WORKPOOL_NODE_POD_UID".to_owned(), uid.to_owned())
+}
+
+/// SIGKILL to every process of the pod with `uid`, wherever it is: what stopping a
+/// runtime's cgroup does, so nothing of a deleted pod runs on.
+pub fn kill_pod_processes(uid: &str) {
+    if uid.is_empty() {
+        return;
+    }
+    let (name, value) = pod_marker(uid);
+    for pid in crate::pods::processes_with_env(&[format!("{name}={value}")]) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
