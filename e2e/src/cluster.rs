@@ -374,20 +374,29 @@ impl ControlPlane {
 
     /// Creates a namespace with a unique name for one test.
     pub async fn namespace(&self, prefix: &str) -> Result<String> {
-        use k8s_openapi::api::core::v1::Namespace;
         let name = format!("{prefix}-{}", free_port()?);
+        self.ensure_namespace(&name).await?;
+        Ok(name)
+    }
+
+    /// Creates namespace `name` unless it exists.
+    pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
         let api: kube::Api<Namespace> = kube::Api::all(self.client().await?);
         let namespace = Namespace {
             metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name.to_owned()),
                 ..Default::default()
             },
             ..Default::default()
         };
-        api.create(&Default::default(), &namespace)
-            .await
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
-        Ok(name)
+        match api.create(&Default::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(err) => Err(HarnessError::Other(format!(
+                "creating namespace {name}: {err}"
+            ))),
+        }
     }
 
     /// The CA that signed the apiserver's serving certificate.

@@ -125,9 +125,27 @@ pub struct BuiltImage {
 
 /// The Workpool image from the binaries in `binary_dir` (all of [`IMAGE_BINARIES`]).
 pub fn workpool_image(binary_dir: &Path, reference: &str) -> Result<ImageSpec> {
+    image_of(binary_dir, reference, &IMAGE_BINARIES)
+}
+
+/// The test image's repository and tag: the Workpool image plus [`TEST_BINARIES`], for
+/// test pools whose handler is one of them. Never pushed anywhere.
+pub const TEST_IMAGE: (&str, &str) = ("localhost/workpool/workpool-test", "local");
+/// What the test image adds: the test handlers (the chaos checker's, and one that shows
+/// when it ran).
+pub const TEST_BINARIES: [&str; 2] = ["workpool-ledger", "workpool-span"];
+
+/// The test image ([`TEST_IMAGE`]) from the binaries in `binary_dir`.
+pub fn test_image(binary_dir: &Path) -> Result<ImageSpec> {
+    let (repository, tag) = TEST_IMAGE;
+    let names: Vec<&str> = IMAGE_BINARIES.into_iter().chain(TEST_BINARIES).collect();
+    image_of(binary_dir, &format!("{repository}:{tag}"), &names)
+}
+
+fn image_of(binary_dir: &Path, reference: &str, names: &[&str]) -> Result<ImageSpec> {
     let mut entries = distroless_like_base();
     let mut binaries = Vec::new();
-    for name in IMAGE_BINARIES {
+    for name in names {
         let binary = binary_dir.join(name);
         if !binary.is_file() {
             return Err(HarnessError::Missing(format!(

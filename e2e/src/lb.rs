@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -64,6 +65,38 @@ impl Balancer {
             }
         });
         balancer
+    }
+
+    /// A balancer in front of Service `namespace/service`: its one backend is the
+    /// Service's ClusterIP and first port, so kube-proxy picks the pod, as for any client
+    /// in the cluster.
+    pub async fn to_service(
+        client: &kube::Client,
+        namespace: &str,
+        service: &str,
+    ) -> crate::Result<Arc<Self>> {
+        let found = Api::<Service>::namespaced(client.clone(), namespace)
+            .get(service)
+            .await
+            .map_err(|err| {
+                crate::HarnessError::Other(format!("reading Service {service}: {err}"))
+            })?;
+        let spec = found.spec.unwrap_or_default();
+        let address = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let port = spec
+            .ports
+            .unwrap_or_default()
+            .first()
+            .and_then(|port| u16::try_from(port.port).ok());
+        match (address, port) {
+            (Some(address), Some(port)) => Ok(Self::new(vec![SocketAddr::new(address, port)])),
+            _ => Err(crate::HarnessError::Other(format!(
+                "Service {namespace}/{service} has no ClusterIP and port"
+            ))),
+        }
     }
 
     pub fn backends(&self) -> Vec<SocketAddr> {

@@ -15,23 +15,24 @@ use workpool_core::crd::WorkPool;
 
 use crate::cluster::ControlPlane;
 use crate::helm::Release;
+use crate::kubelet::{HOST_IP, HostPort, RealNode, publish_host_service};
 use crate::nats::NatsServer;
-use crate::node::{NodeConfig, PodNetwork};
 use crate::operator::{condition, wait_pool};
-use crate::{HarnessError, Result, paths};
+use crate::{HarnessError, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct LocalClusterArgs {
     /// Where the api is served (the load balancer).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The WorkPool to apply (its `spec.nats.url` is pointed at the local NATS).
+    /// The WorkPool to apply, as it is (pods reach the local NATS by the name
+    /// `nats.workpool-system`).
     #[arg(long, default_value = "examples/workpool.yaml")]
     pub pool: PathBuf,
     /// Where Prometheus (scraping every annotated pod) serves its UI and API.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub prometheus: String,
-    /// Pod logs, kubeconfig and node state.
+    /// Where the kubeconfig is written.
     #[arg(long, default_value = ".run/cluster")]
     pub state_dir: PathBuf,
 }
@@ -41,82 +42,86 @@ const NAMESPACE: &str = "default";
 pub const RELEASE: &str = "workpool";
 pub const RELEASE_NAMESPACE: &str = "workpool-system";
 
-/// What every user of the local cluster needs: the pod network, a control plane the pods
-/// reach, NATS on the bridge address, and the node agent running the pods.
+/// The Service that leads pods to the local NATS server: the name and port of
+/// `examples/workpool.yaml`'s URL, `nats://nats.workpool-system:4222`.
+const NATS_SERVICE: (&str, &str, u16) = ("workpool-system", "nats", 4222);
+
+/// What every user of the local cluster needs: a control plane, a real node (containerd,
+/// kubelet, kube-proxy, CoreDNS) running our image, and NATS on the node's bridge address,
+/// which pods reach by the Service name `nats.workpool-system`.
 pub struct LocalCluster {
-    pub network: PodNetwork,
     /// The bridge's host address: where pods reach the apiserver, NATS and the host.
     pub host: String,
     pub plane: ControlPlane,
     pub client: kube::Client,
     pub nats: NatsServer,
-    stop_node: Option<tokio::sync::oneshot::Sender<()>>,
-    node: Option<tokio::task::JoinHandle<Result<()>>>,
+    pub node: RealNode,
 }
 
 impl LocalCluster {
-    /// Starts everything; pod logs and node state go under `state_dir`.
-    pub async fn start(state_dir: &Path) -> Result<Self> {
-        let network = PodNetwork {
-            bridge: "wp0".into(),
-            prefix: "10.88.0".into(),
-        };
-        network.create_bridge()?;
-        let host = network.host_ip();
+    /// Starts everything.
+    pub async fn start() -> Result<Self> {
+        let mut node = RealNode::prepare()?;
+        let host = HOST_IP.to_owned();
         let plane = ControlPlane::start_for_pods(&host).await?;
         let client = plane.client().await?;
         let nats = NatsServer::start_on(&host).await?;
-        let bin_dir = paths::workspace_binary("workpool-api")?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        let node_config = NodeConfig {
-            node_name: "workpool-node".into(),
-            pod_api_server: plane.server.clone(),
-            ca_file: plane.ca_file(),
-            bin_dir,
-            state_dir: state_dir.join("node"),
-            image_repository: "ghcr.io/workpool/workpool".into(),
-            network: network.clone(),
-        };
-        let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-        let node = tokio::spawn(crate::node::run(client.clone(), node_config, async move {
-            let _ = node_stopped.await;
-        }));
+        node.start(&plane).await?;
+        let (namespace, name, port) = NATS_SERVICE;
+        plane.ensure_namespace(namespace).await?;
+        let ports = [HostPort::new("client", port, nats.port(), "TCP")];
+        let labels = serde_json::json!({"app.kubernetes.io/name": "nats"});
+        publish_host_service(&client, namespace, name, &ports, None, labels).await?;
         Ok(Self {
-            network,
             host,
             plane,
             client,
             nats,
-            stop_node: Some(stop_node),
-            node: Some(node),
+            node,
         })
     }
 
-    /// Stops the node agent, which stops every pod and removes every namespace and veth
-    /// it made, then removes the bridge. The control plane's guards stop it when this
-    /// process exits.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop_node.take() {
-            let _ = stop.send(());
-        }
-        let stopped = match self.node.take() {
-            Some(node) => node
-                .await
-                .map_err(|err| HarnessError::Other(format!("node agent task: {err}")))?,
-            None => Ok(()),
-        };
-        self.network.remove_bridge();
-        stopped
+    /// NATS as pods reach it by name.
+    pub fn nats_service_url(&self) -> String {
+        let (namespace, name, port) = NATS_SERVICE;
+        format!("nats://{name}.{namespace}:{port}")
+    }
+
+    /// Stops every pod and the node (removing everything it made); the control plane
+    /// and NATS stop when dropped.
+    pub fn stop(mut self) -> Result<()> {
+        self.node.stop()
     }
 }
 
 /// Brings everything up, prints `READY` and the kubeconfig path, and runs until
 /// `shutdown`; then takes everything down again.
 pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let cluster = LocalCluster::start(&args.state_dir).await?;
-    let (plane, client, host) = (&cluster.plane, cluster.client.clone(), cluster.host.clone());
+    let cluster = LocalCluster::start().await?;
+    let served = serve(&cluster, &args).await;
+    let stopped = match served {
+        Ok((prometheus, balancer)) => {
+            shutdown.await;
+            balancer.abort();
+            drop(prometheus);
+            Ok(())
+        }
+        Err(err) => Err(err),
+    };
+    let removed = cluster.stop();
+    stopped.and(removed)
+}
+
+/// The demo on `cluster`: Prometheus, the chart, the example pool exactly as written,
+/// and the api on `args.listen`. Prints `READY` when it all runs.
+async fn serve(
+    cluster: &LocalCluster,
+    args: &LocalClusterArgs,
+) -> Result<(
+    crate::prometheus::Prometheus,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let (plane, client) = (&cluster.plane, cluster.client.clone());
     std::fs::create_dir_all(&args.state_dir).map_err(HarnessError::io("state dir"))?;
     let kubeconfig = args.state_dir.join("kubeconfig");
     std::fs::copy(&plane.kubeconfig, &kubeconfig)
@@ -124,19 +129,35 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
     let prometheus =
         crate::prometheus::Prometheus::start(plane, &args.prometheus, Duration::from_secs(5))
             .await?;
-    // Pods have no Service proxy here, so `helm test` reaches the api through the
-    // balancer on the bridge's host address.
-    let pod_url = format!("http://{host}:{}", args.listen.port());
     Release::new(plane, RELEASE, RELEASE_NAMESPACE)?
-        .install(&[("test.url", &pod_url)])
+        .install(&[])
         .await?;
+    let name = apply_pool(&client, &args.pool).await?;
+    wait_pool(&client, NAMESPACE, &name, Duration::from_secs(180), |p| {
+        condition(p, "Ready").is_some_and(|(status, _)| status == "True")
+    })
+    .await?;
+    let balancer =
+        crate::lb::Balancer::to_service(&client, NAMESPACE, &format!("{name}-api")).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(HarnessError::io(format!("binding {}", args.listen)))?;
+    let served = tokio::spawn(balancer.serve(listener));
+    println!(
+        "READY kubeconfig={} prometheus={}",
+        kubeconfig.display(),
+        prometheus.url
+    );
+    Ok((prometheus, served))
+}
 
-    let text = std::fs::read_to_string(&args.pool)
-        .map_err(HarnessError::io(format!("reading {}", args.pool.display())))?;
-    let mut pool: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|err| HarnessError::Other(format!("{}: {err}", args.pool.display())))?;
-    pool["spec"]["nats"]["url"] = serde_json::Value::String(cluster.nats.url());
-    let name = pool["metadata"]["name"]
+/// Applies the WorkPool in file `pool` to [`NAMESPACE`] as it is; returns its name.
+async fn apply_pool(client: &kube::Client, pool: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(pool)
+        .map_err(HarnessError::io(format!("reading {}", pool.display())))?;
+    let manifest: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|err| HarnessError::Other(format!("{}: {err}", pool.display())))?;
+    let name = manifest["metadata"]["name"]
         .as_str()
         .unwrap_or("demo")
         .to_owned();
@@ -144,35 +165,9 @@ pub async fn run(args: LocalClusterArgs, shutdown: impl Future<Output = ()>) -> 
         .patch(
             &name,
             &PatchParams::apply("make-up").force(),
-            &Patch::Apply(&pool),
+            &Patch::Apply(&manifest),
         )
         .await
-        .map_err(|err| HarnessError::Other(format!("applying {}: {err}", args.pool.display())))?;
-    wait_pool(&client, NAMESPACE, &name, Duration::from_secs(180), |p| {
-        condition(p, "Ready").is_some_and(|(status, _)| status == "True")
-    })
-    .await?;
-
-    let balancer =
-        crate::lb::Balancer::following(client.clone(), NAMESPACE, &format!("{name}-api"), "http");
-    let mut served = Vec::new();
-    for address in [
-        args.listen.to_string(),
-        format!("{host}:{}", args.listen.port()),
-    ] {
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .map_err(HarnessError::io(format!("binding {address}")))?;
-        served.push(tokio::spawn(balancer.clone().serve(listener)));
-    }
-    println!(
-        "READY kubeconfig={} prometheus={}",
-        kubeconfig.display(),
-        prometheus.url
-    );
-
-    shutdown.await;
-    served.iter().for_each(|lb| lb.abort());
-    drop(prometheus);
-    cluster.stop().await
+        .map_err(|err| HarnessError::Other(format!("applying {}: {err}", pool.display())))?;
+    Ok(name)
 }

@@ -79,6 +79,11 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
         format!("nats://{}:{}", self.host, self.port)
     }

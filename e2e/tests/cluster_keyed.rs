@@ -118,10 +118,7 @@ fn span_of(record: &Value) -> (u128, u128) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_work_is_serial_per_key_and_partitions_follow_the_members() {
-    let state = tempfile::tempdir().expect("state dir");
-    let cluster = LocalCluster::start(state.path())
-        .await
-        .expect("local cluster");
+    let cluster = LocalCluster::start().await.expect("local cluster");
     let client = cluster.client.clone();
     install_crd(&cluster.plane).await.expect("crd");
     let ns = cluster.plane.namespace("keyed").await.expect("namespace");
@@ -129,6 +126,7 @@ async fn keyed_work_is_serial_per_key_and_partitions_follow_the_members() {
         .await
         .expect("operator");
     // The job prints its start and end in nanoseconds, so overlaps can be checked.
+    let (repository, tag) = workpool_e2e::image::TEST_IMAGE;
     let yaml = format!(
         r#"apiVersion: workpool.dev/v1alpha1
 kind: WorkPool
@@ -138,6 +136,7 @@ spec:
   nats:
     url: {}
   resultTTL: 10m
+  image: {{repository: {repository}, tag: {tag}, pullPolicy: Never}}
   api:
     replicas: 2
   worker:
@@ -148,7 +147,7 @@ spec:
     timeout: 60s
     handler:
       exec:
-        command: ["sh", "-c", "read -r data; date +%s%N; case \"$data\" in *long*) sleep 60;; *) sleep 0.02;; esac; date +%s%N"]
+        command: [workpool-span]
 "#,
         cluster.nats.url()
     );
@@ -486,5 +485,5 @@ spec:
         outage.elapsed()
     );
 
-    cluster.stop().await.expect("the node agent stops cleanly");
+    cluster.stop().expect("the node stops and leaves nothing");
 }

@@ -37,8 +37,6 @@ pub struct PodPool {
     pub api_url: String,
     workers: i32,
     balancer: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// The pods' logs and the node's state.
-    state: tempfile::TempDir,
 }
 
 fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
@@ -46,19 +44,12 @@ fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
 }
 
 impl PodPool {
-    /// The local cluster the pool will run on, with its state directory.
-    pub async fn cluster() -> Result<(LocalCluster, tempfile::TempDir)> {
-        let state = tempfile::tempdir().map_err(HarnessError::io("cluster state dir"))?;
-        let cluster = LocalCluster::start(state.path()).await?;
-        Ok((cluster, state))
-    }
-
     /// On the local `cluster`, installs the operator and applies a WorkPool with `spec`
     /// (its NATS URL set to the cluster's, or to a 3-node NATS cluster's with
     /// `nats.replicas: 3`), `apis` api and `workers` worker replicas; waits until every
     /// pod is ready.
     pub async fn start(
-        (cluster, state): (LocalCluster, tempfile::TempDir),
+        cluster: LocalCluster,
         mut spec: Value,
         apis: i32,
         workers: i32,
@@ -77,6 +68,8 @@ impl PodPool {
             Some(nats) => spec["nats"] = json!({"url": nats.urls(), "replicas": 3}),
             None => spec["nats"]["url"] = json!(cluster.nats.url()),
         }
+        let (repository, tag) = crate::image::TEST_IMAGE;
+        spec["image"] = json!({"repository": repository, "tag": tag, "pullPolicy": "Never"});
         spec["api"]["replicas"] = json!(apis);
         spec["worker"]["replicas"] = json!(workers);
         let pool: WorkPool = serde_json::from_value(json!({
@@ -127,7 +120,6 @@ impl PodPool {
             names,
             api_url,
             workers,
-            state,
         })
     }
 
@@ -139,15 +131,15 @@ impl PodPool {
         }
     }
 
-    /// Stops the balancer and the whole cluster, but keeps the pods' logs and node state,
+    /// Stops the balancer and the whole cluster, but keeps the pods' and the node's logs,
     /// and a NATS cluster's stores, to study a failed run; returns where they are.
-    pub async fn stop_keeping_state(self) -> Result<Vec<std::path::PathBuf>> {
+    pub fn stop_keeping_state(self) -> Result<Vec<std::path::PathBuf>> {
         self.balancer.abort();
-        let mut kept = vec![self.state.keep()];
+        let mut kept = vec![self.cluster.node.keep_logs()?];
         if let Some(nats) = self.nats_cluster {
             kept.push(nats.keep_stores());
         }
-        self.cluster.stop().await?;
+        self.cluster.stop()?;
         Ok(kept)
     }
 

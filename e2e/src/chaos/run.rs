@@ -15,6 +15,7 @@ use super::faults::{ALL, CLUSTER, Fault, Injector, PODS, Target};
 use super::history::{Final, History, Intent, Submission, Terminal};
 use super::ledger::{LedgerServer, executions};
 use super::pods::PodPool;
+use crate::local_cluster::LocalCluster;
 use crate::nats::NatsServer;
 use crate::nats_cluster::{Nats, NatsCluster};
 use crate::pool::{PoolNats, TestPool};
@@ -97,10 +98,14 @@ fn push<T>(list: &Shared<T>, item: T) {
 /// The pool's spec as JSON (a WorkPool's `spec`, or a test pool's); its handler sends
 /// to the ledger at `ledger` (`host:port`).
 fn spec(config: &Config, ledger: &str) -> serde_json::Value {
-    let program = paths::workspace_binary("workpool-ledger").map_or_else(
-        |_| "workpool-ledger".to_owned(),
-        |p| p.display().to_string(),
-    );
+    // Pods run it from the test image, where it is on the PATH.
+    let program = match config.pods {
+        true => "workpool-ledger".to_owned(),
+        false => paths::workspace_binary("workpool-ledger").map_or_else(
+            |_| "workpool-ledger".to_owned(),
+            |p| p.display().to_string(),
+        ),
+    };
     json!({
         "resultTTL": format!("{}ms", config.result_ttl.as_millis()),
         "worker": {
@@ -119,13 +124,12 @@ fn spec(config: &Config, ledger: &str) -> serde_json::Value {
 /// server or a 3-node cluster) and the ledger its handlers reach.
 async fn start(config: &Config) -> Result<(Target, LedgerServer)> {
     if config.pods {
-        let (cluster, state) = PodPool::cluster().await?;
+        let cluster = LocalCluster::start().await?;
         let ledger = LedgerServer::start(&cluster.host).await?;
         let apis = i32::try_from(config.apis).unwrap_or(2);
         let workers = i32::try_from(config.workers).unwrap_or(3);
         let spec = spec(config, &ledger.address);
-        let pool =
-            PodPool::start((cluster, state), spec, apis, workers, config.nats_cluster).await?;
+        let pool = PodPool::start(cluster, spec, apis, workers, config.nats_cluster).await?;
         return Ok((Target::Pods(Box::new(pool)), ledger));
     }
     let ledger = LedgerServer::start("127.0.0.1").await?;
@@ -224,7 +228,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     // Stopped before the ledger is read, so runs the stop killed are `gone` in it; the
     // state is kept until the verdict, and only a failed run keeps it.
     let kept = match target {
-        Target::Pods(pods) => pods.stop_keeping_state().await?,
+        Target::Pods(pods) => pods.stop_keeping_state()?,
         Target::Processes(_) => Vec::new(),
     };
     let report = check(&history, &executions(&ledger.text()));

@@ -159,6 +159,87 @@ impl Component {
     }
 }
 
+/// A port of a Service whose endpoint is a process on the host (at [`HOST_IP`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HostPort {
+    pub name: &'static str,
+    /// The Service's port (on its ClusterIP).
+    pub port: u16,
+    /// Where the host process listens.
+    pub host_port: u16,
+    pub protocol: &'static str,
+}
+
+impl HostPort {
+    pub fn new(name: &'static str, port: u16, host_port: u16, protocol: &'static str) -> Self {
+        Self {
+            name,
+            port,
+            host_port,
+            protocol,
+        }
+    }
+}
+
+fn kube_error(what: String) -> impl FnOnce(kube::Error) -> HarnessError {
+    move |err| HarnessError::Other(format!("{what}: {err}"))
+}
+
+/// A selector-less Service `namespace/name` (ClusterIP `cluster_ip`, or one the apiserver
+/// picks) whose endpoints are processes on the host, as pods reach them at [`HOST_IP`]:
+/// so pods find CoreDNS, NATS and the like by their DNS names.
+pub async fn publish_host_service(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    ports: &[HostPort],
+    cluster_ip: Option<&str>,
+    labels: serde_json::Value,
+) -> Result<()> {
+    let service_ports: Vec<_> = ports
+        .iter()
+        .map(|p| serde_json::json!({"name": p.name, "port": p.port, "protocol": p.protocol}))
+        .collect();
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"clusterIP": cluster_ip, "ports": service_ports}
+    }))
+    .map_err(|err| HarnessError::Other(format!("the {name} Service: {err}")))?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &service)
+        .await
+        .map_err(kube_error(format!("creating the {name} Service")))?;
+    publish_host_endpoints(client, namespace, name, ports).await
+}
+
+/// The EndpointSlice that leads Service `namespace/name`'s `ports` to the host.
+async fn publish_host_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+    ports: &[HostPort],
+) -> Result<()> {
+    let slice_ports: Vec<_> = ports
+        .iter()
+        .map(|p| serde_json::json!({"name": p.name, "port": p.host_port, "protocol": p.protocol}))
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{service}-host"), "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service,
+                       // Not the endpointslice controller's: it leaves these alone.
+                       "endpointslice.kubernetes.io/managed-by": "workpool-e2e"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
+        "ports": slice_ports,
+    }))
+    .map_err(|err| HarnessError::Other(format!("the {service} EndpointSlice: {err}")))?;
+    Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &slice)
+        .await
+        .map_err(kube_error(format!("creating the {service} EndpointSlice")))?;
+    Ok(())
+}
+
 /// A real node; see the module documentation.
 #[derive(Debug)]
 pub struct RealNode {
@@ -389,7 +470,8 @@ impl RealNode {
     }
 
     /// Writes the uncompressed Workpool image (from this workspace's `target/<profile>`
-    /// binaries) and the pause image, and imports both into containerd's CRI namespace.
+    /// binaries), the test image and the pause image, and imports them into containerd's
+    /// CRI namespace.
     async fn import_images(&self) -> Result<()> {
         let images = self.dir.join("images");
         let socket = self.cri_socket.clone();
@@ -400,8 +482,13 @@ impl RealNode {
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
             let workpool = image::workpool_image(&binary_dir, &workpool_image_reference())?;
+            let test = image::test_image(&binary_dir)?;
             let pause = image::pause_image(&pause_binary, PAUSE_REFERENCE)?;
-            for (spec, file) in [(workpool, "workpool.oci.tar"), (pause, "pause.oci.tar")] {
+            for (spec, file) in [
+                (workpool, "workpool.oci.tar"),
+                (test, "workpool-test.oci.tar"),
+                (pause, "pause.oci.tar"),
+            ] {
                 let archive = images.join(file);
                 // Debug binaries are large: uncompressed layers write and import faster.
                 image::write_oci_archive(&spec, &archive, Compression::None)?;
@@ -435,53 +522,16 @@ impl RealNode {
             .next()
             .and_then(|port| port.parse::<u16>().ok())
             .ok_or_else(|| HarnessError::Other(format!("no port in {}", plane.server)))?;
-        let kube_error = |what: &'static str| {
-            move |err: kube::Error| HarnessError::Other(format!("{what}: {err}"))
-        };
-        let dns_service: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                         "labels": {"k8s-app": "kube-dns"}},
-            "spec": {"clusterIP": config::CLUSTER_DNS_IP, "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP"},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}
-        }))
-        .map_err(|err| HarnessError::Other(format!("the kube-dns Service: {err}")))?;
-        Api::<Service>::namespaced(client.clone(), "kube-system")
-            .create(&PostParams::default(), &dns_service)
-            .await
-            .map_err(kube_error("creating the kube-dns Service"))?;
-        let slices = [
-            (
-                "kube-system",
-                "kube-dns",
-                serde_json::json!([
-                {"name": "dns", "port": 53, "protocol": "UDP"},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]),
-            ),
-            (
-                "default",
-                "kubernetes",
-                serde_json::json!([
-                {"name": "https", "port": api_port, "protocol": "TCP"}]),
-            ),
+        let dns = [
+            HostPort::new("dns", 53, 53, "UDP"),
+            HostPort::new("dns-tcp", 53, 53, "TCP"),
         ];
-        for (namespace, service, ports) in slices {
-            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("{service}-host"), "namespace": namespace,
-                    "labels": {"kubernetes.io/service-name": service,
-                               // Not the endpointslice controller's: it leaves these alone.
-                               "endpointslice.kubernetes.io/managed-by": "workpool-e2e"}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
-                "ports": ports,
-            }))
-            .map_err(|err| HarnessError::Other(format!("the {service} EndpointSlice: {err}")))?;
-            Api::<EndpointSlice>::namespaced(client.clone(), namespace)
-                .create(&PostParams::default(), &slice)
-                .await
-                .map_err(kube_error("creating an EndpointSlice"))?;
-        }
-        Ok(())
+        let labels = serde_json::json!({"k8s-app": "kube-dns"});
+        let dns_ip = Some(config::CLUSTER_DNS_IP);
+        publish_host_service(&client, "kube-system", "kube-dns", &dns, dns_ip, labels).await?;
+        // The apiserver made the `kubernetes` Service; it lacks only its endpoints.
+        let https = [HostPort::new("https", 443, api_port, "TCP")];
+        publish_host_endpoints(&client, "default", "kubernetes", &https).await
     }
 
     /// Waits until the Node is Ready, CoreDNS listens and kube-proxy has the rules of the
@@ -564,6 +614,22 @@ impl RealNode {
                 HarnessError::Other(format!("untainting node {}: {err}", self.node_name))
             })?;
         Ok(())
+    }
+
+    /// Copies the components' and the pods' logs out of the node's directory (which
+    /// [`RealNode::stop`] removes), to study a failed run; returns where they are.
+    pub fn keep_logs(&self) -> Result<PathBuf> {
+        let kept = tempfile::Builder::new()
+            .prefix("workpool-node-logs-")
+            .tempdir()
+            .map_err(HarnessError::io("a directory for the node's logs"))?
+            .keep();
+        for logs in ["logs", "pod-logs"] {
+            let mut copy = std::process::Command::new("cp");
+            copy.arg("-rL").arg(self.dir.join(logs)).arg(&kept);
+            containerd::run_with_timeout(copy, Duration::from_secs(60))?;
+        }
+        Ok(kept)
     }
 
     /// Stops everything (pods first, through the CRI, so their networks are torn down by
