@@ -8,6 +8,7 @@ use async_nats::{Client, connection::State};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
+use workpool_core::expiry::RecordStore;
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
 use workpool_core::repair::{self, CreatePendingError};
@@ -23,6 +24,8 @@ pub struct Queue {
     client: Client,
     js: jetstream::Context,
     kv: kv::Store,
+    /// The bucket's writes of records that may expire.
+    records: RecordStore,
     stream: jetstream::stream::Stream,
     partitions: u32,
     /// `queue.maxPayloadBytes`, the limit a 413 names.
@@ -72,6 +75,7 @@ impl Queue {
             .await
             .map_err(unavailable)?;
         Ok(Self {
+            records: RecordStore::new(kv.clone(), js.clone(), spec.result_ttl),
             names,
             client,
             js,
@@ -399,9 +403,10 @@ impl Queue {
         record: &WorkRecord,
         revision: u64,
     ) -> Result<Option<u64>, ApiError> {
+        let value = record.to_json().into();
         match self
-            .kv
-            .update(id.as_str(), record.to_json().into(), revision)
+            .records
+            .update(id.as_str(), value, revision, record.status)
             .await
         {
             Ok(revision) => Ok(Some(revision)),

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod events;
+pub mod expiry;
 pub mod ids;
 pub mod labels;
 pub mod membership;

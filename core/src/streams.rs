@@ -69,13 +69,16 @@ pub fn dead_letter_stream(names: &PoolNames, spec: &PoolSpec) -> stream::Config 
     }
 }
 
-/// Work records: one revision per key, gone `resultTTL` after their last write.
+/// Work records: one revision per key, with no age limit: a terminal record expires
+/// `resultTTL` after it was written by its own TTL, an open one never (module
+/// [`crate::expiry`]).
 pub fn results_bucket(names: &PoolNames, spec: &PoolSpec) -> kv::Config {
     kv::Config {
         bucket: names.bucket(),
         description: format!("Workpool results of {}/{}", names.namespace, names.pool),
         history: 1,
-        max_age: spec.result_ttl,
+        max_age: Duration::ZERO,
+        limit_markers: Some(crate::expiry::EXPIRY_MARKER_TTL),
         storage: stream::StorageType::File,
         num_replicas: spec.nats.replicas,
         ..Default::default()
@@ -154,14 +157,13 @@ mod tests {
     }
 
     #[test]
-    fn bucket_keeps_one_revision_for_the_result_ttl() {
+    fn bucket_keeps_one_revision_and_expires_records_by_their_own_ttl() {
         let (names, mut spec) = demo();
         spec.result_ttl = Duration::from_secs(2);
         let config = results_bucket(&names, &spec);
-        assert_eq!(
-            (config.history, config.max_age),
-            (1, Duration::from_secs(2))
-        );
+        // No age limit: it would expire records of work still in the queue.
+        assert_eq!((config.history, config.max_age), (1, Duration::ZERO));
+        assert_eq!(config.limit_markers, Some(crate::expiry::EXPIRY_MARKER_TTL));
     }
 
     #[test]

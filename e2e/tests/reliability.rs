@@ -69,6 +69,52 @@ async fn the_same_content_after_its_record_expired_runs_again() {
     }
 }
 
+/// Work queued for longer than `resultTTL` (no worker yet) keeps its `pending` record,
+/// and the same content POSTed meanwhile is that work, not a second generation: the
+/// chaos checker found the record expired under queued work, the resubmission made a
+/// new record, and the first submission never got a terminal record of its own while
+/// the second ran twice. Once it finished, its record expires after `resultTTL`.
+#[tokio::test]
+async fn queued_work_keeps_its_record_past_the_result_ttl() {
+    let (mut spec, ledger) = ledger_spec(json!({})).await;
+    spec.result_ttl = Duration::from_secs(1);
+    let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let body = json!({"data": {"ms": 10, "queued": "long"}});
+    let id = pool.submit(&body).await.expect("submit");
+    let created = pool
+        .get(&id)
+        .await
+        .expect("get")
+        .str("created_at")
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let waiting = pool.get(&id).await.expect("get");
+    assert_eq!(
+        (waiting.status, waiting.str("status")),
+        (200, "pending"),
+        "{waiting:?}"
+    );
+    assert_eq!(waiting.str("created_at"), created, "{waiting:?}");
+    let again = pool.post(&body).await.expect("post again");
+    // 200 with the record, not 202 for a new generation.
+    assert_eq!(
+        (again.status, again.str("status")),
+        (200, "pending"),
+        "{again:?}"
+    );
+
+    pool.add_worker().await.expect("worker");
+    let worked = pool
+        .wait_status(&id, "worked", Duration::from_secs(10))
+        .await
+        .expect("the queued work ran");
+    assert_eq!(worked.str("created_at"), created, "{worked:?}");
+    pool.wait_for(&id, Duration::from_secs(10), |answer| answer.status == 404)
+        .await
+        .expect("the finished record expired");
+    assert_eq!(ledger_runs(&ledger, &id).len(), 1, "ran once");
+}
+
 /// NATS frozen for longer than `ackWait`: the worker cannot prove its hold, so it stops
 /// the attempt before the server can hand the message to anyone else, and the work runs
 /// once at a time (before the fence, the first attempt ran on beside the redelivery).

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
 use workpool_core::config::{PoolArgs, PoolConfig};
+use workpool_core::expiry::RecordStore;
 use workpool_core::names::WORK_CONSUMER;
 
 use crate::handlers::Handler;
@@ -132,7 +133,11 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Str
         partitions.insert(partition, consumer);
     }
     Ok(Bound {
-        records: Records::new(kv, config.pod.clone(), config.spec.worker.ack_wait),
+        records: Records::new(
+            RecordStore::new(kv, js.clone(), config.spec.result_ttl),
+            config.pod.clone(),
+            config.spec.worker.ack_wait,
+        ),
         work,
         partitions,
     })

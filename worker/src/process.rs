@@ -117,6 +117,11 @@ impl Worker {
                 self.metrics.skipped(&work.task);
                 return acknowledge(&message, AckKind::Ack).await;
             }
+            Ok(Begin::Stale) => {
+                tracing::info!("a later submission of the same id owns the record; skipping");
+                self.metrics.skipped(&work.task);
+                return acknowledge(&message, AckKind::Ack).await;
+            }
             Ok(Begin::Held { until }) => {
                 drop(running);
                 return self.wait_for_holder(&message, &work, until, &abort).await;

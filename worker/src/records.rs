@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
+use workpool_core::expiry::RecordStore;
 use workpool_core::message::WorkMessage;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
 
@@ -32,6 +33,9 @@ pub enum Begin {
     /// Every attempt has been started before (the last one never finished, e.g. its
     /// worker died): fail it for good.
     Exhausted { record: WorkRecord, revision: u64 },
+    /// The message is of an earlier generation of the work than the record: ack it
+    /// and run nothing.
+    Stale,
     /// Another attempt holds the work until `until` (it may still run): start nothing.
     Held { until: DateTime<Utc> },
 }
@@ -61,6 +65,8 @@ pub enum Settled {
 #[derive(Debug, Clone)]
 pub struct Records {
     kv: kv::Store,
+    /// The writes that give a terminal record its expiry.
+    store: RecordStore,
     pod: String,
     /// How long an attempt's hold lasts without renewal: the consumer's `ackWait`, after
     /// which the server redelivers the message anyway.
@@ -73,8 +79,13 @@ enum Cas {
 }
 
 impl Records {
-    pub fn new(kv: kv::Store, pod: String, lease: Duration) -> Self {
-        Self { kv, pod, lease }
+    pub fn new(store: RecordStore, pod: String, lease: Duration) -> Self {
+        Self {
+            kv: store.kv.clone(),
+            store,
+            pod,
+            lease,
+        }
     }
 
     pub fn pod(&self) -> &str {
@@ -105,14 +116,21 @@ impl Records {
         let result = retry_transient(|| async {
             match revision {
                 Some(revision) => {
-                    match self.kv.update(id.as_str(), value.clone(), revision).await {
+                    let update =
+                        self.store
+                            .update(id.as_str(), value.clone(), revision, record.status);
+                    match update.await {
                         Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                             Ok(Cas::Conflict)
                         }
                         other => other.map(Cas::Done).map_err(|err| err.to_string()),
                     }
                 }
-                None => match self.kv.create(id.as_str(), value.clone()).await {
+                None => match self
+                    .store
+                    .create(id.as_str(), value.clone(), record.status)
+                    .await
+                {
                     Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
                         Ok(Cas::Conflict)
                     }
@@ -155,6 +173,12 @@ impl Records {
             };
             if record.status.is_terminal() {
                 return Ok(Begin::Skip(record.status));
+            }
+            if record.created_at > work.created_at {
+                // A later submission of the same id: this message's own record is gone
+                // (it finished and expired), and the work it carries is not this
+                // record's to run; the record's own message runs it.
+                return Ok(Begin::Stale);
             }
             if record.is_held(Utc::now())
                 && let Some(until) = record.lease_until

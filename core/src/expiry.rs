@@ -1,0 +1,118 @@
+//! When a work record expires. A record lives as long as its work is open: `pending` and
+//! `working` records never expire, whatever the wait in the queue; a terminal record
+//! (`worked`, `failed`, `cancelled`) expires `resultTTL` after it was written. This is
+//! JetStream's per-message TTL (`Nats-TTL`, NATS 2.11+) on the results bucket, which
+//! has no age limit of its own: an age limit on the bucket would also expire records of
+//! work still queued, and a resubmission would then start a second generation of work
+//! the first one still owes (docs/reliability.md).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+
+use crate::WorkStatus;
+
+/// How long the server keeps the marker it writes where a record expired, so watchers
+/// see the expiry; the shortest TTL NATS allows.
+pub const EXPIRY_MARKER_TTL: Duration = Duration::from_secs(1);
+
+/// How long a record written with `status` lives: `resultTTL` (in whole seconds, rounded
+/// up: NATS's granularity) once terminal, else until its next change.
+pub fn record_ttl(result_ttl: Duration, status: WorkStatus) -> Option<Duration> {
+    let whole_seconds = result_ttl.as_secs() + u64::from(result_ttl.subsec_nanos() > 0);
+    status
+        .is_terminal()
+        .then(|| Duration::from_secs(whole_seconds.max(1)))
+}
+
+/// The results bucket's writes, each with the expiry of the record it writes.
+#[derive(Clone, Debug)]
+pub struct RecordStore {
+    pub kv: kv::Store,
+    js: jetstream::Context,
+    result_ttl: Duration,
+}
+
+impl RecordStore {
+    pub fn new(kv: kv::Store, js: jetstream::Context, result_ttl: Duration) -> Self {
+        Self { kv, js, result_ttl }
+    }
+
+    /// Compare-and-set of `key` at `revision` (0: the key must not exist) with a record
+    /// of `status`.
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+        status: WorkStatus,
+    ) -> Result<u64, kv::UpdateError> {
+        let Some(ttl) = record_ttl(self.result_ttl, status) else {
+            return self.kv.update(key, value, revision).await;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string());
+        headers.insert("Nats-TTL", ttl.as_secs().to_string());
+        let subject = format!(
+            "{}{key}",
+            self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix)
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, value)
+            .await
+            .map_err(kv::UpdateError::from)?
+            .await
+            .map_err(kv::UpdateError::from)?;
+        Ok(ack.sequence)
+    }
+
+    /// Creates `key` with a record of `status`, also over the marker of an expired or
+    /// deleted record.
+    pub async fn create(
+        &self,
+        key: &str,
+        value: Bytes,
+        status: WorkStatus,
+    ) -> Result<u64, kv::CreateError> {
+        let first = match self.update(key, value.clone(), 0, status).await {
+            Ok(revision) => return Ok(revision),
+            Err(err) => err,
+        };
+        match self.kv.entry(key).await? {
+            Some(kv::Entry {
+                operation: kv::Operation::Delete | kv::Operation::Purge,
+                revision,
+                ..
+            }) => Ok(self.update(key, value, revision, status).await?),
+            Some(_) => Err(kv::CreateError::new(kv::CreateErrorKind::AlreadyExists)),
+            None => Err(first.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_terminal_records_expire_and_in_whole_seconds() {
+        let ttl = Duration::from_millis(2500);
+        assert_eq!(record_ttl(ttl, WorkStatus::Pending), None);
+        assert_eq!(record_ttl(ttl, WorkStatus::Working), None);
+        for status in [
+            WorkStatus::Worked,
+            WorkStatus::Failed,
+            WorkStatus::Cancelled,
+        ] {
+            assert_eq!(record_ttl(ttl, status), Some(Duration::from_secs(3)));
+        }
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            record_ttl(short, WorkStatus::Worked),
+            Some(Duration::from_secs(1))
+        );
+    }
+}
