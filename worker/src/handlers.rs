@@ -241,16 +241,55 @@ async fn read_limited(
     Ok((bytes.len() <= limit).then_some(bytes))
 }
 
-/// Kills the program's process group when the attempt ends early (timeout, shutdown, a
-/// result over the limit), so no grandchild outlives it.
+/// Kills the program's process group when the attempt ends early (timeout, shutdown,
+/// cancel, a result over the limit), so no grandchild outlives it, and returns only once
+/// they are all dead: the attempt's outcome (a `cancelled` record, say) is written after
+/// this, and must not be seen while the program still runs.
 struct GroupKiller(Option<nix::unistd::Pid>);
+
+/// How long a killed group may take to die before the attempt goes on anyway.
+const GROUP_DEATH_WAIT: Duration = Duration::from_secs(1);
 
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         if let Some(group) = self.0 {
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            // A SIGKILL takes effect when the process next runs, not when kill returns.
+            // Blocking (briefly: a killed process dies within a scheduler tick), since
+            // a drop cannot await.
+            let deadline = std::time::Instant::now() + GROUP_DEATH_WAIT;
+            while group_alive(group) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
+}
+
+/// Whether a process of `group` still runs (a zombie has stopped running: its memory,
+/// files and sockets are released). Reads `/proc/<pid>/stat`: the state and the
+/// process group follow the parenthesised command name.
+fn group_alive(group: nix::unistd::Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .any(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // After the name: state, parent, process group.
+            matches!(fields.as_slice(), [state, _, pgrp, ..]
+                if *state != "Z" && *state != "X" && pgrp.parse() == Ok(group.as_raw()))
+        })
 }
 
 async fn run_exec(
@@ -737,6 +776,42 @@ mod tests {
             written < HUGE,
             "the worker read the whole {HUGE}-byte error body"
         );
+    }
+
+    /// The attempt's end (here a timeout; a cancel drops the handler the same way) comes
+    /// only after every process of the program is dead, not just signalled.
+    #[tokio::test]
+    async fn an_attempt_ends_only_after_its_programs_are_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pids");
+        let script = format!(
+            "sleep 30 & a=$!; sleep 30 & echo \"$a $!\" > {}; wait",
+            pid_file.display()
+        );
+        let slow = pooled(HandlerSpec::Exec {
+            command: vec!["sh".into(), "-c".into(), script],
+        });
+        for _ in 0..20 {
+            let _ = std::fs::remove_file(&pid_file);
+            let input = work(json!(null));
+            let run = slow.run(&input, 1);
+            let outcome = tokio::time::timeout(Duration::from_millis(300), run).await;
+            assert!(outcome.is_err(), "the attempt should time out");
+            let pids = std::fs::read_to_string(&pid_file).expect("pids written");
+            for pid in pids.split_whitespace() {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|stat| {
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim().to_owned())
+                });
+                let running = state
+                    .as_ref()
+                    .is_ok_and(|rest| rest.as_ref().is_some_and(|r| !r.starts_with('Z')));
+                assert!(
+                    !running,
+                    "sleep {pid} still runs after the attempt ended: {state:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
