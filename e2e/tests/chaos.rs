@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
 use workpool_e2e::chaos::faults::PODS;
-use workpool_e2e::chaos::run::{Config, run};
+use workpool_e2e::chaos::run::{Config, run, save};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_run_under_faults_keeps_every_invariant() {
@@ -18,6 +18,7 @@ async fn a_seeded_run_under_faults_keeps_every_invariant() {
         ..Config::short(seed)
     };
     let (report, history) = run(&config).await.expect("chaos run");
+    save(&config, &report, &history);
     println!("seed {seed}: {report:#?}\nfaults: {:#?}", history.faults);
     assert!(report.accepted > 0 && report.executions > 0, "{report:?}");
     assert!(
@@ -53,6 +54,7 @@ async fn a_seeded_run_on_a_replicated_stream_survives_leader_kills() {
     // CHAOS_NATS_CLUSTER=true runs both together.
     .on_processes();
     let (report, history) = run(&config).await.expect("chaos run");
+    save(&config, &report, &history);
     println!(
         "seed {seed} (cluster): {report:#?}\nfaults: {:#?}",
         history.faults

@@ -60,31 +60,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let summary = serde_json::json!({
-        "seed": config.seed,
-        "nats_cluster": config.nats_cluster,
-        "pods": config.pods,
-        "report": report,
-        "faults": history.faults,
-    });
-    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    let text = workpool_e2e::chaos::run::save(&config, &report, &history);
     println!("{text}");
-    let _ = std::fs::create_dir_all("artifacts");
-    let name = format!(
-        "artifacts/chaos-{}{}-{}.json",
-        if config.pods { "pods" } else { "processes" },
-        if config.nats_cluster {
-            "-nats-cluster"
-        } else {
-            ""
-        },
-        config.seed
-    );
-    let _ = std::fs::write(&name, &text);
-    // The whole history beside it, to study a failed run.
-    if let Ok(history) = serde_json::to_string(&history) {
-        let _ = std::fs::write(name.replace(".json", "-history.json"), history);
-    }
     if report.violations() == 0 {
         ExitCode::SUCCESS
     } else {

@@ -508,3 +508,29 @@ async fn finals(client: &Client, history: &History) -> Vec<Final> {
     }
     finals
 }
+
+/// Writes the run's report and faults to `artifacts/chaos-<target>-<seed>.json` and its
+/// whole history beside it (`-history.json`), to study a failed run; returns the report.
+pub fn save(config: &Config, report: &Report, history: &History) -> String {
+    let summary = json!({
+        "seed": config.seed,
+        "nats_cluster": config.nats_cluster,
+        "pods": config.pods,
+        "report": report,
+        "faults": history.faults,
+    });
+    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    let _ = std::fs::create_dir_all("artifacts");
+    let target = match (config.pods, config.nats_cluster) {
+        (true, true) => "pods-nats-cluster",
+        (true, false) => "pods",
+        (false, true) => "processes-nats-cluster",
+        (false, false) => "processes",
+    };
+    let name = format!("artifacts/chaos-{target}-{}.json", config.seed);
+    let _ = std::fs::write(&name, &text);
+    if let Ok(history) = serde_json::to_string(history) {
+        let _ = std::fs::write(name.replace(".json", "-history.json"), history);
+    }
+    text
+}
