@@ -115,6 +115,64 @@ async fn queued_work_keeps_its_record_past_the_result_ttl() {
     assert_eq!(ledger_runs(&ledger, &id).len(), 1, "ran once");
 }
 
+/// A message delivered again after its work finished and the terminal record expired
+/// (its ack was lost, say in a NATS restart) is acked, not run again: open records never
+/// expire, so a missing record means finished work. Before, the worker took a missing
+/// record for one that had expired in the queue and ran the work afresh (the checker saw
+/// cancelled work run 40 s later).
+#[tokio::test]
+async fn a_redelivery_after_the_record_expired_does_not_run_again() {
+    let (mut spec, ledger) = ledger_spec(json!({})).await;
+    spec.result_ttl = Duration::from_secs(1);
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 10}}))
+        .await
+        .expect("submit");
+    let worked = pool
+        .wait_status(&id, "worked", Duration::from_secs(10))
+        .await
+        .expect("worked");
+    pool.wait_for(&id, Duration::from_secs(10), |answer| answer.status == 404)
+        .await
+        .expect("the finished record expired");
+    // The same message again, as the server would redeliver it.
+    let message = workpool_core::message::WorkMessage {
+        id: id.parse().expect("id"),
+        task: "default".into(),
+        key: None,
+        data: json!({"ms": 10}),
+        accepted_by: "demo-api-0".into(),
+        created_at: worked.str("created_at").parse().expect("created_at"),
+    };
+    let js = async_nats::jetstream::new(pool.nats.client().await.expect("nats"));
+    let subject = pool.names.work_subject("default", &message.id);
+    js.publish(subject, message.to_json().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let drained = async {
+        while pool.queued_messages().await.expect("stream") > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("the worker took the message");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger_runs(&ledger, &id).len(),
+        1,
+        "ran again after it finished"
+    );
+    assert_eq!(
+        pool.get(&id).await.expect("get").status,
+        404,
+        "no new record"
+    );
+}
+
 /// NATS frozen for longer than `ackWait`: the worker cannot prove its hold, so it stops
 /// the attempt before the server can hand the message to anyone else, and the work runs
 /// once at a time (before the fence, the first attempt ran on beside the redelivery).

@@ -117,8 +117,12 @@ impl Worker {
                 self.metrics.skipped(&work.task);
                 return acknowledge(&message, AckKind::Ack).await;
             }
-            Ok(Begin::Stale) => {
-                tracing::info!("a later submission of the same id owns the record; skipping");
+            Ok(skipped @ (Begin::Stale | Begin::Expired)) => {
+                let why = match skipped {
+                    Begin::Stale => "a later submission of the same id owns the record",
+                    _ => "the work finished and its record expired",
+                };
+                tracing::info!(why, "skipping a message");
                 self.metrics.skipped(&work.task);
                 return acknowledge(&message, AckKind::Ack).await;
             }

@@ -36,6 +36,9 @@ pub enum Begin {
     /// The message is of an earlier generation of the work than the record: ack it
     /// and run nothing.
     Stale,
+    /// The work's record is gone: it finished and its terminal record expired. Ack the
+    /// message and run nothing.
+    Expired,
     /// Another attempt holds the work until `until` (it may still run): start nothing.
     Held { until: DateTime<Utc> },
 }
@@ -167,10 +170,13 @@ impl Records {
         }
         for _ in 0..CAS_ATTEMPTS {
             let (mut record, revision) = match self.read(&work.id).await? {
-                Some((record, revision)) => (record, Some(revision)),
-                // The record expired while the work was queued: start it afresh.
-                None => (work.pending_record(), None),
+                Some((record, revision)) => (record, revision),
+                // Open records never expire, and the api writes the record before the
+                // message: this work finished, and its terminal record has expired.
+                // (A redelivery whose ack was lost, say in a NATS restart.)
+                None => return Ok(Begin::Expired),
             };
+            let revision = Some(revision);
             if record.status.is_terminal() {
                 return Ok(Begin::Skip(record.status));
             }
