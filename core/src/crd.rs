@@ -70,7 +70,8 @@ pub struct WorkPoolSpec {
     pub image: Option<ImageSpec>,
     /// The NATS server with JetStream that holds this pool's queue and results.
     pub nats: NatsSpec,
-    /// How long a work record stays readable after its last change (for example `10m`).
+    /// How long a finished work record stays readable (for example `10m`); records of
+    /// work still queued or running never expire.
     #[serde(default = "default_result_ttl", rename = "resultTTL")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     #[x_kube(validation = at_least("resultTTL", "1s"))]

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PoolSpec {
-    /// How long a work record stays readable after its last change (KV `max_age`).
+    /// How long a finished work record stays readable (its per-message TTL); records of
+    /// open work never expire.
     #[serde(rename = "resultTTL", with = "humantime_serde")]
     pub result_ttl: Duration,
     pub queue: QueueSpec,

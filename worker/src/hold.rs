@@ -86,11 +86,10 @@ impl Hold {
     }
 }
 
-/// How often a running attempt beats.
-pub fn beat_interval(ack_wait: Duration, result_ttl: Duration) -> Duration {
-    (ack_wait / 4)
-        .min(result_ttl / 2)
-        .max(Duration::from_millis(50))
+/// How often a running attempt beats: four times per `ackWait` (its record never expires
+/// while it runs, so `resultTTL` does not matter).
+pub fn beat_interval(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).max(Duration::from_millis(50))
 }
 
 /// How long a hold lasts without a proven heartbeat: half of `ackWait`, leaving the

@@ -154,7 +154,7 @@ impl Worker {
             records: self.records.clone(),
             message: message.clone(),
             ack_wait,
-            every: beat_interval(ack_wait, self.config.spec.result_ttl),
+            every: beat_interval(ack_wait),
             proven_at,
         };
         let hold = Hold::start(beat, record, revision);
