@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make up`: a local Workpool on a real Kubernetes control plane, with no Docker:
-# etcd + kube-apiserver + kube-controller-manager, our node agent running the pods as
-# processes in network namespaces, nats-server, Prometheus on :9090, the chart installed
-# with helm (the operator runs as a pod), the demo WorkPool from examples/workpool.yaml,
-# and a load balancer on http://127.0.0.1:8080 that follows the api Service's endpoints.
+# `make up`: a local Workpool on a real Kubernetes cluster, with no Docker: etcd +
+# kube-apiserver + kube-controller-manager + kube-scheduler, a real node (containerd,
+# runc, kubelet, kube-proxy in iptables mode, CoreDNS) running our own image, nats-server
+# behind the Service nats.workpool-system, Prometheus on :9090, the chart installed with
+# helm (the operator runs as a pod), the demo WorkPool from examples/workpool.yaml as it
+# is, and http://127.0.0.1:8080 in front of the api Service's ClusterIP.
 # One supervisor process runs it all; `make down` stops it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,7 @@ if [ -f "$run/pids" ]; then
   exit 1
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "up: the local cluster creates network namespaces for its pods; run as root" >&2
+  echo "up: the local cluster runs containerd and kubelet, which need root" >&2
   exit 1
 fi
 "$root/scripts/system-deps.sh"
@@ -27,8 +28,9 @@ for busy in "$port" "$prometheus_port"; do
   fi
 done
 
-echo "up: building the control plane and NATS (first run: about ten minutes), then Workpool"
-"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kubectl helm prometheus
+echo "up: building the control plane, the node's tools and NATS (first run: about twenty minutes), then Workpool"
+"$root/scripts/tools.sh" nats-server etcd kube-apiserver kube-controller-manager kube-scheduler kubectl \
+  kubelet kube-proxy cni-plugins coredns crictl helm prometheus
 (cd "$root" && cargo build --quiet --workspace --bins)
 
 mkdir -p "$run/logs"
@@ -56,8 +58,9 @@ url="http://127.0.0.1:$port"
 cat <<DEMO
 
 Workpool is up at $url: the demo WorkPool's 2 api and 2 worker pods run on a local
-Kubernetes control plane (kubectl: export KUBECONFIG=$run/cluster/kubeconfig;
-the tools are in .tools/, e.g. $(scripts/tools.sh --print-bin kubectl)/kubectl get workpools,pods).
+Kubernetes node, containers of our image run by kubelet and containerd (kubectl: export
+KUBECONFIG=$run/cluster/kubeconfig; the tools are in .tools/, e.g.
+$(scripts/tools.sh --print-bin kubectl)/kubectl get workpools,pods -o wide).
 
 The original demo - POST work, then GET it a few times (the builtin "sleep" works ~3s):
 

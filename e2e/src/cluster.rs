@@ -140,7 +140,7 @@ impl ControlPlane {
     }
 
     /// A control plane of its own whose apiserver pods can reach at `host_ip` (the pod
-    /// network's bridge address), for tests that run pods with the node agent.
+    /// network's bridge address), for a [`crate::kubelet::RealNode`].
     pub async fn start_for_pods(host_ip: &str) -> Result<Self> {
         Self::start(Some(host_ip)).await
     }

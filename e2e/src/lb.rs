@@ -14,6 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::sync::RwLock;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a connection attempt to one backend may take before the next is tried.
@@ -130,11 +131,44 @@ impl Balancer {
                 };
                 let _ = inbound.set_nodelay(true);
                 let _ = outbound.set_nodelay(true);
-                if let Err(err) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-                    tracing::debug!(%peer, %err, "connection ended with an error");
-                }
+                relay(&mut inbound, &mut outbound).await;
+                tracing::debug!(%peer, "connection ended");
             });
         }
+    }
+}
+
+/// How long, after the backend closed, the client may go on sending (what it sends is
+/// dropped) before its connection is closed.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Copies both ways until both sides are done. When the backend closes first (an early
+/// answer such as a `413` to a body it will not read), the answer is passed on with a
+/// clean close, and what the client still sends is read and dropped: closing a socket
+/// with unread data resets the connection, and the client could lose the answer.
+async fn relay(inbound: &mut TcpStream, outbound: &mut TcpStream) {
+    let (mut from_client, mut to_client) = inbound.split();
+    let (mut from_backend, mut to_backend) = outbound.split();
+    let mut upstream = Box::pin(async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_backend).await;
+        let _ = to_backend.shutdown().await;
+    });
+    let downstream = async {
+        let _ = tokio::io::copy(&mut from_backend, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    };
+    tokio::pin!(downstream);
+    let client_finished = tokio::select! {
+        () = &mut upstream => true,
+        () = &mut downstream => false,
+    };
+    if client_finished {
+        downstream.await;
+    } else {
+        drop(upstream);
+        let mut dropped = tokio::io::sink();
+        let drain = tokio::io::copy(&mut from_client, &mut dropped);
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
 

@@ -15,7 +15,6 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod nats;
 pub mod nats_cluster;
-pub mod node;
 pub mod operator;
 pub mod paths;
 pub mod pods;

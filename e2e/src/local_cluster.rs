@@ -1,9 +1,11 @@
-//! `make up`: a whole local Workpool on a real control plane with no Docker. One process
-//! supervises it all, so stopping that process (`make down`) stops everything:
-//! the pod network bridge, etcd + kube-apiserver + kube-controller-manager, nats-server,
-//! the node agent running the pods, Prometheus on `127.0.0.1:9090` scraping the pods, and
-//! the load balancer on `127.0.0.1:8080` that follows the api Service's EndpointSlices. The operator is installed with
-//! `helm install` of `charts/workpool` and runs as a pod, as on any cluster.
+//! `make up`: a whole local Workpool on a real Kubernetes cluster with no Docker. One
+//! process supervises it all, so stopping that process (`make down`) stops everything:
+//! etcd + kube-apiserver + kube-controller-manager, a real node ([`RealNode`]: containerd,
+//! runc, kubelet, kube-scheduler, kube-proxy, CoreDNS) running our image, nats-server
+//! (pods find it as `nats.workpool-system`), Prometheus on `127.0.0.1:9090` scraping the
+//! pods, and `127.0.0.1:8080` in front of the api Service's ClusterIP. The operator is
+//! installed with `helm install` of `charts/workpool` and runs as a pod, as on any
+//! cluster.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -190,6 +190,19 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         );
     }
     assert_eq!(via_lb, names, "the balancer spreads over the api pods");
+    // An answer the api gives before reading the body comes through whole: a 20 MiB POST
+    // gets the api's own 413, not a reset connection.
+    let huge = vec![b'x'; 20 << 20];
+    let too_large = reqwest::Client::new()
+        .post(format!("{lb_url}/api/v1/work"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("an answer to a 20 MiB POST, not a reset");
+    assert_eq!(too_large.status().as_u16(), 413);
+    let error: Value = too_large.json().await.expect("a JSON error");
+    assert_eq!(error["code"], "payload_too_large", "{error}");
 
     // Prometheus scraped each worker pod: the work counters per pod add up to the work
     // done so far, and the latency histogram has those items.

@@ -31,9 +31,11 @@ enum Command {
         #[arg(long = "backend", required = true)]
         backends: Vec<SocketAddr>,
     },
-    /// Run a whole local cluster (control plane, node agent, NATS, operator, the demo
-    /// pool, load balancer) until SIGTERM; `make up` starts this.
+    /// Run a whole local cluster (control plane, a real node, NATS, the chart, the demo
+    /// pool, the way in on :8080) until SIGTERM; `make up` starts this.
     Cluster(workpool_e2e::local_cluster::LocalClusterArgs),
+    /// Remove what a killed local cluster or test left of its node (`make down` runs it).
+    Clean,
     /// End-to-end jobs per second against raw JetStream publish rate, in one run.
     Bench(workpool_e2e::bench::BenchArgs),
 }
@@ -45,6 +47,12 @@ async fn main() -> ExitCode {
         Command::Provision { pool } => provision(pool).await,
         Command::Lb { listen, backends } => lb(listen, backends).await,
         Command::Bench(args) => workpool_e2e::bench::run(args).await,
+        Command::Clean => {
+            for removed in workpool_e2e::kubelet::remove_stale() {
+                println!("removed: {removed}");
+            }
+            Ok(())
+        }
         Command::Cluster(args) => {
             workpool_e2e::local_cluster::run(args, workpool_core::telemetry::shutdown_signal())
                 .await

@@ -588,8 +588,9 @@ impl RealNode {
 
     /// kubelet registers its Node with the `node.kubernetes.io/not-ready` taint, which
     /// kube-controller-manager's node lifecycle controller lifts once the Node is Ready.
-    /// That controller is not run (it would evict the pods of the stand-in node agent,
-    /// which keeps no Lease), so we lift it, as it would.
+    /// That controller is not run (on a one-node cluster its evictions, say while the
+    /// checker restarts the apiserver, would have nowhere to go), so we lift it, as it
+    /// would.
     async fn untaint_ready(&self, nodes: &Api<Node>) -> Result<()> {
         let node = nodes.get(&self.node_name).await.map_err(|err| {
             HarnessError::Other(format!("reading node {}: {err}", self.node_name))
