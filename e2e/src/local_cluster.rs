@@ -131,8 +131,9 @@ async fn serve(
     let prometheus =
         crate::prometheus::Prometheus::start(plane, &args.prometheus, Duration::from_secs(5))
             .await?;
+    // `helm test` looks for the demo pool where `make up` applies it.
     Release::new(plane, RELEASE, RELEASE_NAMESPACE)?
-        .install(&[])
+        .install(&[("test.namespace", NAMESPACE)])
         .await?;
     let name = apply_pool(&client, &args.pool).await?;
     wait_pool(&client, NAMESPACE, &name, Duration::from_secs(180), |p| {
