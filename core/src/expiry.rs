@@ -68,29 +68,6 @@ impl RecordStore {
             .map_err(kv::UpdateError::from)?;
         Ok(ack.sequence)
     }
-
-    /// Creates `key` with a record of `status`, also over the marker of an expired or
-    /// deleted record.
-    pub async fn create(
-        &self,
-        key: &str,
-        value: Bytes,
-        status: WorkStatus,
-    ) -> Result<u64, kv::CreateError> {
-        let first = match self.update(key, value.clone(), 0, status).await {
-            Ok(revision) => return Ok(revision),
-            Err(err) => err,
-        };
-        match self.kv.entry(key).await? {
-            Some(kv::Entry {
-                operation: kv::Operation::Delete | kv::Operation::Purge,
-                revision,
-                ..
-            }) => Ok(self.update(key, value, revision, status).await?),
-            Some(_) => Err(kv::CreateError::new(kv::CreateErrorKind::AlreadyExists)),
-            None => Err(first.into()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -109,40 +109,26 @@ impl Records {
         }))
     }
 
+    /// Compare-and-set of the record at `revision`.
     async fn write(
         &self,
         id: &WorkId,
         record: &WorkRecord,
-        revision: Option<u64>,
+        revision: u64,
     ) -> Result<Cas, RecordError> {
         let value: bytes::Bytes = record.to_json().into();
-        let result = retry_transient(|| async {
-            match revision {
-                Some(revision) => {
-                    let update =
-                        self.store
-                            .update(id.as_str(), value.clone(), revision, record.status);
-                    match update.await {
-                        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                            Ok(Cas::Conflict)
-                        }
-                        other => other.map(Cas::Done).map_err(|err| err.to_string()),
-                    }
+        retry_transient(|| async {
+            let update = self
+                .store
+                .update(id.as_str(), value.clone(), revision, record.status);
+            match update.await {
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Ok(Cas::Conflict)
                 }
-                None => match self
-                    .store
-                    .create(id.as_str(), value.clone(), record.status)
-                    .await
-                {
-                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        Ok(Cas::Conflict)
-                    }
-                    other => other.map(Cas::Done).map_err(|err| err.to_string()),
-                },
+                other => other.map(Cas::Done).map_err(|err| err.to_string()),
             }
         })
-        .await?;
-        Ok(result)
+        .await
     }
 
     fn start_attempt(&self, record: &mut WorkRecord) {
@@ -164,7 +150,7 @@ impl Records {
         if let Some(revision) = hint {
             let mut record = work.pending_record();
             self.start_attempt(&mut record);
-            if let Cas::Done(revision) = self.write(&work.id, &record, Some(revision)).await? {
+            if let Cas::Done(revision) = self.write(&work.id, &record, revision).await? {
                 return Ok(Begin::Run { record, revision });
             }
         }
@@ -176,7 +162,6 @@ impl Records {
                 // (A redelivery whose ack was lost, say in a NATS restart.)
                 None => return Ok(Begin::Expired),
             };
-            let revision = Some(revision);
             if record.status.is_terminal() {
                 return Ok(Begin::Skip(record.status));
             }
@@ -191,20 +176,16 @@ impl Records {
             {
                 return Ok(Begin::Held { until });
             }
-            if let Some(revision) = revision
-                && record.cancel_requested
-            {
+            if record.cancel_requested {
                 // Cancelled while it ran, and the attempt that ran it is gone.
                 record.advance(WorkStatus::Cancelled, Utc::now()).ok();
                 record.lease_until = None;
-                match self.write(&work.id, &record, Some(revision)).await? {
+                match self.write(&work.id, &record, revision).await? {
                     Cas::Done(_) => return Ok(Begin::Skip(WorkStatus::Cancelled)),
                     Cas::Conflict => continue,
                 }
             }
-            if let Some(revision) = revision
-                && record.attempts >= max_attempts
-            {
+            if record.attempts >= max_attempts {
                 return Ok(Begin::Exhausted { record, revision });
             }
             self.start_attempt(&mut record);
@@ -281,7 +262,7 @@ impl Records {
             record.result.clone_from(&result);
             record.error.clone_from(&error);
             record.lease_until = None;
-            if let Cas::Done(_) = self.write(id, &record, Some(revision)).await? {
+            if let Cas::Done(_) = self.write(id, &record, revision).await? {
                 return Ok(Settled::Written);
             }
             match self.read(id).await? {
@@ -295,12 +276,9 @@ impl Records {
                     record = current;
                     revision = current_revision;
                 }
-                // Expired under us: nothing left to protect; write it afresh.
-                None => {
-                    if let Cas::Done(_) = self.write(id, &record, None).await? {
-                        return Ok(Settled::Written);
-                    }
-                }
+                // Open records never expire: it was deleted (with its pool, say), and
+                // nothing is ours to write.
+                None => return Ok(Settled::Lost),
             }
         }
         Err(RecordError::Contended(id.clone()))
