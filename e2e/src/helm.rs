@@ -65,7 +65,7 @@ impl Release {
             "--create-namespace",
             "--wait",
             "--timeout",
-            "180s",
+            "300s",
         ];
         let sets: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for set in &sets {
