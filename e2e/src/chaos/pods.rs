@@ -22,9 +22,10 @@ use crate::{HarnessError, Result};
 
 /// The pool's name in its namespace.
 const POOL: &str = "chaos";
-/// How long a force-deleted pod's processes may take to stop before they count as
-/// survivors (the node stops them at once; 2 s of SIGTERM, then SIGKILL).
-const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// How long kubelet may take to learn that a pod was force-deleted, before its grace
+/// period starts: its watch of the pods comes back with a backoff after the apiserver
+/// was away (the checker restarts it), and it was seen to take 12 s.
+const KUBELET_NOTICES_WITHIN: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(180);
 
 pub struct PodPool {
@@ -279,24 +280,32 @@ impl PodPool {
 
     /// `kubectl delete pod --force --grace-period=0`, then checks that the pod's processes
     /// are gone; those still running are recorded in `platform_broken`.
+    /// A force delete removes the object at once, and kubelet then stops the containers
+    /// as for any deletion: SIGTERM, and SIGKILL at the end of the pod's grace period. So
+    /// the processes must be gone within that period, once kubelet has noticed.
     async fn force_delete(&self, pod: &str, platform_broken: &mut Vec<String>) -> Result<String> {
+        let grace = self
+            .pods()
+            .get(pod)
+            .await
+            .map_err(kube_error("reading a pod"))?
+            .spec
+            .and_then(|spec| spec.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let within =
+            KUBELET_NOTICES_WITHIN + Duration::from_secs(u64::try_from(grace).unwrap_or(30));
         self.pods()
             .delete(pod, &DeleteParams::default().grace_period(0))
             .await
             .map_err(kube_error("force-deleting a pod"))?;
         let ns = &self.namespace;
         let stopped = || async { pod_processes(ns, pod).is_empty() };
-        let gone = wait_until(
-            "a force-deleted pod's processes to stop",
-            STOP_WITHIN,
-            stopped,
-        )
-        .await
-        .is_ok();
+        let waited = wait_until("a force-deleted pod's processes to stop", within, stopped);
+        let gone = waited.await.is_ok();
         if !gone {
             let left = pod_processes(ns, pod);
             platform_broken.push(format!(
-                "{pod}: processes {left:?} still run {STOP_WITHIN:?} after a force delete"
+                "{pod}: processes {left:?} still run {within:?} after a force delete"
             ));
         }
         Ok(format!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::containerd::run_with_timeout;
 use crate::{HarnessError, Result};
 
-/// The bridge; never the local cluster's `wp0`, which may run at the same time.
+/// The node's bridge.
 pub const BRIDGE: &str = "wpk0";
 /// The pod subnet (and kube-proxy's cluster CIDR).
 pub const POD_SUBNET: &str = "10.89.0.0/24";
