@@ -58,7 +58,8 @@ async fn provisioning_is_idempotent_and_follows_the_spec() {
         .status()
         .await
         .expect("status");
-    assert_eq!(bucket.max_age(), Duration::from_secs(5));
+    // No age limit: finished records expire by their own TTL, open ones never.
+    assert_eq!(bucket.max_age(), Duration::ZERO);
     let work = js.get_stream(names.stream()).await.expect("stream");
     let consumer = work
         .consumer_info("workers")
@@ -122,4 +123,44 @@ async fn another_partition_count_is_refused_while_keyed_work_is_queued() {
     provision(&js, &names, &spec)
         .await
         .expect("the same count with queued work is fine");
+}
+
+/// A bucket made by an earlier version (its age limit the pool's `resultTTL`, no
+/// per-message TTL) is updated in place: no age limit, per-message TTL on, its records
+/// kept.
+#[tokio::test]
+async fn an_earlier_bucket_gets_per_record_expiry_and_keeps_its_records() {
+    let server = NatsServer::start().await.expect("nats");
+    let js = jetstream::new(server.client().await.expect("client"));
+    let names = PoolNames::new("team-a", "older").expect("names");
+    let spec = PoolSpec::default();
+    let earlier = jetstream::kv::Config {
+        bucket: names.bucket(),
+        history: 1,
+        max_age: spec.result_ttl,
+        ..Default::default()
+    };
+    let kv = js.create_key_value(earlier).await.expect("earlier bucket");
+    kv.put("kept", "pending".into()).await.expect("a record");
+    provision(&js, &names, &spec).await.expect("provision");
+    let config = js
+        .get_stream(format!("KV_{}", names.bucket()))
+        .await
+        .expect("bucket stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(config.max_age, Duration::ZERO);
+    assert!(config.allow_message_ttl, "{config:?}");
+    assert_eq!(
+        config.subject_delete_marker_ttl,
+        Some(workpool_core::expiry::EXPIRY_MARKER_TTL)
+    );
+    let kv = js.get_key_value(names.bucket()).await.expect("bucket");
+    assert_eq!(
+        kv.get("kept").await.expect("get").as_deref(),
+        Some(&b"pending"[..])
+    );
 }

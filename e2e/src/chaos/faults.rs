@@ -25,7 +25,8 @@ pub enum Fault {
     /// SIGKILL of the node that leads the work stream, restarted on its store after
     /// `ackWait`; only on a NATS cluster (elsewhere it is skipped).
     KillStreamLeader,
-    /// `kubectl delete pod --force --grace-period=0`; its processes must stop.
+    /// `kubectl delete pod --force --grace-period=0`; its processes must stop within its
+    /// grace period.
     ForceDeleteWorker,
     ForceDeleteApi,
     /// kube-apiserver stopped for longer than `ackWait`, then started again.
