@@ -16,17 +16,17 @@
 
 pub mod config;
 pub mod containerd;
+mod leftovers;
+mod machine;
 pub mod network;
+mod services;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::PostParams;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -34,52 +34,19 @@ use crate::cluster::{ControlPlane, spawn_guarded};
 use crate::image::{self, Compression, IMAGE_REPOSITORY, PAUSE_BINARY, PAUSE_REFERENCE};
 use crate::{HarnessError, Result, paths};
 
+pub use leftovers::remove_stale;
+use leftovers::{
+    kubelet_host_files, live_owners, processes_in_cgroup, remove_cni_cache,
+    remove_kubelet_host_files,
+};
+use machine::{SYSCTLS_FILE, check_machine, make_cgroup_root, read_sysctls, restore_sysctls};
 pub use network::{BRIDGE, HOST_IP, POD_SUBNET};
+use services::publish_host_endpoints;
+pub use services::{HostPort, publish_host_service};
 
 /// The Workpool image the node imports (the chart's default reference).
 pub fn workpool_image_reference() -> String {
     format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Host-wide sysctls the node changes and we put back on stop, as the machine is shared:
-/// kubelet sets the first six when `protectKernelDefaults` is false (its default), and
-/// the bridge plugin turns on IPv4 forwarding for its gateway (a ClusterIP that leads to
-/// another pod on the bridge is routed through the host). They are also written to the
-/// node's directory, so [`remove_stale`] can put them back after a killed run.
-const HOST_SYSCTLS: [&str; 7] = [
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-    "net/ipv4/ip_forward",
-];
-const SYSCTLS_FILE: &str = "sysctls.before";
-
-fn read_sysctls() -> Vec<(String, String)> {
-    HOST_SYSCTLS
-        .iter()
-        .filter_map(|key| {
-            let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
-            Some(((*key).to_owned(), value.trim().to_owned()))
-        })
-        .collect()
-}
-
-fn restore_sysctls(saved: &[(String, String)]) {
-    for (key, value) in saved {
-        if HOST_SYSCTLS.contains(&key.as_str()) {
-            let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
-        }
-    }
-}
-
-fn parse_sysctls(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect()
 }
 
 /// The node directories' prefix under /tmp, and the file in each naming the process that
@@ -157,87 +124,6 @@ impl Component {
         let _ = self.guard.kill();
         let _ = self.guard.wait();
     }
-}
-
-/// A port of a Service whose endpoint is a process on the host (at [`HOST_IP`]).
-#[derive(Debug, Clone, Copy)]
-pub struct HostPort {
-    pub name: &'static str,
-    /// The Service's port (on its ClusterIP).
-    pub port: u16,
-    /// Where the host process listens.
-    pub host_port: u16,
-    pub protocol: &'static str,
-}
-
-impl HostPort {
-    pub fn new(name: &'static str, port: u16, host_port: u16, protocol: &'static str) -> Self {
-        Self {
-            name,
-            port,
-            host_port,
-            protocol,
-        }
-    }
-}
-
-fn kube_error(what: String) -> impl FnOnce(kube::Error) -> HarnessError {
-    move |err| HarnessError::Other(format!("{what}: {err}"))
-}
-
-/// A selector-less Service `namespace/name` (ClusterIP `cluster_ip`, or one the apiserver
-/// picks) whose endpoints are processes on the host, as pods reach them at [`HOST_IP`]:
-/// so pods find CoreDNS, NATS and the like by their DNS names.
-pub async fn publish_host_service(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    ports: &[HostPort],
-    cluster_ip: Option<&str>,
-    labels: serde_json::Value,
-) -> Result<()> {
-    let service_ports: Vec<_> = ports
-        .iter()
-        .map(|p| serde_json::json!({"name": p.name, "port": p.port, "protocol": p.protocol}))
-        .collect();
-    let service: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"clusterIP": cluster_ip, "ports": service_ports}
-    }))
-    .map_err(|err| HarnessError::Other(format!("the {name} Service: {err}")))?;
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &service)
-        .await
-        .map_err(kube_error(format!("creating the {name} Service")))?;
-    publish_host_endpoints(client, namespace, name, ports).await
-}
-
-/// The EndpointSlice that leads Service `namespace/name`'s `ports` to the host.
-async fn publish_host_endpoints(
-    client: &kube::Client,
-    namespace: &str,
-    service: &str,
-    ports: &[HostPort],
-) -> Result<()> {
-    let slice_ports: Vec<_> = ports
-        .iter()
-        .map(|p| serde_json::json!({"name": p.name, "port": p.host_port, "protocol": p.protocol}))
-        .collect();
-    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": format!("{service}-host"), "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": service,
-                       // Not the endpointslice controller's: it leaves these alone.
-                       "endpointslice.kubernetes.io/managed-by": "workpool-e2e"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
-        "ports": slice_ports,
-    }))
-    .map_err(|err| HarnessError::Other(format!("the {service} EndpointSlice: {err}")))?;
-    Api::<EndpointSlice>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &slice)
-        .await
-        .map_err(kube_error(format!("creating the {service} EndpointSlice")))?;
-    Ok(())
 }
 
 /// A real node; see the module documentation.
@@ -785,301 +671,5 @@ impl Drop for RealNode {
         if let Err(err) = self.stop() {
             eprintln!("{err}");
         }
-    }
-}
-
-/// Fails, naming what is missing, unless this machine can run a node.
-fn check_machine() -> Result<()> {
-    // /proc/self belongs to the process's effective user.
-    let effective_uid = std::fs::metadata("/proc/self").map(|meta| meta.uid()).ok();
-    if effective_uid != Some(0) {
-        return Err(HarnessError::Missing(
-            "a real node needs root (containerd, runc, network namespaces, iptables)".into(),
-        ));
-    }
-    let missing = missing_cgroup_controllers(Path::new("/sys/fs/cgroup"));
-    if !missing.is_empty() {
-        return Err(HarnessError::Missing(format!(
-            "cgroups: no {} hierarchy under /sys/fs/cgroup (kubelet and runc need cpu, \
-             memory and pids)",
-            missing.join(", ")
-        )));
-    }
-    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !has_overlayfs(&filesystems) {
-        return Err(HarnessError::Missing(
-            "overlayfs: the kernel has no overlay filesystem (containerd's snapshotter needs \
-             it; try `modprobe overlay`)"
-                .into(),
-        ));
-    }
-    network::check_iptables()?;
-    containerd::check_installed()?;
-    if containerd::find_on_path("ip").is_none() {
-        return Err(HarnessError::Missing(
-            "ip is not installed: run `make deps` (iproute2)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The cgroup controllers kubelet and runc need that `root` (normally /sys/fs/cgroup)
-/// lacks: none on a cgroup v2 machine with them enabled, or v1 with their hierarchies.
-fn missing_cgroup_controllers(root: &Path) -> Vec<&'static str> {
-    let v2_controllers = std::fs::read_to_string(root.join("cgroup.controllers"));
-    ["cpu", "memory", "pids"]
-        .into_iter()
-        .filter(|controller| match &v2_controllers {
-            Ok(enabled) => !enabled.split_whitespace().any(|c| c == *controller),
-            Err(_) => !root.join(controller).join("tasks").is_file(),
-        })
-        .collect()
-}
-
-/// Whether `/proc/filesystems` lists overlayfs.
-fn has_overlayfs(filesystems: &str) -> bool {
-    filesystems
-        .lines()
-        .any(|line| line.split_whitespace().last() == Some("overlay"))
-}
-
-/// Makes the node's cgroup in every v1 hierarchy (kubelet requires its `cgroupRoot` to
-/// exist); a new cpuset cgroup starts with no CPUs or memory nodes, so it gets the root's.
-fn make_cgroup_root(relative: &str) -> Result<()> {
-    for hierarchy in containerd::cgroup_hierarchies() {
-        let dir = hierarchy.join(relative);
-        std::fs::create_dir_all(&dir).map_err(HarnessError::io(format!(
-            "creating the cgroup {}",
-            dir.display()
-        )))?;
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            if let Ok(value) = std::fs::read_to_string(hierarchy.join(file))
-                && std::fs::read_to_string(dir.join(file)).is_ok_and(|own| own.trim().is_empty())
-            {
-                std::fs::write(dir.join(file), value.trim()).map_err(HarnessError::io(format!(
-                    "setting {file} of {}",
-                    dir.display()
-                )))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Processes in the node's cgroup tree (its pods' containers).
-fn processes_in_cgroup(relative: &str) -> Vec<Pid> {
-    fn collect(dir: &Path, pids: &mut Vec<Pid>) {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(
-                procs
-                    .lines()
-                    .filter_map(|line| line.trim().parse::<i32>().ok())
-                    .map(Pid::from_raw),
-            );
-        }
-        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if child.path().is_dir() {
-                collect(&child.path(), pids);
-            }
-        }
-    }
-    let mut pids = Vec::new();
-    collect(&Path::new("/sys/fs/cgroup/pids").join(relative), &mut pids);
-    pids.sort();
-    pids.dedup();
-    pids
-}
-
-/// libcni's result cache (in the host's /var/lib/cni, which containerd 1.6 does not let
-/// us move): the entries of our network.
-fn remove_cni_cache() {
-    let results = Path::new(containerd::CNI_RESULTS);
-    let prefix = format!("{}-", network::NETWORK_NAME);
-    for entry in std::fs::read_dir(results).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    // Made by the CNI plugins for us; removed when no one else keeps anything there.
-    let _ = std::fs::remove_dir(results);
-    let _ = std::fs::remove_dir("/var/lib/cni");
-}
-
-/// The node directories under /tmp, each with the pid of its owner (None when unreadable).
-fn node_dirs() -> Vec<(PathBuf, Option<i32>)> {
-    std::fs::read_dir("/tmp")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(DIR_PREFIX))
-        .map(|entry| {
-            let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
-                .ok()
-                .and_then(|text| text.trim().parse::<i32>().ok());
-            (entry.path(), owner)
-        })
-        .collect()
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// The processes that own a node directory and still run.
-fn live_owners() -> Vec<i32> {
-    node_dirs()
-        .into_iter()
-        .filter_map(|(_, owner)| owner)
-        .filter(|pid| alive(*pid))
-        .collect()
-}
-
-/// Removes what real nodes whose test process was killed left behind: their shims and
-/// containers, host files, mounts, cgroups and directories, the bridge and the node's
-/// iptables chains, and puts back the host sysctls. Does nothing while a node is alive.
-/// Says what it removed. For `make down` after a crash.
-pub fn remove_stale() -> Vec<String> {
-    let mut removed = Vec::new();
-    if !live_owners().is_empty() {
-        // A live node's kubelet socket, chains and bridge look like a dead one's.
-        return removed;
-    }
-    let mut saved_sysctls = Vec::new();
-    for (dir, owner) in node_dirs() {
-        if owner.is_some_and(alive) {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(dir.join(SYSCTLS_FILE)) {
-            saved_sysctls = parse_sysctls(&text);
-        }
-        for pid in containerd::processes_mentioning(&dir) {
-            let _ = kill(pid, Signal::SIGKILL);
-            removed.push(format!("process {pid}"));
-        }
-        if let Some(owner) = owner {
-            let cgroup = format!("{CGROUP_PREFIX}{owner}");
-            for pid in processes_in_cgroup(&cgroup) {
-                let _ = kill(pid, Signal::SIGKILL);
-                removed.push(format!("container process {pid}"));
-            }
-            std::thread::sleep(Duration::from_millis(300));
-            containerd::remove_cgroup_tree(&cgroup);
-        }
-        let containerd_dir = dir.join("containerd");
-        let files = containerd::host_files_of_tasks(
-            &containerd_dir,
-            &containerd::task_ids(&containerd_dir),
-        )
-        .into_iter()
-        .chain(kubelet_host_files(&dir))
-        .collect::<Vec<_>>();
-        containerd::remove_host_files(&files);
-        removed.extend(files.iter().map(|file| format!("file {}", file.display())));
-        remove_kubelet_host_files(&dir);
-        let mounts = containerd::mounts_under(&dir);
-        removed.extend(
-            mounts
-                .iter()
-                .map(|mount| format!("mount {}", mount.display())),
-        );
-        containerd::unmount_all_under(&dir);
-        if containerd::mounts_under(&dir).is_empty() && std::fs::remove_dir_all(&dir).is_ok() {
-            removed.push(format!("directory {}", dir.display()));
-        }
-    }
-    if live_owners().is_empty() {
-        let chains = network::chains_left();
-        if !chains.is_empty() {
-            network::remove_our_chains();
-            removed.extend(chains.into_iter().map(|chain| format!("chain {chain}")));
-        }
-        if network::bridge_exists() {
-            network::delete_bridge();
-            removed.push(format!("the bridge {BRIDGE}"));
-        }
-        remove_cni_cache();
-        if !saved_sysctls.is_empty() {
-            restore_sysctls(&saved_sysctls);
-            removed.push("the host sysctls it changed (restored)".into());
-        }
-    }
-    removed
-}
-
-/// Where kubelet always puts its device-plugin socket, whatever its `--root-dir`.
-const KUBELET_DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
-/// Where kubelet links every container's log, whatever its `podLogsDir`.
-const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
-
-/// Files kubelet made on the host outside the node's directory `dir`: its device-plugin
-/// socket and the links in /var/log/containers to logs under `dir`.
-fn kubelet_host_files(dir: &Path) -> Vec<PathBuf> {
-    let socket = Path::new(KUBELET_DEVICE_PLUGINS).join("kubelet.sock");
-    let links = std::fs::read_dir(CONTAINER_LOG_LINKS)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|link| std::fs::read_link(link).is_ok_and(|target| target.starts_with(dir)));
-    socket
-        .exists()
-        .then_some(socket)
-        .into_iter()
-        .chain(links)
-        .collect()
-}
-
-/// Removes [`kubelet_host_files`], then the directories they were in when nothing else
-/// is left there (kubelet made them; nothing else here uses them).
-fn remove_kubelet_host_files(dir: &Path) {
-    containerd::remove_host_files(&kubelet_host_files(dir));
-    for empty in [
-        KUBELET_DEVICE_PLUGINS,
-        "/var/lib/kubelet",
-        CONTAINER_LOG_LINKS,
-    ] {
-        let _ = std::fs::remove_dir(empty);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_cgroup_controllers_are_named() {
-        let root = tempfile::tempdir().expect("temp dir");
-        assert_eq!(
-            missing_cgroup_controllers(root.path()),
-            ["cpu", "memory", "pids"]
-        );
-        for controller in ["cpu", "memory"] {
-            std::fs::create_dir(root.path().join(controller)).expect("mkdir");
-            std::fs::write(root.path().join(controller).join("tasks"), "").expect("tasks");
-        }
-        assert_eq!(missing_cgroup_controllers(root.path()), ["pids"]);
-        std::fs::write(
-            root.path().join("cgroup.controllers"),
-            "cpuset cpu io memory pids\n",
-        )
-        .expect("controllers");
-        assert!(missing_cgroup_controllers(root.path()).is_empty());
-    }
-
-    #[test]
-    fn overlayfs_is_found_in_proc_filesystems() {
-        assert!(has_overlayfs("nodev\tsysfs\n\text4\nnodev\toverlay\n"));
-        assert!(!has_overlayfs("nodev\tsysfs\n\text4\n"));
-    }
-
-    #[test]
-    fn saved_sysctls_read_back() {
-        assert_eq!(
-            parse_sysctls("kernel/panic=1\nnet/ipv4/ip_forward=0\n"),
-            [
-                ("kernel/panic".to_owned(), "1".to_owned()),
-                ("net/ipv4/ip_forward".to_owned(), "0".to_owned())
-            ]
-        );
     }
 }
