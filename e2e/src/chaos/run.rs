@@ -224,7 +224,11 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     history.faults = faults;
-    history.platform_broken = injector.platform_broken;
+    let mut platform_broken = injector.platform_broken;
+    if let Target::Pods(pods) = &mut target {
+        platform_broken.extend(pods.stop_checks_done().await);
+    }
+    history.platform_broken = platform_broken;
     // Stopped before the ledger is read, so runs the stop killed are `gone` in it; the
     // state is kept until the verdict, and only a failed run keeps it.
     let kept = match target {

@@ -216,7 +216,6 @@ impl RealNode {
         let tools = Tools::find()?;
         self.crictl = Some(tools.crictl.clone());
         self.kube_proxy = Some(tools.kube_proxy.clone());
-        let logs = self.dir.join("logs");
         for sub in [
             "logs",
             "containerd",
@@ -232,8 +231,58 @@ impl RealNode {
             )))?;
         }
         make_cgroup_root(&self.cgroup_root)?;
+        self.start_containerd(&tools).await?;
+        self.import_images().await?;
+        let [
+            scheduler_port,
+            kubelet_port,
+            kubelet_healthz,
+            proxy_healthz,
+            proxy_metrics,
+        ] = crate::free_ports::<5>()?;
+        // kube-scheduler: it, not the test, binds pods to the node.
+        let kubeconfig = plane.kubeconfig.display();
+        self.start_component(
+            "kube-scheduler",
+            &tools.kube_scheduler,
+            &[
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--authentication-kubeconfig={kubeconfig}"),
+                format!("--authorization-kubeconfig={kubeconfig}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={scheduler_port}"),
+            ],
+        )?;
+        // CoreDNS and the Services that lead to it and to the apiserver.
+        self.publish_host_services(plane).await?;
+        let corefile = self.dir.join("Corefile");
+        std::fs::write(&corefile, config::corefile(&plane.kubeconfig))
+            .map_err(HarnessError::io("writing the Corefile"))?;
+        let corefile = corefile.display().to_string();
+        self.start_component("coredns", &tools.coredns, &["-conf".into(), corefile])?;
+        self.start_kubelet(&tools, plane, kubelet_port, kubelet_healthz)?;
+        let name = self.node_name.clone();
+        let proxy = config::kube_proxy_args(&plane.kubeconfig, &name, proxy_healthz, proxy_metrics);
+        self.start_component("kube-proxy", &tools.kube_proxy, &proxy)?;
+        self.wait_ready(plane).await
+    }
 
-        // containerd, with the CNI network.
+    /// Starts component `name` (`program args`) under the guard, logging to its log.
+    fn start_component(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<()> {
+        let logs = self.dir.join("logs");
+        self.components
+            .push(Component::start(name, program, args, &logs)?);
+        Ok(())
+    }
+
+    /// containerd with the CNI network, once it answers.
+    async fn start_containerd(&mut self, tools: &Tools) -> Result<()> {
         let containerd_dir = self.dir.join("containerd");
         std::fs::write(
             self.dir.join("cni/conf/10-workpool-node.conflist"),
@@ -252,107 +301,55 @@ impl RealNode {
         .map_err(HarnessError::io("writing containerd's config"))?;
         let containerd_program = containerd::find_on_path("containerd")
             .ok_or_else(|| HarnessError::Missing("containerd is not installed".into()))?;
-        self.components.push(Component::start(
+        let config = containerd_config.display().to_string();
+        self.start_component(
             "containerd",
             &containerd_program,
-            &["--config".into(), containerd_config.display().to_string()],
-            &logs,
-        )?);
+            &["--config".into(), config],
+        )?;
         let socket = self.cri_socket.clone();
         let containerd_log = self.log("containerd");
         tokio::task::spawn_blocking(move || {
             containerd::wait_answering(&socket, Duration::from_secs(20), &containerd_log)
         })
         .await
-        .map_err(|err| HarnessError::Other(format!("waiting for containerd: {err}")))??;
-        self.import_images().await?;
+        .map_err(|err| HarnessError::Other(format!("waiting for containerd: {err}")))?
+    }
 
-        // kube-scheduler: it, not the test, binds pods to the node.
-        let [
-            scheduler_port,
-            kubelet_port,
-            kubelet_healthz,
-            proxy_healthz,
-            proxy_metrics,
-        ] = crate::free_ports::<5>()?;
-        self.components.push(Component::start(
-            "kube-scheduler",
-            &tools.kube_scheduler,
-            &[
-                format!("--kubeconfig={}", plane.kubeconfig.display()),
-                format!("--authentication-kubeconfig={}", plane.kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", plane.kubeconfig.display()),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={scheduler_port}"),
-            ],
-            &logs,
-        )?);
-
-        // CoreDNS and the Services that lead to it and to the apiserver.
-        self.publish_host_services(plane).await?;
-        let corefile = self.dir.join("Corefile");
-        std::fs::write(&corefile, config::corefile(&plane.kubeconfig))
-            .map_err(HarnessError::io("writing the Corefile"))?;
-        self.components.push(Component::start(
-            "coredns",
-            &tools.coredns,
-            &["-conf".into(), corefile.display().to_string()],
-            &logs,
-        )?);
-
-        // kubelet.
+    /// kubelet, with its KubeletConfiguration and the pods' default resolv.conf.
+    fn start_kubelet(
+        &mut self,
+        tools: &Tools,
+        plane: &ControlPlane,
+        port: u16,
+        healthz_port: u16,
+    ) -> Result<()> {
         let resolv_conf = self.dir.join("resolv.conf");
         std::fs::write(&resolv_conf, format!("nameserver {HOST_IP}\n"))
             .map_err(HarnessError::io("writing the pods' default resolv.conf"))?;
         let kubelet_config = self.dir.join("kubelet-config.yaml");
-        let client_ca = plane.kubelet_client_ca_file();
-        let cgroup_root = format!("/{}", self.cgroup_root);
-        let pod_logs_dir = self.dir.join("pod-logs");
-        let volume_plugin_dir = self.dir.join("volume-plugins");
-        std::fs::write(
-            &kubelet_config,
-            config::kubelet(&config::KubeletSettings {
-                runtime_socket: &self.cri_socket,
-                port: kubelet_port,
-                healthz_port: kubelet_healthz,
-                client_ca: &client_ca,
-                cgroup_root: &cgroup_root,
-                pod_logs_dir: &pod_logs_dir,
-                volume_plugin_dir: &volume_plugin_dir,
-                resolv_conf: &resolv_conf,
-            }),
-        )
-        .map_err(HarnessError::io("writing the KubeletConfiguration"))?;
-        self.components.push(Component::start(
-            "kubelet",
-            &tools.kubelet,
-            &[
-                format!("--config={}", kubelet_config.display()),
-                format!("--kubeconfig={}", plane.kubeconfig.display()),
-                format!("--root-dir={}", self.dir.join("kubelet").display()),
-                // Not under --root-dir by default, but /var/lib/kubelet/pki.
-                format!("--cert-dir={}", self.dir.join("kubelet/pki").display()),
-                format!("--hostname-override={}", self.node_name),
-                format!("--node-ip={HOST_IP}"),
-            ],
-            &logs,
-        )?);
-
-        // kube-proxy.
-        self.components.push(Component::start(
-            "kube-proxy",
-            &tools.kube_proxy,
-            &config::kube_proxy_args(
-                &plane.kubeconfig,
-                &self.node_name,
-                proxy_healthz,
-                proxy_metrics,
-            ),
-            &logs,
-        )?);
-
-        self.wait_ready(plane).await
+        let settings = config::KubeletSettings {
+            runtime_socket: &self.cri_socket,
+            port,
+            healthz_port,
+            client_ca: &plane.kubelet_client_ca_file(),
+            cgroup_root: &format!("/{}", self.cgroup_root),
+            pod_logs_dir: &self.dir.join("pod-logs"),
+            volume_plugin_dir: &self.dir.join("volume-plugins"),
+            resolv_conf: &resolv_conf,
+        };
+        std::fs::write(&kubelet_config, config::kubelet(&settings))
+            .map_err(HarnessError::io("writing the KubeletConfiguration"))?;
+        let args = [
+            format!("--config={}", kubelet_config.display()),
+            format!("--kubeconfig={}", plane.kubeconfig.display()),
+            format!("--root-dir={}", self.dir.join("kubelet").display()),
+            // Not under --root-dir by default, but /var/lib/kubelet/pki.
+            format!("--cert-dir={}", self.dir.join("kubelet/pki").display()),
+            format!("--hostname-override={}", self.node_name),
+            format!("--node-ip={HOST_IP}"),
+        ];
+        self.start_component("kubelet", &tools.kubelet, &args)
     }
 
     /// Writes the uncompressed Workpool image (from this workspace's `target/<profile>`
