@@ -216,6 +216,15 @@ async fn cancel_of_running_work_whose_worker_is_silent_is_only_requested() {
     pool.wait_status(&id, "working", Duration::from_secs(10))
         .await
         .expect("working");
+    // `working` is written before the program starts: pause only once it runs.
+    let started = async {
+        while ledger_runs(&ledger, &id).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("the handler started");
     pool.workers[0].process.pause();
     let answer = pool.cancel(&id).await.expect("delete");
     pool.workers[0].process.resume();
