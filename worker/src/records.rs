@@ -67,8 +67,7 @@ pub enum Settled {
 
 #[derive(Debug, Clone)]
 pub struct Records {
-    kv: kv::Store,
-    /// The writes that give a terminal record its expiry.
+    /// The bucket, and the writes that give a terminal record its expiry.
     store: RecordStore,
     pod: String,
     /// How long an attempt's hold lasts without renewal: the consumer's `ackWait`, after
@@ -83,12 +82,7 @@ enum Cas {
 
 impl Records {
     pub fn new(store: RecordStore, pod: String, lease: Duration) -> Self {
-        Self {
-            kv: store.kv.clone(),
-            store,
-            pod,
-            lease,
-        }
+        Self { store, pod, lease }
     }
 
     pub fn pod(&self) -> &str {
@@ -100,7 +94,7 @@ impl Records {
     }
 
     async fn read(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, RecordError> {
-        let entry = retry_transient(|| self.kv.entry(id.as_str())).await?;
+        let entry = retry_transient(|| self.store.kv.entry(id.as_str())).await?;
         Ok(entry.and_then(|entry| match entry.operation {
             kv::Operation::Put => WorkRecord::from_json(&entry.value)
                 .ok()
@@ -210,7 +204,7 @@ impl Records {
         for _ in 0..2 {
             record.lease_until = Some(self.lease_from_now());
             let value: bytes::Bytes = record.to_json().into();
-            match self.kv.update(id.as_str(), value, revision).await {
+            match self.store.kv.update(id.as_str(), value, revision).await {
                 Ok(revision) if record.cancel_requested => {
                     return Ok(Renewed::CancelRequested { record, revision });
                 }
@@ -219,6 +213,7 @@ impl Records {
                 Err(err) => return Err(RecordError::Unavailable(err.to_string())),
             }
             let entry = self
+                .store
                 .kv
                 .entry(id.as_str())
                 .await
