@@ -42,7 +42,11 @@ impl Members {
             Ok(client) => {
                 let watch = |service: Option<&str>| {
                     service.map(|service| {
-                        workpool_core::membership::watch_service(client.clone(), namespace, service)
+                        workpool_runtime::membership::watch_service(
+                            client.clone(),
+                            namespace,
+                            service,
+                        )
                     })
                 };
                 Self {

@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use workpool_core::PoolNames;
-use workpool_core::config::{PoolArgs, PoolConfig};
+use workpool_runtime::config::{PoolArgs, PoolConfig};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -57,7 +57,7 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("configuration: {0}")]
-    Config(#[from] workpool_core::config::ConfigError),
+    Config(#[from] workpool_runtime::config::ConfigError),
     #[error("reading JWT secret {path}: {source}")]
     Secret {
         path: PathBuf,
@@ -67,7 +67,7 @@ pub enum StartError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
-    Nats(#[from] workpool_core::config::ConnectError),
+    Nats(#[from] workpool_runtime::config::ConnectError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -230,7 +230,7 @@ pub async fn run(
         }
         None => None,
     };
-    let client = workpool_core::config::connect_nats(&config, "workpool-api").await?;
+    let client = workpool_runtime::config::connect_nats(&config, "workpool-api").await?;
     let members = cluster::Members::watch(
         &config.names.namespace,
         args.api_service.as_deref(),

@@ -1,8 +1,8 @@
 //! The api's Prometheus metrics.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
-use workpool_core::labels::BoundedLabel;
 use workpool_core::message::DEFAULT_TASK;
+use workpool_core::metric_labels::BoundedLabel;
 
 /// Distinct task names kept as label values before the rest count as `other`.
 const TASK_LABELS: usize = 50;
@@ -20,7 +20,7 @@ pub struct ApiMetrics {
 
 impl ApiMetrics {
     pub fn new(namespace: &str, pool: &str) -> Result<Self, prometheus::Error> {
-        let registry = workpool_core::labels::pool_registry(namespace, pool)?;
+        let registry = workpool_runtime::metrics::pool_registry(namespace, pool)?;
         let accepted = IntCounterVec::new(
             Opts::new(
                 "workpool_work_accepted_total",

@@ -8,11 +8,11 @@ use async_nats::{Client, connection::State};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
-use workpool_core::expiry::RecordStore;
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
-use workpool_core::repair::{self, CreatePendingError};
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
+use workpool_runtime::records::RecordStore;
+use workpool_runtime::repair::{self, CreatePendingError};
 
 use crate::error::ApiError;
 use crate::waiters::{Waiter, Waiters};
@@ -171,7 +171,7 @@ impl Queue {
 
     /// Creates the `pending` record, marked as the api's own until a worker writes it, so
     /// the operator's sweep can repair it if the publish never lands
-    /// (`workpool_core::repair`).
+    /// (`workpool_runtime::repair`).
     async fn create_pending(
         &self,
         id: &WorkId,

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::WorkSubmission;
 use workpool_core::{WorkId, WorkRecord};
+use workpool_runtime::events::PublishEvent;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};

@@ -13,10 +13,10 @@ use serde_json::{Map, Value};
 use tower::ServiceExt;
 use workpool_api::cluster::Members;
 use workpool_api::{AppState, router};
-use workpool_core::config::PoolConfig;
 use workpool_core::message::WorkSubmission;
 use workpool_core::spec::QueueSpec;
 use workpool_core::{PoolNames, PoolSpec, WorkId};
+use workpool_runtime::config::PoolConfig;
 
 /// The pool's body limit here: small, so that bodies over it are common.
 const LIMIT: usize = 512;

@@ -48,12 +48,4 @@ impl WorkEvent {
     pub fn subject(&self, names: &PoolNames) -> String {
         names.event_subject("work", self.event.verb())
     }
-
-    /// Publishes the event; events are best-effort, so a failure is only logged.
-    pub async fn publish(&self, client: &async_nats::Client, names: &PoolNames) {
-        let payload = serde_json::to_vec(self).unwrap_or_default();
-        if let Err(err) = client.publish(self.subject(names), payload.into()).await {
-            tracing::debug!(%err, id = %self.id, "event not published");
-        }
-    }
 }

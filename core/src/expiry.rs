@@ -8,10 +8,6 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
-
 use crate::WorkStatus;
 
 /// How long the server keeps the marker it writes where a record expired, so watchers
@@ -25,49 +21,6 @@ pub fn record_ttl(result_ttl: Duration, status: WorkStatus) -> Option<Duration> 
     status
         .is_terminal()
         .then(|| Duration::from_secs(whole_seconds.max(1)))
-}
-
-/// The results bucket's writes, each with the expiry of the record it writes.
-#[derive(Clone, Debug)]
-pub struct RecordStore {
-    pub kv: kv::Store,
-    js: jetstream::Context,
-    result_ttl: Duration,
-}
-
-impl RecordStore {
-    pub fn new(kv: kv::Store, js: jetstream::Context, result_ttl: Duration) -> Self {
-        Self { kv, js, result_ttl }
-    }
-
-    /// Compare-and-set of `key` at `revision` (0: the key must not exist) with a record
-    /// of `status`.
-    pub async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        revision: u64,
-        status: WorkStatus,
-    ) -> Result<u64, kv::UpdateError> {
-        let Some(ttl) = record_ttl(self.result_ttl, status) else {
-            return self.kv.update(key, value, revision).await;
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string());
-        headers.insert("Nats-TTL", ttl.as_secs().to_string());
-        let subject = format!(
-            "{}{key}",
-            self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix)
-        );
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, value)
-            .await
-            .map_err(kv::UpdateError::from)?
-            .await
-            .map_err(kv::UpdateError::from)?;
-        Ok(ack.sequence)
-    }
 }
 
 #[cfg(test)]

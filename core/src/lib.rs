@@ -1,26 +1,20 @@
-//! Shared parts of Workpool: the pool spec, the work protocol (records, status, ids,
-//! messages, events), NATS names, and the JetStream objects a pool needs.
-//!
-//! Everything here is pure and unit-tested, except [`provision`], the one function that
-//! creates or updates a pool's NATS objects on a server, and [`repair`], which writes the
-//! api's `pending` records and repairs those whose work was never queued.
+//! The Workpool protocol: the `WorkPool` resource and its spec, the work protocol
+//! (records and their transition rule, status, ids, messages, events, expiry), NATS
+//! names, the peer protocol of a pool's members, and the JetStream objects a pool needs,
+//! as values. Nothing here does I/O: connecting, provisioning and serving live in
+//! `workpool-runtime`.
 
 pub mod cluster;
-pub mod config;
 pub mod crd;
 pub mod events;
 pub mod expiry;
 pub mod ids;
-pub mod labels;
-pub mod membership;
 pub mod message;
+pub mod metric_labels;
 pub mod names;
-pub mod provision;
 pub mod record;
-pub mod repair;
 pub mod spec;
 pub mod streams;
-pub mod telemetry;
 
 pub use ids::WorkId;
 pub use names::PoolNames;

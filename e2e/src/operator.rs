@@ -47,7 +47,7 @@ impl RunningOperator {
         identity: &str,
     ) -> Result<Self> {
         use clap::Parser;
-        workpool_core::telemetry::init_logging_or("warn");
+        workpool_runtime::telemetry::init_logging_or("warn");
         let port = free_port()?;
         let args = workpool_operator::Args::parse_from([
             "workpool-operator",

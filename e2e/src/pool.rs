@@ -143,7 +143,7 @@ impl<N: PoolNats> TestPool<N> {
     /// Creates the pool's NATS objects, as the operator does.
     pub async fn provision(&self) -> Result<()> {
         let client = self.nats.client().await?;
-        workpool_core::provision::provision(
+        workpool_runtime::provision::provision(
             &async_nats::jetstream::new(client),
             &self.names,
             &self.spec,

@@ -4,10 +4,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
 use async_nats::jetstream;
-use workpool_core::provision::{ProvisionError, provision};
 use workpool_core::streams::ENVELOPE_BYTES;
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_e2e::nats::NatsServer;
+use workpool_runtime::provision::{ProvisionError, provision};
 
 /// NATS's own default max_payload (1 MB), which the chart's server used to run with.
 const NATS_DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
-use workpool_core::provision::{ProvisionError, deprovision, provision};
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_e2e::nats::NatsServer;
+use workpool_runtime::provision::{ProvisionError, deprovision, provision};
 
 async fn consumer_names(js: &jetstream::Context, names: &PoolNames) -> Vec<String> {
     let stream = js.get_stream(names.stream()).await.expect("stream");

@@ -182,7 +182,7 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
     let namespace = plane.namespace("real-node").await.expect("namespace");
     let spec = PoolSpec::from_json("{}").expect("default spec");
     let names = PoolNames::new(&namespace, POOL).expect("pool names");
-    workpool_core::provision::provision(
+    workpool_runtime::provision::provision(
         &async_nats::jetstream::new(nats.client().await.expect("NATS client")),
         &names,
         &spec,

@@ -1,5 +1,5 @@
 //! Stranded `pending` records: the api recorded work, then died (or gave up) before its
-//! publish landed. The sweep (`workpool_core::repair`, run by the operator) deletes such a
+//! publish landed. The sweep (`workpool_runtime::repair`, run by the operator) deletes such a
 //! record, so GET answers 404 and a retry of the POST runs; nothing else is touched.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
@@ -11,9 +11,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use workpool_core::message::{PENDING_HEADER, WorkSubmission};
-use workpool_core::repair::{self, Swept, sweep_stranded};
 use workpool_core::{PoolSpec, WorkId, WorkRecord};
 use workpool_e2e::pool::TestPool;
+use workpool_runtime::repair::{self, Swept, sweep_stranded};
 
 const RUN: Duration = Duration::from_secs(15);
 

@@ -1,6 +1,6 @@
 //! The Workpool operator: reconciles WorkPool resources into api and worker Deployments,
 //! their Services, RBAC and disruption budgets, and the pool's NATS objects (provisioned
-//! through [`workpool_core::provision`]). Several replicas are safe: only the holder of
+//! through [`workpool_runtime::provision`]). Several replicas are safe: only the holder of
 //! the leader Lease reconciles.
 
 pub mod children;

@@ -2,9 +2,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    workpool_core::telemetry::init_logging();
+    workpool_runtime::telemetry::init_logging();
     let args = workpool_operator::Args::parse();
-    match workpool_operator::run(args, workpool_core::telemetry::shutdown_signal()).await {
+    match workpool_operator::run(args, workpool_runtime::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "workpool-operator stopped");

@@ -1,14 +1,14 @@
 //! The operator's side of NATS: connections per server, provisioning through
-//! `workpool_core::provision`, and the queue figures for status and autoscaling.
+//! `workpool_runtime::provision`, and the queue figures for status and autoscaling.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::Mutex;
-use workpool_core::provision::{deprovision, provision};
 use workpool_core::streams::keyed_consumers;
 use workpool_core::{PoolNames, PoolSpec};
+use workpool_runtime::provision::{deprovision, provision};
 
 use crate::error::Error;
 

@@ -1,4 +1,4 @@
-//! The repair of stranded `pending` records (`workpool_core::repair`): records the api
+//! The repair of stranded `pending` records (`workpool_runtime::repair`): records the api
 //! wrote whose work never reached the stream. Run from the reconcile, which already talks
 //! to the pool's NATS, at most once a minute per pool.
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use kube::runtime::events::EventType;
 use workpool_core::crd::WorkPool;
-use workpool_core::repair::sweep_stranded;
 use workpool_core::{PoolNames, PoolSpec};
+use workpool_runtime::repair::sweep_stranded;
 
 use crate::controller::{Context, key, publish};
 

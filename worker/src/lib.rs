@@ -25,9 +25,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
-use workpool_core::config::{PoolArgs, PoolConfig};
-use workpool_core::expiry::RecordStore;
 use workpool_core::names::WORK_CONSUMER;
+use workpool_runtime::config::{PoolArgs, PoolConfig};
+use workpool_runtime::records::RecordStore;
 
 use crate::handlers::Handler;
 use crate::metrics::WorkerMetrics;
@@ -79,11 +79,11 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("configuration: {0}")]
-    Config(#[from] workpool_core::config::ConfigError),
+    Config(#[from] workpool_runtime::config::ConfigError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
-    Nats(#[from] workpool_core::config::ConnectError),
+    Nats(#[from] workpool_runtime::config::ConnectError),
     #[error("subscribing to peer requests: {0}")]
     PeerSubscribe(#[from] async_nats::SubscribeError),
     #[error("serving health endpoint: {0}")]
@@ -175,7 +175,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let config = args.pool.load()?;
-    let client = workpool_core::config::connect_nats(&config, "workpool-worker").await?;
+    let client = workpool_runtime::config::connect_nats(&config, "workpool-worker").await?;
     let js = jetstream::new(client.clone());
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
@@ -221,7 +221,7 @@ pub async fn run(
         let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
         let members = match &args.workers_service {
             Some(service) => match kube::Client::try_default().await {
-                Ok(kube) => Some(workpool_core::membership::watch_service(
+                Ok(kube) => Some(workpool_runtime::membership::watch_service(
                     kube,
                     &config.names.namespace,
                     service,

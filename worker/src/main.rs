@@ -14,9 +14,9 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn serve() -> std::process::ExitCode {
-    workpool_core::telemetry::init_logging();
+    workpool_runtime::telemetry::init_logging();
     let args = workpool_worker::Args::parse();
-    match workpool_worker::run(args, workpool_core::telemetry::shutdown_signal()).await {
+    match workpool_worker::run(args, workpool_runtime::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "workpool-worker stopped");

@@ -3,8 +3,8 @@
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use workpool_core::labels::BoundedLabel;
 use workpool_core::message::DEFAULT_TASK;
+use workpool_core::metric_labels::BoundedLabel;
 
 /// Distinct task names kept as label values before the rest count as `other`.
 const TASK_LABELS: usize = 50;
@@ -55,7 +55,7 @@ fn histogram(
 
 impl WorkerMetrics {
     pub fn new(namespace: &str, pool: &str) -> Result<Self, prometheus::Error> {
-        let registry = workpool_core::labels::pool_registry(namespace, pool)?;
+        let registry = workpool_runtime::metrics::pool_registry(namespace, pool)?;
         let in_flight = IntGauge::new(
             "workpool_work_in_flight",
             "Attempts running in this worker now.",

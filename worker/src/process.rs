@@ -26,6 +26,7 @@ use tracing::Instrument;
 use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+use workpool_runtime::events::PublishEvent;
 
 use crate::Worker;
 use crate::handlers::HandlerError;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
-use workpool_core::expiry::RecordStore;
 use workpool_core::message::WorkMessage;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
+use workpool_runtime::records::RecordStore;
 
 /// How many times a compare-and-set is retried when another writer got there first.
 const CAS_ATTEMPTS: usize = 16;

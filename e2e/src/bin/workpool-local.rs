@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use workpool_core::config::PoolArgs;
+use workpool_runtime::config::PoolArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +42,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    workpool_core::telemetry::init_logging();
+    workpool_runtime::telemetry::init_logging();
     let result = match Cli::parse().command {
         Command::Provision { pool } => provision(pool).await,
         Command::Lb { listen, backends } => lb(listen, backends).await,
@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Cluster(args) => {
-            workpool_e2e::local_cluster::run(args, workpool_core::telemetry::shutdown_signal())
+            workpool_e2e::local_cluster::run(args, workpool_runtime::telemetry::shutdown_signal())
                 .await
                 .map_err(|err| err.to_string())
         }
@@ -74,7 +74,7 @@ async fn provision(pool: PoolArgs) -> Result<(), String> {
         .await
         .map_err(|err| format!("connecting to {}: {err}", config.spec.nats.url))?;
     let js = async_nats::jetstream::new(client);
-    workpool_core::provision::provision(&js, &config.names, &config.spec)
+    workpool_runtime::provision::provision(&js, &config.names, &config.spec)
         .await
         .map_err(|err| err.to_string())?;
     println!(
@@ -94,6 +94,6 @@ async fn lb(listen: SocketAddr, backends: Vec<SocketAddr>) -> Result<(), String>
     let balancer = workpool_e2e::lb::Balancer::new(backends);
     tokio::select! {
         result = balancer.serve(listener) => result.map_err(|err| err.to_string()),
-        () = workpool_core::telemetry::shutdown_signal() => Ok(()),
+        () = workpool_runtime::telemetry::shutdown_signal() => Ok(()),
     }
 }

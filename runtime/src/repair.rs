@@ -19,11 +19,11 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use crate::ids::WorkId;
-use crate::message::PENDING_HEADER;
-use crate::names::{PoolNames, partition_of};
-use crate::record::{WorkRecord, WorkStatus};
-use crate::spec::PoolSpec;
+use workpool_core::ids::WorkId;
+use workpool_core::message::PENDING_HEADER;
+use workpool_core::names::{PoolNames, partition_of};
+use workpool_core::record::{WorkRecord, WorkStatus};
+use workpool_core::spec::PoolSpec;
 
 /// How long the scan of a bucket may take; a sweep that runs out of time fails and the
 /// next one starts over.

@@ -4,9 +4,9 @@
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;
 
-use crate::names::PoolNames;
-use crate::spec::PoolSpec;
-use crate::streams;
+use workpool_core::names::PoolNames;
+use workpool_core::spec::PoolSpec;
+use workpool_core::streams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {

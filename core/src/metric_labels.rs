@@ -1,6 +1,5 @@
 //! Keeps metric label values bounded: the first few distinct values of a client-chosen
-//! label (such as the task name) are used as they are, later ones become `other`; and the
-//! registry every component's metrics live in.
+//! label (such as the task name) are used as they are, later ones become `other`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -35,23 +34,6 @@ impl BoundedLabel {
         }
         OVERFLOW_LABEL.to_owned()
     }
-}
-
-/// A metrics registry whose series all carry the pool's `namespace` and `pool` labels,
-/// with the process collector (CPU, memory, open files) registered.
-pub fn pool_registry(
-    namespace: &str,
-    pool: &str,
-) -> Result<prometheus::Registry, prometheus::Error> {
-    let labels = [
-        ("namespace".to_owned(), namespace.to_owned()),
-        ("pool".to_owned(), pool.to_owned()),
-    ];
-    let registry = prometheus::Registry::new_custom(None, Some(labels.into()))?;
-    registry.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
-    Ok(registry)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::names::{InvalidName, PoolNames};
-use crate::spec::{PoolSpec, SpecError};
+use workpool_core::names::{InvalidName, PoolNames};
+use workpool_core::spec::{PoolSpec, SpecError};
 
 /// Which pool a process serves, and where its settings are.
 #[derive(Debug, Clone, clap::Args)]
@@ -131,7 +131,7 @@ pub async fn connect_nats(
             let url = url_for_log.clone();
             async move { tracing::info!(%url, %event, "nats connection event") }
         })
-        .connect(crate::crd::nats_servers(url).as_slice())
+        .connect(workpool_core::crd::nats_servers(url).as_slice())
         .await
         .map_err(ConnectError::Connect)
 }

@@ -1,0 +1,16 @@
+//! What Workpool's binaries share at run time, around the pure protocol of
+//! `workpool-core`: settings and the NATS connection ([`config`]), a pool's NATS objects
+//! ([`provision`]), the api's `pending` records and their repair ([`repair`]), record
+//! writes with their expiry ([`records`]), events ([`events`]), pool membership from
+//! EndpointSlices ([`membership`]), logging and signals ([`telemetry`]), and metrics
+//! with the health/metrics server ([`metrics`], [`admin`]).
+
+pub mod admin;
+pub mod config;
+pub mod events;
+pub mod membership;
+pub mod metrics;
+pub mod provision;
+pub mod records;
+pub mod repair;
+pub mod telemetry;
