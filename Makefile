@@ -34,7 +34,7 @@ unit: ## Unit tests only (no servers)
 	$(CARGO) test --workspace --lib --bins
 
 e2e: tools deps build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
-	$(CARGO) test -p workpool-e2e
+	$(CARGO) test -p workpool-e2e -p workpool-local-cluster
 
 test: tools deps lint static build chart ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
@@ -52,7 +52,7 @@ run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or 
 
 bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins
-	./target/release/workpool-local bench
+	./target/release/workpool-bench
 
 chaos: tools build ## The fault-injecting checker, full run (CHAOS_SEED, CHAOS_JOBS; see docs/reliability.md)
 	./target/debug/workpool-chaos
@@ -61,8 +61,8 @@ image: deps ## The Workpool image and the node's pause image as OCI layout tars 
 	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl \
 	  -p workpool-operator --bin workpool-operator -p workpool-api --bin workpool-api \
-	  -p workpool-worker --bin workpool-worker --bin workpool-smoke -p workpool-e2e --bin workpool-pause
-	$(CARGO) run -q -p workpool-e2e --bin workpool-image -- \
+	  -p workpool-worker --bin workpool-worker --bin workpool-smoke -p workpool-local-cluster --bin workpool-pause
+	$(CARGO) run -q -p workpool-local-cluster --bin workpool-image -- \
 	  --binaries target/x86_64-unknown-linux-musl/release --out-dir target/image
 	@echo "import into a node's containerd: ctr -n k8s.io images import target/image/workpool.oci.tar (and pause.oci.tar)"
 

@@ -7,10 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::nats::NatsServer;
 use crate::pool::PoolNats;
-use crate::process::Process;
-use crate::{HarnessError, Result, paths};
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::paths;
+use workpool_local_cluster::process::Process;
+
+use crate::{HarnessError, Result};
 
 /// How many nodes: the smallest cluster that keeps a quorum with one node down.
 pub const NODES: usize = 3;

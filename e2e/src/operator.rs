@@ -1,34 +1,11 @@
-//! Helpers for operator tests: the CRD installed on a [`ControlPlane`], operators running
-//! in-process, and waiting on WorkPool status.
+//! Operators running in this test process, and WorkPool manifests for tests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::Api;
-use kube::api::PostParams;
 use tokio::sync::oneshot;
-use workpool_core::crd::WorkPool;
+use workpool_local_cluster::control_plane::ControlPlane;
 
-use crate::cluster::ControlPlane;
-use crate::{HarnessError, Result, free_port, paths};
-
-/// Applies `crds/` (idempotent) and waits until the CRD is served.
-pub async fn install_crd(plane: &ControlPlane) -> Result<()> {
-    let crds = paths::repo_root().join("crds");
-    plane.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &crds.display().to_string(),
-    ])?;
-    plane.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/workpools.workpool.dev",
-    ])?;
-    Ok(())
-}
+use crate::{Result, free_port};
 
 /// An operator running in this process.
 #[derive(Debug)]
@@ -115,62 +92,10 @@ impl Drop for RunningOperator {
     }
 }
 
-/// Creates a WorkPool from YAML in `namespace`.
-pub async fn create_pool(client: &kube::Client, namespace: &str, yaml: &str) -> Result<WorkPool> {
-    let pool: WorkPool = serde_saphyr::from_str(yaml)
-        .map_err(|err| HarnessError::Other(format!("parsing test YAML: {err}")))?;
-    Api::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pool)
-        .await
-        .map_err(|err| HarnessError::Other(err.to_string()))
-}
-
-/// Polls the WorkPool until `done` holds.
-pub async fn wait_pool(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    timeout: Duration,
-    done: impl Fn(&WorkPool) -> bool,
-) -> Result<WorkPool> {
-    let api: Api<WorkPool> = Api::namespaced(client.clone(), namespace);
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(pool) = api.get(name).await {
-            if done(&pool) {
-                return Ok(pool);
-            }
-            last = Some(pool);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(HarnessError::Timeout(format!(
-        "WorkPool {namespace}/{name}; last seen {:?}",
-        last.map(|p| p.status)
-    )))
-}
-
-/// The status of condition `kind` and its reason.
-pub fn condition(pool: &WorkPool, kind: &str) -> Option<(String, String)> {
-    pool.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
 /// A WorkPool manifest named `name` whose NATS is `nats_url`, with `extra` spec lines
 /// (indented two spaces).
 pub fn pool_yaml(name: &str, nats_url: &str, extra: &str) -> String {
     format!(
         "apiVersion: workpool.dev/v1alpha1\nkind: WorkPool\nmetadata:\n  name: {name}\nspec:\n  nats:\n    url: {nats_url}\n{extra}"
     )
-}
-
-/// The pool's `QueueReady` condition is `True`: the operator reached NATS and set up
-/// the stream, bucket and consumers.
-pub fn queue_ready(pool: &WorkPool) -> bool {
-    condition(pool, "QueueReady").is_some_and(|(status, _)| status == "True")
 }

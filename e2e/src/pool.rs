@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use workpool_core::{PoolNames, PoolSpec};
 
-use crate::nats::NatsServer;
-use crate::process::Process;
-use crate::{HarnessError, Result, free_port, paths};
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::paths;
+use workpool_local_cluster::process::Process;
+
+use crate::{HarnessError, Result, free_port};
 
 /// The namespace and name every test pool uses (each test has its own server).
 pub const NAMESPACE: &str = "default";

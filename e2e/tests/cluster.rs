@@ -12,12 +12,12 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::{Value, json};
 use workpool_core::crd::WorkPool;
-use workpool_e2e::helm::Release;
 use workpool_e2e::http::post_json;
-use workpool_e2e::local_cluster::LocalCluster;
-use workpool_e2e::operator::{condition, create_pool, wait_pool};
 use workpool_e2e::pods::{pod_processes, ready_endpoints, running_pods, wait_until};
-use workpool_e2e::prometheus::{Prometheus, sample_value};
+use workpool_local_cluster::helm::Release;
+use workpool_local_cluster::pools::{condition, create_pool, wait_pool};
+use workpool_local_cluster::prometheus::{Prometheus, sample_value};
+use workpool_local_cluster::supervisor::LocalCluster;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -160,7 +160,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
 
     // Through the balancer in front of the api Service's ClusterIP, as `make up` serves
     // it: kube-proxy spreads connections over both api pods.
-    let balancer = workpool_e2e::lb::Balancer::to_service(&client, &ns, "demo-api")
+    let balancer = workpool_local_cluster::balancer::Balancer::to_service(&client, &ns, "demo-api")
         .await
         .expect("the api Service");
     let lb_listener = tokio::net::TcpListener::bind("127.0.0.1:0")

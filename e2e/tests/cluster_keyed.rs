@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 use workpool_core::names::partition_of;
 use workpool_e2e::browser::Browser;
 use workpool_e2e::http::{get_json, post_json};
-use workpool_e2e::local_cluster::LocalCluster;
-use workpool_e2e::operator::{RunningOperator, condition, create_pool, install_crd, wait_pool};
+use workpool_e2e::operator::RunningOperator;
 use workpool_e2e::pods::{ready_endpoints, running_pods, wait_until};
+use workpool_local_cluster::pools::{condition, create_pool, install_crd, wait_pool};
+use workpool_local_cluster::supervisor::LocalCluster;
 
 const WAIT: Duration = Duration::from_secs(120);
 const PARTITIONS: u32 = 64;
@@ -126,7 +127,7 @@ async fn keyed_work_is_serial_per_key_and_partitions_follow_the_members() {
         .await
         .expect("operator");
     // The job prints its start and end in nanoseconds, so overlaps can be checked.
-    let (repository, tag) = workpool_e2e::image::TEST_IMAGE;
+    let (repository, tag) = workpool_local_cluster::image::TEST_IMAGE;
     let yaml = format!(
         r#"apiVersion: workpool.dev/v1alpha1
 kind: WorkPool
@@ -380,7 +381,7 @@ spec:
         "every partition shows its owner:\n{dom}"
     );
     assert!(dom.contains("5 worker pod(s)"), "{dom}");
-    let shot = workpool_e2e::paths::repo_root().join("artifacts/console.png");
+    let shot = workpool_local_cluster::paths::repo_root().join("artifacts/console.png");
     browser
         .screenshot(&url, 5000, &shot)
         .await

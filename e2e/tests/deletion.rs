@@ -11,11 +11,10 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
-use workpool_e2e::cluster::ControlPlane;
-use workpool_e2e::nats::NatsServer;
-use workpool_e2e::operator::{
-    RunningOperator, condition, create_pool, install_crd, pool_yaml, queue_ready, wait_pool,
-};
+use workpool_e2e::operator::{RunningOperator, pool_yaml};
+use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::pools::{condition, create_pool, install_crd, queue_ready, wait_pool};
 use workpool_operator::deletion::{ABANDON, ABANDON_ANNOTATION};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -107,7 +106,10 @@ async fn abandon(client: &kube::Client, ns: &str, name: &str) {
 async fn a_pool_whose_nats_never_answered_is_deleted_at_once() {
     let (client, ns, _operator) = setup("never").await;
     // Nothing listens there.
-    let url = format!("nats://127.0.0.1:{}", workpool_e2e::free_port().unwrap());
+    let url = format!(
+        "nats://127.0.0.1:{}",
+        workpool_local_cluster::free_port().unwrap()
+    );
     create_pool(&client, &ns, &pool_yaml("lost", &url, ""))
         .await
         .expect("create");

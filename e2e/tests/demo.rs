@@ -168,7 +168,7 @@ async fn the_smoke_program_of_helm_test_passes_against_a_pool() {
         PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).expect("spec");
     let pool = TestPool::start(spec, 1, 1).await.expect("pool starts");
     let smoke = tokio::process::Command::new(
-        workpool_e2e::paths::workspace_binary("workpool-smoke").expect("binary"),
+        workpool_local_cluster::paths::workspace_binary("workpool-smoke").expect("binary"),
     )
     .args(["--url", &pool.api_url(0), "--timeout", "20s"])
     .output()

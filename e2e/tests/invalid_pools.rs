@@ -8,8 +8,8 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use workpool_core::crd::{PARTITIONS_FIXED, WorkPool};
-use workpool_e2e::cluster::ControlPlane;
-use workpool_e2e::operator::install_crd;
+use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::pools::install_crd;
 
 /// One invalid pool: the spec fields that make it so (merged into a valid pool), the
 /// field path the apiserver must name, and, for our own rules, their message.
@@ -381,7 +381,7 @@ async fn valid_pools_are_accepted() {
             .unwrap_or_else(|err| panic!("{spec}: {err}"));
     }
     // The shipped example too.
-    let example = workpool_e2e::paths::repo_root().join("examples/workpool.yaml");
+    let example = workpool_local_cluster::paths::repo_root().join("examples/workpool.yaml");
     ControlPlane::shared()
         .unwrap()
         .kubectl(&[

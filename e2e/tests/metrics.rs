@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use workpool_e2e::cluster::ControlPlane;
-use workpool_e2e::nats::NatsServer;
-use workpool_e2e::operator::{
-    RunningOperator, create_pool, install_crd, pool_yaml, queue_ready, wait_pool,
-};
+use workpool_e2e::operator::{RunningOperator, pool_yaml};
+use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::pools::{create_pool, install_crd, queue_ready, wait_pool};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -147,7 +146,7 @@ async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
     );
 
     // The dashboard's queries and the alert rules' expressions name only real metrics.
-    let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
+    let chart = workpool_local_cluster::paths::repo_root().join("charts/workpool");
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(chart.join("dashboards/workpool.json")).expect("dashboard"),
     )
@@ -177,7 +176,7 @@ async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
         }
     }
     // And Prometheus' own checker accepts the rule file.
-    let promtool = workpool_e2e::paths::tool("promtool", "promtool").expect("promtool");
+    let promtool = workpool_local_cluster::paths::tool("promtool", "promtool").expect("promtool");
     let checked = std::process::Command::new(promtool)
         .args(["check", "rules"])
         .arg(&rules_file)

@@ -6,8 +6,8 @@
 
 use serde_json::json;
 use workpool_core::PoolSpec;
-use workpool_e2e::paths;
 use workpool_e2e::pool::TestPool;
+use workpool_local_cluster::paths;
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_describe() {

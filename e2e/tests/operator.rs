@@ -13,12 +13,11 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
-use workpool_e2e::cluster::ControlPlane;
-use workpool_e2e::nats::NatsServer;
-use workpool_e2e::operator::{
-    RunningOperator, condition, create_pool, install_crd, pool_yaml, queue_ready, wait_pool,
-};
+use workpool_e2e::operator::{RunningOperator, pool_yaml};
 use workpool_e2e::pods::wait_until;
+use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::pools::{condition, create_pool, install_crd, queue_ready, wait_pool};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -433,7 +432,7 @@ async fn a_url_listing_several_servers_reaches_the_one_that_is_up() {
     let _operator = RunningOperator::start(plane, &ns, "op", "op-0")
         .await
         .expect("operator");
-    let down = workpool_e2e::free_port().expect("port");
+    let down = workpool_local_cluster::free_port().expect("port");
     let url = format!("nats://127.0.0.1:{down}, {}", nats.url());
     create_pool(&client, &ns, &pool_yaml("demo", &url, ""))
         .await
@@ -824,8 +823,8 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
     let plane = ControlPlane::shared().expect("control plane");
     install_crd(plane).await.expect("crd");
     let ns = plane.namespace("chart").await.expect("namespace");
-    let helm = workpool_e2e::paths::tool("helm", "helm").expect("helm");
-    let chart = workpool_e2e::paths::repo_root().join("charts/workpool");
+    let helm = workpool_local_cluster::paths::tool("helm", "helm").expect("helm");
+    let chart = workpool_local_cluster::paths::repo_root().join("charts/workpool");
     // The Prometheus Operator's own PodMonitor CRD, so the chart's PodMonitors are checked
     // against the real schema.
     for (file, crd) in [
@@ -838,7 +837,8 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
             "crd/prometheusrules.monitoring.coreos.com",
         ),
     ] {
-        let path = workpool_e2e::paths::tool("prometheus-operator-crds", file).expect("CRD");
+        let path =
+            workpool_local_cluster::paths::tool("prometheus-operator-crds", file).expect("CRD");
         plane
             .kubectl(&["apply", "--server-side", "-f", &path.display().to_string()])
             .expect("Prometheus Operator CRD");

@@ -6,7 +6,7 @@
 use async_nats::jetstream;
 use workpool_core::streams::ENVELOPE_BYTES;
 use workpool_core::{PoolNames, PoolSpec};
-use workpool_e2e::nats::NatsServer;
+use workpool_local_cluster::nats::NatsServer;
 use workpool_runtime::provision::{ProvisionError, provision};
 
 /// NATS's own default max_payload (1 MB), which the chart's server used to run with.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::TryStreamExt;
 use workpool_core::{PoolNames, PoolSpec};
-use workpool_e2e::nats::NatsServer;
+use workpool_local_cluster::nats::NatsServer;
 use workpool_runtime::provision::{ProvisionError, deprovision, provision};
 
 async fn consumer_names(js: &jetstream::Context, names: &PoolNames) -> Vec<String> {

@@ -9,10 +9,10 @@
 use std::time::{Duration, Instant};
 
 use workpool_core::{PoolNames, PoolSpec};
-use workpool_e2e::cluster::ControlPlane;
-use workpool_e2e::kubelet::{HOST_IP, RealNode, workpool_image_reference};
-use workpool_e2e::nats::NatsServer;
 use workpool_e2e::pods;
+use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::node::{HOST_IP, RealNode, workpool_image_reference};
 
 const POOL: &str = "demo";
 

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use serde_json::json;
 use workpool_core::PoolSpec;
 use workpool_e2e::chaos::ledger::{Execution, LedgerServer, executions};
-use workpool_e2e::paths;
 use workpool_e2e::pool::TestPool;
+use workpool_local_cluster::paths;
 
 /// A pool whose handler is the ledger program, sending to a ledger server on loopback.
 async fn ledger_spec(worker: serde_json::Value) -> (PoolSpec, LedgerServer) {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::pods::PodPool;
 use crate::Result;
-use crate::nats::NatsServer;
 use crate::nats_cluster::{NODES, Nats, NatsCluster};
 use crate::pool::{Member, TestPool};
+use workpool_local_cluster::nats::NatsServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

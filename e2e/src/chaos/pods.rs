@@ -13,12 +13,12 @@ use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
 
 use super::faults::Fault;
-use crate::helm::Release;
-use crate::local_cluster::LocalCluster;
 use crate::nats_cluster::NatsCluster;
-use crate::operator::{condition, wait_pool};
 use crate::pods::{pod_processes, program_of, running_pods, wait_until};
 use crate::{HarnessError, Result};
+use workpool_local_cluster::helm::Release;
+use workpool_local_cluster::pools::{condition, wait_pool};
+use workpool_local_cluster::supervisor::LocalCluster;
 
 /// The pool's name in its namespace.
 const POOL: &str = "chaos";
@@ -73,7 +73,7 @@ impl PodPool {
             Some(nats) => spec["nats"] = json!({"url": nats.urls(), "replicas": 3}),
             None => spec["nats"]["url"] = json!(cluster.nats.url()),
         }
-        let (repository, tag) = crate::image::TEST_IMAGE;
+        let (repository, tag) = workpool_local_cluster::image::TEST_IMAGE;
         spec["image"] = json!({"repository": repository, "tag": tag, "pullPolicy": "Never"});
         spec["api"]["replicas"] = json!(apis);
         spec["worker"]["replicas"] = json!(workers);
@@ -104,7 +104,7 @@ impl PodPool {
                 .local_addr()
                 .map_err(HarnessError::io("balancer address"))?
         );
-        let balancer = crate::lb::Balancer::following(
+        let balancer = workpool_local_cluster::balancer::Balancer::following(
             cluster.client.clone(),
             &namespace,
             &format!("{POOL}-api"),

@@ -15,11 +15,13 @@ use super::faults::{ALL, CLUSTER, Fault, Injector, PODS, Target};
 use super::history::{Final, History, Intent, Submission, Terminal};
 use super::ledger::{LedgerServer, executions};
 use super::pods::PodPool;
-use crate::local_cluster::LocalCluster;
-use crate::nats::NatsServer;
 use crate::nats_cluster::{Nats, NatsCluster};
 use crate::pool::{PoolNats, TestPool};
-use crate::{HarnessError, Result, paths};
+use workpool_local_cluster::nats::NatsServer;
+use workpool_local_cluster::paths;
+use workpool_local_cluster::supervisor::LocalCluster;
+
+use crate::{HarnessError, Result};
 
 #[derive(Debug, Clone)]
 pub struct Config {

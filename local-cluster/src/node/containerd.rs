@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::image::PAUSE_REFERENCE;
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// The containerd namespace the CRI plugin (and so kubelet) uses.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -83,7 +83,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 pub fn check_installed() -> Result<()> {
     for command in ["containerd", "ctr", "runc"] {
         if find_on_path(command).is_none() {
-            return Err(HarnessError::Missing(format!(
+            return Err(Error::Missing(format!(
                 "{command} is not installed: run `make deps` (Debian's containerd and runc)"
             )));
         }
@@ -115,7 +115,7 @@ pub fn wait_answering(socket: &Path, timeout: Duration, log: &Path) -> Result<()
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError::Timeout(format!(
+            return Err(Error::Timeout(format!(
                 "containerd at {} to answer; its log:\n{}",
                 socket.display(),
                 log_tail(log, 20)
@@ -149,7 +149,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(HarnessError::io(format!("starting {program}")))?;
+        .map_err(Error::io(format!("starting {program}")))?;
     let readers = [
         child
             .stdout
@@ -173,7 +173,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
     let status = loop {
         if let Some(status) = child
             .try_wait()
-            .map_err(HarnessError::io(format!("waiting for {program}")))?
+            .map_err(Error::io(format!("waiting for {program}")))?
         {
             break status;
         }
@@ -181,7 +181,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
             let _ = child.kill();
             break child
                 .wait()
-                .map_err(HarnessError::io(format!("waiting for {program}")))?;
+                .map_err(Error::io(format!("waiting for {program}")))?;
         }
         std::thread::sleep(Duration::from_millis(20));
     };

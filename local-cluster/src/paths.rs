@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -19,9 +19,9 @@ pub fn tool(tool: &str, binary: &str) -> Result<PathBuf> {
         .arg("--print-bin")
         .arg(tool)
         .output()
-        .map_err(HarnessError::io("running scripts/tools.sh"))?;
+        .map_err(Error::io("running scripts/tools.sh"))?;
     if !output.status.success() {
-        return Err(HarnessError::Missing(format!(
+        return Err(Error::Missing(format!(
             "scripts/tools.sh {tool} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         )));
@@ -31,17 +31,14 @@ pub fn tool(tool: &str, binary: &str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(HarnessError::Missing(format!(
-            "{} was not built",
-            path.display()
-        )))
+        Err(Error::Missing(format!("{} was not built", path.display())))
     }
 }
 
 /// A binary of this workspace, next to the running executable's profile directory
 /// (`target/<profile>/`). `make test` builds them before the tests run.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(HarnessError::io("locating the test executable"))?;
+    let exe = std::env::current_exe().map_err(Error::io("locating the test executable"))?;
     let candidates = exe
         .ancestors()
         .skip(1)
@@ -53,7 +50,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         .find(|path| path.is_file())
         .cloned()
         .ok_or_else(|| {
-            HarnessError::Missing(format!(
+            Error::Missing(format!(
                 "{name} not found near {}; run `cargo build --workspace --bins` first",
                 exe.display()
             ))

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{ListParams, LogParams};
 
-use crate::cluster::ControlPlane;
-use crate::{HarnessError, Result, paths};
+use crate::control_plane::ControlPlane;
+use crate::{Error, Result, paths};
 
 /// One release of `charts/workpool`.
 #[derive(Debug, Clone)]
@@ -41,12 +41,12 @@ impl Release {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(HarnessError::io("running helm"))?;
+            .map_err(Error::io("running helm"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.status.success() {
             Ok(stdout)
         } else {
-            Err(HarnessError::Other(format!(
+            Err(Error::Other(format!(
                 "helm {}: {}{stdout}",
                 args.first().copied().unwrap_or_default(),
                 String::from_utf8_lossy(&output.stderr)
@@ -94,7 +94,7 @@ impl Release {
                 logs.push_str(&format!("\n--- {} ---\n{text}", pod.name_any()));
             }
         }
-        Err(HarnessError::Other(format!("{err}{logs}")))
+        Err(Error::Other(format!("{err}{logs}")))
     }
 
     /// `helm uninstall --wait`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::process::Process;
-use crate::{HarnessError, Result, paths};
+use crate::{Error, Result, paths};
 
 #[derive(Debug)]
 pub struct NatsServer {
@@ -52,7 +52,7 @@ impl NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-")
             .tempdir()
-            .map_err(HarnessError::io("creating a temp dir"))?;
+            .map_err(Error::io("creating a temp dir"))?;
         let [port, monitor_port] = crate::free_ports::<2>()?;
         let config = dir.path().join("nats.conf");
         let store = dir.path().join("store");
@@ -65,7 +65,7 @@ impl NatsServer {
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
              jetstream {{ store_dir: {store:?}{sync} }}\n"
         );
-        std::fs::write(&config, text).map_err(HarnessError::io("writing nats.conf"))?;
+        std::fs::write(&config, text).map_err(Error::io("writing nats.conf"))?;
         let mut server = Self {
             process: None,
             host: host.to_owned(),
@@ -122,7 +122,7 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Err(HarnessError::Timeout(format!(
+        Err(Error::Timeout(format!(
             "nats-server on port {} to become healthy",
             self.port
         )))
@@ -161,6 +161,6 @@ impl NatsServer {
     pub async fn client(&self) -> Result<async_nats::Client> {
         async_nats::connect(self.url())
             .await
-            .map_err(|err| HarnessError::Other(format!("connecting to {}: {err}", self.url())))
+            .map_err(|err| Error::Other(format!("connecting to {}: {err}", self.url())))
     }
 }

@@ -15,12 +15,12 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use workpool_core::crd::WorkPool;
 
-use crate::cluster::ControlPlane;
+use crate::control_plane::ControlPlane;
 use crate::helm::Release;
-use crate::kubelet::{HOST_IP, HostPort, RealNode, publish_host_service};
 use crate::nats::NatsServer;
-use crate::operator::{condition, wait_pool};
-use crate::{HarnessError, Result};
+use crate::node::{HOST_IP, HostPort, RealNode, publish_host_service};
+use crate::pools::{condition, wait_pool};
+use crate::{Error, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct LocalClusterArgs {
@@ -124,10 +124,9 @@ async fn serve(
     tokio::task::JoinHandle<std::io::Result<()>>,
 )> {
     let (plane, client) = (&cluster.plane, cluster.client.clone());
-    std::fs::create_dir_all(&args.state_dir).map_err(HarnessError::io("state dir"))?;
+    std::fs::create_dir_all(&args.state_dir).map_err(Error::io("state dir"))?;
     let kubeconfig = args.state_dir.join("kubeconfig");
-    std::fs::copy(&plane.kubeconfig, &kubeconfig)
-        .map_err(HarnessError::io("copying the kubeconfig"))?;
+    std::fs::copy(&plane.kubeconfig, &kubeconfig).map_err(Error::io("copying the kubeconfig"))?;
     let prometheus =
         crate::prometheus::Prometheus::start(plane, &args.prometheus, Duration::from_secs(5))
             .await?;
@@ -141,10 +140,10 @@ async fn serve(
     })
     .await?;
     let balancer =
-        crate::lb::Balancer::to_service(&client, NAMESPACE, &format!("{name}-api")).await?;
+        crate::balancer::Balancer::to_service(&client, NAMESPACE, &format!("{name}-api")).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(HarnessError::io(format!("binding {}", args.listen)))?;
+        .map_err(Error::io(format!("binding {}", args.listen)))?;
     let served = tokio::spawn(balancer.serve(listener));
     println!(
         "READY kubeconfig={} prometheus={}",
@@ -156,10 +155,10 @@ async fn serve(
 
 /// Applies the WorkPool in file `pool` to [`NAMESPACE`] as it is; returns its name.
 async fn apply_pool(client: &kube::Client, pool: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(pool)
-        .map_err(HarnessError::io(format!("reading {}", pool.display())))?;
+    let text =
+        std::fs::read_to_string(pool).map_err(Error::io(format!("reading {}", pool.display())))?;
     let manifest: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|err| HarnessError::Other(format!("{}: {err}", pool.display())))?;
+        .map_err(|err| Error::Other(format!("{}: {err}", pool.display())))?;
     let name = manifest["metadata"]["name"]
         .as_str()
         .unwrap_or("demo")
@@ -171,6 +170,6 @@ async fn apply_pool(client: &kube::Client, pool: &Path) -> Result<String> {
             &Patch::Apply(&manifest),
         )
         .await
-        .map_err(|err| HarnessError::Other(format!("applying {}: {err}", pool.display())))?;
+        .map_err(|err| Error::Other(format!("applying {}: {err}", pool.display())))?;
     Ok(name)
 }

@@ -30,9 +30,9 @@ use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cluster::{ControlPlane, spawn_guarded};
+use crate::control_plane::{ControlPlane, spawn_guarded};
 use crate::image::{self, Compression, IMAGE_REPOSITORY, PAUSE_BINARY, PAUSE_REFERENCE};
-use crate::{HarnessError, Result, paths};
+use crate::{Error, Result, paths};
 
 pub use leftovers::remove_stale;
 use leftovers::{
@@ -76,7 +76,7 @@ impl Tools {
             .unwrap_or_default();
         for plugin in ["host-local", "loopback", "portmap"] {
             if !cni_bin_dir.join(plugin).is_file() {
-                return Err(HarnessError::Missing(format!(
+                return Err(Error::Missing(format!(
                     "the CNI plugin {plugin} is missing from {}: run scripts/tools.sh cni-plugins",
                     cni_bin_dir.display()
                 )));
@@ -149,7 +149,7 @@ impl RealNode {
         let owners = live_owners();
         if !owners.is_empty() {
             // Two nodes on one machine would fight over wpk0 and kube-proxy's KUBE- chains.
-            return Err(HarnessError::Other(format!(
+            return Err(Error::Other(format!(
                 "another real node runs here (process {}); only one can at a time",
                 owners
                     .iter()
@@ -171,7 +171,7 @@ impl RealNode {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in("/tmp")
-            .map_err(HarnessError::io("the node's directory"))?
+            .map_err(Error::io("the node's directory"))?
             .keep();
         let sysctls_before = read_sysctls();
         let node = Self {
@@ -186,14 +186,14 @@ impl RealNode {
             stopped: false,
         };
         std::fs::write(node.dir.join(OWNER_FILE), std::process::id().to_string())
-            .map_err(HarnessError::io("writing the node's owner file"))?;
+            .map_err(Error::io("writing the node's owner file"))?;
         let saved: String = node
             .sysctls_before
             .iter()
             .map(|(key, value)| format!("{key}={value}\n"))
             .collect();
         std::fs::write(node.dir.join(SYSCTLS_FILE), saved)
-            .map_err(HarnessError::io("saving the host's sysctls"))?;
+            .map_err(Error::io("saving the host's sysctls"))?;
         network::create_bridge()?;
         Ok(node)
     }
@@ -226,9 +226,8 @@ impl RealNode {
             "volume-plugins",
             "images",
         ] {
-            std::fs::create_dir_all(self.dir.join(sub)).map_err(HarnessError::io(format!(
-                "creating the node's {sub} directory"
-            )))?;
+            std::fs::create_dir_all(self.dir.join(sub))
+                .map_err(Error::io(format!("creating the node's {sub} directory")))?;
         }
         make_cgroup_root(&self.cgroup_root)?;
         self.start_containerd(&tools).await?;
@@ -258,7 +257,7 @@ impl RealNode {
         self.publish_host_services(plane).await?;
         let corefile = self.dir.join("Corefile");
         std::fs::write(&corefile, config::corefile(&plane.kubeconfig))
-            .map_err(HarnessError::io("writing the Corefile"))?;
+            .map_err(Error::io("writing the Corefile"))?;
         let corefile = corefile.display().to_string();
         self.start_component("coredns", &tools.coredns, &["-conf".into(), corefile])?;
         self.start_kubelet(&tools, plane, kubelet_port, kubelet_healthz)?;
@@ -288,7 +287,7 @@ impl RealNode {
             self.dir.join("cni/conf/10-workpool-node.conflist"),
             network::conflist(&self.dir.join("cni/ipam")),
         )
-        .map_err(HarnessError::io("writing the CNI conflist"))?;
+        .map_err(Error::io("writing the CNI conflist"))?;
         let cni = containerd::CniDirs {
             bin_dir: tools.cni_bin_dir.clone(),
             conf_dir: self.dir.join("cni/conf"),
@@ -298,9 +297,9 @@ impl RealNode {
             &containerd_config,
             containerd::config(&containerd_dir, Some(&cni)),
         )
-        .map_err(HarnessError::io("writing containerd's config"))?;
+        .map_err(Error::io("writing containerd's config"))?;
         let containerd_program = containerd::find_on_path("containerd")
-            .ok_or_else(|| HarnessError::Missing("containerd is not installed".into()))?;
+            .ok_or_else(|| Error::Missing("containerd is not installed".into()))?;
         let config = containerd_config.display().to_string();
         self.start_component(
             "containerd",
@@ -313,7 +312,7 @@ impl RealNode {
             containerd::wait_answering(&socket, Duration::from_secs(20), &containerd_log)
         })
         .await
-        .map_err(|err| HarnessError::Other(format!("waiting for containerd: {err}")))?
+        .map_err(|err| Error::Other(format!("waiting for containerd: {err}")))?
     }
 
     /// kubelet, with its KubeletConfiguration and the pods' default resolv.conf.
@@ -326,7 +325,7 @@ impl RealNode {
     ) -> Result<()> {
         let resolv_conf = self.dir.join("resolv.conf");
         std::fs::write(&resolv_conf, format!("nameserver {HOST_IP}\n"))
-            .map_err(HarnessError::io("writing the pods' default resolv.conf"))?;
+            .map_err(Error::io("writing the pods' default resolv.conf"))?;
         let kubelet_config = self.dir.join("kubelet-config.yaml");
         let settings = config::KubeletSettings {
             runtime_socket: &self.cri_socket,
@@ -339,7 +338,7 @@ impl RealNode {
             resolv_conf: &resolv_conf,
         };
         std::fs::write(&kubelet_config, config::kubelet(&settings))
-            .map_err(HarnessError::io("writing the KubeletConfiguration"))?;
+            .map_err(Error::io("writing the KubeletConfiguration"))?;
         let args = [
             format!("--config={}", kubelet_config.display()),
             format!("--kubeconfig={}", plane.kubeconfig.display()),
@@ -381,7 +380,7 @@ impl RealNode {
                     Duration::from_secs(120),
                 )?;
                 if !output.status.success() {
-                    return Err(HarnessError::Other(format!(
+                    return Err(Error::Other(format!(
                         "importing {}: {}",
                         spec.reference,
                         String::from_utf8_lossy(&output.stderr)
@@ -392,7 +391,7 @@ impl RealNode {
             Ok(())
         })
         .await
-        .map_err(|err| HarnessError::Other(format!("importing images: {err}")))?
+        .map_err(|err| Error::Other(format!("importing images: {err}")))?
     }
 
     /// The `kube-dns` Service (ClusterIP [`config::CLUSTER_DNS_IP`]) and the `kubernetes`
@@ -404,7 +403,7 @@ impl RealNode {
             .rsplit(':')
             .next()
             .and_then(|port| port.parse::<u16>().ok())
-            .ok_or_else(|| HarnessError::Other(format!("no port in {}", plane.server)))?;
+            .ok_or_else(|| Error::Other(format!("no port in {}", plane.server)))?;
         let dns = [
             HostPort::new("dns", 53, 53, "UDP"),
             HostPort::new("dns-tcp", 53, 53, "TCP"),
@@ -427,7 +426,7 @@ impl RealNode {
         loop {
             let exited = self.components.iter_mut().position(|c| !c.running());
             if let Some(exited) = exited.and_then(|index| self.components.get(index)) {
-                return Err(HarnessError::Other(format!(
+                return Err(Error::Other(format!(
                     "{} exited; the end of its log:\n{}",
                     exited.name,
                     containerd::log_tail(&exited.log, 25)
@@ -457,7 +456,7 @@ impl RealNode {
                 return self.untaint_ready(&nodes).await;
             }
             if Instant::now() >= deadline {
-                return Err(HarnessError::Timeout(format!(
+                return Err(Error::Timeout(format!(
                     "node {} to be Ready (ready: {ready}, CoreDNS listening: {dns_listening}, \
                      Services proxied: {services_proxied}); \
                      the end of kubelet's log:\n{}",
@@ -475,9 +474,10 @@ impl RealNode {
     /// checker restarts the apiserver, would have nowhere to go), so we lift it, as it
     /// would.
     async fn untaint_ready(&self, nodes: &Api<Node>) -> Result<()> {
-        let node = nodes.get(&self.node_name).await.map_err(|err| {
-            HarnessError::Other(format!("reading node {}: {err}", self.node_name))
-        })?;
+        let node = nodes
+            .get(&self.node_name)
+            .await
+            .map_err(|err| Error::Other(format!("reading node {}: {err}", self.node_name)))?;
         let taints = node.spec.and_then(|spec| spec.taints).unwrap_or_default();
         let kept: Vec<_> = taints
             .iter()
@@ -494,9 +494,7 @@ impl RealNode {
                 &kube::api::Patch::Merge(&patch),
             )
             .await
-            .map_err(|err| {
-                HarnessError::Other(format!("untainting node {}: {err}", self.node_name))
-            })?;
+            .map_err(|err| Error::Other(format!("untainting node {}: {err}", self.node_name)))?;
         Ok(())
     }
 
@@ -506,7 +504,7 @@ impl RealNode {
         let kept = tempfile::Builder::new()
             .prefix("workpool-node-logs-")
             .tempdir()
-            .map_err(HarnessError::io("a directory for the node's logs"))?
+            .map_err(Error::io("a directory for the node's logs"))?
             .keep();
         for logs in ["logs", "pod-logs"] {
             let mut copy = std::process::Command::new("cp");
@@ -527,7 +525,7 @@ impl RealNode {
         if left.is_empty() {
             Ok(())
         } else {
-            Err(HarnessError::Other(format!(
+            Err(Error::Other(format!(
                 "the real node left behind: {}",
                 left.join(", ")
             )))

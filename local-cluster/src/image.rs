@@ -17,7 +17,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// The binaries the image carries, as the Dockerfile's build stage copies them.
 pub const IMAGE_BINARIES: [&str; 4] = [
@@ -148,7 +148,7 @@ fn image_of(binary_dir: &Path, reference: &str, names: &[&str]) -> Result<ImageS
     for name in names {
         let binary = binary_dir.join(name);
         if !binary.is_file() {
-            return Err(HarnessError::Missing(format!(
+            return Err(Error::Missing(format!(
                 "{} is missing: build the image's binaries first (make image does)",
                 binary.display()
             )));
@@ -181,7 +181,7 @@ fn image_of(binary_dir: &Path, reference: &str, names: &[&str]) -> Result<ImageS
 /// but the libraries a dynamically linked build needs.
 pub fn pause_image(pause_binary: &Path, reference: &str) -> Result<ImageSpec> {
     if !pause_binary.is_file() {
-        return Err(HarnessError::Missing(format!(
+        return Err(Error::Missing(format!(
             "{} is missing: build {PAUSE_BINARY} first (make image does)",
             pause_binary.display()
         )));
@@ -256,7 +256,7 @@ pub fn runtime_libraries(binaries: &[PathBuf]) -> Result<Vec<ImageEntry>> {
         .into_values()
         .map(|library| {
             let path = library.to_str().ok_or_else(|| {
-                HarnessError::Other(format!("library path {} is not UTF-8", library.display()))
+                Error::Other(format!("library path {} is not UTF-8", library.display()))
             })?;
             Ok(ImageEntry::root_owned(
                 path,
@@ -272,7 +272,7 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let output = Command::new("ldd")
         .arg(binary)
         .output()
-        .map_err(HarnessError::io("running ldd (Debian's libc-bin)"))?;
+        .map_err(Error::io("running ldd (Debian's libc-bin)"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     // glibc's ldd says so (and fails) for static binaries, static-pie ones included.
@@ -283,7 +283,7 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     }
     if !output.status.success() {
-        return Err(HarnessError::Other(format!(
+        return Err(Error::Other(format!(
             "ldd {} failed: {}",
             binary.display(),
             stderr.trim()
@@ -302,7 +302,7 @@ pub fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
         .filter(|line| !line.is_empty())
     {
         if line.contains("not found") {
-            return Err(HarnessError::Missing(format!("ldd: {line}")));
+            return Err(Error::Missing(format!("ldd: {line}")));
         }
         let resolved = match line.split_once("=>") {
             Some((_, target)) => target.trim(),
@@ -328,16 +328,15 @@ pub fn write_oci_archive(
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(HarnessError::io(format!("creating {}", parent.display())))?;
-    let layer_file = tempfile::NamedTempFile::new_in(parent).map_err(HarnessError::io(format!(
+    std::fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
+    let layer_file = tempfile::NamedTempFile::new_in(parent).map_err(Error::io(format!(
         "creating a layer file in {}",
         parent.display()
     )))?;
     let layer = write_layer(spec, layer_file.as_file(), compression)?;
 
     let config = serde_json::to_vec(&image_config(spec, &layer.diff_id))
-        .map_err(|error| HarnessError::Other(format!("encoding the image config: {error}")))?;
+        .map_err(|error| Error::Other(format!("encoding the image config: {error}")))?;
     let config_digest = sha256_digest(&config);
     let layer_media_type = match compression {
         Compression::Gzip => MEDIA_LAYER_GZIP,
@@ -349,7 +348,7 @@ pub fn write_oci_archive(
         "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len()},
         "layers": [{"mediaType": layer_media_type, "digest": layer.digest, "size": layer.bytes}],
     }))
-    .map_err(|error| HarnessError::Other(format!("encoding the manifest: {error}")))?;
+    .map_err(|error| Error::Other(format!("encoding the manifest: {error}")))?;
     let manifest_digest = sha256_digest(&manifest);
     // containerd names the image from io.containerd.image.name as it is; other tools
     // read the OCI ref.name (the tag).
@@ -373,11 +372,11 @@ pub fn write_oci_archive(
             },
         }],
     }))
-    .map_err(|error| HarnessError::Other(format!("encoding the index: {error}")))?;
+    .map_err(|error| Error::Other(format!("encoding the index: {error}")))?;
 
     let partial = archive.with_extension("partial");
-    let file = File::create(&partial)
-        .map_err(HarnessError::io(format!("creating {}", partial.display())))?;
+    let file =
+        File::create(&partial).map_err(Error::io(format!("creating {}", partial.display())))?;
     let what = format!("writing {}", partial.display());
     let mut outer = tar::Builder::new(io::BufWriter::new(file));
     let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
@@ -385,11 +384,11 @@ pub fn write_oci_archive(
     append_bytes(&mut outer, "blobs/sha256/", None, &what)?;
     let mut layer_reader = layer_file
         .reopen()
-        .map_err(HarnessError::io("reopening the layer file"))?;
+        .map_err(Error::io("reopening the layer file"))?;
     let mut header = file_header(layer.bytes, 0o644, 0, 0);
     outer
         .append_data(&mut header, blob(&layer.digest), &mut layer_reader)
-        .map_err(HarnessError::io(what.clone()))?;
+        .map_err(Error::io(what.clone()))?;
     append_bytes(&mut outer, &blob(&config_digest), Some(&config), &what)?;
     append_bytes(&mut outer, &blob(&manifest_digest), Some(&manifest), &what)?;
     append_bytes(&mut outer, "index.json", Some(&index), &what)?;
@@ -399,16 +398,16 @@ pub fn write_oci_archive(
         Some(br#"{"imageLayoutVersion":"1.0.0"}"#),
         &what,
     )?;
-    let mut writer = outer.into_inner().map_err(HarnessError::io(what.clone()))?;
-    writer.flush().map_err(HarnessError::io(what.clone()))?;
+    let mut writer = outer.into_inner().map_err(Error::io(what.clone()))?;
+    writer.flush().map_err(Error::io(what.clone()))?;
     drop(writer);
-    std::fs::rename(&partial, archive).map_err(HarnessError::io(format!(
+    std::fs::rename(&partial, archive).map_err(Error::io(format!(
         "renaming {} to {}",
         partial.display(),
         archive.display()
     )))?;
     let archive_bytes = std::fs::metadata(archive)
-        .map_err(HarnessError::io(format!("reading {}", archive.display())))?
+        .map_err(Error::io(format!("reading {}", archive.display())))?
         .len();
     Ok(BuiltImage {
         reference: spec.reference.clone(),
@@ -445,7 +444,7 @@ fn image_config(spec: &ImageSpec, diff_id: &str) -> serde_json::Value {
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": EPOCH, "created_by": "workpool-image (e2e/src/image.rs)"}],
+        "history": [{"created": EPOCH, "created_by": "workpool-image (local-cluster/src/image.rs)"}],
     })
 }
 
@@ -463,7 +462,7 @@ fn write_layer(spec: &ImageSpec, file: &File, compression: Compression) -> Resul
         Compression::None => {
             let stored = write_layer_tar(spec, stored)?;
             let (digest, bytes, mut inner) = stored.finish();
-            inner.flush().map_err(HarnessError::io(what))?;
+            inner.flush().map_err(Error::io(what))?;
             Ok(LayerDigests {
                 diff_id: digest.clone(),
                 digest,
@@ -474,9 +473,9 @@ fn write_layer(spec: &ImageSpec, file: &File, compression: Compression) -> Resul
             let gzip = flate2::write::GzEncoder::new(stored, flate2::Compression::fast());
             let tar = write_layer_tar(spec, DigestingWriter::new(gzip))?;
             let (diff_id, _, gzip) = tar.finish();
-            let stored = gzip.finish().map_err(HarnessError::io(what))?;
+            let stored = gzip.finish().map_err(Error::io(what))?;
             let (digest, bytes, mut inner) = stored.finish();
-            inner.flush().map_err(HarnessError::io(what))?;
+            inner.flush().map_err(Error::io(what))?;
             Ok(LayerDigests {
                 digest,
                 diff_id,
@@ -494,7 +493,7 @@ fn write_layer_tar<W: Write>(spec: &ImageSpec, writer: W) -> Result<W> {
     for entry in &spec.entries {
         let relative = entry.path.trim_start_matches('/').trim_end_matches('/');
         if relative.is_empty() || relative.split('/').any(|part| part == "..") {
-            return Err(HarnessError::Other(format!(
+            return Err(Error::Other(format!(
                 "image path {:?} is not a file below /",
                 entry.path
             )));
@@ -528,29 +527,29 @@ fn write_layer_tar<W: Write>(spec: &ImageSpec, writer: W) -> Result<W> {
                 set_owner_and_mode(&mut header, entry);
                 builder
                     .append_data(&mut header, format!("{path}/"), io::empty())
-                    .map_err(HarnessError::io(what))?;
+                    .map_err(Error::io(what))?;
             }
             EntryContent::Bytes(bytes) => {
                 let mut header = file_header(bytes.len() as u64, entry.mode, entry.uid, entry.gid);
                 builder
                     .append_data(&mut header, path, bytes.as_slice())
-                    .map_err(HarnessError::io(what))?;
+                    .map_err(Error::io(what))?;
             }
             EntryContent::HostFile(source) => {
                 let file = File::open(source)
-                    .map_err(HarnessError::io(format!("opening {}", source.display())))?;
+                    .map_err(Error::io(format!("opening {}", source.display())))?;
                 let size = file
                     .metadata()
-                    .map_err(HarnessError::io(format!("reading {}", source.display())))?
+                    .map_err(Error::io(format!("reading {}", source.display())))?
                     .len();
                 let mut header = file_header(size, entry.mode, entry.uid, entry.gid);
                 builder
                     .append_data(&mut header, path, file)
-                    .map_err(HarnessError::io(format!("adding {}", source.display())))?;
+                    .map_err(Error::io(format!("adding {}", source.display())))?;
             }
         }
     }
-    builder.into_inner().map_err(HarnessError::io(what))
+    builder.into_inner().map_err(Error::io(what))
 }
 
 fn set_owner_and_mode(header: &mut tar::Header, entry: &ImageEntry) {
@@ -591,7 +590,7 @@ fn append_bytes<W: Write>(
     };
     builder
         .append_data(&mut header, path, bytes.unwrap_or_default())
-        .map_err(HarnessError::io(what))
+        .map_err(Error::io(what))
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
@@ -666,7 +665,7 @@ pub fn parse_dockerfile(text: &str) -> Result<DockerfileFinalStage> {
         .map(|(index, _)| index)
         .collect();
     let Some(&final_start) = stage_starts.last() else {
-        return Err(HarnessError::Other("the Dockerfile has no FROM".into()));
+        return Err(Error::Other("the Dockerfile has no FROM".into()));
     };
     let mut stage = DockerfileFinalStage {
         base: instructions[final_start].1.clone(),
@@ -759,7 +758,7 @@ fn copied_into(
         }
     }
     if names.is_empty() {
-        return Err(HarnessError::Other(format!(
+        return Err(Error::Other(format!(
             "no `cp ... {directory}` in the Dockerfile's stage {stage_name:?}"
         )));
     }

@@ -1,12 +1,12 @@
 //! `make image`: writes the Workpool image and the node's pause image as OCI image
 //! layout tars (for `ctr -n k8s.io images import`), from binaries already built, without
-//! Docker or a registry. See `workpool_e2e::image`.
+//! Docker or a registry. See `workpool_local_cluster::image`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use workpool_e2e::image::{
+use workpool_local_cluster::image::{
     self, BuiltImage, Compression, IMAGE_REPOSITORY, PAUSE_BINARY, PAUSE_REFERENCE,
 };
 
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> workpool_e2e::Result<Vec<BuiltImage>> {
+fn run(args: &Args) -> workpool_local_cluster::Result<Vec<BuiltImage>> {
     let compression = if args.uncompressed {
         Compression::None
     } else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// A shell guard around a program: it stops the program (SIGTERM, then SIGKILL after the
 /// grace period) when the process `parent` is gone or the guard itself gets SIGTERM, then
@@ -58,10 +58,8 @@ impl Process {
         log: PathBuf,
     ) -> Result<Self> {
         let out = std::fs::File::create(&log)
-            .map_err(HarnessError::io(format!("creating {}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(HarnessError::io("cloning a log handle"))?;
+            .map_err(Error::io(format!("creating {}", log.display())))?;
+        let err = out.try_clone().map_err(Error::io("cloning a log handle"))?;
         let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -69,7 +67,7 @@ impl Process {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(HarnessError::io(format!("starting {}", program.display())))?;
+            .map_err(Error::io(format!("starting {}", program.display())))?;
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -120,13 +118,13 @@ impl Process {
             if let Some(status) = self
                 .child
                 .try_wait()
-                .map_err(HarnessError::io("waiting for a child"))?
+                .map_err(Error::io("waiting for a child"))?
             {
                 self.exit = Some(status);
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(format!("{} to exit", self.name)));
+                return Err(Error::Timeout(format!("{} to exit", self.name)));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

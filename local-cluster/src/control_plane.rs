@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::{HarnessError, Result, free_port, paths};
+use crate::{Error, Result, free_port, paths};
 
 /// Controllers the tests need: service accounts and their tokens, namespaces, garbage
 /// collection (owner references), deployments, replica sets and endpoint slices, and the
@@ -49,10 +49,8 @@ pub(crate) fn spawn_guarded(
         .create(true)
         .append(true)
         .open(log)
-        .map_err(HarnessError::io(format!("creating {}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(HarnessError::io("cloning a log handle"))?;
+        .map_err(Error::io(format!("creating {}", log.display())))?;
+    let err = out.try_clone().map_err(Error::io("cloning a log handle"))?;
     Command::new("sh")
         .args(crate::process::guard_args(
             name,
@@ -65,7 +63,7 @@ pub(crate) fn spawn_guarded(
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(HarnessError::io(format!("starting {name}")))
+        .map_err(Error::io(format!("starting {name}")))
 }
 
 const KUBELET_CLIENT_CA: &str = "kubelet-client-ca.crt";
@@ -80,8 +78,7 @@ fn write_kubelet_client_certificates(certs: &Path) -> Result<()> {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
     };
-    let failed =
-        |err: rcgen::Error| HarnessError::Other(format!("kubelet client certificate: {err}"));
+    let failed = |err: rcgen::Error| Error::Other(format!("kubelet client certificate: {err}"));
     let ca_key = KeyPair::generate().map_err(failed)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
     ca_params
@@ -111,8 +108,7 @@ fn write_kubelet_client_certificates(certs: &Path) -> Result<()> {
         (KUBELET_CLIENT_CERT, client_cert.pem()),
         (KUBELET_CLIENT_KEY, client_key.serialize_pem()),
     ] {
-        std::fs::write(certs.join(name), text)
-            .map_err(HarnessError::io(format!("writing {name}")))?;
+        std::fs::write(certs.join(name), text).map_err(Error::io(format!("writing {name}")))?;
     }
     Ok(())
 }
@@ -134,13 +130,11 @@ impl ControlPlane {
             .join()
             .unwrap_or_else(|_| Err("control plane start panicked".into()))
         });
-        plane
-            .as_ref()
-            .map_err(|err| HarnessError::Other(err.clone()))
+        plane.as_ref().map_err(|err| Error::Other(err.clone()))
     }
 
     /// A control plane of its own whose apiserver pods can reach at `host_ip` (the pod
-    /// network's bridge address), for a [`crate::kubelet::RealNode`].
+    /// network's bridge address), for a [`crate::node::RealNode`].
     pub async fn start_for_pods(host_ip: &str) -> Result<Self> {
         Self::start(Some(host_ip)).await
     }
@@ -153,10 +147,10 @@ impl ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("workpool-k8s-")
             .tempdir()
-            .map_err(HarnessError::io("temp dir"))?
+            .map_err(Error::io("temp dir"))?
             .keep();
         let certs = dir.join("certs");
-        std::fs::create_dir_all(&certs).map_err(HarnessError::io("cert dir"))?;
+        std::fs::create_dir_all(&certs).map_err(Error::io("cert dir"))?;
         let sa_key = certs.join("sa.key");
         let status = Command::new("openssl")
             .args(["genrsa", "-out"])
@@ -164,11 +158,11 @@ impl ControlPlane {
             .arg("2048")
             .stderr(Stdio::null())
             .status()
-            .map_err(HarnessError::io(
+            .map_err(Error::io(
                 "running openssl (install it: apt-get install openssl)",
             ))?;
         if !status.success() {
-            return Err(HarnessError::Other("openssl genrsa failed".into()));
+            return Err(Error::Other("openssl genrsa failed".into()));
         }
         let token = format!(
             "{:032x}",
@@ -178,7 +172,7 @@ impl ControlPlane {
             dir.join("tokens.csv"),
             format!("{token},admin,admin-uid,system:masters\n"),
         )
-        .map_err(HarnessError::io("token file"))?;
+        .map_err(Error::io("token file"))?;
 
         write_kubelet_client_certificates(&certs)?;
 
@@ -216,7 +210,7 @@ impl ControlPlane {
             "--authorization-mode=RBAC".into(),
             format!("--token-auth-file={}", dir.join("tokens.csv").display()),
             "--endpoint-reconciler-type=none".into(),
-            // A real kubelet (crate::kubelet) authenticates the apiserver's calls for
+            // A real kubelet (crate::node) authenticates the apiserver's calls for
             // `kubectl logs`/`exec` by this client certificate; node names do not
             // resolve here, so the apiserver reaches a kubelet at its InternalIP.
             format!(
@@ -251,7 +245,7 @@ impl ControlPlane {
              contexts: [{{name: local, context: {{cluster: local, user: admin, namespace: default}}}}]\ncurrent-context: local\n",
             ca.display()
         );
-        std::fs::write(&kubeconfig, text).map_err(HarnessError::io("kubeconfig"))?;
+        std::fs::write(&kubeconfig, text).map_err(Error::io("kubeconfig"))?;
         let plane = Self {
             dir,
             kubeconfig,
@@ -297,8 +291,8 @@ impl ControlPlane {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         tokio::task::spawn_blocking(move || guard.wait())
             .await
-            .map_err(|err| HarnessError::Other(format!("waiting for the apiserver: {err}")))?
-            .map_err(HarnessError::io("waiting for the apiserver"))?;
+            .map_err(|err| Error::Other(format!("waiting for the apiserver: {err}")))?
+            .map_err(Error::io("waiting for the apiserver"))?;
         Ok(())
     }
 
@@ -338,7 +332,7 @@ impl ControlPlane {
         // The directory goes with the control plane, so keep the end of the log here.
         let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        Err(HarnessError::Timeout(format!(
+        Err(Error::Timeout(format!(
             "kube-apiserver at {}: {last}; the end of its log:\n{}",
             self.server,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -347,13 +341,13 @@ impl ControlPlane {
 
     /// A client for the calling test's runtime (clients must not cross runtimes).
     pub async fn client(&self) -> Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|err| Error::Other(err.to_string()))?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
-                .map_err(|err| HarnessError::Other(err.to_string()))?;
-        kube::Client::try_from(config).map_err(|err| HarnessError::Other(err.to_string()))
+                .map_err(|err| Error::Other(err.to_string()))?;
+        kube::Client::try_from(config).map_err(|err| Error::Other(err.to_string()))
     }
 
     /// Runs kubectl against this control plane; returns stdout, or stderr as the error.
@@ -362,11 +356,11 @@ impl ControlPlane {
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .output()
-            .map_err(HarnessError::io("running kubectl"))?;
+            .map_err(Error::io("running kubectl"))?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
-            Err(HarnessError::Other(
+            Err(Error::Other(
                 String::from_utf8_lossy(&output.stderr).into_owned(),
             ))
         }
@@ -393,9 +387,7 @@ impl ControlPlane {
         match api.create(&Default::default(), &namespace).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(err) => Err(HarnessError::Other(format!(
-                "creating namespace {name}: {err}"
-            ))),
+            Err(err) => Err(Error::Other(format!("creating namespace {name}: {err}"))),
         }
     }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::containerd::run_with_timeout;
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// The node's bridge.
 pub const BRIDGE: &str = "wpk0";
@@ -28,7 +28,7 @@ fn ip(arguments: &[&str]) -> Result<String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
-        Err(HarnessError::Other(format!(
+        Err(Error::Other(format!(
             "ip {}: {}",
             arguments.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
@@ -44,7 +44,7 @@ pub fn bridge_exists() -> bool {
 /// another node's (or a crashed run's, which `make down`-style cleanup must remove).
 pub fn create_bridge() -> Result<()> {
     if bridge_exists() {
-        return Err(HarnessError::Other(format!(
+        return Err(Error::Other(format!(
             "the bridge {BRIDGE} already exists: another real node runs, or one was not \
              stopped (remove it with `ip link delete {BRIDGE}`)"
         )));
@@ -112,11 +112,11 @@ pub fn check_iptables() -> Result<()> {
     command.args(["-w", "5", "-t", "nat", "-S"]);
     match run_with_timeout(command, Duration::from_secs(10)) {
         Ok(output) if output.status.success() => Ok(()),
-        Ok(output) => Err(HarnessError::Missing(format!(
+        Ok(output) => Err(Error::Missing(format!(
             "iptables cannot list the nat table (kube-proxy needs it): {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ))),
-        Err(_) => Err(HarnessError::Missing(
+        Err(_) => Err(Error::Missing(
             "iptables is not installed (kube-proxy's iptables mode needs it): \
              apt-get install iptables conntrack"
                 .into(),

@@ -79,9 +79,7 @@ impl Balancer {
         let found = Api::<Service>::namespaced(client.clone(), namespace)
             .get(service)
             .await
-            .map_err(|err| {
-                crate::HarnessError::Other(format!("reading Service {service}: {err}"))
-            })?;
+            .map_err(|err| crate::Error::Other(format!("reading Service {service}: {err}")))?;
         let spec = found.spec.unwrap_or_default();
         let address = spec
             .cluster_ip
@@ -94,7 +92,7 @@ impl Balancer {
             .and_then(|port| u16::try_from(port.port).ok());
         match (address, port) {
             (Some(address), Some(port)) => Ok(Self::new(vec![SocketAddr::new(address, port)])),
-            _ => Err(crate::HarnessError::Other(format!(
+            _ => Err(crate::Error::Other(format!(
                 "Service {namespace}/{service} has no ClusterIP and port"
             ))),
         }

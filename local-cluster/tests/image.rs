@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use workpool_e2e::image::{
+use workpool_local_cluster::image::{
     self, Compression, IMAGE_BINARIES, IMAGE_REPOSITORY, PAUSE_REFERENCE, dockerfile_disagreements,
     parse_dockerfile,
 };
-use workpool_e2e::kubelet::containerd;
-use workpool_e2e::paths::{repo_root, workspace_binary};
+use workpool_local_cluster::node::containerd;
+use workpool_local_cluster::paths::{repo_root, workspace_binary};
 
 fn dockerfile() -> String {
     std::fs::read_to_string(repo_root().join("Dockerfile")).expect("reading the Dockerfile")
@@ -27,7 +27,7 @@ fn the_dockerfile_final_stage_and_the_image_builder_agree() {
     let differences = dockerfile_disagreements(&stage);
     assert!(
         differences.is_empty(),
-        "the Dockerfile and e2e/src/image.rs differ; change both together:\n{}",
+        "the Dockerfile and local-cluster/src/image.rs differ; change both together:\n{}",
         differences.join("\n")
     );
 }

@@ -6,7 +6,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use super::HOST_IP;
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// A port of a Service whose endpoint is a process on the host (at [`HOST_IP`]).
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +30,8 @@ impl HostPort {
     }
 }
 
-pub(super) fn kube_error(what: String) -> impl FnOnce(kube::Error) -> HarnessError {
-    move |err| HarnessError::Other(format!("{what}: {err}"))
+pub(super) fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
+    move |err| Error::Other(format!("{what}: {err}"))
 }
 
 /// A selector-less Service `namespace/name` (ClusterIP `cluster_ip`, or one the apiserver
@@ -53,7 +53,7 @@ pub async fn publish_host_service(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"clusterIP": cluster_ip, "ports": service_ports}
     }))
-    .map_err(|err| HarnessError::Other(format!("the {name} Service: {err}")))?;
+    .map_err(|err| Error::Other(format!("the {name} Service: {err}")))?;
     Api::<Service>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &service)
         .await
@@ -76,12 +76,12 @@ pub(super) async fn publish_host_endpoints(
         "metadata": {"name": format!("{service}-host"), "namespace": namespace,
             "labels": {"kubernetes.io/service-name": service,
                        // Not the endpointslice controller's: it leaves these alone.
-                       "endpointslice.kubernetes.io/managed-by": "workpool-e2e"}},
+                       "endpointslice.kubernetes.io/managed-by": "workpool-local-cluster"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
         "ports": slice_ports,
     }))
-    .map_err(|err| HarnessError::Other(format!("the {service} EndpointSlice: {err}")))?;
+    .map_err(|err| Error::Other(format!("the {service} EndpointSlice: {err}")))?;
     Api::<EndpointSlice>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &slice)
         .await

@@ -13,8 +13,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use workpool_core::PoolSpec;
 
-use crate::nats::NatsServer;
-use crate::pool::{PoolNats, TestPool};
+use workpool_e2e::pool::{PoolNats, TestPool};
+use workpool_local_cluster::nats::NatsServer;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {

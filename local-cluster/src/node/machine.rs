@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{containerd, network};
-use crate::{HarnessError, Result};
+use crate::{Error, Result};
 
 /// Host-wide sysctls the node changes and we put back on stop, as the machine is shared:
 /// kubelet sets the first six when `protectKernelDefaults` is false (its default), and
@@ -53,13 +53,13 @@ pub(super) fn check_machine() -> Result<()> {
     // /proc/self belongs to the process's effective user.
     let effective_uid = std::fs::metadata("/proc/self").map(|meta| meta.uid()).ok();
     if effective_uid != Some(0) {
-        return Err(HarnessError::Missing(
+        return Err(Error::Missing(
             "a real node needs root (containerd, runc, network namespaces, iptables)".into(),
         ));
     }
     let missing = missing_cgroup_controllers(Path::new("/sys/fs/cgroup"));
     if !missing.is_empty() {
-        return Err(HarnessError::Missing(format!(
+        return Err(Error::Missing(format!(
             "cgroups: no {} hierarchy under /sys/fs/cgroup (kubelet and runc need cpu, \
              memory and pids)",
             missing.join(", ")
@@ -67,7 +67,7 @@ pub(super) fn check_machine() -> Result<()> {
     }
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !has_overlayfs(&filesystems) {
-        return Err(HarnessError::Missing(
+        return Err(Error::Missing(
             "overlayfs: the kernel has no overlay filesystem (containerd's snapshotter needs \
              it; try `modprobe overlay`)"
                 .into(),
@@ -76,7 +76,7 @@ pub(super) fn check_machine() -> Result<()> {
     network::check_iptables()?;
     containerd::check_installed()?;
     if containerd::find_on_path("ip").is_none() {
-        return Err(HarnessError::Missing(
+        return Err(Error::Missing(
             "ip is not installed: run `make deps` (iproute2)".into(),
         ));
     }
@@ -108,18 +108,14 @@ fn has_overlayfs(filesystems: &str) -> bool {
 pub(super) fn make_cgroup_root(relative: &str) -> Result<()> {
     for hierarchy in containerd::cgroup_hierarchies() {
         let dir = hierarchy.join(relative);
-        std::fs::create_dir_all(&dir).map_err(HarnessError::io(format!(
-            "creating the cgroup {}",
-            dir.display()
-        )))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::io(format!("creating the cgroup {}", dir.display())))?;
         for file in ["cpuset.cpus", "cpuset.mems"] {
             if let Ok(value) = std::fs::read_to_string(hierarchy.join(file))
                 && std::fs::read_to_string(dir.join(file)).is_ok_and(|own| own.trim().is_empty())
             {
-                std::fs::write(dir.join(file), value.trim()).map_err(HarnessError::io(format!(
-                    "setting {file} of {}",
-                    dir.display()
-                )))?;
+                std::fs::write(dir.join(file), value.trim())
+                    .map_err(Error::io(format!("setting {file} of {}", dir.display())))?;
             }
         }
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cluster::ControlPlane;
+use crate::control_plane::ControlPlane;
 use crate::process::Process;
-use crate::{HarnessError, Result, paths};
+use crate::{Error, Result, paths};
 
 #[derive(Debug)]
 pub struct Prometheus {
@@ -62,15 +62,15 @@ impl Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("workpool-prometheus-")
             .tempdir()
-            .map_err(HarnessError::io("creating a temp dir"))?;
+            .map_err(Error::io("creating a temp dir"))?;
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, &plane.token).map_err(HarnessError::io("token file"))?;
+        std::fs::write(&token_file, &plane.token).map_err(Error::io("token file"))?;
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(
             &config_file,
             config(plane, &token_file.display().to_string(), interval),
         )
-        .map_err(HarnessError::io("prometheus.yml"))?;
+        .map_err(Error::io("prometheus.yml"))?;
         let listen = if listen.ends_with(":0") {
             format!("127.0.0.1:{}", crate::free_port()?)
         } else {
@@ -105,7 +105,7 @@ impl Prometheus {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(HarnessError::Timeout(format!(
+        Err(Error::Timeout(format!(
             "Prometheus at {} to become ready: {}",
             prometheus.url,
             prometheus._process.log_text()
@@ -118,18 +118,18 @@ impl Prometheus {
             &format!("{}/api/v1/query", self.url),
             &[("query", promql)],
         )
-        .map_err(|err| HarnessError::Other(format!("query URL: {err}")))?;
+        .map_err(|err| Error::Other(format!("query URL: {err}")))?;
         let answer: Value = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|err| HarnessError::Other(format!("querying Prometheus: {err}")))?
+            .map_err(|err| Error::Other(format!("querying Prometheus: {err}")))?
             .json()
             .await
-            .map_err(|err| HarnessError::Other(format!("Prometheus answer: {err}")))?;
+            .map_err(|err| Error::Other(format!("Prometheus answer: {err}")))?;
         if answer["status"] != "success" {
-            return Err(HarnessError::Other(format!("{promql}: {answer}")));
+            return Err(Error::Other(format!("{promql}: {answer}")));
         }
         Ok(answer["data"]["result"]
             .as_array()

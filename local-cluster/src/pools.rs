@@ -1,0 +1,82 @@
+//! WorkPools on a control plane: the CRD installed, pools created from YAML, and waiting
+//! on their status.
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::PostParams;
+use workpool_core::crd::WorkPool;
+
+use crate::control_plane::ControlPlane;
+use crate::{Error, Result, paths};
+
+/// Applies `crds/` (idempotent) and waits until the CRD is served.
+pub async fn install_crd(plane: &ControlPlane) -> Result<()> {
+    let crds = paths::repo_root().join("crds");
+    plane.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &crds.display().to_string(),
+    ])?;
+    plane.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workpools.workpool.dev",
+    ])?;
+    Ok(())
+}
+
+/// Creates a WorkPool from YAML in `namespace`.
+pub async fn create_pool(client: &kube::Client, namespace: &str, yaml: &str) -> Result<WorkPool> {
+    let pool: WorkPool = serde_saphyr::from_str(yaml)
+        .map_err(|err| Error::Other(format!("parsing test YAML: {err}")))?;
+    Api::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pool)
+        .await
+        .map_err(|err| Error::Other(err.to_string()))
+}
+
+/// Polls the WorkPool until `done` holds.
+pub async fn wait_pool(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&WorkPool) -> bool,
+) -> Result<WorkPool> {
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(pool) = api.get(name).await {
+            if done(&pool) {
+                return Ok(pool);
+            }
+            last = Some(pool);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(Error::Timeout(format!(
+        "WorkPool {namespace}/{name}; last seen {:?}",
+        last.map(|p| p.status)
+    )))
+}
+
+/// The status of condition `kind` and its reason.
+pub fn condition(pool: &WorkPool, kind: &str) -> Option<(String, String)> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The pool's `QueueReady` condition is `True`: the operator reached NATS and set up
+/// the stream, bucket and consumers.
+pub fn queue_ready(pool: &WorkPool) -> bool {
+    condition(pool, "QueueReady").is_some_and(|(status, _)| status == "True")
+}
