@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help tools deps build up down test lint static unit e2e generate bench chaos run-operator chart kind-up kind-e2e kind-down image
+.PHONY: help tools deps build up down test fmt lint deny static unit e2e generate drift bench chaos run-operator chart kind-up kind-e2e kind-down image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,9 +20,16 @@ up: ## Start a local Workpool on http://127.0.0.1:8080 and print the curl demo
 down: ## Stop everything `make up` started
 	@scripts/down.sh
 
-lint: ## cargo fmt --check and clippy with -D warnings
+fmt: ## Format the workspace
+	$(CARGO) fmt --all
+
+lint: deny ## cargo fmt --check, clippy and rustdoc with warnings denied, cargo deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+
+deny: ## cargo deny: licenses, duplicate versions and sources of every dependency (deny.toml)
+	@scripts/deny.sh
 
 deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium, containerd, runc, musl-tools, iptables), if missing
 	@scripts/system-deps.sh
@@ -36,16 +43,20 @@ unit: ## Unit tests only (no servers)
 e2e: tools deps build ## Integration tests: real nats-server, real kube-apiserver, the real binaries
 	$(CARGO) test -p workpool-e2e -p workpool-local-cluster
 
-test: tools deps lint static build chart ## Everything CI runs: lint, unit, integration and drift checks
+test: tools deps lint static build chart drift ## Everything CI runs: lint, unit, integration and drift checks
 	$(CARGO) test --workspace
 
-chart: ## helm lint and the rendered-template drift check of charts/workpool
+chart: ## helm lint of charts/workpool, with and without its options
 	@scripts/chart.sh check
 
 generate: ## Regenerate checked-in files (docs/openapi.json, crds/, the chart's CRD and charts/rendered/)
-	WORKPOOL_UPDATE_GENERATED=1 $(CARGO) test -p workpool-api --test openapi
+	$(CARGO) run -q -p workpool-api --bin openapi > docs/openapi.json
 	$(CARGO) run -q -p workpool-operator --bin crdgen > crds/workpool.dev_workpools.yaml
 	scripts/chart.sh generate
+
+drift: generate ## Fails when a checked-in generated file differs from its generator's output
+	@git diff --exit-code --stat -- docs/openapi.json crds charts \
+	  || { echo "drift: generated files changed; review them, commit, and run again" >&2; git diff -- docs/openapi.json crds charts | head -40 >&2; exit 1; }
 
 run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or ~/.kube/config)
 	$(CARGO) run -p workpool-operator --bin workpool-operator

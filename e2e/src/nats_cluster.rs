@@ -293,7 +293,10 @@ impl NatsCluster {
         let urls = (0..NODES).map(|i| self.url(i)).collect::<Vec<_>>();
         async_nats::connect(urls.as_slice())
             .await
-            .map_err(|err| HarnessError::Other(format!("connecting to {}: {err}", self.urls())))
+            .map_err(HarnessError::context(format!(
+                "connecting to {}",
+                self.urls()
+            )))
     }
 
     /// The index of the node that leads `stream` now. Waits out an election (after a

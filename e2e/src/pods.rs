@@ -9,17 +9,13 @@ use kube::api::ListParams;
 
 use crate::{HarnessError, Result};
 
-fn kube_error(what: &str) -> impl FnOnce(kube::Error) -> HarnessError {
-    move |err| HarnessError::Other(format!("{what}: {err}"))
-}
-
 /// Ready endpoints of `service`.
 pub async fn ready_endpoints(client: &kube::Client, ns: &str, service: &str) -> Result<usize> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let list = slices
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await
-        .map_err(kube_error("listing EndpointSlices"))?;
+        .map_err(HarnessError::context("listing EndpointSlices"))?;
     Ok(list
         .items
         .iter()
@@ -35,7 +31,7 @@ pub async fn running_pods(client: &kube::Client, ns: &str, component: &str) -> R
     let list = pods
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
         .await
-        .map_err(kube_error("listing pods"))?;
+        .map_err(HarnessError::context("listing pods"))?;
     Ok(list
         .items
         .into_iter()

@@ -151,7 +151,7 @@ impl<N: PoolNats> TestPool<N> {
             &self.spec,
         )
         .await
-        .map_err(|err| HarnessError::Other(format!("provisioning: {err}")))
+        .map_err(HarnessError::context("provisioning"))
     }
 
     fn env(&self, pod: &str, port: u16) -> Vec<(String, String)> {
@@ -278,7 +278,7 @@ impl<N: PoolNats> TestPool<N> {
         let response = request
             .send()
             .await
-            .map_err(|err| HarnessError::Other(format!("request failed: {err}")))?;
+            .map_err(HarnessError::context("request failed"))?;
         Self::answer(response).await
     }
 

@@ -79,7 +79,7 @@ impl Balancer {
         let found = Api::<Service>::namespaced(client.clone(), namespace)
             .get(service)
             .await
-            .map_err(|err| crate::Error::Other(format!("reading Service {service}: {err}")))?;
+            .map_err(crate::Error::context(format!("reading Service {service}")))?;
         let spec = found.spec.unwrap_or_default();
         let address = spec
             .cluster_ip

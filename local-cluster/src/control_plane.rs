@@ -291,7 +291,7 @@ impl ControlPlane {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         tokio::task::spawn_blocking(move || guard.wait())
             .await
-            .map_err(|err| Error::Other(format!("waiting for the apiserver: {err}")))?
+            .map_err(Error::context("waiting for the apiserver"))?
             .map_err(Error::io("waiting for the apiserver"))?;
         Ok(())
     }

@@ -336,7 +336,7 @@ pub fn write_oci_archive(
     let layer = write_layer(spec, layer_file.as_file(), compression)?;
 
     let config = serde_json::to_vec(&image_config(spec, &layer.diff_id))
-        .map_err(|error| Error::Other(format!("encoding the image config: {error}")))?;
+        .map_err(Error::context("encoding the image config"))?;
     let config_digest = sha256_digest(&config);
     let layer_media_type = match compression {
         Compression::Gzip => MEDIA_LAYER_GZIP,
@@ -348,7 +348,7 @@ pub fn write_oci_archive(
         "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config.len()},
         "layers": [{"mediaType": layer_media_type, "digest": layer.digest, "size": layer.bytes}],
     }))
-    .map_err(|error| Error::Other(format!("encoding the manifest: {error}")))?;
+    .map_err(Error::context("encoding the manifest"))?;
     let manifest_digest = sha256_digest(&manifest);
     // containerd names the image from io.containerd.image.name as it is; other tools
     // read the OCI ref.name (the tag).
@@ -372,7 +372,7 @@ pub fn write_oci_archive(
             },
         }],
     }))
-    .map_err(|error| Error::Other(format!("encoding the index: {error}")))?;
+    .map_err(Error::context("encoding the index"))?;
 
     let partial = archive.with_extension("partial");
     let file =

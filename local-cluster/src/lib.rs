@@ -30,11 +30,30 @@ pub enum Error {
     },
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// What was being done, and the error that stopped it.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
+    /// `map_err(Error::context("doing what"))`: any error, with what was being done.
+    pub fn context<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |source| Error::Failed {
+            what,
+            source: Box::new(source),
+        }
+    }
+
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }

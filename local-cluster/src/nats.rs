@@ -161,6 +161,6 @@ impl NatsServer {
     pub async fn client(&self) -> Result<async_nats::Client> {
         async_nats::connect(self.url())
             .await
-            .map_err(|err| Error::Other(format!("connecting to {}: {err}", self.url())))
+            .map_err(Error::context(format!("connecting to {}", self.url())))
     }
 }

@@ -31,8 +31,8 @@ pub async fn install_crd(plane: &ControlPlane) -> Result<()> {
 
 /// Creates a WorkPool from YAML in `namespace`.
 pub async fn create_pool(client: &kube::Client, namespace: &str, yaml: &str) -> Result<WorkPool> {
-    let pool: WorkPool = serde_saphyr::from_str(yaml)
-        .map_err(|err| Error::Other(format!("parsing test YAML: {err}")))?;
+    let pool: WorkPool =
+        serde_saphyr::from_str(yaml).map_err(Error::context("parsing test YAML"))?;
     Api::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &pool)
         .await

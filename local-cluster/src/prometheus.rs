@@ -118,16 +118,16 @@ impl Prometheus {
             &format!("{}/api/v1/query", self.url),
             &[("query", promql)],
         )
-        .map_err(|err| Error::Other(format!("query URL: {err}")))?;
+        .map_err(Error::context("query URL"))?;
         let answer: Value = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|err| Error::Other(format!("querying Prometheus: {err}")))?
+            .map_err(Error::context("querying Prometheus"))?
             .json()
             .await
-            .map_err(|err| Error::Other(format!("Prometheus answer: {err}")))?;
+            .map_err(Error::context("Prometheus answer"))?;
         if answer["status"] != "success" {
             return Err(Error::Other(format!("{promql}: {answer}")));
         }

@@ -157,8 +157,8 @@ async fn serve(
 async fn apply_pool(client: &kube::Client, pool: &Path) -> Result<String> {
     let text =
         std::fs::read_to_string(pool).map_err(Error::io(format!("reading {}", pool.display())))?;
-    let manifest: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|err| Error::Other(format!("{}: {err}", pool.display())))?;
+    let manifest: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(Error::context(format!("{}", pool.display())))?;
     let name = manifest["metadata"]["name"]
         .as_str()
         .unwrap_or("demo")
@@ -170,6 +170,6 @@ async fn apply_pool(client: &kube::Client, pool: &Path) -> Result<String> {
             &Patch::Apply(&manifest),
         )
         .await
-        .map_err(|err| Error::Other(format!("applying {}: {err}", pool.display())))?;
+        .map_err(Error::context(format!("applying {}", pool.display())))?;
     Ok(name)
 }

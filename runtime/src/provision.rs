@@ -1,5 +1,5 @@
-//! Creates or updates a pool's NATS objects on a server. The operator calls this; tests and
-//! the local `make up` call it too. api and worker never create NATS objects themselves.
+//! Creates or updates a pool's NATS objects on a server. The operator calls this (and tests
+//! call it directly); api and worker never create NATS objects themselves.
 
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;

@@ -44,10 +44,6 @@ pub struct PodPool {
     stop_checks: Vec<tokio::task::JoinHandle<Option<String>>>,
 }
 
-fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> HarnessError {
-    move |err| HarnessError::Other(format!("{what}: {err}"))
-}
-
 impl PodPool {
     /// On the local `cluster`, installs the operator and applies a WorkPool with `spec`
     /// (its NATS URL set to the cluster's, or to a 3-node NATS cluster's with
@@ -81,11 +77,11 @@ impl PodPool {
             "apiVersion": "workpool.dev/v1alpha1", "kind": "WorkPool",
             "metadata": {"name": POOL}, "spec": spec,
         }))
-        .map_err(|err| HarnessError::Other(format!("the chaos WorkPool: {err}")))?;
+        .map_err(HarnessError::context("the chaos WorkPool"))?;
         Api::<WorkPool>::namespaced(cluster.client.clone(), &namespace)
             .create(&PostParams::default(), &pool)
             .await
-            .map_err(kube_error("creating the chaos WorkPool"))?;
+            .map_err(HarnessError::context("creating the chaos WorkPool"))?;
         let all_ready = |p: &WorkPool| {
             let status = p.status.as_ref();
             let ready =
@@ -170,7 +166,7 @@ impl PodPool {
         let list = pods
             .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=operator"))
             .await
-            .map_err(kube_error("listing the operator pod"))?;
+            .map_err(HarnessError::context("listing the operator pod"))?;
         list.items
             .first()
             .and_then(|pod| pod.metadata.namespace.clone())
@@ -246,7 +242,7 @@ impl PodPool {
                 }
                 self.patch_spec(json!({"worker": {"replicas": workers}}))
                     .await
-                    .map_err(kube_error("scaling the workers"))?;
+                    .map_err(HarnessError::context("scaling the workers"))?;
                 self.workers = workers;
                 format!("workers scaled to {workers}")
             }
@@ -294,7 +290,7 @@ impl PodPool {
             .pods()
             .get(pod)
             .await
-            .map_err(kube_error("reading a pod"))?
+            .map_err(HarnessError::context("reading a pod"))?
             .spec
             .and_then(|spec| spec.termination_grace_period_seconds)
             .unwrap_or(30);
@@ -303,7 +299,7 @@ impl PodPool {
         self.pods()
             .delete(pod, &DeleteParams::default().grace_period(0))
             .await
-            .map_err(kube_error("force-deleting a pod"))?;
+            .map_err(HarnessError::context("force-deleting a pod"))?;
         let (ns, deleted) = (self.namespace.clone(), pod.to_owned());
         self.stop_checks.push(tokio::spawn(async move {
             let pod = deleted;

@@ -203,9 +203,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         faults.push(done);
         *apis.write().unwrap_or_else(PoisonError::into_inner) = api_urls(&target);
     }
-    workload
-        .await
-        .map_err(|err| HarnessError::Other(format!("workload: {err}")))?;
+    workload.await.map_err(HarnessError::context("workload"))?;
     let mut history = Arc::try_unwrap(history)
         .map_err(|_| HarnessError::Other("workload still running".into()))?
         .into_inner()

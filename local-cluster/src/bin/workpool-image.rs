@@ -16,7 +16,7 @@ struct Args {
     /// Directory holding workpool-operator, workpool-api, workpool-worker and workpool-smoke
     #[arg(long)]
     binaries: PathBuf,
-    /// The pause binary [default: <binaries>/workpool-pause]
+    /// The pause binary [default: workpool-pause in the --binaries directory]
     #[arg(long)]
     pause: Option<PathBuf>,
     /// Where the two archives go

@@ -312,7 +312,7 @@ impl RealNode {
             containerd::wait_answering(&socket, Duration::from_secs(20), &containerd_log)
         })
         .await
-        .map_err(|err| Error::Other(format!("waiting for containerd: {err}")))?
+        .map_err(Error::context("waiting for containerd"))?
     }
 
     /// kubelet, with its KubeletConfiguration and the pods' default resolv.conf.
@@ -391,7 +391,7 @@ impl RealNode {
             Ok(())
         })
         .await
-        .map_err(|err| Error::Other(format!("importing images: {err}")))?
+        .map_err(Error::context("importing images"))?
     }
 
     /// The `kube-dns` Service (ClusterIP [`config::CLUSTER_DNS_IP`]) and the `kubernetes`
@@ -477,7 +477,7 @@ impl RealNode {
         let node = nodes
             .get(&self.node_name)
             .await
-            .map_err(|err| Error::Other(format!("reading node {}: {err}", self.node_name)))?;
+            .map_err(Error::context(format!("reading node {}", self.node_name)))?;
         let taints = node.spec.and_then(|spec| spec.taints).unwrap_or_default();
         let kept: Vec<_> = taints
             .iter()
@@ -494,7 +494,10 @@ impl RealNode {
                 &kube::api::Patch::Merge(&patch),
             )
             .await
-            .map_err(|err| Error::Other(format!("untainting node {}: {err}", self.node_name)))?;
+            .map_err(Error::context(format!(
+                "untainting node {}",
+                self.node_name
+            )))?;
         Ok(())
     }
 

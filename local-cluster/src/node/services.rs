@@ -30,10 +30,6 @@ impl HostPort {
     }
 }
 
-pub(super) fn kube_error(what: String) -> impl FnOnce(kube::Error) -> Error {
-    move |err| Error::Other(format!("{what}: {err}"))
-}
-
 /// A selector-less Service `namespace/name` (ClusterIP `cluster_ip`, or one the apiserver
 /// picks) whose endpoints are processes on the host, as pods reach them at [`HOST_IP`]:
 /// so pods find CoreDNS, NATS and the like by their DNS names.
@@ -53,11 +49,11 @@ pub async fn publish_host_service(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"clusterIP": cluster_ip, "ports": service_ports}
     }))
-    .map_err(|err| Error::Other(format!("the {name} Service: {err}")))?;
+    .map_err(Error::context(format!("the {name} Service")))?;
     Api::<Service>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &service)
         .await
-        .map_err(kube_error(format!("creating the {name} Service")))?;
+        .map_err(Error::context(format!("creating the {name} Service")))?;
     publish_host_endpoints(client, namespace, name, ports).await
 }
 
@@ -81,10 +77,12 @@ pub(super) async fn publish_host_endpoints(
         "endpoints": [{"addresses": [HOST_IP], "conditions": {"ready": true}}],
         "ports": slice_ports,
     }))
-    .map_err(|err| Error::Other(format!("the {service} EndpointSlice: {err}")))?;
+    .map_err(Error::context(format!("the {service} EndpointSlice")))?;
     Api::<EndpointSlice>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &slice)
         .await
-        .map_err(kube_error(format!("creating the {service} EndpointSlice")))?;
+        .map_err(Error::context(format!(
+            "creating the {service} EndpointSlice"
+        )))?;
     Ok(())
 }
