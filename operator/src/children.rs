@@ -1,5 +1,6 @@
-//! The Kubernetes objects one WorkPool owns, built as plain values (no API calls), so
-//! they are unit-tested and applied with one server-side-apply field manager.
+//! The Kubernetes objects one WorkPool owns, built as plain values (no API calls): the
+//! tests below check them without an apiserver, and the controller applies them with one
+//! server-side-apply field manager.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +16,11 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
 use workpool_core::PoolSpec;
 use workpool_core::crd::{PullPolicy, WorkPool};
+
+use crate::error::Error;
 
 /// Port of the api's HTTP server in its pod.
 pub const API_PORT: i32 = 8080;
@@ -61,6 +65,14 @@ impl Component {
             Component::Worker => WORKER_PORT,
         }
     }
+
+    /// The name of the container port (the Services' target port).
+    fn port_name(self) -> &'static str {
+        match self {
+            Component::Api => "http",
+            Component::Worker => "metrics",
+        }
+    }
 }
 
 /// Names of a pool's children.
@@ -84,6 +96,14 @@ pub fn deployed_spec(deployment: &Deployment) -> Option<PoolSpec> {
     let env = template.containers.first()?.env.as_ref()?;
     let text = env.iter().find(|e| e.name == SPEC_ENV)?.value.as_ref()?;
     PoolSpec::from_json(text).ok()
+}
+
+/// `spec` as the JSON of `WORKPOOL_SPEC`.
+#[allow(clippy::expect_used)]
+fn spec_json(spec: &PoolSpec) -> String {
+    // Plain structs with string keys, numbers, strings and humantime durations: nothing
+    // in a PoolSpec can fail to serialise.
+    serde_json::to_string(spec).expect("a PoolSpec always serialises")
 }
 
 /// Labels every child and pod carries.
@@ -145,7 +165,26 @@ pub struct PoolContext<'a> {
     pub image: &'a DefaultImage,
 }
 
-impl PoolContext<'_> {
+impl<'a> PoolContext<'a> {
+    /// The context of `pool`'s children, whose pods run `spec`. Fails only for a pool
+    /// the apiserver never handed out (no namespace or uid).
+    pub fn new(
+        pool: &'a WorkPool,
+        spec: &'a PoolSpec,
+        image: &'a DefaultImage,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            pool,
+            name: pool.name_any(),
+            namespace: pool.namespace().ok_or(Error::MissingField("namespace"))?,
+            owner: pool
+                .controller_owner_ref(&())
+                .ok_or(Error::MissingField("metadata.uid"))?,
+            spec,
+            image,
+        })
+    }
+
     fn meta(&self, name: String, component: Option<Component>) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),
@@ -243,10 +282,7 @@ impl PoolContext<'_> {
             from("POD_IP", "status.podIP"),
             from("WORKPOOL_NAMESPACE", "metadata.namespace"),
             value("WORKPOOL_POOL", self.name.clone()),
-            value(
-                SPEC_ENV,
-                serde_json::to_string(self.spec).unwrap_or_default(),
-            ),
+            value(SPEC_ENV, spec_json(self.spec)),
             value("WORKPOOL_LISTEN", format!("0.0.0.0:{}", component.port())),
             // Cluster membership: the ready endpoints of the headless worker Service
             // (and, for the cluster view, of the api Service).
@@ -312,8 +348,8 @@ impl PoolContext<'_> {
         (volumes, mounts)
     }
 
-    /// The api or worker Deployment with `replicas` pods.
-    pub fn deployment(&self, component: Component, replicas: i32) -> Deployment {
+    /// The api or worker container: its image, command, env, port, probes and mounts.
+    fn container(&self, component: Component) -> Container {
         let (image, pull_policy) = self.image();
         let probe = |path: &str| Probe {
             http_get: Some(HTTPGetAction {
@@ -329,19 +365,15 @@ impl PoolContext<'_> {
             Component::Api => self.pool.spec.api.resources.clone(),
             Component::Worker => self.pool.spec.worker.resources.clone(),
         };
-        let (volumes, mounts) = self.volumes(component);
-        let container = Container {
+        let (_, mounts) = self.volumes(component);
+        Container {
             name: component.as_str().into(),
             image: Some(image),
             image_pull_policy: Some(pull_policy),
             command: Some(vec![component.binary().into()]),
             env: Some(self.env(component)),
             ports: Some(vec![ContainerPort {
-                name: Some(if component == Component::Api {
-                    "http".into()
-                } else {
-                    "metrics".into()
-                }),
+                name: Some(component.port_name().into()),
                 container_port: component.port(),
                 ..Default::default()
             }]),
@@ -353,7 +385,35 @@ impl PoolContext<'_> {
             resources,
             volume_mounts: (!mounts.is_empty()).then_some(mounts),
             ..Default::default()
-        };
+        }
+    }
+
+    /// The pods of the api or worker Deployment.
+    fn pod_template(&self, component: Component) -> PodTemplateSpec {
+        let (volumes, _) = self.volumes(component);
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(&self.name, Some(component))),
+                annotations: Some(scrape_annotations(component.port())),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                service_account_name: Some(service_account_name(&self.name)),
+                containers: vec![self.container(component)],
+                volumes: (!volumes.is_empty()).then_some(volumes),
+                // Workers drain for up to 25s after SIGTERM.
+                termination_grace_period_seconds: Some(match component {
+                    Component::Api => 30,
+                    Component::Worker => 35,
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The api or worker Deployment with `replicas` pods, rolled one new pod at a time
+    /// and none down before its successor is ready.
+    pub fn deployment(&self, component: Component, replicas: i32) -> Deployment {
         Deployment {
             metadata: self.meta(deployment_name(&self.name, component), Some(component)),
             spec: Some(DeploymentSpec {
@@ -369,25 +429,7 @@ impl PoolContext<'_> {
                         max_surge: Some(IntOrString::Int(1)),
                     }),
                 }),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels(&self.name, Some(component))),
-                        annotations: Some(scrape_annotations(component.port())),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        service_account_name: Some(service_account_name(&self.name)),
-                        containers: vec![container],
-                        volumes: (!volumes.is_empty()).then_some(volumes),
-                        // Workers drain for up to 25s after SIGTERM.
-                        termination_grace_period_seconds: Some(if component == Component::Worker {
-                            35
-                        } else {
-                            30
-                        }),
-                        ..Default::default()
-                    }),
-                },
+                template: self.pod_template(component),
                 ..Default::default()
             }),
             ..Default::default()
@@ -406,7 +448,7 @@ impl PoolContext<'_> {
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
                     port: 80,
-                    target_port: Some(IntOrString::String("http".into())),
+                    target_port: Some(IntOrString::String(Component::Api.port_name().into())),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -425,7 +467,7 @@ impl PoolContext<'_> {
                 ports: Some(vec![ServicePort {
                     name: Some("metrics".into()),
                     port: WORKER_PORT,
-                    target_port: Some(IntOrString::String("metrics".into())),
+                    target_port: Some(IntOrString::String(Component::Worker.port_name().into())),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -454,31 +496,529 @@ impl PoolContext<'_> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+    use serde_json::json;
+
     use super::*;
+    use crate::fixtures::pool;
+
+    fn default_image() -> DefaultImage {
+        DefaultImage {
+            repository: "registry/workpool".into(),
+            tag: "1.2.3".into(),
+        }
+    }
+
+    /// Builds the children of `pool(spec)` and hands them to `check`.
+    fn with_children(spec: serde_json::Value, check: impl FnOnce(&PoolContext<'_>)) {
+        let pool = pool(spec);
+        let settings = pool.spec.pool_spec().expect("spec");
+        let image = default_image();
+        let context = PoolContext::new(&pool, &settings, &image).expect("context");
+        check(&context);
+    }
+
+    /// A pool with JWT auth on its api and NATS credentials.
+    fn secured() -> serde_json::Value {
+        json!({
+            "nats": {"url": "nats://nats:4222", "credentialsSecret": "nats-creds"},
+            "api": {"auth": {"jwtSecretRef": {"name": "jwt", "key": "hs256"}}},
+        })
+    }
+
+    fn pod_spec(deployment: &Deployment) -> &PodSpec {
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+    }
+
+    fn container(deployment: &Deployment) -> &Container {
+        let containers = &pod_spec(deployment).containers;
+        assert_eq!(containers.len(), 1, "one container per pod");
+        &containers[0]
+    }
+
+    /// The container's env as name -> value (or `fieldRef:<path>`).
+    fn env(deployment: &Deployment) -> BTreeMap<String, String> {
+        let vars = container(deployment).env.clone().unwrap_or_default();
+        let count = vars.len();
+        let env: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|var| {
+                let field = var
+                    .value_from
+                    .and_then(|from| from.field_ref)
+                    .map(|field| format!("fieldRef:{}", field.field_path));
+                (var.name, var.value.or(field).unwrap_or_default())
+            })
+            .collect();
+        assert_eq!(env.len(), count, "no env var twice");
+        env
+    }
+
+    fn every_meta(context: &PoolContext<'_>) -> Vec<ObjectMeta> {
+        vec![
+            context.service_account().metadata,
+            context.role().metadata,
+            context.role_binding().metadata,
+            context.deployment(Component::Api, 1).metadata,
+            context.deployment(Component::Worker, 1).metadata,
+            context.api_service().metadata,
+            context.worker_service().metadata,
+            context.disruption_budget(Component::Api).metadata,
+            context.disruption_budget(Component::Worker).metadata,
+        ]
+    }
 
     #[test]
-    fn a_deployment_gives_back_the_settings_it_was_built_with() {
-        let pool: WorkPool = serde_json::from_value(serde_json::json!({
-            "apiVersion": "workpool.dev/v1alpha1",
-            "kind": "WorkPool",
-            "metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
-            "spec": {"nats": {"url": "nats://nats:4222"}, "worker": {"concurrency": 7}},
-        }))
-        .expect("pool");
-        let spec = pool.spec.pool_spec().expect("spec");
-        let context = PoolContext {
-            pool: &pool,
-            name: "demo".into(),
-            namespace: "ns".into(),
-            owner: OwnerReference::default(),
-            spec: &spec,
-            image: &DefaultImage {
-                repository: "r".into(),
-                tag: "t".into(),
-            },
+    fn children_are_named_after_the_pool_in_its_namespace() {
+        with_children(json!({}), |context| {
+            let names: Vec<String> = every_meta(context)
+                .into_iter()
+                .map(|meta| {
+                    assert_eq!(meta.namespace.as_deref(), Some("ns"));
+                    meta.name.expect("name")
+                })
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "demo-workpool",
+                    "demo-workpool",
+                    "demo-workpool",
+                    "demo-api",
+                    "demo-worker",
+                    "demo-api",
+                    "demo-workers",
+                    "demo-api",
+                    "demo-worker",
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn every_child_is_controlled_by_its_pool_and_carries_its_labels() {
+        with_children(json!({}), |context| {
+            for meta in every_meta(context) {
+                let owners = meta.owner_references.expect("owner references");
+                assert_eq!(owners.len(), 1);
+                let owner = &owners[0];
+                assert_eq!(
+                    (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                    ("WorkPool", "demo", "u-1")
+                );
+                assert_eq!(owner.api_version, "workpool.dev/v1alpha1");
+                assert_eq!(owner.controller, Some(true), "garbage-collected with it");
+                let labels = meta.labels.expect("labels");
+                for (key, value) in [
+                    ("app.kubernetes.io/name", "workpool"),
+                    ("app.kubernetes.io/instance", "demo"),
+                    ("app.kubernetes.io/managed-by", "workpool-operator"),
+                ] {
+                    assert_eq!(labels.get(key).map(String::as_str), Some(value));
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_pool_without_namespace_or_uid_has_no_children() {
+        let mut nameless = pool(json!({}));
+        nameless.metadata.uid = None;
+        let spec = nameless.spec.pool_spec().expect("spec");
+        let image = default_image();
+        let err = PoolContext::new(&nameless, &spec, &image).expect_err("no uid");
+        assert!(matches!(err, Error::MissingField("metadata.uid")));
+        nameless.metadata.namespace = None;
+        let err = PoolContext::new(&nameless, &spec, &image).expect_err("no namespace");
+        assert!(matches!(err, Error::MissingField("namespace")));
+    }
+
+    #[test]
+    fn services_and_budgets_select_exactly_their_deployments_pods() {
+        with_children(json!({}), |context| {
+            let services = [context.api_service(), context.worker_service()];
+            for (component, service) in [Component::Api, Component::Worker]
+                .into_iter()
+                .zip(services)
+            {
+                let other = match component {
+                    Component::Api => Component::Worker,
+                    Component::Worker => Component::Api,
+                };
+                let deployment = context.deployment(component, 1);
+                let spec = deployment.spec.as_ref().expect("spec");
+                let selector = spec.selector.match_labels.clone().expect("selector");
+                let pods = spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone())
+                    .expect("pod labels");
+                let others = labels("demo", Some(other));
+                assert!(selector.iter().all(|(k, v)| pods.get(k) == Some(v)));
+                assert!(
+                    !selector.iter().all(|(k, v)| others.get(k) == Some(v)),
+                    "{} pods are not selected",
+                    other.as_str()
+                );
+                assert_eq!(
+                    service.spec.and_then(|s| s.selector).as_ref(),
+                    Some(&selector)
+                );
+                let budget = context.disruption_budget(component);
+                let budget_spec = budget.spec.expect("budget spec");
+                assert_eq!(
+                    budget_spec.selector.and_then(|s| s.match_labels).as_ref(),
+                    Some(&selector)
+                );
+                assert_eq!(budget_spec.max_unavailable, Some(IntOrString::Int(1)));
+                let text = selector_string("demo", component);
+                let parsed: BTreeMap<String, String> = text
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                assert_eq!(parsed, selector, "the status selector is the same");
+            }
+        });
+    }
+
+    #[test]
+    fn service_ports_reach_the_named_container_ports() {
+        with_children(json!({}), |context| {
+            for (component, service, port, cluster_ip) in [
+                (Component::Api, context.api_service(), 80, None),
+                (
+                    Component::Worker,
+                    context.worker_service(),
+                    WORKER_PORT,
+                    Some("None"),
+                ),
+            ] {
+                let spec = service.spec.expect("service spec");
+                assert_eq!(spec.cluster_ip.as_deref(), cluster_ip);
+                let ports = spec.ports.expect("ports");
+                assert_eq!(ports.len(), 1);
+                assert_eq!(ports[0].port, port);
+                let deployment = context.deployment(component, 1);
+                let container_ports = container(&deployment).ports.clone().expect("ports");
+                let IntOrString::String(target) = ports[0].target_port.clone().expect("target")
+                else {
+                    panic!("target port by name")
+                };
+                assert!(
+                    container_ports
+                        .iter()
+                        .any(|p| p.name.as_deref() == Some(&target)
+                            && p.container_port == component.port()),
+                    "{target} is a container port of {component:?}"
+                );
+            }
+            assert_eq!(
+                (Component::Api.port(), Component::Worker.port()),
+                (8080, 8081)
+            );
+        });
+    }
+
+    #[test]
+    fn pods_get_their_settings_and_identity_from_the_env() {
+        with_children(json!({"worker": {"concurrency": 7}}), |context| {
+            for component in [Component::Api, Component::Worker] {
+                let deployment = context.deployment(component, 1);
+                let env = env(&deployment);
+                let spec = PoolSpec::from_json(&env["WORKPOOL_SPEC"]).expect("spec JSON");
+                assert_eq!(&spec, context.spec, "WORKPOOL_SPEC round-trips");
+                assert_eq!(spec.worker.concurrency, 7);
+                assert_eq!(deployed_spec(&deployment).as_ref(), Some(context.spec));
+                for (name, value) in [
+                    ("POD_NAME", "fieldRef:metadata.name"),
+                    ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
+                    ("POD_IP", "fieldRef:status.podIP"),
+                    ("WORKPOOL_NAMESPACE", "fieldRef:metadata.namespace"),
+                    ("WORKPOOL_POOL", "demo"),
+                    ("WORKPOOL_WORKERS_SERVICE", "demo-workers"),
+                ] {
+                    assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+                }
+                let listen = format!("0.0.0.0:{}", component.port());
+                assert_eq!(env["WORKPOOL_LISTEN"], listen);
+                let (only_api, only_worker) = (
+                    env.get("WORKPOOL_API_SERVICE").map(String::as_str),
+                    env.get("WORKPOOL_DRAIN_TIMEOUT").map(String::as_str),
+                );
+                match component {
+                    Component::Api => assert_eq!((only_api, only_worker), (Some("demo-api"), None)),
+                    Component::Worker => assert_eq!((only_api, only_worker), (None, Some("25s"))),
+                }
+                assert!(!env.contains_key("WORKPOOL_JWT_SECRET_FILE"));
+                assert!(!env.contains_key("NATS_CREDS_FILE"));
+                assert_eq!(pod_spec(&deployment).volumes, None);
+                assert_eq!(container(&deployment).volume_mounts, None);
+            }
+        });
+    }
+
+    #[test]
+    fn secrets_are_mounted_where_their_env_vars_point() {
+        with_children(secured(), |context| {
+            let api = context.deployment(Component::Api, 1);
+            let worker = context.deployment(Component::Worker, 1);
+            let api_env = env(&api);
+            let worker_env = env(&worker);
+            assert_eq!(
+                api_env["WORKPOOL_JWT_SECRET_FILE"],
+                "/etc/workpool/auth/jwt-secret"
+            );
+            assert!(
+                !worker_env.contains_key("WORKPOOL_JWT_SECRET_FILE"),
+                "only the api checks tokens"
+            );
+            for env in [&api_env, &worker_env] {
+                assert_eq!(env["NATS_CREDS_FILE"], "/etc/workpool/nats/nats.creds");
+            }
+            // volume name -> (secret, key, path); mount name -> directory.
+            let volumes = |deployment: &Deployment| -> BTreeMap<String, (String, String, String)> {
+                pod_spec(deployment)
+                    .volumes
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|volume| {
+                        let secret = volume.secret.expect("a secret volume");
+                        let items = secret.items.expect("items");
+                        assert_eq!(items.len(), 1);
+                        let secret_name = secret.secret_name.expect("secret name");
+                        (
+                            volume.name,
+                            (secret_name, items[0].key.clone(), items[0].path.clone()),
+                        )
+                    })
+                    .collect()
+            };
+            let mounts = |deployment: &Deployment| -> BTreeMap<String, String> {
+                container(deployment)
+                    .volume_mounts
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|mount| {
+                        assert_eq!(mount.read_only, Some(true));
+                        (mount.name, mount.mount_path)
+                    })
+                    .collect()
+            };
+            let creds = (
+                "nats-creds".to_owned(),
+                "nats.creds".to_owned(),
+                "nats.creds".to_owned(),
+            );
+            assert_eq!(
+                volumes(&api),
+                BTreeMap::from([
+                    (
+                        "auth".to_owned(),
+                        (
+                            "jwt".to_owned(),
+                            "hs256".to_owned(),
+                            "jwt-secret".to_owned()
+                        )
+                    ),
+                    ("nats-creds".to_owned(), creds.clone()),
+                ])
+            );
+            assert_eq!(
+                mounts(&api),
+                BTreeMap::from([
+                    ("auth".to_owned(), AUTH_DIR.to_owned()),
+                    ("nats-creds".to_owned(), NATS_DIR.to_owned()),
+                ])
+            );
+            assert_eq!(
+                volumes(&worker),
+                BTreeMap::from([("nats-creds".to_owned(), creds)])
+            );
+            assert_eq!(
+                mounts(&worker),
+                BTreeMap::from([("nats-creds".to_owned(), NATS_DIR.to_owned())])
+            );
+        });
+    }
+
+    #[test]
+    fn probes_ask_readyz_and_healthz_on_the_component_port() {
+        with_children(json!({}), |context| {
+            for component in [Component::Api, Component::Worker] {
+                let deployment = context.deployment(component, 1);
+                let container = container(&deployment);
+                for (probe, path, delay) in [
+                    (&container.readiness_probe, "/readyz", None),
+                    (&container.liveness_probe, "/healthz", Some(5)),
+                ] {
+                    let probe = probe.as_ref().expect("probe");
+                    let get = probe.http_get.as_ref().expect("HTTP probe");
+                    assert_eq!(get.path.as_deref(), Some(path));
+                    assert_eq!(get.port, IntOrString::Int(component.port()));
+                    assert_eq!(probe.initial_delay_seconds, delay);
+                    assert_eq!(
+                        (probe.period_seconds, probe.failure_threshold),
+                        (Some(5), Some(3))
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn the_image_is_the_operators_unless_the_pool_names_one() {
+        let image_of = |spec: serde_json::Value| {
+            let mut seen = (String::new(), String::new());
+            with_children(spec, |context| {
+                let deployment = context.deployment(Component::Worker, 1);
+                let container = container(&deployment);
+                seen = (
+                    container.image.clone().expect("image"),
+                    container.image_pull_policy.clone().expect("pull policy"),
+                );
+            });
+            seen
         };
-        let deployment = context.deployment(Component::Worker, 2);
-        assert_eq!(deployed_spec(&deployment), Some(spec));
+        let pair = |image: &str, policy: &str| (image.to_owned(), policy.to_owned());
+        assert_eq!(
+            image_of(json!({})),
+            pair("registry/workpool:1.2.3", "IfNotPresent")
+        );
+        assert_eq!(
+            image_of(json!({"image": {"tag": "dev", "pullPolicy": "Never"}})),
+            pair("registry/workpool:dev", "Never")
+        );
+        assert_eq!(
+            image_of(json!({"image": {"repository": "mine/wp", "pullPolicy": "Always"}})),
+            pair("mine/wp:1.2.3", "Always")
+        );
+    }
+
+    #[test]
+    fn deployments_run_their_binary_with_the_replicas_asked_for() {
+        let spec = json!({
+            "worker": {"resources": {"limits": {"cpu": "2"}}},
+            "api": {"resources": {"requests": {"memory": "64Mi"}}},
+        });
+        with_children(spec, |context| {
+            for (component, replicas, binary, grace) in [
+                (Component::Api, 2, "workpool-api", 30),
+                (Component::Worker, 5, "workpool-worker", 35),
+            ] {
+                let deployment = context.deployment(component, replicas);
+                let spec = deployment.spec.as_ref().expect("spec");
+                assert_eq!(spec.replicas, Some(replicas));
+                let rolling = spec
+                    .strategy
+                    .as_ref()
+                    .and_then(|s| s.rolling_update.clone())
+                    .expect("rolling update");
+                assert_eq!(
+                    (rolling.max_unavailable, rolling.max_surge),
+                    (Some(IntOrString::Int(0)), Some(IntOrString::Int(1))),
+                    "no pod goes before its successor is ready"
+                );
+                let pod = pod_spec(&deployment);
+                assert_eq!(pod.service_account_name.as_deref(), Some("demo-workpool"));
+                assert_eq!(pod.termination_grace_period_seconds, Some(grace));
+                let container = container(&deployment);
+                assert_eq!(container.name, component.as_str());
+                assert_eq!(container.command, Some(vec![binary.to_owned()]));
+                let resources = match component {
+                    Component::Api => &context.pool.spec.api.resources,
+                    Component::Worker => &context.pool.spec.worker.resources,
+                };
+                assert!(resources.is_some());
+                assert_eq!(&container.resources, resources);
+                let annotations = spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.annotations.clone())
+                    .expect("annotations");
+                assert_eq!(annotations["prometheus.io/scrape"], "true");
+                assert_eq!(
+                    annotations["prometheus.io/port"],
+                    component.port().to_string()
+                );
+                assert_eq!(annotations["prometheus.io/path"], "/metrics");
+            }
+        });
+    }
+
+    #[test]
+    fn the_pods_may_read_endpointslices_and_pods_and_nothing_else() {
+        with_children(json!({}), |context| {
+            let rules = context.role().rules.expect("rules");
+            let granted: Vec<(String, String, Vec<String>)> = rules
+                .into_iter()
+                .map(|rule| {
+                    let group = rule.api_groups.expect("groups").join(",");
+                    let resources = rule.resources.expect("resources").join(",");
+                    (group, resources, rule.verbs)
+                })
+                .collect();
+            let read = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+            assert_eq!(
+                granted,
+                [
+                    (
+                        "discovery.k8s.io".to_owned(),
+                        "endpointslices".to_owned(),
+                        read()
+                    ),
+                    (String::new(), "pods".to_owned(), read()),
+                ]
+            );
+            let binding = context.role_binding();
+            assert_eq!(
+                (
+                    binding.role_ref.kind.as_str(),
+                    binding.role_ref.name.as_str()
+                ),
+                ("Role", "demo-workpool")
+            );
+            let subjects = binding.subjects.expect("subjects");
+            assert_eq!(subjects.len(), 1);
+            assert_eq!(
+                (
+                    subjects[0].kind.as_str(),
+                    subjects[0].name.as_str(),
+                    subjects[0].namespace.as_deref()
+                ),
+                ("ServiceAccount", "demo-workpool", Some("ns"))
+            );
+            assert_eq!(
+                context.service_account().metadata.name.as_deref(),
+                Some("demo-workpool")
+            );
+        });
+    }
+
+    #[test]
+    fn a_deployment_without_parseable_settings_has_none() {
         assert_eq!(deployed_spec(&Deployment::default()), None);
+        with_children(json!({}), |context| {
+            let mut deployment = context.deployment(Component::Worker, 1);
+            let pod = deployment
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .expect("pod spec");
+            for var in pod.containers[0].env.iter_mut().flatten() {
+                if var.name == SPEC_ENV {
+                    var.value = Some("{not json".into());
+                }
+            }
+            assert_eq!(deployed_spec(&deployment), None);
+        });
     }
 }

@@ -1,44 +1,40 @@
 //! The WorkPool controller: reconcile a pool into its children, NATS objects and status.
+//!
+//! This module does the talking (Kubernetes, NATS, events); what to roll out
+//! ([`crate::rollout`]), the status ([`crate::status`]) and when to look again
+//! ([`crate::requeue`]) are decided by plain functions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Mutex;
-use workpool_core::crd::{QueueStatus, ReplicaStatus, WorkPool, WorkPoolStatus};
+use workpool_core::crd::{WorkPool, WorkPoolStatus};
 use workpool_core::{PoolNames, PoolSpec};
 
 use crate::children::{self, Component, DefaultImage, PoolContext};
-use crate::error::Error;
+use crate::error::{CredentialsError, Error};
 use crate::metrics::OperatorMetrics;
-use crate::queue::{self, NatsClients, QueueFigures};
-use crate::status::{self, condition};
+use crate::queue::{self, NatsClients};
+use crate::requeue::{self, Failures};
+use crate::rollout::{self, QueueOutcome};
+use crate::status::{self, Observed, Pods};
 use crate::sweep::{self, SweepThrottle};
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "workpool-operator";
 /// Keeps a WorkPool until its NATS objects are gone (or retained).
 pub const FINALIZER: &str = "workpool.dev/nats-objects";
-/// How often a healthy pool is looked at again (queue figures, autoscaling).
-const RESYNC: Duration = Duration::from_secs(30);
-const RESYNC_AUTOSCALED: Duration = Duration::from_secs(10);
-/// First and longest delay before retrying a failed reconcile.
-const BACKOFF_FIRST: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// The retry interval while a pool's NATS is unreachable.
-const NATS_RETRY: Duration = Duration::from_secs(5);
 
 /// Handles shared by all reconciles.
 pub struct Context {
@@ -47,7 +43,8 @@ pub struct Context {
     pub metrics: Arc<OperatorMetrics>,
     pub nats: NatsClients,
     pub image: DefaultImage,
-    failures: Mutex<HashMap<String, u32>>,
+    /// Failed reconciles in a row per pool, for the backoff of `error_policy`.
+    failures: Failures,
     /// When each pool's stranded pending records were last swept.
     pub sweeps: SweepThrottle,
 }
@@ -65,10 +62,59 @@ impl Context {
             metrics,
             nats: NatsClients::default(),
             image,
-            failures: Mutex::default(),
+            failures: Failures::default(),
             sweeps: SweepThrottle::new(sweep::SWEEP_EVERY),
         }
     }
+}
+
+/// The recorder of this replica's events.
+pub fn recorder(client: &Client, identity: &str) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "workpool-operator".into(),
+            instance: Some(identity.to_owned()),
+        },
+    )
+}
+
+/// An Api over one namespace, or all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Reconciles the WorkPools of `namespace` (of all namespaces when `None`), and again
+/// whenever a Deployment or Service they own changes, until `until` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    until: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (client, namespace) = (ctx.client.clone(), namespace.as_deref());
+    Controller::new(
+        scoped::<WorkPool>(&client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        scoped::<Deployment>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(
+        scoped::<Service>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(until)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
 }
 
 pub(crate) fn key(pool: &WorkPool) -> String {
@@ -83,6 +129,7 @@ pub(crate) fn key(pool: &WorkPool) -> String {
 pub async fn reconcile(pool: Arc<WorkPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.timer();
     let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
+    let pool_key = key(&pool);
     let api: Api<WorkPool> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, pool, |event| async {
         match event {
@@ -91,68 +138,98 @@ pub async fn reconcile(pool: Arc<WorkPool>, ctx: Arc<Context>) -> Result<Action,
         }
     })
     .await
-    .map_err(|err| match err {
-        finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err,
-        finalizer::Error::AddFinalizer(err) | finalizer::Error::RemoveFinalizer(err) => {
-            Error::Kube(err)
-        }
-        other => Error::Finalizer(other.to_string()),
-    });
+    .map_err(Error::from);
     if result.is_ok() {
+        ctx.failures.forget(&pool_key);
         ctx.metrics.reconciled();
     }
     result
 }
 
-/// Failed reconciles are retried with exponential backoff; the error is counted and
+/// Failed reconciles are retried after [`requeue::retry_after`] (a backoff over the
+/// failures in a row, which a successful reconcile ends); the error is counted here and
 /// reported as a Warning event by `apply` itself.
 pub fn error_policy(pool: Arc<WorkPool>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error.category());
     tracing::warn!(pool = %key(&pool), category = error.category(), %error, "reconcile failed");
-    let failures = ctx.failures.try_lock().map(|mut map| {
-        let count = map.entry(key(&pool)).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    });
-    Action::requeue(retry_after(error, failures.unwrap_or(1)))
+    let failures = ctx.failures.record(&key(&pool));
+    Action::requeue(requeue::retry_after(error, failures))
 }
 
-/// How long after its `failures`-th failure in a row a pool is looked at again. An
-/// unreachable NATS is retried at a short fixed interval: the outage ends without any
-/// change to the pool, and the pool should be Ready again within seconds of NATS coming
-/// back, not after a backoff that grew while it was down.
-fn retry_after(error: &Error, failures: u32) -> Duration {
-    if matches!(error, Error::NatsUnreachable(_)) {
-        return NATS_RETRY;
+/// One reconcile of a pool that exists: NATS first, then the children with the
+/// settings NATS accepted, then status, events and when to look again.
+async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
+    let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
+    let name = pool.name_any();
+    let previous = pool.status.clone().unwrap_or_default();
+    let spec = match pool.spec.pool_spec() {
+        Ok(spec) => spec,
+        Err(err) => return report_stuck(pool, ctx, &previous, &Error::InvalidSpec(err)).await,
+    };
+    let names = PoolNames::new(&namespace, &name).map_err(Error::InvalidName)?;
+    let outcome = reach_queue(ctx, &namespace, pool, &names, &spec).await;
+
+    let current = current_deployments(ctx, &namespace, &name).await?;
+    let current_workers = current.worker_replicas();
+    let workers = rollout::desired_workers(&pool.spec.worker, &outcome.figures, current_workers);
+    let rollout = rollout::rollout_spec(&outcome, &spec, current.deployed_spec());
+    let held = rollout::held_back(&outcome, &spec, rollout.as_ref());
+    let context = PoolContext::new(pool, &spec, &ctx.image)?;
+    let deployments = apply_children(ctx, &context, rollout.as_ref(), current, workers).await?;
+
+    let seen = Observed {
+        namespace: &namespace,
+        name: &name,
+        generation: pool.metadata.generation,
+        queue: &outcome,
+        held,
+        api: Pods {
+            ready: ready_count(deployments.api.as_ref()),
+            wanted: pool.spec.api.replicas,
+        },
+        workers: Pods {
+            ready: ready_count(deployments.worker.as_ref()),
+            wanted: workers,
+        },
+    };
+    let status = status::pool_status(&seen, &previous);
+    patch_status(ctx, &namespace, &name, &status).await?;
+    let figures = outcome.figures.as_ref().ok().copied();
+    ctx.metrics.queue(&namespace, &name, figures);
+    publish_reconcile_events(ctx, pool, &previous, &seen, current_workers).await;
+    log_reconciled(pool, &previous, &status, &outcome);
+    requeue::after_reconcile(outcome.figures, pool.spec.worker.autoscale.is_some())
+}
+
+/// Provisions the pool's NATS objects and reads its queue figures (sweeping stranded
+/// records while NATS is at hand).
+async fn reach_queue(
+    ctx: &Context,
+    namespace: &str,
+    pool: &WorkPool,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> QueueOutcome {
+    let js = match nats_credentials(ctx, namespace, pool).await {
+        Ok(credentials) => ctx.nats.jetstream(&spec.nats.url, credentials).await,
+        Err(err) => Err(err),
+    };
+    let js = match js {
+        Ok(js) => js,
+        Err(err) => return QueueOutcome::failed(err),
+    };
+    if let Err(err) = queue::ensure(&js, names, spec).await {
+        return QueueOutcome::failed(err);
     }
-    let exponent = failures.saturating_sub(1).min(10);
-    (BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX)
+    let figures = queue::figures(&js, names, spec).await;
+    sweep::sweep_if_due(ctx, pool, &js, names, spec).await;
+    QueueOutcome {
+        accepted: true,
+        figures,
+    }
 }
 
-async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + Serialize
-        + DeserializeOwned,
-    K::DynamicType: Default,
-{
-    let name = object
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await?)
-}
-
+/// The pool's NATS credentials, from the Secret its spec names (if it names one).
 pub(crate) async fn nats_credentials(
     ctx: &Context,
     namespace: &str,
@@ -163,10 +240,11 @@ pub(crate) async fn nats_credentials(
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     // Gone (for example with its namespace) is a credentials problem, not an API error.
-    let secret = secrets
-        .get_opt(secret_name)
-        .await?
-        .ok_or_else(|| Error::NatsCredentials(format!("secret {secret_name} not found")))?;
+    let secret = secrets.get_opt(secret_name).await?.ok_or_else(|| {
+        Error::NatsCredentials(CredentialsError::SecretNotFound {
+            secret: secret_name.clone(),
+        })
+    })?;
     let creds = secret
         .data
         .and_then(|data| {
@@ -174,123 +252,35 @@ pub(crate) async fn nats_credentials(
                 .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
         })
         .ok_or_else(|| {
-            Error::NatsCredentials(format!("secret {secret_name} has no key nats.creds"))
+            Error::NatsCredentials(CredentialsError::KeyMissing {
+                secret: secret_name.clone(),
+            })
         })?;
     Ok(Some(creds))
-}
-
-fn ready_count(deployment: &Deployment) -> i32 {
-    deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0)
-}
-
-pub(crate) async fn publish(
-    ctx: &Context,
-    pool: &WorkPool,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        tracing::debug!(%err, "event not published");
-    }
-}
-
-/// What NATS said about a pool's spec, and the queue figures when it answered.
-struct QueueOutcome {
-    /// NATS accepted the stream, bucket and consumers of this spec.
-    accepted: bool,
-    figures: Result<QueueFigures, Error>,
-}
-
-impl QueueOutcome {
-    /// NATS answered and refused the spec (as opposed to not answering).
-    fn refused(&self) -> bool {
-        matches!(self.figures, Err(Error::NatsConfigRejected(_)))
-    }
-}
-
-/// Provisions the pool's NATS objects and reads its queue figures.
-async fn reach_queue(
-    ctx: &Context,
-    namespace: &str,
-    pool: &WorkPool,
-    names: &PoolNames,
-    spec: &PoolSpec,
-) -> QueueOutcome {
-    let failed = |err| QueueOutcome {
-        accepted: false,
-        figures: Err(err),
-    };
-    let js = match nats_credentials(ctx, namespace, pool).await {
-        Ok(credentials) => ctx.nats.jetstream(&spec.nats.url, credentials).await,
-        Err(err) => Err(err),
-    };
-    let js = match js {
-        Ok(js) => js,
-        Err(err) => return failed(err),
-    };
-    if let Err(err) = queue::ensure(&js, names, spec).await {
-        return failed(err);
-    }
-    let figures = queue::figures(&js, names, spec).await;
-    sweep::sweep_if_due(ctx, pool, &js, names, spec).await;
-    QueueOutcome {
-        accepted: true,
-        figures,
-    }
-}
-
-/// The settings the api and worker Deployments get: the new ones once NATS accepted
-/// them; none while NATS refuses them (the Deployments stay as they are, so no pod ever
-/// runs a refused spec); while NATS does not answer, the settings the pods already run
-/// (only replicas, image and resources follow the WorkPool), or the new ones for a pool
-/// that has no pods yet.
-fn rollout_spec(
-    outcome: &QueueOutcome,
-    spec: &PoolSpec,
-    deployed: Option<PoolSpec>,
-) -> Option<PoolSpec> {
-    if outcome.accepted {
-        Some(spec.clone())
-    } else if outcome.refused() {
-        None
-    } else {
-        Some(deployed.unwrap_or_else(|| spec.clone()))
-    }
-}
-
-/// Why the pods do not get the new settings, if they do not.
-fn held_back(
-    outcome: &QueueOutcome,
-    spec: &PoolSpec,
-    rollout: Option<&PoolSpec>,
-) -> Option<&'static str> {
-    match rollout {
-        _ if outcome.accepted => None,
-        None => Some("the api and worker Deployments stay as they are until NATS accepts the spec"),
-        Some(rolled) if rolled != spec => {
-            Some("the pods keep the settings NATS last accepted until NATS answers")
-        }
-        Some(_) => None,
-    }
 }
 
 /// A pool's api and worker Deployments.
 struct Deployments {
     api: Option<Deployment>,
     worker: Option<Deployment>,
+}
+
+impl Deployments {
+    /// The replicas the worker Deployment asks for now.
+    fn worker_replicas(&self) -> Option<i32> {
+        self.worker.as_ref().and_then(|d| d.spec.as_ref()?.replicas)
+    }
+
+    /// The settings the worker pods run with now.
+    fn deployed_spec(&self) -> Option<PoolSpec> {
+        self.worker.as_ref().and_then(children::deployed_spec)
+    }
+}
+
+fn ready_count(deployment: Option<&Deployment>) -> i32 {
+    deployment
+        .and_then(|d| d.status.as_ref()?.ready_replicas)
+        .unwrap_or(0)
 }
 
 async fn current_deployments(
@@ -307,25 +297,6 @@ async fn current_deployments(
             .get_opt(&children::deployment_name(name, Component::Worker))
             .await?,
     })
-}
-
-/// Workers wanted: the autoscaler's choice while `autoscale` is set, else the spec's.
-fn desired_workers(
-    pool: &WorkPool,
-    figures: &Result<QueueFigures, Error>,
-    current: Option<i32>,
-) -> i32 {
-    match (&pool.spec.worker.autoscale, figures) {
-        (Some(scale), Ok(figures)) => queue::autoscaled_replicas(
-            figures.backlog(),
-            scale.target_backlog_per_replica,
-            scale.min,
-            scale.max,
-        ),
-        // Without a backlog reading, keep what runs now: never guess.
-        (Some(scale), Err(_)) => current.unwrap_or(scale.min),
-        (None, _) => pool.spec.worker.replicas,
-    }
 }
 
 /// Applies every Kubernetes child; the Deployments only with `rollout` settings (without
@@ -365,303 +336,28 @@ async fn apply_children(
     Ok(deployments)
 }
 
-async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
-    let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
-    let name = pool.name_any();
-    let previous = pool.status.clone().unwrap_or_default();
-
-    let spec = match pool.spec.pool_spec() {
-        Ok(spec) => spec,
-        Err(err) => {
-            let error = Error::InvalidSpec(err.to_string());
-            report_stuck(pool, ctx, &previous, &error).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    let names =
-        PoolNames::new(&namespace, &name).map_err(|err| Error::InvalidSpec(err.to_string()))?;
-    let outcome = reach_queue(ctx, &namespace, pool, &names, &spec).await;
-
-    let current = current_deployments(ctx, &namespace, &name).await?;
-    let current_workers = current
-        .worker
-        .as_ref()
-        .and_then(|d| d.spec.as_ref()?.replicas);
-    let desired_workers = desired_workers(pool, &outcome.figures, current_workers);
-    let deployed = current.worker.as_ref().and_then(children::deployed_spec);
-    let rollout = rollout_spec(&outcome, &spec, deployed);
-    let held = held_back(&outcome, &spec, rollout.as_ref());
-    let context = PoolContext {
-        pool,
-        name: name.clone(),
-        namespace: namespace.clone(),
-        owner: pool
-            .controller_owner_ref(&())
-            .ok_or(Error::MissingField("metadata.uid"))?,
-        spec: &spec,
-        image: &ctx.image,
-    };
-    let deployments =
-        apply_children(ctx, &context, rollout.as_ref(), current, desired_workers).await?;
-
-    let ready = Readiness {
-        api: deployments.api.as_ref().map_or(0, ready_count),
-        workers: deployments.worker.as_ref().map_or(0, ready_count),
-        desired_workers,
-    };
-    let status = pool_status(pool, &previous, &outcome, &ready, held);
-    patch_status(ctx, &namespace, &name, &status).await?;
-    ctx.metrics
-        .queue(&namespace, &name, outcome.figures.as_ref().ok().copied());
-    announce(pool, ctx, &previous, &status, &outcome, current_workers).await;
-    finish(pool, ctx, outcome, held).await
-}
-
-/// Ready pods of a pool and the workers it wants.
-struct Readiness {
-    api: i32,
-    workers: i32,
-    desired_workers: i32,
-}
-
-/// The pool's status after a reconcile.
-fn pool_status(
-    pool: &WorkPool,
-    previous: &WorkPoolStatus,
-    outcome: &QueueOutcome,
-    ready: &Readiness,
-    held: Option<&str>,
-) -> WorkPoolStatus {
-    let name = pool.name_any();
-    let namespace = pool.namespace().unwrap_or_default();
-    let figures = outcome.figures.as_ref().ok();
-    WorkPoolStatus {
-        observed_generation: pool.metadata.generation,
-        conditions: conditions(pool, previous, outcome, ready, held),
-        api: Some(ReplicaStatus::new(
-            ready.api,
-            pool.spec.api.replicas,
-            children::selector_string(&name, Component::Api),
-        )),
-        workers: Some(ReplicaStatus::new(
-            ready.workers,
-            ready.desired_workers,
-            children::selector_string(&name, Component::Worker),
-        )),
-        queue: figures
-            .map(|f| QueueStatus {
-                pending: f.pending,
-                in_flight: f.in_flight,
-                dead_letters: f.dead_letters,
-            })
-            .or(previous.queue.clone()),
-        endpoint: Some(format!(
-            "http://{}.{namespace}.svc",
-            children::deployment_name(&name, Component::Api)
-        )),
-        provisioned_generation: if outcome.accepted {
-            pool.metadata.generation
-        } else {
-            previous.provisioned_generation
-        },
-    }
-}
-
-fn conditions(
-    pool: &WorkPool,
-    previous: &WorkPoolStatus,
-    outcome: &QueueOutcome,
-    ready: &Readiness,
-    held: Option<&str>,
-) -> Vec<Condition> {
-    let generation = pool.metadata.generation;
-    let make = |kind, ok, reason: &str, message| {
-        condition(kind, ok, reason, message, generation, &previous.conditions)
-    };
-    let (api_wanted, workers_wanted) = (pool.spec.api.replicas, ready.desired_workers);
-    let api_ok = ready.api >= api_wanted.min(1);
-    let workers_ok = ready.workers >= workers_wanted.min(1);
-    let queue_ok = outcome.figures.is_ok();
-    let ready_reason = match (queue_ok, api_ok, workers_ok) {
-        (true, true, true) => "Ready",
-        (false, _, _) => "QueueNotReady",
-        (_, false, _) => "ApiUnavailable",
-        _ => "WorkersUnavailable",
-    };
-    let availability = |ok| {
-        if ok {
-            "MinimumReplicasAvailable"
-        } else {
-            "MinimumReplicasUnavailable"
-        }
-    };
-    let queue = match &outcome.figures {
-        Ok(_) => make(
-            status::QUEUE_READY,
-            true,
-            "Provisioned",
-            "stream, bucket and consumers match the spec".into(),
-        ),
-        Err(err) => make(
-            status::QUEUE_READY,
-            false,
-            err.category(),
-            with_note(err, held),
-        ),
-    };
-    vec![
-        make(
-            status::READY,
-            queue_ok && api_ok && workers_ok,
-            ready_reason,
-            format!(
-                "api {}/{api_wanted}, workers {}/{workers_wanted}",
-                ready.api, ready.workers
-            ),
-        ),
-        queue,
-        make(
-            status::API_AVAILABLE,
-            api_ok,
-            availability(api_ok),
-            format!("{} of {api_wanted} api pods ready", ready.api),
-        ),
-        make(
-            status::WORKERS_AVAILABLE,
-            workers_ok,
-            availability(workers_ok),
-            format!("{} of {workers_wanted} worker pods ready", ready.workers),
-        ),
-    ]
-}
-
-fn with_note(err: &Error, note: Option<&str>) -> String {
-    match note {
-        Some(note) => format!("{err}; {note}"),
-        None => err.to_string(),
-    }
-}
-
-/// The Normal events of a reconcile and its log line.
-async fn announce(
-    pool: &WorkPool,
-    ctx: &Context,
-    previous: &WorkPoolStatus,
-    status: &WorkPoolStatus,
-    outcome: &QueueOutcome,
-    current_workers: Option<i32>,
-) {
-    let generation = pool.metadata.generation;
-    let desired_workers = status.workers.as_ref().map_or(0, |w| w.desired);
-    let figures = outcome.figures.as_ref().ok();
-    if outcome.accepted && previous.provisioned_generation != generation {
-        let note = format!(
-            "generation {} applied: api {}, workers {desired_workers}",
-            generation.unwrap_or(0),
-            pool.spec.api.replicas
-        );
-        publish(ctx, pool, EventType::Normal, "Applied", "Reconcile", note).await;
-    }
-    if pool.spec.worker.autoscale.is_some()
-        && current_workers.is_some_and(|current| current != desired_workers)
-    {
-        let note = format!(
-            "workers {} -> {desired_workers} for a backlog of {}",
-            current_workers.unwrap_or(0),
-            figures.map_or(0, |f| f.backlog())
-        );
-        publish(ctx, pool, EventType::Normal, "Scaled", "Autoscale", note).await;
-    }
-    let changed = status::changes(previous, status);
-    let ready = status.conditions.first().map(|c| c.reason.as_str());
-    tracing::info!(
-        pool = %key(pool), generation,
-        api_ready = status.api.as_ref().map(|a| a.ready),
-        workers_ready = status.workers.as_ref().map(|w| w.ready), desired_workers,
-        pending = figures.map(|f| f.pending), in_flight = figures.map(|f| f.in_flight),
-        dead_letters = figures.map(|f| f.dead_letters), result = ready,
-        changed = %if changed.is_empty() { "nothing".to_owned() } else { changed.join("; ") },
-        "reconciled"
-    );
-}
-
-/// The end of a reconcile: a Warning for a queue problem, and when to look again.
-async fn finish(
-    pool: &WorkPool,
-    ctx: &Context,
-    outcome: QueueOutcome,
-    held: Option<&str>,
-) -> Result<Action, Error> {
-    match outcome.figures {
-        Err(err) => {
-            let note = with_note(&err, held);
-            publish(
-                ctx,
-                pool,
-                EventType::Warning,
-                err.category(),
-                "Reconcile",
-                note,
-            )
-            .await;
-            if err.is_permanent() {
-                // NATS refuses this spec: retrying will not help until the spec changes.
-                Ok(Action::await_change())
-            } else {
-                Err(err)
-            }
-        }
-        Ok(_) => {
-            ctx.failures.lock().await.remove(&key(pool));
-            Ok(Action::requeue(if pool.spec.worker.autoscale.is_some() {
-                RESYNC_AUTOSCALED
-            } else {
-                RESYNC
-            }))
-        }
-    }
-}
-
-/// Reports an error that retrying cannot fix as conditions and a Warning event.
-async fn report_stuck(
-    pool: &WorkPool,
-    ctx: &Context,
-    previous: &WorkPoolStatus,
-    error: &Error,
-) -> Result<(), Error> {
-    let generation = pool.metadata.generation;
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    status.conditions = vec![
-        condition(
-            status::READY,
-            false,
-            error.category(),
-            error.to_string(),
-            generation,
-            &previous.conditions,
-        ),
-        condition(
-            status::QUEUE_READY,
-            false,
-            error.category(),
-            error.to_string(),
-            generation,
-            &previous.conditions,
-        ),
-    ];
-    let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
-    patch_status(ctx, &namespace, &pool.name_any(), &status).await?;
-    publish(
-        ctx,
-        pool,
-        EventType::Warning,
-        error.category(),
-        "Reconcile",
-        error.to_string(),
-    )
-    .await;
-    Ok(())
+async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
 }
 
 pub(crate) async fn patch_status(
@@ -685,55 +381,93 @@ pub(crate) async fn patch_status(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(figures: Result<QueueFigures, Error>) -> QueueOutcome {
-        QueueOutcome {
-            accepted: figures.is_ok(),
-            figures,
-        }
+pub(crate) async fn publish(
+    ctx: &Context,
+    pool: &WorkPool,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::debug!(%err, "event not published");
     }
+}
 
-    #[test]
-    fn an_unreachable_nats_is_retried_at_a_fixed_interval_however_long_it_lasts() {
-        let down = Error::NatsUnreachable("connection refused".into());
-        for failures in [1, 5, 50] {
-            assert_eq!(retry_after(&down, failures), NATS_RETRY);
-        }
-        let refused = Error::NatsConfigRejected("no".into());
-        assert_eq!(retry_after(&refused, 1), BACKOFF_FIRST);
-        assert_eq!(retry_after(&refused, 3), BACKOFF_FIRST * 4);
-        assert_eq!(retry_after(&refused, 50), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn only_settings_nats_accepted_reach_the_pods() {
-        let old = PoolSpec::from_json(r#"{"worker": {"concurrency": 2}}"#).expect("old");
-        let new = PoolSpec::from_json(r#"{"worker": {"concurrency": 8}}"#).expect("new");
-        let accepted = outcome(Ok(QueueFigures::default()));
-        assert_eq!(
-            rollout_spec(&accepted, &new, Some(old.clone())),
-            Some(new.clone())
+/// The events of a reconcile: `Applied` when NATS accepted a new generation, `Scaled`
+/// when the autoscaler changed the worker count from `current_workers`, a Warning for a
+/// queue problem.
+async fn publish_reconcile_events(
+    ctx: &Context,
+    pool: &WorkPool,
+    previous: &WorkPoolStatus,
+    seen: &Observed<'_>,
+    current_workers: Option<i32>,
+) {
+    let (generation, outcome, workers) = (seen.generation, seen.queue, seen.workers.wanted);
+    if outcome.accepted && previous.provisioned_generation != generation {
+        let note = format!(
+            "generation {} applied: api {}, workers {workers}",
+            generation.unwrap_or(0),
+            pool.spec.api.replicas
         );
-        assert_eq!(held_back(&accepted, &new, Some(&new)), None);
-
-        let refused = outcome(Err(Error::NatsConfigRejected("no".into())));
-        assert_eq!(rollout_spec(&refused, &new, Some(old.clone())), None);
-        assert_eq!(
-            rollout_spec(&refused, &new, None),
-            None,
-            "no pods for a refused spec"
-        );
-        assert!(held_back(&refused, &new, None).is_some());
-
-        let down = outcome(Err(Error::NatsUnreachable("down".into())));
-        let kept = rollout_spec(&down, &new, Some(old.clone()));
-        assert_eq!(kept, Some(old), "pods keep what NATS last accepted");
-        assert!(held_back(&down, &new, kept.as_ref()).is_some());
-        let fresh = rollout_spec(&down, &new, None);
-        assert_eq!(fresh, Some(new.clone()), "a pool without pods gets them");
-        assert_eq!(held_back(&down, &new, fresh.as_ref()), None);
+        publish(ctx, pool, EventType::Normal, "Applied", "Reconcile", note).await;
     }
+    if let (Some(_), Some(current)) = (&pool.spec.worker.autoscale, current_workers)
+        && current != workers
+    {
+        let backlog = outcome.figures.as_ref().map_or(0, |f| f.backlog());
+        let note = format!("workers {current} -> {workers} for a backlog of {backlog}");
+        publish(ctx, pool, EventType::Normal, "Scaled", "Autoscale", note).await;
+    }
+    if let Err(err) = &outcome.figures {
+        let note = status::queue_message(err, seen.held);
+        let reason = err.category();
+        publish(ctx, pool, EventType::Warning, reason, "Reconcile", note).await;
+    }
+}
+
+/// The one log line of a reconcile: the figures and what changed.
+fn log_reconciled(
+    pool: &WorkPool,
+    previous: &WorkPoolStatus,
+    status: &WorkPoolStatus,
+    outcome: &QueueOutcome,
+) {
+    let figures = outcome.figures.as_ref().ok();
+    let changed = status::changes(previous, status);
+    let ready = status.conditions.first().map(|c| c.reason.as_str());
+    tracing::info!(
+        pool = %key(pool), generation = pool.metadata.generation,
+        api_ready = status.api.as_ref().map(|a| a.ready),
+        workers_ready = status.workers.as_ref().map(|w| w.ready),
+        desired_workers = status.workers.as_ref().map(|w| w.desired),
+        pending = figures.map(|f| f.pending), in_flight = figures.map(|f| f.in_flight),
+        dead_letters = figures.map(|f| f.dead_letters), result = ready,
+        changed = %if changed.is_empty() { "nothing".to_owned() } else { changed.join("; ") },
+        "reconciled"
+    );
+}
+
+/// Reports an error that retrying cannot fix as conditions and a Warning event, and
+/// waits for the pool to change.
+async fn report_stuck(
+    pool: &WorkPool,
+    ctx: &Context,
+    previous: &WorkPoolStatus,
+    error: &Error,
+) -> Result<Action, Error> {
+    let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
+    let status = status::stuck_status(previous, pool.metadata.generation, error);
+    patch_status(ctx, &namespace, &pool.name_any(), &status).await?;
+    let (reason, note) = (error.category(), error.to_string());
+    publish(ctx, pool, EventType::Warning, reason, "Reconcile", note).await;
+    Ok(Action::await_change())
 }

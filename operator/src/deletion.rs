@@ -10,7 +10,7 @@ use workpool_core::crd::{DeletionPolicy, WorkPool};
 use crate::controller::{Context, key, nats_credentials, patch_status, publish};
 use crate::error::Error;
 use crate::queue::{self, redact};
-use crate::status::{self, condition};
+use crate::status;
 
 /// Annotation that releases a WorkPool being deleted without deleting its NATS objects,
 /// when set to [`ABANDON`].
@@ -31,8 +31,7 @@ pub async fn cleanup(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         publish(ctx, pool, EventType::Normal, "Retained", "Cleanup", note).await;
         return Ok(Action::await_change());
     }
-    let names =
-        PoolNames::new(&namespace, &name).map_err(|err| Error::InvalidSpec(err.to_string()))?;
+    let names = PoolNames::new(&namespace, &name).map_err(Error::InvalidName)?;
     let objects = format!("stream {} and bucket {}", names.stream(), names.bucket());
     let url = redact(&pool.spec.nats.url);
     if abandoned(pool) {
@@ -95,17 +94,12 @@ async fn report_waiting(
     message: String,
 ) -> Result<(), Error> {
     let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
-    let mut status = pool.status.clone().unwrap_or_default();
-    let deleting = condition(
-        status::DELETING,
-        true,
-        err.category(),
-        message.clone(),
+    let status = status::deleting_status(
+        pool.status.clone().unwrap_or_default(),
         pool.metadata.generation,
-        &status.conditions,
+        err,
+        message.clone(),
     );
-    status.conditions.retain(|c| c.type_ != status::DELETING);
-    status.conditions.push(deleting);
     patch_status(ctx, &namespace, &pool.name_any(), &status).await?;
     publish(
         ctx,

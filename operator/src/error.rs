@@ -1,24 +1,108 @@
 //! Errors of a reconcile. Each has a stable category: the metric label and the reason of
 //! the Warning event and condition.
+//!
+//! The messages end up in conditions, events and logs, so each names what it was about
+//! (a redacted server URL, a stream, a consumer, a Secret) and includes its source's
+//! message; the source stays reachable through [`std::error::Error::source`] as well.
+
+use async_nats::jetstream;
+use kube::runtime::finalizer;
+use workpool_core::crd::InvalidSpec;
+use workpool_core::names::InvalidName;
+use workpool_core::provision::ProvisionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the spec cannot be used: {0}")]
-    InvalidSpec(String),
+    InvalidSpec(#[source] InvalidSpec),
+    /// The namespace or pool name cannot name NATS objects.
+    #[error("the spec cannot be used: {0}")]
+    InvalidName(#[source] InvalidName),
     #[error("NATS unreachable: {0}")]
-    NatsUnreachable(String),
+    NatsUnreachable(#[source] NatsError),
     #[error("NATS refused the configuration: {0}")]
-    NatsConfigRejected(String),
+    NatsConfigRejected(#[source] ProvisionError),
     #[error("NATS credentials: {0}")]
-    NatsCredentials(String),
+    NatsCredentials(#[source] CredentialsError),
+    /// JetStream answered, but a stream or consumer the figures are read from is missing.
     #[error("reading queue figures: {0}")]
-    QueueFigures(String),
+    QueueFigures(#[source] NatsError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The finalizer machinery itself failed (not the apply or cleanup it ran).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("the object has no {0}")]
     MissingField(&'static str),
+}
+
+/// A request to a pool's NATS and what went wrong with it, with the client's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The shared client lost its connection and is reconnecting on its own.
+    #[error("{server}: not connected (reconnecting)")]
+    Reconnecting { server: String },
+    #[error("{server}: connection timed out")]
+    ConnectTimeout { server: String },
+    #[error("{server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Provisioning or deprovisioning failed without a refusal from NATS.
+    #[error(transparent)]
+    Provision(ProvisionError),
+    #[error("stream {stream}: {source}")]
+    GetStream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("stream {stream}: {source}")]
+    StreamInfo {
+        stream: String,
+        #[source]
+        source: jetstream::stream::InfoError,
+    },
+    #[error("consumer {consumer}: {source}")]
+    GetConsumer {
+        consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("consumer {consumer}: {source}")]
+    ConsumerInfo {
+        consumer: String,
+        #[source]
+        source: jetstream::context::ConsumerInfoError,
+    },
+}
+
+/// Why a pool's NATS credentials could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("secret {secret} not found")]
+    SecretNotFound { secret: String },
+    #[error("secret {secret} has no key nats.creds")]
+    KeyMissing { secret: String },
+    /// The client could not read the credentials file's content.
+    #[error(transparent)]
+    Unreadable(std::io::Error),
+}
+
+impl From<finalizer::Error<Error>> for Error {
+    /// The apply's or cleanup's own error as it is; a failed finalizer patch as the
+    /// Kubernetes API error it is.
+    fn from(err: finalizer::Error<Error>) -> Self {
+        match err {
+            finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err,
+            finalizer::Error::AddFinalizer(err) | finalizer::Error::RemoveFinalizer(err) => {
+                Error::Kube(err)
+            }
+            other => Error::Finalizer(Box::new(other)),
+        }
+    }
 }
 
 impl Error {
@@ -37,7 +121,7 @@ impl Error {
 
     pub fn category(&self) -> &'static str {
         match self {
-            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::InvalidSpec(_) | Error::InvalidName(_) => "InvalidSpec",
             Error::NatsUnreachable(_) => "NatsUnreachable",
             Error::NatsConfigRejected(_) => "NatsConfigRejected",
             Error::NatsCredentials(_) => "NatsCredentials",
@@ -51,6 +135,126 @@ impl Error {
     /// Errors that another attempt with the same spec cannot fix: reported as a
     /// condition, not retried in a loop.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::InvalidSpec(_) | Error::NatsConfigRejected(_))
+        matches!(
+            self,
+            Error::InvalidSpec(_) | Error::InvalidName(_) | Error::NatsConfigRejected(_)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn unreachable() -> NatsError {
+        NatsError::Reconnecting {
+            server: "nats://nats:4222".into(),
+        }
+    }
+
+    /// One error of every variant.
+    fn one_of_each() -> Vec<Error> {
+        vec![
+            Error::InvalidSpec(InvalidSpec {
+                field: "resultTTL",
+                message: "bad".into(),
+            }),
+            Error::InvalidName(InvalidName {
+                what: "pool name",
+                value: "Bad".into(),
+            }),
+            Error::NatsUnreachable(unreachable()),
+            Error::NatsConfigRejected(ProvisionError::PartitionNotEmpty {
+                name: "p16".into(),
+                pending: 3,
+            }),
+            Error::NatsCredentials(CredentialsError::SecretNotFound {
+                secret: "creds".into(),
+            }),
+            Error::QueueFigures(unreachable()),
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Finalizer(Box::new(finalizer::Error::UnnamedObject)),
+            Error::MissingField("namespace"),
+        ]
+    }
+
+    /// The variant's position in the declaration. The match has no wildcard, so a new
+    /// variant does not compile until it is numbered here; `one_of_each` must then give
+    /// an example of it, or the test below fails.
+    fn variant(error: &Error) -> usize {
+        match error {
+            Error::InvalidSpec(_) => 0,
+            Error::InvalidName(_) => 1,
+            Error::NatsUnreachable(_) => 2,
+            Error::NatsConfigRejected(_) => 3,
+            Error::NatsCredentials(_) => 4,
+            Error::QueueFigures(_) => 5,
+            Error::Kube(_) => 6,
+            Error::Finalizer(_) => 7,
+            Error::MissingField(_) => 8,
+        }
+    }
+    const VARIANTS: usize = 9;
+
+    #[test]
+    fn categories_lists_exactly_the_categories_of_the_variants() {
+        let examples = one_of_each();
+        let covered: BTreeSet<usize> = examples.iter().map(variant).collect();
+        assert_eq!(
+            covered,
+            (0..VARIANTS).collect(),
+            "one example of every variant"
+        );
+        let used: BTreeSet<&str> = examples.iter().map(Error::category).collect();
+        let listed: BTreeSet<&str> = Error::CATEGORIES.iter().copied().collect();
+        assert_eq!(used, listed, "CATEGORIES and category() agree");
+        assert_eq!(listed.len(), Error::CATEGORIES.len(), "no category twice");
+    }
+
+    #[test]
+    fn only_what_the_spec_decides_is_permanent() {
+        let permanent: Vec<&str> = one_of_each()
+            .iter()
+            .filter(|e| e.is_permanent())
+            .map(Error::category)
+            .collect();
+        assert_eq!(
+            permanent,
+            ["InvalidSpec", "InvalidSpec", "NatsConfigRejected"]
+        );
+    }
+
+    #[test]
+    fn messages_say_what_and_keep_the_source() {
+        let err = Error::NatsCredentials(CredentialsError::SecretNotFound {
+            secret: "nats-creds".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "NATS credentials: secret nats-creds not found"
+        );
+        assert!(err.source().is_some());
+        let err = Error::NatsUnreachable(unreachable());
+        assert_eq!(
+            err.to_string(),
+            "NATS unreachable: nats://nats:4222: not connected (reconnecting)"
+        );
+    }
+
+    #[test]
+    fn a_finalizer_error_unwraps_to_the_reconcile_error_it_carries() {
+        let apply = finalizer::Error::ApplyFailed(Error::MissingField("namespace"));
+        assert!(matches!(
+            Error::from(apply),
+            Error::MissingField("namespace")
+        ));
+        let patch =
+            finalizer::Error::<Error>::AddFinalizer(kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert_eq!(Error::from(patch).category(), "KubernetesApi");
+        let other = finalizer::Error::<Error>::UnnamedObject;
+        assert_eq!(Error::from(other).category(), "Finalizer");
     }
 }

@@ -7,8 +7,13 @@ pub mod children;
 pub mod controller;
 pub mod deletion;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
+pub mod leader;
 pub mod metrics;
 pub mod queue;
+pub mod requeue;
+pub mod rollout;
 pub mod status;
 pub mod sweep;
 
@@ -20,18 +25,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
-use kube_lease_manager::LeaseManagerBuilder;
+use kube::Client;
 use tokio::sync::watch;
 use workpool_core::crd::WorkPool;
 
 use crate::children::DefaultImage;
 use crate::controller::Context;
+use crate::leader::{Candidate, LeaseSettings};
 use crate::metrics::OperatorMetrics;
 
 /// Command-line settings of the operator.
@@ -102,18 +102,6 @@ async fn serve_metrics(State(health): State<Health>) -> impl IntoResponse {
     )
 }
 
-/// An Api over one namespace, or all of them.
-fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Waits until the leader flag equals `wanted` (or the sender is gone).
 async fn leadership_is(leader: &mut watch::Receiver<bool>, wanted: bool) {
     let _ = leader.wait_for(|is_leader| *is_leader == wanted).await;
@@ -157,90 +145,27 @@ pub async fn run_with_client(
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("workpool-operator-{}", std::process::id()));
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_seconds)
-        .with_grace(args.lease_seconds.div_ceil(3).max(1))
-        .build()
-        .await?;
-    let (mut leader, lease_task) = lease.watch().await;
+    let lease = LeaseSettings {
+        namespace: &args.lease_namespace,
+        name: &args.lease_name,
+        identity: &identity,
+        seconds: args.lease_seconds,
+    };
+    let candidate = Candidate::join(client.clone(), lease).await?;
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(%identity, lease = %args.lease_name, "operator started; waiting for leadership");
 
-    let (stop_all, stopping) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_all.send(true);
-    });
     let image = DefaultImage {
         repository: args.image_repository.clone(),
         tag: args.image_tag.clone(),
     };
-    loop {
-        let mut stop = stopping.clone();
-        tokio::select! {
-            () = leadership_is(&mut leader, true) => {}
-            () = leadership_is(&mut stop, true) => break,
-        }
-        if *stopping.borrow() {
-            break;
-        }
-        metrics.leader.set(1);
-        tracing::info!(%identity, "leading: reconciling WorkPools");
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "workpool-operator".into(),
-                instance: Some(identity.clone()),
-            },
-        );
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            recorder,
-            metrics.clone(),
-            image.clone(),
-        ));
-        let mut lost = leader.clone();
-        let mut stop = stopping.clone();
-        let until = async move {
-            tokio::select! {
-                () = leadership_is(&mut lost, false) => tracing::warn!("leadership lost: stopping the controller"),
-                () = leadership_is(&mut stop, true) => {}
-            }
-        };
-        Controller::new(
-            scoped::<WorkPool>(&client, &args.watch_namespace),
-            watcher::Config::default().any_semantic(),
-        )
-        .owns(
-            scoped::<Deployment>(&client, &args.watch_namespace),
-            watcher::Config::default(),
-        )
-        .owns(
-            scoped::<Service>(&client, &args.watch_namespace),
-            watcher::Config::default(),
-        )
-        .graceful_shutdown_on(until)
-        .run(controller::reconcile, controller::error_policy, ctx)
-        .for_each(|_| async {})
+    candidate
+        .lead_until(shutdown, &metrics, |term| {
+            let recorder = controller::recorder(&client, &identity);
+            let ctx = Context::new(client.clone(), recorder, metrics.clone(), image.clone());
+            controller::run(Arc::new(ctx), args.watch_namespace.clone(), term.ended())
+        })
         .await;
-        metrics.leader.set(0);
-        if *stopping.borrow() {
-            break;
-        }
-    }
-    // Closing the channel ends the lease task; releasing lets a standby take over at once.
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(manager)) => {
-            if let Err(err) = manager.release().await {
-                tracing::warn!(%err, "lease not released; a standby takes over when it expires");
-            }
-        }
-        Ok(Err(err)) => tracing::warn!(%err, "lease task failed"),
-        Err(err) => tracing::warn!(%err, "lease task panicked"),
-    }
     let _ = stop_http.send(true);
     let _ = http.await;
     tracing::info!("operator stopped");

@@ -1,10 +1,9 @@
-//! The operator's Prometheus metrics, with a drop timer so no early return forgets to
-//! observe a reconcile's duration.
-
-use std::time::Instant;
+//! The operator's Prometheus metrics. A reconcile's duration is observed by a drop guard
+//! ([`HistogramTimer`]), so no early return forgets it.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramTimer, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::queue::QueueFigures;
@@ -112,11 +111,8 @@ impl OperatorMetrics {
     }
 
     /// Observes the reconcile's duration when the returned guard is dropped.
-    pub fn timer(&self) -> ReconcileTimer<'_> {
-        ReconcileTimer {
-            histogram: &self.duration,
-            started: Instant::now(),
-        }
+    pub fn timer(&self) -> HistogramTimer {
+        self.duration.start_timer()
     }
 
     pub fn reconciled(&self) {
@@ -169,13 +165,39 @@ impl OperatorMetrics {
     }
 }
 
-pub struct ReconcileTimer<'a> {
-    histogram: &'a Histogram,
-    started: Instant,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Drop for ReconcileTimer<'_> {
-    fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(series))
+    }
+
+    #[test]
+    fn a_reconcile_is_timed_once_its_timer_is_dropped() {
+        let metrics = OperatorMetrics::new().expect("metrics");
+        let count = "workpool_operator_reconcile_duration_seconds_count";
+        assert_eq!(line(&metrics.render(), count), Some(&*format!("{count} 0")));
+        {
+            let _timer = metrics.timer();
+        }
+        assert_eq!(line(&metrics.render(), count), Some(&*format!("{count} 1")));
+    }
+
+    #[test]
+    fn every_error_category_starts_at_zero() {
+        let metrics = OperatorMetrics::new().expect("metrics");
+        let text = metrics.render();
+        for category in crate::error::Error::CATEGORIES {
+            let series =
+                format!("workpool_operator_reconcile_errors_total{{category=\"{category}\"}}");
+            assert_eq!(line(&text, &series), Some(&*format!("{series} 0")));
+        }
+        metrics.failed("NatsUnreachable");
+        let series = "workpool_operator_reconcile_errors_total{category=\"NatsUnreachable\"}";
+        assert_eq!(
+            line(&metrics.render(), series),
+            Some(&*format!("{series} 1"))
+        );
     }
 }

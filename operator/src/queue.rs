@@ -10,7 +10,7 @@ use workpool_core::streams::keyed_consumers;
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::provision::{deprovision, provision};
 
-use crate::error::Error;
+use crate::error::{CredentialsError, Error, NatsError};
 
 /// How long a connection attempt to a pool's NATS may take before the reconcile reports
 /// the queue unreachable.
@@ -73,15 +73,15 @@ impl NatsClients {
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&key) {
             if client.connection_state() != async_nats::connection::State::Connected {
-                return Err(Error::NatsUnreachable(format!(
-                    "{shown}: not connected (reconnecting)"
-                )));
+                return Err(Error::NatsUnreachable(NatsError::Reconnecting {
+                    server: shown,
+                }));
             }
             return Ok(jetstream::new(client.clone()));
         }
         let options = match &credentials {
             Some(creds) => async_nats::ConnectOptions::with_credentials(creds)
-                .map_err(|err| Error::NatsCredentials(err.to_string()))?,
+                .map_err(|err| Error::NatsCredentials(CredentialsError::Unreadable(err)))?,
             None => async_nats::ConnectOptions::new(),
         };
         // Every member of a cluster the URL lists, as the pods get them.
@@ -92,10 +92,20 @@ impl NatsClients {
             .connection_timeout(CONNECT_TIMEOUT)
             .request_timeout(Some(Duration::from_secs(5)))
             .connect(servers.as_slice());
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| Error::NatsUnreachable(format!("{shown}: connection timed out")))?
-            .map_err(|err| Error::NatsUnreachable(format!("{shown}: {err}")))?;
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(source)) => {
+                return Err(Error::NatsUnreachable(NatsError::Connect {
+                    server: shown,
+                    source,
+                }));
+            }
+            Err(_) => {
+                return Err(Error::NatsUnreachable(NatsError::ConnectTimeout {
+                    server: shown,
+                }));
+            }
+        };
         clients.insert(key, client.clone());
         Ok(jetstream::new(client))
     }
@@ -108,9 +118,9 @@ pub async fn ensure(
 ) -> Result<(), Error> {
     provision(js, names, spec).await.map_err(|err| {
         if err.is_refusal() {
-            Error::NatsConfigRejected(err.to_string())
+            Error::NatsConfigRejected(err)
         } else {
-            Error::NatsUnreachable(err.to_string())
+            Error::NatsUnreachable(NatsError::Provision(err))
         }
     })
 }
@@ -118,7 +128,7 @@ pub async fn ensure(
 pub async fn remove(js: &jetstream::Context, names: &PoolNames) -> Result<(), Error> {
     deprovision(js, names)
         .await
-        .map_err(|err| Error::NatsUnreachable(err.to_string()))
+        .map_err(|err| Error::NatsUnreachable(NatsError::Provision(err)))
 }
 
 /// Reads the backlog through the JetStream API. A missing consumer is an error: guessing
@@ -140,18 +150,25 @@ pub async fn figures(
     );
     for name in consumers {
         let mut consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer(&name).await.map_err(|err| {
+            stream.get_consumer(&name).await.map_err(|source| {
                 // Only an answer from JetStream means the consumer is missing.
-                if answered_by_jetstream(err.as_ref()) {
-                    Error::QueueFigures(format!("consumer {name}: {err}"))
+                let missing = answered_by_jetstream(source.as_ref());
+                let err = NatsError::GetConsumer {
+                    consumer: name.clone(),
+                    source,
+                };
+                if missing {
+                    Error::QueueFigures(err)
                 } else {
-                    Error::NatsUnreachable(format!("consumer {name}: {err}"))
+                    Error::NatsUnreachable(err)
                 }
             })?;
-        let info = consumer
-            .info()
-            .await
-            .map_err(|err| Error::NatsUnreachable(format!("consumer {name}: {err}")))?;
+        let info = consumer.info().await.map_err(|source| {
+            Error::NatsUnreachable(NatsError::ConsumerInfo {
+                consumer: name.clone(),
+                source,
+            })
+        })?;
         figures.pending += info.num_pending;
         figures.in_flight += info.num_ack_pending as u64;
     }
@@ -162,7 +179,12 @@ pub async fn figures(
     figures.dead_letters = dead
         .info()
         .await
-        .map_err(|err| Error::NatsUnreachable(err.to_string()))?
+        .map_err(|source| {
+            Error::NatsUnreachable(NatsError::StreamInfo {
+                stream: names.dead_letter_stream(),
+                source,
+            })
+        })?
         .state
         .messages;
     Ok(figures)
@@ -180,14 +202,19 @@ fn answered_by_jetstream(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A stream JetStream says is missing is a queue problem; no answer is an outage.
-fn stream_error(stream: &str, err: jetstream::context::GetStreamError) -> Error {
-    if matches!(
-        err.kind(),
+fn stream_error(stream: &str, source: jetstream::context::GetStreamError) -> Error {
+    let missing = matches!(
+        source.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(_)
-    ) {
-        Error::QueueFigures(format!("stream {stream}: {err}"))
+    );
+    let err = NatsError::GetStream {
+        stream: stream.to_owned(),
+        source,
+    };
+    if missing {
+        Error::QueueFigures(err)
     } else {
-        Error::NatsUnreachable(format!("stream {stream}: {err}"))
+        Error::NatsUnreachable(err)
     }
 }
 
