@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use kube::runtime::finalizer;
 use workpool_core::crd::InvalidSpec;
 use workpool_core::names::InvalidName;
-use workpool_core::provision::ProvisionError;
+use workpool_runtime::provision::ProvisionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,7 +1,7 @@
 //! Values the unit tests share: pools and the errors a reconcile meets.
 
 use workpool_core::crd::WorkPool;
-use workpool_core::provision::ProvisionError;
+use workpool_runtime::provision::ProvisionError;
 
 use crate::error::{Error, NatsError};
 
