@@ -8,7 +8,7 @@ async fn json_of(request: reqwest::RequestBuilder, what: &str) -> Result<Value> 
     request
         .send()
         .await
-        .map_err(HarnessError::context(format!("{what}")))?
+        .map_err(HarnessError::context(what))?
         .json()
         .await
         .map_err(HarnessError::context(format!("{what}: answer is not JSON")))
