@@ -89,8 +89,9 @@ pub struct WorkMessage {
 }
 
 impl WorkMessage {
+    #[allow(clippy::expect_used)] // strings, a timestamp and an already-valid JSON value
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self).expect("a WorkMessage always serialises")
     }
 
     /// The record of this work before any worker touched it.
