@@ -247,3 +247,6 @@ pub async fn run(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod router_tests;
