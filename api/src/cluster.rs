@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -164,11 +164,7 @@ pub fn assemble(
         (status = 503, description = "NATS is unreachable", body = crate::error::ErrorBody),
     )
 )]
-pub async fn view(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<ClusterView>, ApiError> {
-    state.check_auth(&headers)?;
+pub async fn view(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     let members = state.members();
     let api_members = members.api.as_ref().map(|pods| pods.borrow().clone());
     let worker_members = members.workers.as_ref().map(|pods| pods.borrow().clone());

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use workpool_core::PoolNames;
 use workpool_core::config::{PoolArgs, PoolConfig};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Authorized};
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 use crate::queue::Queue;
@@ -136,11 +135,9 @@ impl AppState {
         self.0.config.spec.queue.max_payload_bytes
     }
 
-    pub fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match &self.0.auth {
-            Some(auth) => auth.check(headers),
-            None => Ok(()),
-        }
+    /// The token check, when auth is on (see [`auth::Authorized`]).
+    pub fn auth(&self) -> Option<&Auth> {
+        self.0.auth.as_ref()
     }
 
     /// Binds to the pool's NATS objects, retrying until they exist.
@@ -176,10 +173,11 @@ pub fn router(state: AppState) -> Router {
     let work = Router::new()
         .route("/api/v1/work", axum::routing::post(routes::submit))
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
-        .route("/api/v1/cluster", get(cluster::view))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes()));
+        .route("/api/v1/cluster", get(cluster::view));
+    let work = guarded(work, &state).layer(DefaultBodyLimit::max(state.max_body_bytes()));
     Router::new()
         .merge(work)
+        // Open to probes and Prometheus, and the console page (its token is in the fragment).
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -194,6 +192,16 @@ pub fn router(state: AppState) -> Router {
             record_request,
         ))
         .with_state(state)
+}
+
+/// `routes`, each of which now needs a token when auth is on ([`Authorized`]). The check
+/// is the group's layer, not a call in each handler, so a route added to the group cannot
+/// go without it. It runs once a route matched: an unknown route or method is answered
+/// 404 or 405 whatever the token.
+fn guarded(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes.route_layer(middleware::from_extractor_with_state::<Authorized, _>(
+        state.clone(),
+    ))
 }
 
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {

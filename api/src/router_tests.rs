@@ -17,12 +17,13 @@ use crate::{AppState, cluster, router};
 
 /// The body limit of the test pool (`queue.maxPayloadBytes`).
 const LIMIT: usize = 1024;
-const SECRET: &[u8] = b"s3cret";
+pub(crate) const SECRET: &[u8] = b"s3cret";
 const ID: &str = "0123456789abcdef0123456789abcdef";
 const UNBOUND: &str =
     "the queue is unavailable (not yet bound to the pool's NATS objects); retry later";
 
-fn state(auth: Option<Auth>) -> AppState {
+/// The state the binary serves with until it has bound to the pool's NATS objects.
+pub(crate) fn state(auth: Option<Auth>) -> AppState {
     let spec = PoolSpec::from_json(&format!(r#"{{"queue": {{"maxPayloadBytes": {LIMIT}}}}}"#))
         .expect("spec");
     let config = PoolConfig {
@@ -44,7 +45,7 @@ fn guarded_api() -> Router {
     router(state(Some(Auth::hs256(SECRET))))
 }
 
-fn token(secret: &[u8], claims: &Value) -> String {
+pub(crate) fn token(secret: &[u8], claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         claims,
@@ -322,16 +323,16 @@ async fn unknown_routes_are_404_no_route() {
 async fn a_method_a_route_does_not_take_is_405_method_not_allowed() {
     let api = open_api();
     let work = format!("/api/v1/work/{ID}");
-    for (method, path) in [
-        (Method::PUT, "/api/v1/work"),
-        (Method::GET, "/api/v1/work"),
-        (Method::DELETE, "/api/v1/work"),
-        (Method::POST, work.as_str()),
-        (Method::PATCH, work.as_str()),
-        (Method::POST, "/api/v1/cluster"),
-        (Method::POST, "/healthz"),
-        (Method::DELETE, "/metrics"),
-        (Method::PUT, "/api/v1/openapi.json"),
+    for (method, path, allow) in [
+        (Method::PUT, "/api/v1/work", "POST"),
+        (Method::GET, "/api/v1/work", "POST"),
+        (Method::DELETE, "/api/v1/work", "POST"),
+        (Method::POST, work.as_str(), "GET,HEAD,DELETE"),
+        (Method::PATCH, work.as_str(), "GET,HEAD,DELETE"),
+        (Method::POST, "/api/v1/cluster", "GET,HEAD"),
+        (Method::POST, "/healthz", "GET,HEAD"),
+        (Method::DELETE, "/metrics", "GET,HEAD"),
+        (Method::PUT, "/api/v1/openapi.json", "GET,HEAD"),
     ] {
         let answer = call(
             &api,
@@ -345,6 +346,7 @@ async fn a_method_a_route_does_not_take_is_405_method_not_allowed() {
             "this method is not allowed on this route",
             "{method} {path}"
         );
+        assert_eq!(answer.header(header::ALLOW), Some(allow), "{method} {path}");
     }
 }
 
@@ -535,6 +537,18 @@ async fn with_auth_on_a_valid_token_passes_to_the_other_checks() {
         &good,
     );
     call(&api, text).await.error(415, "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn a_route_added_to_the_guarded_group_needs_a_token_too() {
+    let state = state(Some(Auth::hs256(SECRET)));
+    let routes = Router::new().route("/api/v1/new", axum::routing::get(|| async { "new\n" }));
+    let api = crate::guarded(routes, &state).with_state(state);
+    call(&api, get("/api/v1/new"))
+        .await
+        .error(401, "unauthorized");
+    let answer = call(&api, with_bearer(get("/api/v1/new"), &good_token())).await;
+    assert_eq!((answer.status, answer.text()), (StatusCode::OK, "new\n"));
 }
 
 #[tokio::test]

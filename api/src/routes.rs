@@ -136,7 +136,6 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.check_auth(&headers)?;
     check_json_content_type(&headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
@@ -207,11 +206,9 @@ pub async fn submit(
 )]
 pub async fn get(
     State(state): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WorkView>, ApiError> {
-    state.check_auth(&headers)?;
     let id = parse_id(id)?;
     let Query(params) =
         params.map_err(|err| ApiError::bad_request("invalid_query", err.body_text()))?;
@@ -261,10 +258,8 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    state.check_auth(&headers)?;
     let id = parse_id(id)?;
     let queue = state.queue()?;
     let (record, by_worker) = match queue.cancel(&id).await? {
