@@ -20,6 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
+use backon::{ExponentialBuilder, Retryable};
 use workpool_core::PoolNames;
 use workpool_core::config::{PoolArgs, PoolConfig};
 
@@ -116,7 +117,7 @@ impl AppState {
         self.0
             .queue
             .get()
-            .ok_or_else(|| ApiError::Unavailable("not yet bound to the pool's NATS objects".into()))
+            .ok_or_else(|| ApiError::unavailable("not yet bound to the pool's NATS objects"))
     }
 
     pub fn pod(&self) -> &str {
@@ -143,30 +144,36 @@ impl AppState {
     /// Binds to the pool's NATS objects, retrying until they exist.
     pub async fn bind(&self, client: async_nats::Client) {
         let config = &self.0.config;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let bound = Queue::bind(
+        let bind = || {
+            Queue::bind(
                 client.clone(),
                 config.names.clone(),
                 &config.spec,
                 self.0.max_waiters,
             )
+        };
+        let bound = bind
+            .retry(BIND_BACKOFF)
+            .notify(|err, _| {
+                tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
+            })
             .await;
-            match bound {
-                Ok(queue) => {
-                    let _ = self.0.queue.set(queue);
-                    tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        match bound {
+            Ok(queue) => {
+                let _ = self.0.queue.set(queue);
+                tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
             }
+            // Not reached: the backoff never runs out.
+            Err(err) => tracing::error!(%err, "gave up binding to the pool's NATS objects"),
         }
     }
 }
+
+/// Retries of [`AppState::bind`]: forever, 100 ms doubling up to 5 s between tries.
+const BIND_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
@@ -258,3 +265,25 @@ pub async fn run(
 
 #[cfg(test)]
 mod router_tests;
+
+#[cfg(test)]
+mod tests {
+    use backon::BackoffBuilder;
+
+    use super::*;
+
+    /// backon multiplies in f32, so a delay can be a few nanoseconds off.
+    fn millis(delay: Duration) -> u64 {
+        (delay.as_secs_f64() * 1000.0).round() as u64
+    }
+
+    #[test]
+    fn binding_retries_forever_from_100ms_doubling_to_5s() {
+        let delays: Vec<u64> = BIND_BACKOFF.build().take(10).map(millis).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
+        assert_eq!(BIND_BACKOFF.build().take(100_000).count(), 100_000);
+    }
+}
