@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use workpool_core::cluster::{
@@ -62,19 +63,30 @@ impl Members {
     }
 }
 
+fn nats_error(err: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+    ApiError::unavailable_with(format!("NATS: {err}"), err)
+}
+
+/// `request` as the payload of a peer message.
+pub(crate) fn peer_payload(request: &PeerRequest) -> Bytes {
+    // Serializing fails only for maps with non-string keys or a failing `Serialize`
+    // impl; a `PeerRequest` is a tagged enum of strings.
+    #[allow(clippy::expect_used)]
+    serde_json::to_vec(request)
+        .expect("a PeerRequest always serializes")
+        .into()
+}
+
 /// Asks every worker for its view at once and collects the answers for a moment.
 async fn gather(state: &AppState, expected: usize) -> Result<Vec<WorkerView>, ApiError> {
     let client = state.queue()?.client().clone();
     let inbox = client.new_inbox();
-    let mut answers = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|err| ApiError::Unavailable(format!("NATS: {err}")))?;
-    let request = serde_json::to_vec(&PeerRequest::View).unwrap_or_default();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(nats_error)?;
+    let request = peer_payload(&PeerRequest::View);
     client
-        .publish_with_reply(state.names().peers_all_subject(), inbox, request.into())
+        .publish_with_reply(state.names().peers_all_subject(), inbox, request)
         .await
-        .map_err(|err| ApiError::Unavailable(format!("NATS: {err}")))?;
+        .map_err(nats_error)?;
     let mut views = Vec::new();
     let deadline = tokio::time::Instant::now() + GATHER_FOR;
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
@@ -98,26 +110,51 @@ pub fn assemble(
 ) -> ClusterView {
     let names = state.names();
     let from_kubernetes = worker_members.is_some();
-    let api = match api_members {
-        Some(pods) => {
-            let mut api: Vec<ApiMember> = pods
-                .into_iter()
-                .map(|pod| ApiMember { pod, ready: true })
-                .collect();
-            if !api.iter().any(|member| member.pod == state.pod()) {
-                api.push(ApiMember {
-                    pod: state.pod().to_owned(),
-                    ready: false,
-                });
-            }
-            api
-        }
-        None => vec![ApiMember {
-            pod: state.pod().to_owned(),
+    let workers = workers(worker_members, views);
+    let partitions = state.config().spec.worker.partitions;
+    let owned: BTreeSet<u32> = workers
+        .iter()
+        .flat_map(|worker| worker.view.partitions.iter().copied())
+        .collect();
+    ClusterView {
+        namespace: names.namespace.clone(),
+        pool: names.pool.clone(),
+        answered_by: state.pod().to_owned(),
+        partitions,
+        api: api(state.pod(), api_members),
+        workers,
+        unowned_partitions: (0..partitions).filter(|p| !owned.contains(p)).collect(),
+        from_kubernetes,
+    }
+}
+
+/// The api pods: the ready endpoints of the api Service, and this pod (not ready when it
+/// is not among them); without the Service, this pod alone.
+fn api(this_pod: &str, members: Option<BTreeSet<String>>) -> Vec<ApiMember> {
+    let Some(pods) = members else {
+        return vec![ApiMember {
+            pod: this_pod.to_owned(),
             ready: true,
-        }],
+        }];
     };
-    let members = worker_members.unwrap_or_default();
+    let mut api: Vec<ApiMember> = pods
+        .into_iter()
+        .map(|pod| ApiMember { pod, ready: true })
+        .collect();
+    if !api.iter().any(|member| member.pod == this_pod) {
+        api.push(ApiMember {
+            pod: this_pod.to_owned(),
+            ready: false,
+        });
+    }
+    api
+}
+
+/// The workers that answered and the members that did not, by pod name. Without the
+/// worker Service (`members` is `None`) every worker that answered counts as a member.
+fn workers(members: Option<BTreeSet<String>>, views: Vec<WorkerView>) -> Vec<WorkerMember> {
+    let from_kubernetes = members.is_some();
+    let members = members.unwrap_or_default();
     let mut workers: BTreeMap<String, WorkerMember> = views
         .into_iter()
         .map(|view| {
@@ -142,21 +179,7 @@ pub fn assemble(
             },
         });
     }
-    let partitions = state.config().spec.worker.partitions;
-    let owned: BTreeSet<u32> = workers
-        .values()
-        .flat_map(|worker| worker.view.partitions.iter().copied())
-        .collect();
-    ClusterView {
-        namespace: names.namespace.clone(),
-        pool: names.pool.clone(),
-        answered_by: state.pod().to_owned(),
-        partitions,
-        api,
-        workers: workers.into_values().collect(),
-        unowned_partitions: (0..partitions).filter(|p| !owned.contains(p)).collect(),
-        from_kubernetes,
-    }
+    workers.into_values().collect()
 }
 
 /// The pool's processes, their partitions and the work they run.
@@ -168,11 +191,7 @@ pub fn assemble(
         (status = 503, description = "NATS is unreachable", body = crate::error::ErrorBody),
     )
 )]
-pub async fn view(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<ClusterView>, ApiError> {
-    state.check_auth(&headers)?;
+pub async fn view(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     let members = state.members();
     let api_members = members.api.as_ref().map(|pods| pods.borrow().clone());
     let worker_members = members.workers.as_ref().map(|pods| pods.borrow().clone());
@@ -190,4 +209,78 @@ pub async fn console() -> impl IntoResponse {
         ],
         include_str!("console.html"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router_tests::state;
+
+    fn pods(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|&name| name.to_owned()).collect()
+    }
+
+    fn answered(pod: &str, partitions: &[u32]) -> WorkerView {
+        WorkerView {
+            pod: pod.to_owned(),
+            ready: true,
+            partitions: partitions.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outside_kubernetes_the_view_is_this_pod_and_the_workers_that_answered() {
+        let state = state(None);
+        let partitions = state.config().spec.worker.partitions;
+        let view = assemble(&state, None, None, vec![answered("w-1", &[0])]);
+        assert!(!view.from_kubernetes);
+        assert_eq!(
+            (view.namespace.as_str(), view.pool.as_str()),
+            ("default", "demo")
+        );
+        assert_eq!(view.answered_by, "demo-api-0");
+        assert_eq!(
+            view.api,
+            vec![ApiMember {
+                pod: "demo-api-0".into(),
+                ready: true
+            }]
+        );
+        assert_eq!(view.workers.len(), 1);
+        assert!(view.workers[0].member && view.workers[0].answered);
+        assert_eq!(view.partitions, partitions);
+        assert_eq!(view.unowned_partitions, (1..partitions).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn members_that_did_not_answer_are_listed_and_strangers_are_not_members() {
+        let state = state(None);
+        let view = assemble(
+            &state,
+            Some(pods(&["demo-api-1"])),
+            Some(pods(&["w-1", "w-2"])),
+            vec![answered("w-1", &[0, 1]), answered("w-9", &[2])],
+        );
+        assert!(view.from_kubernetes);
+        let api: Vec<(&str, bool)> = view.api.iter().map(|m| (m.pod.as_str(), m.ready)).collect();
+        assert_eq!(api, [("demo-api-1", true), ("demo-api-0", false)]);
+        let workers: Vec<(&str, bool, bool)> = view
+            .workers
+            .iter()
+            .map(|w| (w.view.pod.as_str(), w.member, w.answered))
+            .collect();
+        assert_eq!(
+            workers,
+            [
+                ("w-1", true, true),
+                ("w-2", true, false),
+                ("w-9", false, true)
+            ]
+        );
+        assert!(
+            !view.unowned_partitions.contains(&2),
+            "a stranger's partitions are owned"
+        );
+    }
 }

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
+use backon::{ExponentialBuilder, Retryable};
 use workpool_core::PoolNames;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Authorized};
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 use crate::queue::Queue;
@@ -117,7 +117,7 @@ impl AppState {
         self.0
             .queue
             .get()
-            .ok_or_else(|| ApiError::Unavailable("not yet bound to the pool's NATS objects".into()))
+            .ok_or_else(|| ApiError::unavailable("not yet bound to the pool's NATS objects"))
     }
 
     pub fn pod(&self) -> &str {
@@ -136,50 +136,55 @@ impl AppState {
         self.0.config.spec.queue.max_payload_bytes
     }
 
-    pub fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match &self.0.auth {
-            Some(auth) => auth.check(headers),
-            None => Ok(()),
-        }
+    /// The token check, when auth is on (see [`auth::Authorized`]).
+    pub fn auth(&self) -> Option<&Auth> {
+        self.0.auth.as_ref()
     }
 
     /// Binds to the pool's NATS objects, retrying until they exist.
     pub async fn bind(&self, client: async_nats::Client) {
         let config = &self.0.config;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let bound = Queue::bind(
+        let bind = || {
+            Queue::bind(
                 client.clone(),
                 config.names.clone(),
                 &config.spec,
                 self.0.max_waiters,
             )
+        };
+        let bound = bind
+            .retry(BIND_BACKOFF)
+            .notify(|err, _| {
+                tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
+            })
             .await;
-            match bound {
-                Ok(queue) => {
-                    let _ = self.0.queue.set(queue);
-                    tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        match bound {
+            Ok(queue) => {
+                let _ = self.0.queue.set(queue);
+                tracing::info!(stream = %config.names.stream(), "bound to the pool's stream and bucket");
             }
+            // Not reached: the backoff never runs out.
+            Err(err) => tracing::error!(%err, "gave up binding to the pool's NATS objects"),
         }
     }
 }
+
+/// Retries of [`AppState::bind`]: forever, 100 ms doubling up to 5 s between tries.
+const BIND_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let work = Router::new()
         .route("/api/v1/work", axum::routing::post(routes::submit))
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
-        .route("/api/v1/cluster", get(cluster::view))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes()));
+        .route("/api/v1/cluster", get(cluster::view));
+    let work = guarded(work, &state).layer(DefaultBodyLimit::max(state.max_body_bytes()));
     Router::new()
         .merge(work)
+        // Open to probes and Prometheus, and the console page (its token is in the fragment).
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -194,6 +199,16 @@ pub fn router(state: AppState) -> Router {
             record_request,
         ))
         .with_state(state)
+}
+
+/// `routes`, each of which now needs a token when auth is on ([`Authorized`]). The check
+/// is the group's layer, not a call in each handler, so a route added to the group cannot
+/// go without it. It runs once a route matched: an unknown route or method is answered
+/// 404 or 405 whatever the token.
+fn guarded(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes.route_layer(middleware::from_extractor_with_state::<Authorized, _>(
+        state.clone(),
+    ))
 }
 
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -246,4 +261,29 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod router_tests;
+
+#[cfg(test)]
+mod tests {
+    use backon::BackoffBuilder;
+
+    use super::*;
+
+    /// backon multiplies in f32, so a delay can be a few nanoseconds off.
+    fn millis(delay: Duration) -> u64 {
+        (delay.as_secs_f64() * 1000.0).round() as u64
+    }
+
+    #[test]
+    fn binding_retries_forever_from_100ms_doubling_to_5s() {
+        let delays: Vec<u64> = BIND_BACKOFF.build().take(10).map(millis).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
+        assert_eq!(BIND_BACKOFF.build().take(100_000).count(), 100_000);
+    }
 }

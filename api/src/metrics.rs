@@ -108,8 +108,11 @@ impl ApiMetrics {
     }
 
     pub fn render(&self) -> String {
+        // The text encoder refuses only a family without a name or without metrics:
+        // every family here is named, and `gather` leaves out the empty ones.
+        #[allow(clippy::expect_used)]
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+            .expect("gathered metric families always encode")
     }
 }

@@ -14,8 +14,9 @@ use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
 use workpool_runtime::repair::{self, CreatePendingError};
 
+use crate::cluster::peer_payload;
 use crate::error::ApiError;
-use crate::waiters::{Waiter, Waiters};
+use crate::waiters::{Waiter, Waiters, WaitersError};
 
 /// Handles on one pool's stream and bucket.
 #[derive(Debug, Clone)]
@@ -33,6 +34,26 @@ pub struct Queue {
     waiters: Waiters,
 }
 
+/// Why [`Queue::bind`] could not bind (yet): the operator may not have provisioned the
+/// pool's objects, or NATS is unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("getting bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: jetstream::context::KeyValueError,
+    },
+    #[error("getting stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error(transparent)]
+    Waiters(#[from] WaitersError),
+}
+
 /// What a POST did.
 #[derive(Debug)]
 pub enum Submitted {
@@ -40,10 +61,6 @@ pub enum Submitted {
     Accepted,
     /// The same work was already known; its current record.
     Existing(WorkRecord),
-}
-
-fn unavailable(err: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable(err.to_string())
 }
 
 /// How many times a compare-and-set is retried when another writer got there first.
@@ -64,16 +81,24 @@ impl Queue {
         names: PoolNames,
         spec: &PoolSpec,
         max_waiters: usize,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, BindError> {
         let js = jetstream::new(client.clone());
+        let bucket = names.bucket();
         let kv = js
-            .get_key_value(names.bucket())
+            .get_key_value(&bucket)
             .await
-            .map_err(unavailable)?;
-        let stream = js.get_stream(names.stream()).await.map_err(unavailable)?;
-        let waiters = Waiters::start(&js, kv.clone(), &names.bucket(), max_waiters)
+            .map_err(|source| BindError::Bucket {
+                bucket: bucket.clone(),
+                source,
+            })?;
+        let stream = js
+            .get_stream(names.stream())
             .await
-            .map_err(unavailable)?;
+            .map_err(|source| BindError::Stream {
+                stream: names.stream(),
+                source,
+            })?;
+        let waiters = Waiters::start(&js, kv.clone(), &bucket, max_waiters).await?;
         Ok(Self {
             records: RecordStore::new(kv.clone(), js.clone(), spec.result_ttl),
             names,
@@ -95,7 +120,7 @@ impl Queue {
         if self.is_connected() {
             Ok(())
         } else {
-            Err(ApiError::Unavailable("NATS is not connected".into()))
+            Err(ApiError::unavailable("NATS is not connected"))
         }
     }
 
@@ -127,46 +152,56 @@ impl Queue {
         };
         let record = message.pending_record();
         match self.create_pending(id, &record).await {
-            Ok(revision) => match self.publish(&message, revision).await {
-                Ok(Published { duplicate: false }) => Ok(Submitted::Accepted),
-                // A fresh record's generation cannot have been published before: the
-                // stream stored nothing, so this is never answered 202.
-                Ok(Published { duplicate: true }) => {
-                    self.drop_record(id, revision).await;
-                    Err(ApiError::Unavailable(
-                        "the queue refused the work as a duplicate; retry".into(),
-                    ))
-                }
-                Err(err) => {
-                    // The message is certainly not queued: drop the record so a retry of
-                    // the same POST starts afresh. (After a timeout the message may have
-                    // landed; the record stays and a retry re-checks the stream.)
-                    if matches!(err, ApiError::QueueFull | ApiError::PayloadTooLarge { .. }) {
-                        self.drop_record(id, revision).await;
-                    }
-                    Err(err)
-                }
-            },
-            Err(CreatePendingError::AlreadyExists) => {
-                let Some((existing, revision)) = self.record(id).await? else {
-                    // Expired between our create and read: a retry will create it.
-                    return Err(ApiError::Unavailable("record changed concurrently".into()));
-                };
-                if existing.status == WorkStatus::Pending && !self.is_queued(&message).await? {
-                    // The first POST recorded `pending` but its publish never landed: send
-                    // the work as that POST would have, so the message and the record
-                    // describe the same submission.
-                    let first = WorkMessage {
-                        accepted_by: existing.accepted_by.clone(),
-                        created_at: existing.created_at,
-                        ..message
-                    };
-                    self.publish(&first, revision).await?;
-                }
-                Ok(Submitted::Existing(existing))
-            }
-            Err(err) => Err(unavailable(err)),
+            Ok(revision) => self.queue_new(&message, revision).await,
+            Err(CreatePendingError::AlreadyExists) => self.known(message).await,
+            Err(err) => Err(ApiError::unavailable_from(err)),
         }
+    }
+
+    /// Publishes new work whose `pending` record was just created at `revision`; drops
+    /// the record again when the message is certainly not queued.
+    async fn queue_new(&self, message: &WorkMessage, revision: u64) -> Result<Submitted, ApiError> {
+        let id = &message.id;
+        match self.publish(message, revision).await {
+            Ok(Published { duplicate: false }) => Ok(Submitted::Accepted),
+            // A fresh record's generation cannot have been published before: the stream
+            // stored nothing, so this is never answered 202.
+            Ok(Published { duplicate: true }) => {
+                self.drop_record(id, revision).await;
+                Err(ApiError::unavailable(
+                    "the queue refused the work as a duplicate; retry",
+                ))
+            }
+            Err(err) => {
+                // The message is certainly not queued: drop the record so a retry of the
+                // same POST starts afresh. (After a timeout the message may have landed;
+                // the record stays and a retry re-checks the stream.)
+                if matches!(err, ApiError::QueueFull | ApiError::PayloadTooLarge { .. }) {
+                    self.drop_record(id, revision).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Work whose record exists already: its record, after publishing it again if the
+    /// first POST recorded `pending` but its message never landed.
+    async fn known(&self, message: WorkMessage) -> Result<Submitted, ApiError> {
+        let Some((existing, revision)) = self.record(&message.id).await? else {
+            // Expired between our create and read: a retry will create it.
+            return Err(ApiError::unavailable("record changed concurrently"));
+        };
+        if existing.status == WorkStatus::Pending && !self.is_queued(&message).await? {
+            // Send the work as the first POST would have, so the message and the record
+            // describe the same submission.
+            let first = WorkMessage {
+                accepted_by: existing.accepted_by.clone(),
+                created_at: existing.created_at,
+                ..message
+            };
+            self.publish(&first, revision).await?;
+        }
+        Ok(Submitted::Existing(existing))
     }
 
     /// Creates the `pending` record, marked as the api's own until a worker writes it, so
@@ -220,7 +255,7 @@ impl Queue {
                     limit: self.max_message_bytes,
                 }
             }
-            _ => unavailable(err),
+            _ => ApiError::unavailable_from(err),
         }
     }
 
@@ -242,18 +277,23 @@ impl Queue {
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(_) => Ok(true),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(err) => Err(unavailable(err)),
+            Err(err) => Err(ApiError::unavailable_from(err)),
         }
     }
 
     /// The current record and its revision, if it exists.
     pub async fn record(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, ApiError> {
         self.ensure_connected()?;
-        let entry = self.kv.entry(id.as_str()).await.map_err(unavailable)?;
+        let entry = self
+            .kv
+            .entry(id.as_str())
+            .await
+            .map_err(ApiError::unavailable_from)?;
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = WorkRecord::from_json(&entry.value)
-                    .map_err(|err| ApiError::Unavailable(format!("unreadable record: {err}")))?;
+                let record = WorkRecord::from_json(&entry.value).map_err(|err| {
+                    ApiError::unavailable_with(format!("unreadable record: {err}"), err)
+                })?;
                 Ok(Some((record, entry.revision)))
             }
             _ => Ok(None),
@@ -317,8 +357,9 @@ impl Queue {
         drop(waiter);
         match tokio::time::timeout(DEADLINE_READ, self.record(id)).await {
             Ok(read) => Ok(read?.map(|(record, _)| record)),
-            Err(_) => Err(ApiError::Unavailable(
-                "the results watch is down and the record could not be read in time".into(),
+            Err(elapsed) => Err(ApiError::unavailable_with(
+                "the results watch is down and the record could not be read in time",
+                elapsed,
             )),
         }
     }
@@ -376,9 +417,7 @@ impl Queue {
                 by_worker: false,
             });
         }
-        Err(ApiError::Unavailable(
-            "the record kept changing; retry".into(),
-        ))
+        Err(ApiError::unavailable("the record kept changing; retry"))
     }
 
     /// After the holder confirmed it is aborting the work: its `cancelled` record.
@@ -390,8 +429,8 @@ impl Queue {
             }),
             // It finished in the same instant; its outcome stands.
             Some(record) if record.status.is_terminal() => Err(finished(record.status)),
-            _ => Err(ApiError::Unavailable(
-                "the worker is cancelling the work; GET it in a moment".into(),
+            _ => Err(ApiError::unavailable(
+                "the worker is cancelling the work; GET it in a moment",
             )),
         }
     }
@@ -411,7 +450,7 @@ impl Queue {
         {
             Ok(revision) => Ok(Some(revision)),
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(err) => Err(unavailable(err)),
+            Err(err) => Err(ApiError::unavailable_from(err)),
         }
     }
 
@@ -485,11 +524,10 @@ impl Queue {
     /// runs the work and is stopping it. Any other answer, or none, is not a
     /// confirmation.
     async fn ask_to_cancel(&self, worker: &str, id: &WorkId) -> Result<bool, ApiError> {
-        let request = serde_json::to_vec(&PeerRequest::Cancel { id: id.to_string() })
-            .map_err(|err| ApiError::Unavailable(err.to_string()))?;
+        let request = peer_payload(&PeerRequest::Cancel { id: id.to_string() });
         let subject = self.names.peer_subject(worker);
         let answer =
-            tokio::time::timeout(PEER_TIMEOUT, self.client.request(subject, request.into())).await;
+            tokio::time::timeout(PEER_TIMEOUT, self.client.request(subject, request)).await;
         Ok(match answer {
             Ok(Ok(message)) => matches!(
                 serde_json::from_slice(&message.payload),
@@ -515,10 +553,11 @@ pub enum Cancel {
     Already(WorkRecord),
 }
 
-fn not_removed(err: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable(format!(
-        "the work is cancelled but its message is not removed yet ({err}); DELETE again"
-    ))
+fn not_removed(err: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+    ApiError::unavailable_with(
+        format!("the work is cancelled but its message is not removed yet ({err}); DELETE again"),
+        err,
+    )
 }
 
 fn finished(status: WorkStatus) -> ApiError {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{Backoff, BackoffBuilder, ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -260,6 +260,22 @@ impl Drop for Waiter {
     }
 }
 
+/// Restarts of the results watch: 100 ms doubling up to 5 s, with jitter, forever.
+const RESTART_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .with_jitter()
+    .without_max_times();
+
+/// Why the watch stopped delivering.
+#[derive(Debug, thiserror::Error)]
+enum Stopped {
+    #[error(transparent)]
+    Failed(kv::WatcherError),
+    #[error("the watch ended")]
+    Ended,
+}
+
 /// Follows the bucket for as long as the registry exists, restarting the watch (from the
 /// write after the last one seen, so none is lost) with backoff when it ends or fails.
 async fn follow(
@@ -269,27 +285,11 @@ async fn follow(
     mut watch: kv::Watch,
     mut next_revision: u64,
 ) {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times();
-    let mut delays = backoff.build();
+    let mut delays = RESTART_BACKOFF.build();
     loop {
         let opened = Instant::now();
-        let stopped = loop {
-            match watch.next().await {
-                Some(Ok(entry)) => {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    next_revision = entry.revision + 1;
-                    let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
-                    shared.deliver(&entry.key, entry.revision, value);
-                }
-                Some(Err(err)) => break err.to_string(),
-                None => break "the watch ended".to_owned(),
-            }
+        let Some(stopped) = deliver_writes(&shared, &mut watch, &mut next_revision).await else {
+            return;
         };
         let Some(live) = shared.upgrade() else {
             return;
@@ -298,28 +298,71 @@ async fn follow(
         drop(live);
         tracing::warn!(%bucket, reason = %stopped, "results watch stopped; restarting it");
         if opened.elapsed() >= STABLE {
-            delays = backoff.build();
+            delays = RESTART_BACKOFF.build();
         }
-        loop {
-            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
-            if shared.strong_count() == 0 {
-                return;
-            }
-            match kv.watch_all_from_revision(next_revision).await {
-                Ok(restarted) => {
-                    watch = restarted;
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(%bucket, %err, "restarting the results watch failed; retrying");
-                }
-            }
-        }
+        let Some(restarted) = reopen(&shared, &kv, &bucket, next_revision, &mut delays).await
+        else {
+            return;
+        };
+        watch = restarted;
         let Some(live) = shared.upgrade() else {
             return;
         };
         live.set_up(true);
         tracing::info!(%bucket, next_revision, "results watch restarted");
+    }
+}
+
+/// Hands the watch's writes to the waiters until it stops (why), or until the registry
+/// is gone (`None`). `next_revision` follows the writes delivered.
+async fn deliver_writes(
+    shared: &Weak<Shared>,
+    watch: &mut kv::Watch,
+    next_revision: &mut u64,
+) -> Option<Stopped> {
+    loop {
+        let entry = match watch.next().await {
+            Some(Ok(entry)) => entry,
+            Some(Err(err)) => return Some(Stopped::Failed(err)),
+            None => return Some(Stopped::Ended),
+        };
+        let shared = shared.upgrade()?;
+        *next_revision = entry.revision + 1;
+        let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+        shared.deliver(&entry.key, entry.revision, value);
+    }
+}
+
+/// A new watch from `next_revision`, opened after the next of `delays` and retried after
+/// each following one until it opens; `None` once the registry is gone. The first try
+/// waits too, so a watch that ends as soon as it opens is not reopened in a tight loop.
+async fn reopen(
+    shared: &Weak<Shared>,
+    kv: &kv::Store,
+    bucket: &str,
+    next_revision: u64,
+    delays: &mut impl Backoff,
+) -> Option<kv::Watch> {
+    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+    let open = move || async move {
+        if shared.strong_count() == 0 {
+            return Ok(None);
+        }
+        kv.watch_all_from_revision(next_revision).await.map(Some)
+    };
+    let opened = open
+        .retry(delays)
+        .notify(|err, _| {
+            tracing::warn!(%bucket, %err, "restarting the results watch failed; retrying");
+        })
+        .await;
+    match opened {
+        Ok(watch) => watch,
+        // Not reached: the backoff never runs out.
+        Err(err) => {
+            tracing::error!(%bucket, %err, "gave up restarting the results watch");
+            None
+        }
     }
 }
 
@@ -349,6 +392,21 @@ mod tests {
         let mut record = WorkRecord::pending("default", None, "api-0", now);
         record.advance(status, now).expect("forward");
         record.to_json()
+    }
+
+    #[test]
+    fn the_watch_is_restarted_forever_after_100ms_doubling_to_5s_with_jitter() {
+        let base = [100, 200, 400, 800, 1600, 3200, 5000, 5000];
+        for (delay, base) in RESTART_BACKOFF.build().zip(base) {
+            let base = Duration::from_millis(base);
+            // Jitter adds up to one delay more; a few nanoseconds under (f32) are fine.
+            assert!(
+                delay + Duration::from_micros(1) >= base,
+                "{delay:?} < {base:?}"
+            );
+            assert!(delay <= base * 2, "{delay:?} > 2 x {base:?}");
+        }
+        assert_eq!(RESTART_BACKOFF.build().take(100_000).count(), 100_000);
     }
 
     #[test]
