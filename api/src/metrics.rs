@@ -1,6 +1,6 @@
 //! The api's Prometheus metrics.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use workpool_core::message::DEFAULT_TASK;
 use workpool_core::metric_labels::BoundedLabel;
 
@@ -107,12 +107,8 @@ impl ApiMetrics {
             .observe(seconds);
     }
 
-    pub fn render(&self) -> String {
-        // The text encoder refuses only a family without a name or without metrics:
-        // every family here is named, and `gather` leaves out the empty ones.
-        #[allow(clippy::expect_used)]
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("gathered metric families always encode")
+    /// The registry `/metrics` renders.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

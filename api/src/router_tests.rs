@@ -9,8 +9,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use workpool_core::config::PoolConfig;
 use workpool_core::{PoolNames, PoolSpec};
+use workpool_runtime::config::PoolConfig;
 
 use crate::auth::Auth;
 use crate::{AppState, cluster, router};

@@ -317,9 +317,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().render(),
-    )
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    workpool_runtime::admin::metrics_response(state.metrics().registry())
 }

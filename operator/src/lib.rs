@@ -21,13 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use kube::Client;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use workpool_core::crd::WorkPool;
+use workpool_runtime::admin::Admin;
 
 use crate::children::DefaultImage;
 use crate::controller::Context;
@@ -81,32 +78,6 @@ pub enum OperatorError {
     Serve(#[from] std::io::Error),
 }
 
-#[derive(Clone)]
-struct Health {
-    ready: Arc<AtomicBool>,
-    metrics: Arc<OperatorMetrics>,
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn serve_metrics(State(health): State<Health>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        health.metrics.render(),
-    )
-}
-
-/// Waits until the leader flag equals `wanted` (or the sender is gone).
-async fn leadership_is(leader: &mut watch::Receiver<bool>, wanted: bool) {
-    let _ = leader.wait_for(|is_leader| *is_leader == wanted).await;
-}
-
 /// Runs the operator until `shutdown` completes, with `Client::try_default` settings.
 pub async fn run(
     args: Args,
@@ -123,23 +94,14 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
     let metrics = Arc::new(OperatorMetrics::new()?);
-    let health = Health {
-        ready: Arc::new(AtomicBool::new(false)),
-        metrics: metrics.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(serve_metrics))
-        .with_state(health.clone());
-    let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(async move {
-        let mut stopped = http_stopped;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { leadership_is(&mut stopped, true).await })
-            .await
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Admin::new(metrics.registry().clone(), {
+        let ready = ready.clone();
+        move || ready.load(Ordering::Relaxed)
     });
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let stop_http = CancellationToken::new();
+    let http = tokio::spawn(admin.serve(listener, stop_http.clone().cancelled_owned()));
 
     let identity = args
         .pod_name
@@ -152,7 +114,7 @@ pub async fn run_with_client(
         seconds: args.lease_seconds,
     };
     let candidate = Candidate::join(client.clone(), lease).await?;
-    health.ready.store(true, Ordering::Relaxed);
+    ready.store(true, Ordering::Relaxed);
     tracing::info!(%identity, lease = %args.lease_name, "operator started; waiting for leadership");
 
     let image = DefaultImage {
@@ -166,7 +128,7 @@ pub async fn run_with_client(
             controller::run(Arc::new(ctx), args.watch_namespace.clone(), term.ended())
         })
         .await;
-    let _ = stop_http.send(true);
+    stop_http.cancel();
     let _ = http.await;
     tracing::info!("operator stopped");
     Ok(())

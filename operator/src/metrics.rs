@@ -3,7 +3,6 @@
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramTimer, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
 };
 
 use crate::queue::QueueFigures;
@@ -72,9 +71,7 @@ impl OperatorMetrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        workpool_runtime::metrics::register_process_collector(&registry)?;
         Ok(Self {
             pending: pool_gauge(
                 &registry,
@@ -158,10 +155,14 @@ impl OperatorMetrics {
             .remove_label_values(&[namespace, pool]);
     }
 
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+    /// The registry the health server's `/metrics` renders.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    #[cfg(test)]
+    fn render(&self) -> String {
+        workpool_runtime::metrics::render(&self.registry).expect("metrics encode")
     }
 }
 
