@@ -1,5 +1,6 @@
-//! Every error of the API table, each with its status code and JSON body, against a real
-//! nats-server; plus deduplication and cancellation.
+//! The api's errors that need a real nats-server (a full queue, NATS down, auth on a real
+//! server, nothing queued by a refusal), plus deduplication and cancellation. The answers
+//! given before NATS are tested in-process in `api/src/router_tests.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
@@ -19,134 +20,58 @@ fn assert_error(answer: &Answer, status: u16, code: &str) {
     );
 }
 
+/// Each refusal's status and body are tested in-process (`api/src/router_tests.rs`); here,
+/// through a real server, that a refused request queues nothing and that an id NATS has
+/// no record of is a 404.
 #[tokio::test]
-async fn bad_requests_get_400_404_413_415_with_json_errors() {
+async fn refused_requests_queue_nothing_and_an_unknown_id_is_404() {
     let spec = PoolSpec::from_json(r#"{"queue": {"maxPayloadBytes": 1024}}"#).expect("spec");
     let pool = TestPool::start(spec, 1, 0).await.expect("pool");
     let url = format!("{}/api/v1/work", pool.api_url(0));
-    let post_raw = |body: &'static str| {
+    let post = |content_type: &'static str, body: String| {
         pool.http
             .post(&url)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body)
     };
 
-    assert_error(
-        &pool.send(post_raw("{\"data\":")).await.expect("send"),
-        400,
-        "invalid_json",
-    );
-    let unknown = pool
-        .send(post_raw(r#"{"data":1,"priority":9}"#))
-        .await
-        .expect("send");
-    assert_error(&unknown, 400, "invalid_json");
-    assert!(
-        unknown.str("error").contains("priority"),
-        "names the unknown field: {unknown:?}"
-    );
-    assert_error(
-        &pool.send(post_raw(r#"{"task":"x"}"#)).await.expect("send"),
-        400,
-        "invalid_json",
-    );
-    assert_error(
-        &pool.send(post_raw(r#"[1,2]"#)).await.expect("send"),
-        400,
-        "invalid_json",
-    );
-    assert_error(
-        &pool
-            .send(post_raw(r#"{"data":1,"task":"no spaces"}"#))
-            .await
-            .expect("send"),
-        400,
-        "invalid_work",
-    );
-    assert_error(
-        &pool
-            .send(
-                pool.http
-                    .post(&url)
-                    .json(&json!({"data": 1}))
-                    .header("idempotency-key", ""),
-            )
-            .await
-            .expect("send"),
-        400,
-        "invalid_idempotency_key",
-    );
-    assert_error(
-        &pool.get("not-an-id").await.expect("get"),
-        400,
-        "invalid_id",
-    );
-    // A path that is not UTF-8 once decoded gets the same JSON error, not axum's text.
-    assert_error(&pool.get("%ff%fe").await.expect("get"), 400, "invalid_id");
-    assert_error(
-        &pool.cancel("%ff%fe").await.expect("delete"),
-        400,
-        "invalid_id",
-    );
-    let bad_wait = pool
-        .send(
-            pool.http
-                .get(format!("{url}/{}?wait=forever", "0".repeat(32))),
-        )
-        .await
-        .expect("get");
-    assert_error(&bad_wait, 400, "invalid_wait");
-    let too_long = pool
-        .send(pool.http.get(format!("{url}/{}?wait=10m", "0".repeat(32))))
-        .await
-        .expect("get");
-    assert_error(&too_long, 400, "invalid_wait");
-
+    let refused = [
+        (
+            post("application/json", "{\"data\":".into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            post(
+                "application/json",
+                r#"{"data":1,"task":"no spaces"}"#.into(),
+            ),
+            400,
+            "invalid_work",
+        ),
+        (
+            post(
+                "application/json",
+                json!({"data": "x".repeat(2000)}).to_string(),
+            ),
+            413,
+            "payload_too_large",
+        ),
+        (
+            post("text/plain", r#"{"data":1}"#.into()),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (request, status, code) in refused {
+        assert_error(&pool.send(request).await.expect("send"), status, code);
+    }
     assert_error(
         &pool.get(&"0".repeat(32)).await.expect("get"),
         404,
         "not_found",
     );
-    assert_error(
-        &pool
-            .send(pool.http.get(format!("{}/api/v2/nothing", pool.api_url(0))))
-            .await
-            .expect("get"),
-        404,
-        "no_route",
-    );
-
-    let big = json!({"data": "x".repeat(2000)});
-    assert_error(
-        &pool.post(&big).await.expect("post"),
-        413,
-        "payload_too_large",
-    );
-
-    let text = pool
-        .http
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body(r#"{"data":1}"#);
-    assert_error(
-        &pool.send(text).await.expect("send"),
-        415,
-        "unsupported_media_type",
-    );
-    let form = pool
-        .http
-        .post(&url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(r#"{"data":1}"#);
-    assert_error(
-        &pool.send(form).await.expect("send"),
-        415,
-        "unsupported_media_type",
-    );
-
-    // Nothing of the above was queued.
-    let stream = pool.queued_messages().await.expect("stream state");
-    assert_eq!(stream, 0);
+    assert_eq!(pool.queued_messages().await.expect("stream state"), 0);
 }
 
 #[tokio::test]
