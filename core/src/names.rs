@@ -1,4 +1,4 @@
-//! NATS names of one pool (docs/api.md lists them). `namespace` and `pool` are DNS labels, which
+//! NATS names of one pool (docs/architecture.md lists them). `namespace` and `pool` are DNS labels, which
 //! are valid in stream, bucket and subject names alike.
 
 use crate::ids::WorkId;
@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_the_design_table() {
+    fn names_follow_the_documented_table() {
         let names = PoolNames::new("default", "demo").expect("valid");
         let id: WorkId = "0123456789abcdef0123456789abcdef".parse().expect("id");
         assert_eq!(names.stream(), "WP_default_demo");
