@@ -131,6 +131,14 @@ impl Membership {
         }
     }
 
+    /// Records the partitions this worker owns now; whether they changed.
+    fn set_owned(&self, owned: Vec<u32>) -> bool {
+        let mut current = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = *current != owned;
+        *current = owned;
+        changed
+    }
+
     pub fn owned(&self) -> Vec<u32> {
         self.owned
             .lock()
@@ -180,40 +188,28 @@ impl Worker {
             }
             let members = self.membership.current();
             let owned = owned_partitions(&self.membership.me, &members, total);
-            loops.retain(|partition, stop| {
-                let keep = owned.contains(partition);
-                if !keep {
-                    // Its running job (at most one) finishes; the new owner gets the next
-                    // message only after that one is acked, so the key stays serial.
+            let (lost, gained) = partition_changes(loops.keys().copied(), &owned);
+            for partition in lost {
+                // Its running job (at most one) finishes; the new owner gets the next
+                // message only after that one is acked, so the key stays serial.
+                if let Some(stop) = loops.remove(&partition) {
                     stop.cancel();
                 }
-                keep
-            });
-            for partition in &owned {
-                if loops.contains_key(partition) {
-                    continue;
-                }
-                let Some(consumer) = partitions.get(partition) else {
+            }
+            for partition in gained {
+                let Some(consumer) = partitions.get(&partition) else {
                     continue;
                 };
                 let stop = lanes.stop.child_token();
-                loops.insert(*partition, stop.clone());
+                loops.insert(partition, stop.clone());
                 let lanes = Lanes {
                     stop,
                     ..lanes.clone()
                 };
-                let name = workpool_core::PoolNames::keyed_consumer(*partition);
+                let name = workpool_core::PoolNames::keyed_consumer(partition);
                 tasks.spawn(self.clone().pull_loop(name, consumer.clone(), None, lanes));
             }
-            let previous = std::mem::replace(
-                &mut *self
-                    .membership
-                    .owned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-                owned.clone(),
-            );
-            if previous != owned {
+            if self.membership.set_owned(owned.clone()) {
                 tracing::info!(partitions = ?owned, members = members.len(), "keyed partitions owned");
             }
             tokio::select! {
@@ -223,11 +219,7 @@ impl Worker {
                 () = tokio::time::sleep(LEAVING_FOR) => {}
             }
         }
-        self.membership
-            .owned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.membership.set_owned(Vec::new());
         while tasks.join_next().await.is_some() {}
     }
 
@@ -287,7 +279,14 @@ impl Worker {
                     message: format!("unreadable request: {err}"),
                 },
             };
-            let payload = serde_json::to_vec(&reply).unwrap_or_default();
+            let payload = match serde_json::to_vec(&reply) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    // The peer's request times out; an empty answer would not parse either.
+                    tracing::error!(%err, "peer reply cannot be written as JSON");
+                    continue;
+                }
+            };
             if let Err(err) = self.client.publish(reply_to, payload.into()).await {
                 tracing::debug!(%err, "peer reply not sent");
             }
@@ -298,8 +297,14 @@ impl Worker {
     /// rather than when its endpoint disappears. Best effort, bounded by [`PEER_TIMEOUT`].
     pub(crate) async fn announce_leaving(&self) {
         let me = &self.config.pod;
-        let request =
-            serde_json::to_vec(&PeerRequest::Leaving { pod: me.clone() }).unwrap_or_default();
+        let request = match serde_json::to_vec(&PeerRequest::Leaving { pod: me.clone() }) {
+            Ok(request) => request,
+            Err(err) => {
+                // The others find out when the endpoint goes.
+                tracing::error!(%err, "leaving notice cannot be written as JSON");
+                return;
+            }
+        };
         let others: Vec<String> = self
             .membership
             .current()
@@ -327,5 +332,89 @@ impl Worker {
                 "told the other workers this one is leaving"
             );
         }
+    }
+}
+
+/// Which partitions' pull loops to stop (`running` but no longer owned) and which to
+/// start (`owned` but not running), the latter in `owned`'s order.
+fn partition_changes(
+    running: impl IntoIterator<Item = u32>,
+    owned: &[u32],
+) -> (Vec<u32>, Vec<u32>) {
+    let running: BTreeSet<u32> = running.into_iter().collect();
+    let lost = running
+        .iter()
+        .copied()
+        .filter(|partition| !owned.contains(partition))
+        .collect();
+    let gained = owned
+        .iter()
+        .copied()
+        .filter(|partition| !running.contains(partition))
+        .collect();
+    (lost, gained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_partitions_stop_and_gained_ones_start() {
+        assert_eq!(partition_changes([], &[2, 0]), (vec![], vec![2, 0]));
+        assert_eq!(partition_changes([0, 1, 2], &[2, 3, 0]), (vec![1], vec![3]));
+        assert_eq!(partition_changes([4, 5], &[]), (vec![4, 5], vec![]));
+        assert_eq!(partition_changes([1, 2], &[1, 2]), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_worker_outside_kubernetes_counts_only_itself() {
+        let membership = Membership::new("worker-0".into(), None);
+        assert_eq!(
+            membership.current().into_iter().collect::<Vec<_>>(),
+            ["worker-0"]
+        );
+    }
+
+    #[test]
+    fn a_leaving_peer_is_not_counted_and_this_worker_always_is() {
+        let (_members, receiver) = watch::channel(BTreeSet::from([
+            "worker-1".to_owned(),
+            "worker-2".to_owned(),
+        ]));
+        let membership = Membership::new("worker-0".into(), Some(receiver));
+        membership.mark_leaving("worker-1");
+        // A worker never marks itself leaving on a peer's word.
+        membership.mark_leaving("worker-0");
+        assert_eq!(
+            membership.current().into_iter().collect::<Vec<_>>(),
+            ["worker-0", "worker-2"]
+        );
+    }
+
+    #[test]
+    fn owning_the_same_partitions_again_is_no_change() {
+        let membership = Membership::new("worker-0".into(), None);
+        assert!(membership.set_owned(vec![1, 3]));
+        assert!(!membership.set_owned(vec![1, 3]));
+        assert_eq!(membership.owned(), [1, 3]);
+        assert!(membership.set_owned(Vec::new()));
+        assert!(membership.owned().is_empty());
+    }
+
+    #[test]
+    fn running_work_is_cancellable_once_and_forgotten_when_done() {
+        let running = Running::default();
+        let guard = running.start("a").expect("not running yet");
+        assert!(
+            running.start("a").is_none(),
+            "a second delivery runs nothing"
+        );
+        assert_eq!(running.ids(), ["a"]);
+        assert!(running.cancel("a"));
+        assert!(guard.token.is_cancelled());
+        drop(guard);
+        assert!(!running.cancel("a"));
+        assert!(running.ids().is_empty());
     }
 }

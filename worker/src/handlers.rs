@@ -250,6 +250,23 @@ struct GroupKiller(Option<nix::unistd::Pid>);
 /// How long a killed group may take to die before the attempt goes on anyway.
 const GROUP_DEATH_WAIT: Duration = Duration::from_secs(1);
 
+impl GroupKiller {
+    /// The killer of `child`'s process group (the child leads it).
+    fn of(child: &tokio::process::Child) -> Self {
+        Self(
+            child
+                .id()
+                .and_then(|pid| i32::try_from(pid).ok())
+                .map(nix::unistd::Pid::from_raw),
+        )
+    }
+
+    /// The program ended by itself: nothing to kill.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         if let Some(group) = self.0 {
@@ -303,6 +320,31 @@ async fn run_exec(
             "exec handler has an empty command".into(),
         ));
     };
+    let payload = serde_json::to_vec(input).map_err(|err| {
+        HandlerError::Permanent(format!(
+            "cannot write the work as JSON for {program}: {err}"
+        ))
+    })?;
+    let mut child = spawn(program, args, guard, input)?;
+    // From here every early return ends the program's whole group.
+    let mut killer = GroupKiller::of(&child);
+    let (stdout, stderr) = communicate(&mut child, program, payload, limit).await?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|err| HandlerError::Retryable(format!("waiting for {program}: {err}")))?;
+    killer.disarm();
+    exited(program, status, guard.is_some(), &stdout, &stderr)
+}
+
+/// Starts `program` (under the guard, if there is one) in its own process group, with
+/// the work's id, task and attempt in its environment and its three pipes open.
+fn spawn(
+    program: &str,
+    args: &[String],
+    guard: Option<&ExecGuard>,
+    input: &HandlerInput<'_>,
+) -> Result<tokio::process::Child, HandlerError> {
     let mut command = match guard {
         Some(guard) => guard.command(program, args),
         None => {
@@ -311,7 +353,7 @@ async fn run_exec(
             command
         }
     };
-    let mut child = command
+    command
         .env("WORKPOOL_WORK_ID", input.work.id.as_str())
         .env("WORKPOOL_TASK", &input.work.task)
         .env("WORKPOOL_ATTEMPT", input.attempt.to_string())
@@ -321,14 +363,19 @@ async fn run_exec(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|err| HandlerError::Permanent(format!("cannot start {program}: {err}")))?;
-    let mut killer = GroupKiller(
-        child
-            .id()
-            .and_then(|pid| i32::try_from(pid).ok())
-            .map(nix::unistd::Pid::from_raw),
-    );
-    let payload = serde_json::to_vec(input).unwrap_or_default();
+        .map_err(|err| HandlerError::Permanent(format!("cannot start {program}: {err}")))
+}
+
+/// Writes `payload` to the program's stdin (closing it after) while reading its stdout
+/// (at most `limit` bytes) and the end of its stderr, all at once: a program that writes
+/// before it has read everything would otherwise fill its stdout pipe while we still
+/// fill its stdin.
+async fn communicate(
+    child: &mut tokio::process::Child,
+    program: &str,
+    payload: Vec<u8>,
+    limit: usize,
+) -> Result<(Vec<u8>, Vec<u8>), HandlerError> {
     let stdin = child.stdin.take();
     let feed = async move {
         if let Some(mut stdin) = stdin {
@@ -339,15 +386,13 @@ async fn run_exec(
         }
         Ok::<_, HandlerError>(())
     };
-    // Input and output go at once: a program that writes before it has read everything
-    // would otherwise fill its stdout pipe while we still fill its stdin.
     let output = async {
         read_limited(child.stdout.take(), limit)
             .await
             .map_err(|err| {
                 HandlerError::Retryable(format!("reading the output of {program}: {err}"))
             })?
-            // Over the limit: returning drops the killer, which ends the program.
+            // Over the limit: the caller's return drops its killer, which ends the program.
             .ok_or_else(|| too_large(limit))
     };
     let errors = async {
@@ -358,20 +403,26 @@ async fn run_exec(
             })
     };
     let ((), stdout, stderr) = tokio::try_join!(feed, output, errors)?;
-    let status = child
-        .wait()
-        .await
-        .map_err(|err| HandlerError::Retryable(format!("waiting for {program}: {err}")))?;
-    killer.0 = None;
+    Ok((stdout, stderr))
+}
+
+/// What a program's exit means: 0 gives its output as the result; the guard's "cannot
+/// start" is as permanent as a failed spawn; any other failure is worth another attempt.
+fn exited(
+    program: &str,
+    status: std::process::ExitStatus,
+    guarded: bool,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<serde_json::Value, HandlerError> {
     if status.success() {
-        Ok(output_value(&stdout))
-    } else if guard.is_some() && status.code() == Some(i32::from(crate::guard::CANNOT_START)) {
-        // The guard could not start the program: as permanent as a failed spawn here.
-        Err(HandlerError::Permanent(tail(&stderr)))
+        Ok(output_value(stdout))
+    } else if guarded && status.code() == Some(i32::from(crate::guard::CANNOT_START)) {
+        Err(HandlerError::Permanent(tail(stderr)))
     } else {
         Err(HandlerError::Retryable(format!(
             "{program} exited with {status}: {}",
-            tail(&stderr)
+            tail(stderr)
         )))
     }
 }
@@ -831,12 +882,76 @@ mod tests {
             .parse()
             .expect("pid");
         // Reap-free check: signal 0 fails once the grandchild is gone.
-        let gone = (0..50).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
+        let gone = eventually(|| {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
                 || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|stat| stat.contains(") Z "))
-        });
+        })
+        .await;
         assert!(gone, "sleep {pid} survived the timeout");
+    }
+
+    /// Whether `done` comes true within a few seconds, looking every 20 ms without
+    /// blocking the runtime.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if done() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn exit(code: i32) -> std::process::ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+    }
+
+    fn killed(signal: i32) -> std::process::ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(signal)
+    }
+
+    #[test]
+    fn a_program_that_exits_0_gives_its_output() {
+        assert_eq!(
+            exited("p", exit(0), false, b"{\"a\": 1}\n", b"noise"),
+            Ok(json!({"a": 1}))
+        );
+        assert_eq!(
+            exited("p", exit(0), true, b"  plain text\n", b""),
+            Ok(json!("plain text"))
+        );
+    }
+
+    #[test]
+    fn a_failing_program_is_retried_with_the_end_of_its_stderr() {
+        match exited("p", exit(3), false, b"", b"first\nthe reason\n") {
+            Err(HandlerError::Retryable(message)) => {
+                assert!(message.starts_with("p exited with"), "{message}");
+                assert!(message.ends_with(": first\nthe reason"), "{message}");
+            }
+            other => panic!("expected a retryable failure, got {other:?}"),
+        }
+        assert!(matches!(
+            exited("p", killed(9), true, b"", b""),
+            Err(HandlerError::Retryable(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_guard_can_say_the_program_cannot_start() {
+        let cannot_start = exit(i32::from(crate::guard::CANNOT_START));
+        assert_eq!(
+            exited("p", cannot_start, true, b"", b"cannot start p: not found\n"),
+            Err(HandlerError::Permanent("cannot start p: not found".into()))
+        );
+        // Unguarded, 127 is just the program's own exit code.
+        assert!(matches!(
+            exited("p", cannot_start, false, b"", b""),
+            Err(HandlerError::Retryable(_))
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! The Workpool worker: pulls work from the pool's JetStream consumers, runs the pool's
 //! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
 
+mod backoff;
 pub mod cluster;
 pub mod guard;
 pub mod handlers;
@@ -10,7 +11,7 @@ pub mod process;
 mod pull;
 pub mod records;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
@@ -45,7 +46,7 @@ pub struct Args {
     pub listen: SocketAddr,
     /// After SIGTERM, how long running attempts may take to finish before they are
     /// handed back to the queue (keep it below the pod's termination grace period).
-    #[arg(long, env = "WORKPOOL_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime_duration)]
+    #[arg(long, env = "WORKPOOL_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// The pool's headless worker Service: its ready endpoints are the members keyed
     /// partitions are spread over. Without it (outside Kubernetes) this worker counts
@@ -68,12 +69,6 @@ fn handler(spec: &workpool_core::PoolSpec) -> Handler {
             handler
         }
     }
-}
-
-fn humantime_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<humantime_serde::re::humantime::Duration>()
-        .map(Into::into)
-        .map_err(|err| err.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,28 +104,62 @@ struct Bound {
     partitions: HashMap<u32, PullConsumer>,
 }
 
-async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, String> {
+/// Why the pool's NATS objects cannot be bound (yet): the operator creates them, and
+/// the worker may start first.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("results bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: jetstream::context::KeyValueError,
+    },
+    #[error("stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("consumer {consumer}: {source}")]
+    Consumer {
+        consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, BindError> {
     let names: &PoolNames = &config.names;
+    let bucket = names.bucket();
     let kv = js
-        .get_key_value(names.bucket())
+        .get_key_value(&bucket)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|source| BindError::Bucket { bucket, source })?;
+    let stream_name = names.stream();
     let stream = js
-        .get_stream(names.stream())
+        .get_stream(&stream_name)
         .await
-        .map_err(|err| err.to_string())?;
-    let work: PullConsumer = stream
-        .get_consumer(WORK_CONSUMER)
-        .await
-        .map_err(|err| format!("consumer {WORK_CONSUMER}: {err}"))?;
+        .map_err(|source| BindError::Stream {
+            stream: stream_name,
+            source,
+        })?;
+    let consumer = |name: String| {
+        let stream = &stream;
+        async move {
+            stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await
+                .map_err(|source| BindError::Consumer {
+                    consumer: name,
+                    source,
+                })
+        }
+    };
+    let work: PullConsumer = consumer(WORK_CONSUMER.to_owned()).await?;
     let mut partitions = HashMap::new();
     for partition in 0..config.spec.worker.partitions {
         let name = PoolNames::keyed_consumer(partition);
-        let consumer: PullConsumer = stream
-            .get_consumer(&name)
-            .await
-            .map_err(|err| format!("consumer {name}: {err}"))?;
-        partitions.insert(partition, consumer);
+        partitions.insert(partition, consumer(name).await?);
     }
     Ok(Bound {
         records: Records::new(
@@ -141,6 +170,57 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Str
         work,
         partitions,
     })
+}
+
+/// Binds the pool's NATS objects, trying again for as long as it takes; `None` if
+/// `stop` comes first.
+async fn wait_until_bound(
+    js: &jetstream::Context,
+    config: &PoolConfig,
+    stop: &CancellationToken,
+) -> Option<Bound> {
+    let mut delays = backoff::UntilAnswered::new();
+    loop {
+        match bind(js, config).await {
+            Ok(bound) => return Some(bound),
+            Err(err) => {
+                tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delays.next_delay()) => {}
+                    () = stop.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// The pool's members, from the ready endpoints of its headless worker Service; `None`
+/// without a Service (outside Kubernetes) or without a Kubernetes API.
+async fn members(
+    service: Option<&str>,
+    namespace: &str,
+) -> Option<watch::Receiver<BTreeSet<String>>> {
+    let service = service?;
+    match kube::Client::try_default().await {
+        Ok(kube) => Some(workpool_runtime::membership::watch_service(
+            kube, namespace, service,
+        )),
+        Err(err) => {
+            tracing::warn!(%err, "no Kubernetes API: counting only this worker as a member");
+            None
+        }
+    }
+}
+
+/// A token cancelled once `shutdown` completes.
+fn cancelled_on(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_signal.cancel();
+    });
+    stop
 }
 
 #[derive(Clone)]
@@ -174,7 +254,13 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let config = args.pool.load()?;
+    let Args {
+        pool,
+        listen,
+        drain_timeout,
+        workers_service,
+    } = args;
+    let config = pool.load()?;
     let client = workpool_runtime::config::connect_nats(&config, "workpool-worker").await?;
     let js = jetstream::new(client.clone());
     let health = Health {
@@ -182,7 +268,7 @@ pub async fn run(
         client: client.clone(),
         worker: Arc::default(),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -196,43 +282,10 @@ pub async fn run(
             .await
     });
 
-    let stop = CancellationToken::new();
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_signal.cancel();
-    });
-
-    let mut delay = Duration::from_millis(100);
-    let bound = loop {
-        match bind(&js, &config).await {
-            Ok(bound) => break Some(bound),
-            Err(err) => {
-                tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => break None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    if let Some(bound) = bound {
+    let stop = cancelled_on(shutdown);
+    if let Some(bound) = wait_until_bound(&js, &config, &stop).await {
         let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
-        let members = match &args.workers_service {
-            Some(service) => match kube::Client::try_default().await {
-                Ok(kube) => Some(workpool_runtime::membership::watch_service(
-                    kube,
-                    &config.names.namespace,
-                    service,
-                )),
-                Err(err) => {
-                    tracing::warn!(%err, "no Kubernetes API: counting only this worker as a member");
-                    None
-                }
-            },
-            None => None,
-        };
+        let members = members(workers_service.as_deref(), &config.names.namespace).await;
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
@@ -243,21 +296,9 @@ pub async fn run(
             js,
             metrics,
         });
-        let requests = worker.peer_requests().await?;
-        let _ = health.worker.set(worker.clone());
-        health.ready.store(true, Ordering::Relaxed);
-        tracing::info!(pod = %worker.config.pod, concurrency = worker.config.spec.worker.concurrency, "worker pulling");
-        let peers_stop = CancellationToken::new();
-        let peers = tokio::spawn(worker.clone().answer_peers(
-            requests,
-            health.ready.clone(),
-            peers_stop.clone(),
-        ));
         worker
-            .work_until_stopped(bound.work, bound.partitions, stop, args.drain_timeout)
-            .await;
-        peers_stop.cancel();
-        let _ = peers.await;
+            .serve(bound.work, bound.partitions, &health, stop, drain_timeout)
+            .await?;
     }
     health.ready.store(false, Ordering::Relaxed);
     http_stop.cancel();
@@ -266,6 +307,32 @@ pub async fn run(
 }
 
 impl Worker {
+    /// Answers peers and pulls work, ready, until `stop`; then drains.
+    async fn serve(
+        self: Arc<Self>,
+        work: PullConsumer,
+        partitions: HashMap<u32, PullConsumer>,
+        health: &Health,
+        stop: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), WorkerError> {
+        let requests = self.peer_requests().await?;
+        let _ = health.worker.set(self.clone());
+        health.ready.store(true, Ordering::Relaxed);
+        tracing::info!(pod = %self.config.pod, concurrency = self.config.spec.worker.concurrency, "worker pulling");
+        let peers_stop = CancellationToken::new();
+        let peers = tokio::spawn(self.clone().answer_peers(
+            requests,
+            health.ready.clone(),
+            peers_stop.clone(),
+        ));
+        self.work_until_stopped(work, partitions, stop, drain_timeout)
+            .await;
+        peers_stop.cancel();
+        let _ = peers.await;
+        Ok(())
+    }
+
     async fn work_until_stopped(
         self: Arc<Self>,
         work: PullConsumer,

@@ -1,4 +1,5 @@
-// glibc malloc spent a fifth of the api's CPU under load (perf); mimalloc does not fragment that way.
+// mimalloc, as in the api: perf showed glibc malloc at a fifth of the *api's* CPU under load.
+// The worker was switched with it and has not been profiled on its own (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -16,22 +16,24 @@
 //!   stream, records `failed` and terminates the message.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+use workpool_core::spec::WorkerSpec;
 use workpool_runtime::events::PublishEvent;
 
 use crate::Worker;
+use crate::cluster::RunningGuard;
 use crate::handlers::HandlerError;
 use crate::hold::{Beat, Current, Hold, beat_interval};
-use crate::records::{Begin, Settled};
+use crate::records::{Begin, RecordError, Settled};
 
 /// Header of a dead letter: the error that ended the work.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "Workpool-Error";
@@ -87,69 +89,120 @@ impl Worker {
         abort: CancellationToken,
     ) {
         let message = Arc::new(message);
-        let hint = (delivered == 1)
-            .then(|| {
-                message
-                    .headers
-                    .as_ref()?
-                    .get(RECORD_REVISION_HEADER)?
-                    .as_str()
-                    .parse()
-                    .ok()
-            })
-            .flatten();
-        let max_attempts = self.config.spec.worker.max_attempts;
-        let ack_wait = self.config.spec.worker.ack_wait;
+        let spec = &self.config.spec.worker;
         // Registered before the record says `working` and kept until the outcome is
         // written, so a peer's cancel always finds work this worker has marked running.
         let Some(running) = self.running.start(work.id.as_str()) else {
             // This worker still runs an earlier delivery of the same work.
-            let until = Utc::now() + chrono::Duration::from_std(ack_wait).unwrap_or_default();
+            let until = self.records.lease_from_now();
             return self.wait_for_holder(&message, &work, until, &abort).await;
         };
         // The first write below proves this in-progress ack reached the server: from
         // here it waits a full ackWait before it may hand the message to anyone else.
         let proven_at = tokio::time::Instant::now();
         acknowledge(&message, AckKind::Progress).await;
-        let (record, revision) = match self.records.begin(&work, hint, max_attempts).await {
-            Ok(Begin::Run { record, revision }) => (record, revision),
-            Ok(Begin::Skip(status)) => {
-                tracing::debug!(status = status.as_str(), "already finished; skipping");
-                self.metrics.skipped(&work.task);
-                return acknowledge(&message, AckKind::Ack).await;
-            }
-            Ok(skipped @ (Begin::Stale | Begin::Expired)) => {
-                let why = match skipped {
-                    Begin::Stale => "a later submission of the same id owns the record",
-                    _ => "the work finished and its record expired",
-                };
-                tracing::info!(why, "skipping a message");
-                self.metrics.skipped(&work.task);
-                return acknowledge(&message, AckKind::Ack).await;
-            }
-            Ok(Begin::Held { until }) => {
+        let hint = revision_hint(message.headers.as_ref(), delivered);
+        let begun = self.records.begin(&work, hint, spec.max_attempts).await;
+        let current = match start(begun, spec) {
+            Start::Run(current) => current,
+            Start::Skip(skipped) => return self.skip(&message, &work, skipped).await,
+            Start::WaitForHolder { until } => {
                 drop(running);
                 return self.wait_for_holder(&message, &work, until, &abort).await;
             }
-            Ok(Begin::Exhausted { record, revision }) => {
-                let error = format!(
-                    "attempt {} of {max_attempts} never finished (its worker was lost); no attempts left",
-                    record.attempts
-                );
-                return self
-                    .fail_for_good(&message, &work, Current { record, revision }, error)
-                    .await;
+            Start::FailForGood { current, error } => {
+                return self.fail_for_good(&message, &work, current, error).await;
             }
-            Err(err) => {
+            Start::Redeliver { err, after } => {
                 tracing::warn!(%err, "cannot record the start of the work; it will be redelivered");
-                return acknowledge(
-                    &message,
-                    AckKind::Nak(Some(self.config.spec.worker.backoff_after(1))),
-                )
-                .await;
+                return acknowledge(&message, AckKind::Nak(Some(after))).await;
             }
         };
-        let attempt = record.attempts;
+        self.attempt(&message, &work, current, running, proven_at, &abort)
+            .await;
+    }
+
+    /// Runs the attempt `current` shows, holding the work meanwhile, and acts on how it
+    /// ended.
+    async fn attempt(
+        &self,
+        message: &Arc<jetstream::Message>,
+        work: &WorkMessage,
+        current: Current,
+        running: RunningGuard<'_>,
+        proven_at: tokio::time::Instant,
+        abort: &CancellationToken,
+    ) {
+        let attempt = current.record.attempts;
+        let hold = self.hold(work, message, current, proven_at);
+        self.metrics.started(&work.task);
+        self.event(WorkEventKind::Started, work, attempt, None)
+            .await;
+        let stopped = self
+            .run_attempt(work, attempt, &hold, &running, abort)
+            .await;
+        let spec = &self.config.spec.worker;
+        match verdict(stopped, spec.timeout) {
+            // The message stays unacknowledged: whoever holds it next decides.
+            Verdict::Lost => {}
+            Verdict::Cancelled(why) => {
+                tracing::info!(attempt, why);
+                self.finish(message, work, hold.current(), Outcome::Cancelled)
+                    .await;
+            }
+            Verdict::HandBack => {
+                tracing::info!(attempt, "shutting down mid-attempt; handing the work back");
+                acknowledge(message, AckKind::Nak(None)).await;
+            }
+            Verdict::Worked(result) => {
+                self.complete(message, work, hold.current(), result).await;
+            }
+            Verdict::FailedForGood(error) => {
+                self.fail_for_good(message, work, hold.current(), error)
+                    .await;
+            }
+            Verdict::Failed(error) => match retry_plan(attempt, work.key.is_some(), spec) {
+                Retry::FailForGood => {
+                    self.fail_for_good(message, work, hold.current(), error)
+                        .await;
+                }
+                Retry::Later(later) => {
+                    let current = hold.current();
+                    // Between attempts the work is not running here: a cancel now goes
+                    // through the record (the api marks it cancelled, and the next
+                    // delivery is skipped).
+                    drop(hold);
+                    drop(running);
+                    self.retry_later(message, work, current, error, later, abort)
+                        .await;
+                }
+            },
+        }
+    }
+
+    /// Acks a delivery that runs nothing.
+    async fn skip(&self, message: &jetstream::Message, work: &WorkMessage, skipped: Skipped) {
+        match skipped {
+            Skipped::Finished(status) => {
+                tracing::debug!(status = status.as_str(), "already finished; skipping");
+            }
+            Skipped::Stale | Skipped::Expired => {
+                tracing::info!(why = skipped.why(), "skipping a message");
+            }
+        }
+        self.metrics.skipped(&work.task);
+        acknowledge(message, AckKind::Ack).await;
+    }
+
+    /// Holds the attempt's message and record (the heartbeat) while it runs.
+    fn hold(
+        &self,
+        work: &WorkMessage,
+        message: &Arc<jetstream::Message>,
+        current: Current,
+        proven_at: tokio::time::Instant,
+    ) -> Hold {
+        let ack_wait = self.config.spec.worker.ack_wait;
         let beat = Beat {
             id: work.id.clone(),
             records: self.records.clone(),
@@ -158,67 +211,38 @@ impl Worker {
             every: beat_interval(ack_wait),
             proven_at,
         };
-        let hold = Hold::start(beat, record, revision);
-        self.metrics.started(&work.task);
-        self.event(WorkEventKind::Started, &work, attempt, None)
-            .await;
+        Hold::start(beat, current.record, current.revision)
+    }
 
+    /// Runs the handler under the pool's timeout until it ends or something stops it.
+    async fn run_attempt(
+        &self,
+        work: &WorkMessage,
+        attempt: u32,
+        hold: &Hold,
+        running: &RunningGuard<'_>,
+        abort: &CancellationToken,
+    ) -> Stop {
         self.metrics.in_flight.inc();
         let started = Instant::now();
         let timeout = self.config.spec.worker.timeout;
         // The select only decides; acting on it comes after, once the handler's future
         // (and with it an exec child) is gone, so no outcome is written while it runs.
         let stopped = tokio::select! {
-            outcome = tokio::time::timeout(timeout, self.handler.run(&work, attempt)) => Stop::Ran(outcome),
+            outcome = tokio::time::timeout(timeout, self.handler.run(work, attempt)) => {
+                outcome.map_or(Stop::TimedOut, Stop::Ran)
+            }
             () = abort.cancelled() => Stop::Shutdown,
             () = hold.lost() => Stop::Lost,
             () = running.cancelled() => Stop::Cancelled("cancelled while running"),
             () = hold.cancel_requested() => Stop::Cancelled("cancel requested through the record; stopped"),
         };
-        let outcome = match stopped {
-            Stop::Ran(outcome) => Some(outcome),
-            Stop::Shutdown => None,
-            // The message stays unacknowledged: whoever holds it next decides.
-            Stop::Lost => {
-                self.metrics.in_flight.dec();
-                return;
-            }
-            Stop::Cancelled(why) => {
-                self.metrics.in_flight.dec();
-                tracing::info!(attempt, why);
-                return self
-                    .finish(&message, &work, hold.current(), Outcome::Cancelled)
-                    .await;
-            }
-        };
-        self.metrics
-            .handler_ran(&work.task, started.elapsed().as_secs_f64());
-        self.metrics.in_flight.dec();
-        let current = hold.current();
-
-        let error = match outcome {
-            None => {
-                tracing::info!(attempt, "shutting down mid-attempt; handing the work back");
-                return acknowledge(&message, AckKind::Nak(None)).await;
-            }
-            Some(Ok(Ok(result))) => {
-                return self.complete(&message, &work, current, result).await;
-            }
-            Some(Ok(Err(HandlerError::Permanent(error)))) => {
-                return self.fail_for_good(&message, &work, current, error).await;
-            }
-            Some(Ok(Err(HandlerError::Retryable(error)))) => error,
-            Some(Err(_elapsed)) => format!("attempt timed out after {}", humantime_like(timeout)),
-        };
-        if attempt >= max_attempts {
-            return self.fail_for_good(&message, &work, current, error).await;
+        if stopped.handler_timed() {
+            self.metrics
+                .handler_ran(&work.task, started.elapsed().as_secs_f64());
         }
-        // Between attempts the work is not running here: a cancel now goes through the
-        // record (the api marks it cancelled, and the next delivery is skipped).
-        drop(hold);
-        drop(running);
-        self.retry_later(&message, &work, current, attempt, error, &abort)
-            .await;
+        self.metrics.in_flight.dec();
+        stopped
     }
 
     /// Records a failed attempt (releasing its hold) and hands the message back after
@@ -228,11 +252,15 @@ impl Worker {
         message: &Arc<jetstream::Message>,
         work: &WorkMessage,
         current: Current,
-        attempt: u32,
         error: String,
+        later: Later,
         abort: &CancellationToken,
     ) {
-        let delay = self.config.spec.worker.backoff_after(attempt);
+        let Later {
+            attempt,
+            delay,
+            hand_back,
+        } = later;
         tracing::info!(attempt, %error, retry_in = ?delay, "attempt failed; will retry");
         // Keyed work keeps the message (the heartbeat keeps it ours) through the backoff.
         let _heartbeat = heartbeat(
@@ -260,18 +288,16 @@ impl Worker {
         self.metrics.retried(&work.task);
         self.event(WorkEventKind::Retried, work, attempt, Some(error))
             .await;
-        if work.key.is_some() {
-            // Keyed work keeps its key's order: the message is held through the backoff
-            // and then handed straight back, so it is its partition's next delivery. A
-            // nak with a delay would free the partition and let the key's later work
-            // overtake it.
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = abort.cancelled() => {}
+        match hand_back {
+            HandBack::HoldThenNak => {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abort.cancelled() => {}
+                }
+                acknowledge(message, AckKind::Nak(None)).await;
             }
-            return acknowledge(message, AckKind::Nak(None)).await;
+            HandBack::NakWithDelay => acknowledge(message, AckKind::Nak(Some(delay))).await,
         }
-        acknowledge(message, AckKind::Nak(Some(delay))).await;
     }
 
     /// Another attempt holds the work until `until`; start nothing before then. Keyed
@@ -284,6 +310,7 @@ impl Worker {
         until: chrono::DateTime<Utc>,
         abort: &CancellationToken,
     ) {
+        // A lease already over (negative, so no `std` duration) waits only the margin.
         let wait = (until - Utc::now())
             .to_std()
             .unwrap_or_default()
@@ -328,7 +355,7 @@ impl Worker {
         let payload = message.payload.clone();
         let stored = self.publish_dead_letter(
             subject,
-            work.id.as_str(),
+            Some(work.id.as_str()),
             payload,
             &error,
             current.record.attempts,
@@ -355,30 +382,13 @@ impl Worker {
     ) {
         let Current { record, revision } = current;
         let attempt = record.attempts;
-        let (status, result, error, event, ack) = match outcome {
-            Outcome::Worked(result) => (
-                WorkStatus::Worked,
-                Some(result),
-                None,
-                WorkEventKind::Worked,
-                AckKind::Ack,
-            ),
-            Outcome::Failed(error) => (
-                WorkStatus::Failed,
-                None,
-                Some(error),
-                WorkEventKind::Failed,
-                AckKind::Term,
-            ),
-            // Terminated, not redelivered: nobody wants this work any more.
-            Outcome::Cancelled => (
-                WorkStatus::Cancelled,
-                None,
-                Some("cancelled while running".to_owned()),
-                WorkEventKind::Cancelled,
-                AckKind::Term,
-            ),
-        };
+        let Ending {
+            status,
+            result,
+            error,
+            event,
+            ack,
+        } = outcome.ending();
         match self
             .records
             .settle(&work.id, record, revision, status, result, error.clone())
@@ -416,12 +426,17 @@ impl Worker {
     async fn dead_letter_unreadable(&self, message: jetstream::Message, error: &str) {
         tracing::error!(subject = %message.subject, %error, "unreadable work message; dead-lettering it");
         let subject = self.config.names.dead_letter_unreadable_subject();
-        let id = message
-            .info()
-            .map(|info| info.stream_sequence.to_string())
-            .unwrap_or_default();
+        // Deduplicated by its stream sequence, if it has one (a message pulled from a
+        // consumer always has).
+        let id = match message.info() {
+            Ok(info) => Some(info.stream_sequence.to_string()),
+            Err(err) => {
+                tracing::warn!(%err, "no stream sequence: the dead letter is not deduplicated");
+                None
+            }
+        };
         match self
-            .publish_dead_letter(subject, &id, message.payload.clone(), error, 0)
+            .publish_dead_letter(subject, id.as_deref(), message.payload.clone(), error, 0)
             .await
         {
             Ok(()) => acknowledge(&message, AckKind::Term).await,
@@ -434,18 +449,20 @@ impl Worker {
     async fn publish_dead_letter(
         &self,
         subject: String,
-        id: &str,
+        id: Option<&str>,
         payload: bytes::Bytes,
         error: &str,
         attempts: u32,
     ) -> Result<(), async_nats::Error> {
         // Header values cannot hold line breaks.
         let error_header = error.replace(['\r', '\n'], " ");
-        let publish = jetstream::message::PublishMessage::build()
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(payload)
-            .message_id(id)
             .header(DEAD_LETTER_ERROR_HEADER, error_header.as_str())
             .header(DEAD_LETTER_ATTEMPTS_HEADER, attempts.to_string().as_str());
+        if let Some(id) = id {
+            publish = publish.message_id(id);
+        }
         self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }
@@ -471,19 +488,209 @@ impl Worker {
     }
 }
 
+/// The revision of the `pending` record the api wrote, from the message's header: on a
+/// first delivery it is the record's revision still, and saves a read.
+fn revision_hint(headers: Option<&async_nats::HeaderMap>, delivered: i64) -> Option<u64> {
+    if delivered != 1 {
+        return None;
+    }
+    headers?.get(RECORD_REVISION_HEADER)?.as_str().parse().ok()
+}
+
+/// What a delivery does once its start is (or is not) recorded.
+#[derive(Debug)]
+enum Start {
+    /// Run the attempt the record now shows.
+    Run(Current),
+    /// Ack the message and run nothing.
+    Skip(Skipped),
+    /// Another attempt holds the work until `until`: start nothing before then.
+    WaitForHolder { until: DateTime<Utc> },
+    /// Every attempt was started before: dead-letter the work and record `failed`.
+    FailForGood { current: Current, error: String },
+    /// The start could not be recorded: hand the message back, to come again `after`.
+    Redeliver { err: RecordError, after: Duration },
+}
+
+/// Why a delivery runs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skipped {
+    /// The work is already finished (or cancelled).
+    Finished(WorkStatus),
+    Stale,
+    Expired,
+}
+
+impl Skipped {
+    fn why(self) -> &'static str {
+        match self {
+            Self::Finished(_) => "the work is already finished",
+            Self::Stale => "a later submission of the same id owns the record",
+            Self::Expired => "the work finished and its record expired",
+        }
+    }
+}
+
+/// What to do with a delivery, given how recording its start went.
+fn start(begun: Result<Begin, RecordError>, spec: &WorkerSpec) -> Start {
+    match begun {
+        Ok(Begin::Run { record, revision }) => Start::Run(Current { record, revision }),
+        Ok(Begin::Skip(status)) => Start::Skip(Skipped::Finished(status)),
+        Ok(Begin::Stale) => Start::Skip(Skipped::Stale),
+        Ok(Begin::Expired) => Start::Skip(Skipped::Expired),
+        Ok(Begin::Held { until }) => Start::WaitForHolder { until },
+        Ok(Begin::Exhausted { record, revision }) => Start::FailForGood {
+            error: format!(
+                "attempt {} of {} never finished (its worker was lost); no attempts left",
+                record.attempts, spec.max_attempts
+            ),
+            current: Current { record, revision },
+        },
+        Err(err) => Start::Redeliver {
+            err,
+            after: spec.backoff_after(1),
+        },
+    }
+}
+
 /// Why an attempt's handler stopped.
-enum Stop<T> {
-    Ran(T),
+#[derive(Debug)]
+enum Stop {
+    Ran(Result<serde_json::Value, HandlerError>),
+    TimedOut,
     Shutdown,
     Lost,
     Cancelled(&'static str),
 }
 
+impl Stop {
+    /// Whether the handler's time goes into its duration metric: it ran until it ended,
+    /// timed out, or the worker shut down.
+    fn handler_timed(&self) -> bool {
+        matches!(self, Self::Ran(_) | Self::TimedOut | Self::Shutdown)
+    }
+}
+
+/// What an attempt's end means for the work.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The attempt lost its hold: write nothing, acknowledge nothing.
+    Lost,
+    /// Cancelled (by a peer, or through the record): record `cancelled`.
+    Cancelled(&'static str),
+    /// The worker is shutting down: hand the message back at once.
+    HandBack,
+    Worked(serde_json::Value),
+    /// A permanent error: fail for good, whatever attempts are left.
+    FailedForGood(String),
+    /// Worth another attempt, if one is left ([`retry_plan`]).
+    Failed(String),
+}
+
+fn verdict(stopped: Stop, timeout: Duration) -> Verdict {
+    match stopped {
+        Stop::Ran(Ok(result)) => Verdict::Worked(result),
+        Stop::Ran(Err(HandlerError::Permanent(error))) => Verdict::FailedForGood(error),
+        Stop::Ran(Err(HandlerError::Retryable(error))) => Verdict::Failed(error),
+        Stop::TimedOut => Verdict::Failed(format!(
+            "attempt timed out after {}",
+            humantime_like(timeout)
+        )),
+        Stop::Shutdown => Verdict::HandBack,
+        Stop::Lost => Verdict::Lost,
+        Stop::Cancelled(why) => Verdict::Cancelled(why),
+    }
+}
+
+/// What follows a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Retry {
+    /// That was the last attempt: dead-letter the work and record `failed`.
+    FailForGood,
+    Later(Later),
+}
+
+/// Another attempt after `attempt`, once `delay` has passed.
+#[derive(Debug, PartialEq, Eq)]
+struct Later {
+    attempt: u32,
+    delay: Duration,
+    hand_back: HandBack,
+}
+
+/// How the message goes back for the next attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum HandBack {
+    /// Nak it with the delay: the server redelivers it then (to any worker).
+    NakWithDelay,
+    /// Keep it through the delay (its heartbeat keeps it ours), then nak it at once, so
+    /// it is its partition's next delivery. Keyed work keeps its key's order this way: a
+    /// nak with a delay would free the partition and let the key's later work overtake
+    /// it.
+    HoldThenNak,
+}
+
+/// After failed attempt `attempt` (1 for the first), of work with a key or not.
+fn retry_plan(attempt: u32, keyed: bool, spec: &WorkerSpec) -> Retry {
+    if attempt >= spec.max_attempts {
+        return Retry::FailForGood;
+    }
+    Retry::Later(Later {
+        attempt,
+        delay: spec.backoff_after(attempt),
+        hand_back: if keyed {
+            HandBack::HoldThenNak
+        } else {
+            HandBack::NakWithDelay
+        },
+    })
+}
+
 /// How an attempt ended for good.
+#[derive(Debug)]
 enum Outcome {
     Worked(serde_json::Value),
     Failed(String),
     Cancelled,
+}
+
+/// What an outcome writes, announces and does with the message.
+#[derive(Debug)]
+struct Ending {
+    status: WorkStatus,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+    event: WorkEventKind,
+    ack: AckKind,
+}
+
+impl Outcome {
+    fn ending(self) -> Ending {
+        match self {
+            Self::Worked(result) => Ending {
+                status: WorkStatus::Worked,
+                result: Some(result),
+                error: None,
+                event: WorkEventKind::Worked,
+                ack: AckKind::Ack,
+            },
+            Self::Failed(error) => Ending {
+                status: WorkStatus::Failed,
+                result: None,
+                error: Some(error),
+                event: WorkEventKind::Failed,
+                ack: AckKind::Term,
+            },
+            // Terminated, not redelivered: nobody wants this work any more.
+            Self::Cancelled => Ending {
+                status: WorkStatus::Cancelled,
+                result: None,
+                error: Some("cancelled while running".to_owned()),
+                event: WorkEventKind::Cancelled,
+                ack: AckKind::Term,
+            },
+        }
+    }
 }
 
 fn seconds_since(work: &WorkMessage) -> f64 {
@@ -492,4 +699,272 @@ fn seconds_since(work: &WorkMessage) -> f64 {
 
 fn humantime_like(duration: std::time::Duration) -> String {
     format!("{:.3}s", duration.as_secs_f64()).replace(".000s", "s")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use workpool_core::{WorkId, WorkRecord};
+
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Three attempts, with pauses of 1 s, then 5 s, then 30 s for good.
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            max_attempts: 3,
+            backoff: vec![SECOND, 5 * SECOND, 30 * SECOND],
+            ..WorkerSpec::default()
+        }
+    }
+
+    fn record(attempts: u32) -> WorkRecord {
+        let mut record = WorkRecord::pending("default", None, "api-0", Utc::now());
+        record.attempts = attempts;
+        record
+    }
+
+    fn later(attempt: u32, delay: Duration, hand_back: HandBack) -> Retry {
+        Retry::Later(Later {
+            attempt,
+            delay,
+            hand_back,
+        })
+    }
+
+    #[test]
+    fn the_last_attempt_fails_for_good() {
+        assert_eq!(retry_plan(3, false, &spec()), Retry::FailForGood);
+        assert_eq!(retry_plan(3, true, &spec()), Retry::FailForGood);
+        // A delivery past the last attempt (the limit was lowered meanwhile) too.
+        assert_eq!(retry_plan(7, false, &spec()), Retry::FailForGood);
+        let once = WorkerSpec {
+            max_attempts: 1,
+            ..spec()
+        };
+        assert_eq!(retry_plan(1, false, &once), Retry::FailForGood);
+    }
+
+    #[test]
+    fn unkeyed_work_is_nakked_with_the_delay() {
+        assert_eq!(
+            retry_plan(1, false, &spec()),
+            later(1, SECOND, HandBack::NakWithDelay)
+        );
+    }
+
+    #[test]
+    fn keyed_work_is_held_through_the_delay_not_nakked_with_it() {
+        // A nak with a delay would free the key's partition, and the key's later work
+        // would overtake the failed job.
+        assert_eq!(
+            retry_plan(1, true, &spec()),
+            later(1, SECOND, HandBack::HoldThenNak)
+        );
+        assert_eq!(
+            retry_plan(2, true, &spec()),
+            later(2, 5 * SECOND, HandBack::HoldThenNak)
+        );
+    }
+
+    #[test]
+    fn the_backoff_grows_by_attempt_and_its_last_entry_repeats() {
+        let spec = WorkerSpec {
+            max_attempts: 10,
+            ..spec()
+        };
+        let delays: Vec<Duration> = (1..10)
+            .map(|attempt| match retry_plan(attempt, false, &spec) {
+                Retry::Later(later) => later.delay,
+                Retry::FailForGood => panic!("attempt {attempt} of 10 has a retry"),
+            })
+            .collect();
+        assert_eq!(delays[..3], [SECOND, 5 * SECOND, 30 * SECOND]);
+        assert!(
+            delays[3..].iter().all(|&delay| delay == 30 * SECOND),
+            "{delays:?}"
+        );
+        assert_eq!(retry_plan(10, false, &spec), Retry::FailForGood);
+    }
+
+    #[test]
+    fn a_started_attempt_runs_on_the_record_it_wrote() {
+        match start(
+            Ok(Begin::Run {
+                record: record(1),
+                revision: 7,
+            }),
+            &spec(),
+        ) {
+            Start::Run(current) => {
+                assert_eq!((current.record.attempts, current.revision), (1, 7));
+            }
+            other => panic!("expected to run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn finished_stale_and_expired_work_is_skipped() {
+        for (begun, skipped) in [
+            (
+                Begin::Skip(WorkStatus::Worked),
+                Skipped::Finished(WorkStatus::Worked),
+            ),
+            (
+                Begin::Skip(WorkStatus::Cancelled),
+                Skipped::Finished(WorkStatus::Cancelled),
+            ),
+            (Begin::Stale, Skipped::Stale),
+            (Begin::Expired, Skipped::Expired),
+        ] {
+            match start(Ok(begun), &spec()) {
+                Start::Skip(got) => assert_eq!(got, skipped),
+                other => panic!("expected {skipped:?}, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            Skipped::Stale.why(),
+            "a later submission of the same id owns the record"
+        );
+        assert_eq!(
+            Skipped::Expired.why(),
+            "the work finished and its record expired"
+        );
+    }
+
+    #[test]
+    fn held_work_waits_for_its_holder() {
+        let until = Utc::now() + chrono::Duration::seconds(10);
+        match start(Ok(Begin::Held { until }), &spec()) {
+            Start::WaitForHolder { until: got } => assert_eq!(got, until),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn work_whose_attempts_were_all_started_fails_for_good() {
+        match start(
+            Ok(Begin::Exhausted {
+                record: record(3),
+                revision: 9,
+            }),
+            &spec(),
+        ) {
+            Start::FailForGood { current, error } => {
+                assert_eq!(current.revision, 9);
+                assert_eq!(
+                    error,
+                    "attempt 3 of 3 never finished (its worker was lost); no attempts left"
+                );
+            }
+            other => panic!("expected to fail for good, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_start_that_cannot_be_recorded_comes_back_after_the_first_backoff() {
+        let err = RecordError::Contended(WorkId::from_idempotency_key("t"));
+        match start(Err(err), &spec()) {
+            Start::Redeliver { err, after } => {
+                assert!(matches!(err, RecordError::Contended(_)), "{err:?}");
+                assert_eq!(after, SECOND);
+            }
+            other => panic!("expected a redelivery, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_first_delivery_uses_the_revision_header() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(RECORD_REVISION_HEADER, "42");
+        assert_eq!(revision_hint(Some(&headers), 1), Some(42));
+        assert_eq!(revision_hint(Some(&headers), 2), None);
+        assert_eq!(revision_hint(None, 1), None);
+        let mut unreadable = async_nats::HeaderMap::new();
+        unreadable.insert(RECORD_REVISION_HEADER, "forty-two");
+        assert_eq!(revision_hint(Some(&unreadable), 1), None);
+    }
+
+    #[test]
+    fn an_attempt_end_decides_the_work() {
+        let timeout = Duration::from_millis(1500);
+        assert_eq!(
+            verdict(Stop::Ran(Ok(json!({"x": 1}))), timeout),
+            Verdict::Worked(json!({"x": 1}))
+        );
+        assert_eq!(
+            verdict(
+                Stop::Ran(Err(HandlerError::Permanent("4xx".into()))),
+                timeout
+            ),
+            Verdict::FailedForGood("4xx".into())
+        );
+        assert_eq!(
+            verdict(
+                Stop::Ran(Err(HandlerError::Retryable("5xx".into()))),
+                timeout
+            ),
+            Verdict::Failed("5xx".into())
+        );
+        assert_eq!(
+            verdict(Stop::TimedOut, timeout),
+            Verdict::Failed("attempt timed out after 1.500s".into())
+        );
+        assert_eq!(
+            verdict(Stop::TimedOut, 2 * SECOND),
+            Verdict::Failed("attempt timed out after 2s".into())
+        );
+        assert_eq!(verdict(Stop::Shutdown, timeout), Verdict::HandBack);
+        assert_eq!(verdict(Stop::Lost, timeout), Verdict::Lost);
+        assert_eq!(
+            verdict(Stop::Cancelled("cancelled while running"), timeout),
+            Verdict::Cancelled("cancelled while running")
+        );
+    }
+
+    #[test]
+    fn the_handler_time_is_measured_unless_the_attempt_was_cut_off() {
+        assert!(Stop::Ran(Ok(json!(null))).handler_timed());
+        assert!(Stop::TimedOut.handler_timed());
+        assert!(Stop::Shutdown.handler_timed());
+        assert!(!Stop::Lost.handler_timed());
+        assert!(!Stop::Cancelled("cancelled while running").handler_timed());
+    }
+
+    #[test]
+    fn worked_work_is_acked_and_failed_or_cancelled_work_terminated() {
+        let worked = Outcome::Worked(json!(1)).ending();
+        assert_eq!(
+            (worked.status, worked.result, worked.error, worked.event),
+            (
+                WorkStatus::Worked,
+                Some(json!(1)),
+                None,
+                WorkEventKind::Worked
+            )
+        );
+        assert!(matches!(worked.ack, AckKind::Ack));
+        let failed = Outcome::Failed("broken".into()).ending();
+        assert_eq!(
+            (failed.status, failed.result, failed.error, failed.event),
+            (
+                WorkStatus::Failed,
+                None,
+                Some("broken".into()),
+                WorkEventKind::Failed
+            )
+        );
+        assert!(matches!(failed.ack, AckKind::Term));
+        let cancelled = Outcome::Cancelled.ending();
+        assert_eq!(
+            (cancelled.status, cancelled.error, cancelled.event),
+            (
+                WorkStatus::Cancelled,
+                Some("cancelled while running".into()),
+                WorkEventKind::Cancelled
+            )
+        );
+        assert!(matches!(cancelled.ack, AckKind::Term));
+    }
 }

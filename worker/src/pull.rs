@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Worker;
+use crate::backoff;
 
 /// How long one pull request waits for messages; also how quickly a stopping worker
 /// returns its last pull.
@@ -57,7 +58,7 @@ impl Worker {
         limit: Option<Arc<Semaphore>>,
         lanes: Lanes,
     ) {
-        let mut failure_delay = Duration::from_millis(100);
+        let mut failures = backoff::UntilAnswered::new();
         while !lanes.stop.is_cancelled() {
             let mut permits = match &limit {
                 Some(limit) => {
@@ -80,14 +81,14 @@ impl Worker {
                 Err(err) => {
                     tracing::warn!(consumer = %name, %err, "pull failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(failure_delay) => {}
+                        () = tokio::time::sleep(failures.next_delay()) => {}
                         () = lanes.stop.cancelled() => {}
                     }
-                    failure_delay = (failure_delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
-            failure_delay = Duration::from_millis(100);
+            // A pull that worked starts the next run of failures from the shortest pause.
+            failures = backoff::UntilAnswered::new();
             // The batch ends within PULL_EXPIRES; messages that arrive after a stop are
             // handed straight back.
             while let Some(item) = batch.next().await {

@@ -5,22 +5,45 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use workpool_core::message::WorkMessage;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
 
+use crate::backoff;
+
 /// How many times a compare-and-set is retried when another writer got there first.
 const CAS_ATTEMPTS: usize = 16;
-/// How many times a write is retried while NATS is unreachable (about half a minute).
-const TRANSIENT_ATTEMPTS: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("results bucket unreachable: {0}")]
-    Unavailable(String),
+    #[error("results bucket unreachable: reading record {id}: {source}")]
+    Read {
+        id: WorkId,
+        #[source]
+        source: kv::EntryError,
+    },
+    #[error("results bucket unreachable: writing record {id}: {source}")]
+    Write {
+        id: WorkId,
+        #[source]
+        source: kv::UpdateError,
+    },
     #[error("record {0} kept changing under us")]
     Contended(WorkId),
+}
+
+impl RecordError {
+    fn read(id: &WorkId) -> impl FnOnce(kv::EntryError) -> Self {
+        let id = id.clone();
+        move |source| Self::Read { id, source }
+    }
+
+    fn write(id: &WorkId) -> impl FnOnce(kv::UpdateError) -> Self {
+        let id = id.clone();
+        move |source| Self::Write { id, source }
+    }
 }
 
 /// What the worker should do with a delivered message.
@@ -89,12 +112,15 @@ impl Records {
         &self.pod
     }
 
-    fn lease_from_now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX)
+    /// When a hold taken now runs out: `ackWait` from now.
+    pub(crate) fn lease_from_now(&self) -> DateTime<Utc> {
+        lease_end(Utc::now(), self.lease)
     }
 
     async fn read(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, RecordError> {
-        let entry = retry_transient(|| self.store.kv.entry(id.as_str())).await?;
+        let entry = retry_transient(|| self.store.kv.entry(id.as_str()))
+            .await
+            .map_err(RecordError::read(id))?;
         Ok(entry.and_then(|entry| match entry.operation {
             kv::Operation::Put => WorkRecord::from_json(&entry.value)
                 .ok()
@@ -119,10 +145,11 @@ impl Records {
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     Ok(Cas::Conflict)
                 }
-                other => other.map(Cas::Done).map_err(|err| err.to_string()),
+                other => other.map(Cas::Done),
             }
         })
         .await
+        .map_err(RecordError::write(id))
     }
 
     fn start_attempt(&self, record: &mut WorkRecord) {
@@ -210,14 +237,19 @@ impl Records {
                 }
                 Ok(revision) => return Ok(Renewed::Held { record, revision }),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                Err(err) => return Err(RecordError::Unavailable(err.to_string())),
+                Err(source) => {
+                    return Err(RecordError::Write {
+                        id: id.clone(),
+                        source,
+                    });
+                }
             }
             let entry = self
                 .store
                 .kv
                 .entry(id.as_str())
                 .await
-                .map_err(|err| RecordError::Unavailable(err.to_string()))?;
+                .map_err(RecordError::read(id))?;
             let current = entry
                 .filter(|entry| entry.operation == kv::Operation::Put)
                 .and_then(|entry| {
@@ -280,28 +312,88 @@ impl Records {
     }
 }
 
-/// Retries a KV call while NATS is unreachable; compare-and-set conflicts are results,
-/// not errors, so they come back at once.
-async fn retry_transient<T, E, F, Fut>(mut call: F) -> Result<T, RecordError>
+/// The end of a lease of `lease` taken at `now`. Only a lease of some hundred million
+/// years overflows; it lasts for ever.
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|lease| now.checked_add_signed(lease))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Retries a KV call while NATS is unreachable ([`backoff::RESULTS_BUCKET`]), and gives
+/// the last error back once it has been made [`backoff::RESULTS_BUCKET_CALLS`] times;
+/// compare-and-set conflicts are results, not errors, so they come back at once.
+async fn retry_transient<T, E, F, Fut>(call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    let mut delay = Duration::from_millis(100);
     let mut attempt = 0;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(err) if attempt + 1 >= TRANSIENT_ATTEMPTS => {
-                return Err(RecordError::Unavailable(err.to_string()));
+    call.retry(backoff::RESULTS_BUCKET)
+        .notify(|err: &E, _| {
+            tracing::debug!(%err, attempt, "results bucket call failed; retrying");
+            attempt += 1;
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn a_lease_ends_ack_wait_from_now_and_an_endless_one_never() {
+        let now = Utc::now();
+        assert_eq!(
+            lease_end(now, Duration::from_secs(30)),
+            now + chrono::Duration::seconds(30)
+        );
+        assert_eq!(lease_end(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        let far = Duration::from_secs(400_000 * 365 * 24 * 3600 * 1000);
+        assert_eq!(lease_end(now, far), DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_call_is_retried_until_it_answers() {
+        let calls = Cell::new(0);
+        let answer = retry_transient(|| {
+            calls.set(calls.get() + 1);
+            let call = calls.get();
+            async move {
+                if call < 4 {
+                    Err("unreachable")
+                } else {
+                    Ok(call)
+                }
             }
-            Err(err) => {
-                tracing::debug!(%err, attempt, "results bucket call failed; retrying");
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
+        })
+        .await;
+        assert_eq!(answer, Ok(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_call_gives_up_with_the_last_error() {
+        let calls = Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let answer: Result<(), String> = retry_transient(|| {
+            calls.set(calls.get() + 1);
+            let call = calls.get();
+            async move { Err(format!("unreachable ({call})")) }
+        })
+        .await;
+        assert_eq!(calls.get(), backoff::RESULTS_BUCKET_CALLS);
+        assert_eq!(
+            answer,
+            Err(format!("unreachable ({})", backoff::RESULTS_BUCKET_CALLS))
+        );
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(31)..Duration::from_secs(32)).contains(&waited),
+            "{waited:?}"
+        );
     }
 }

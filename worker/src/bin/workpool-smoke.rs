@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use backon::{ConstantBuilder, Retryable};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -35,59 +36,103 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn smoke(args: &Args) -> Result<String, String> {
+/// Why the smoke test failed.
+#[derive(Debug, thiserror::Error)]
+enum SmokeError {
+    #[error("building the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("POST answered {0}")]
+    Refused(reqwest::StatusCode),
+    #[error("POST failed: {0}")]
+    Post(#[source] reqwest::Error),
+    #[error("reading the answer to the POST: {0}")]
+    Answer(#[source] reqwest::Error),
+    #[error("no callback in the answer")]
+    NoCallback,
+    #[error("GET of work {id}: {source}")]
+    Get {
+        id: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("work {id} ended {status}: {error}")]
+    Ended {
+        id: String,
+        status: serde_json::Value,
+        error: serde_json::Value,
+    },
+    #[error("work {id} did not finish within {timeout:?}")]
+    Unfinished { id: String, timeout: Duration },
+}
+
+/// Between two POSTs the api did not take: a second, until the deadline.
+const POST_RETRY: ConstantBuilder = ConstantBuilder::new()
+    .with_delay(Duration::from_secs(1))
+    .without_max_times();
+
+async fn smoke(args: &Args) -> Result<String, SmokeError> {
     let deadline = Instant::now() + args.timeout;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(35))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(SmokeError::Client)?;
     let base = args.url.trim_end_matches('/');
     let data = serde_json::json!({"data": {"smoke": chrono::Utc::now().to_rfc3339()}});
-    let answer: serde_json::Value = loop {
-        match http
+    let post = || async {
+        let response = http
             .post(format!("{base}/api/v1/work"))
             .json(&data)
             .send()
             .await
-        {
-            Ok(response) if response.status().is_success() => {
-                break response.json().await.map_err(|e| e.to_string())?;
-            }
-            Ok(response) if Instant::now() < deadline => {
-                eprintln!("POST answered {}; retrying", response.status())
-            }
-            Err(err) if Instant::now() < deadline => eprintln!("POST failed ({err}); retrying"),
-            Ok(response) => return Err(format!("POST answered {}", response.status())),
-            Err(err) => return Err(format!("POST failed: {err}")),
+            .map_err(SmokeError::Post)?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(SmokeError::Refused(response.status()))
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let answer: serde_json::Value = post
+        .retry(POST_RETRY)
+        .when(|_| Instant::now() < deadline)
+        .notify(|err, _| match err {
+            SmokeError::Post(err) => eprintln!("POST failed ({err}); retrying"),
+            other => eprintln!("{other}; retrying"),
+        })
+        .await?
+        .json()
+        .await
+        .map_err(SmokeError::Answer)?;
     let id = answer["callback"]
         .as_str()
-        .ok_or("no callback in the answer")?
+        .ok_or(SmokeError::NoCallback)?
         .to_owned();
     while Instant::now() < deadline {
+        let get = |source| SmokeError::Get {
+            id: id.clone(),
+            source,
+        };
         let record: serde_json::Value = http
             .get(format!("{base}/api/v1/work/{id}?wait=30s"))
             .send()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(get)?
             .json()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(get)?;
         match record["status"].as_str() {
             Some("worked") => return Ok(id),
             Some("failed" | "cancelled") => {
-                return Err(format!(
-                    "work {id} ended {}: {}",
-                    record["status"], record["error"]
-                ));
+                return Err(SmokeError::Ended {
+                    id,
+                    status: record["status"].clone(),
+                    error: record["error"].clone(),
+                });
             }
             _ => {}
         }
     }
-    Err(format!(
-        "work {id} did not finish within {:?}",
-        args.timeout
-    ))
+    Err(SmokeError::Unfinished {
+        id,
+        timeout: args.timeout,
+    })
 }
