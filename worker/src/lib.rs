@@ -18,15 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
 use workpool_core::names::WORK_CONSUMER;
+use workpool_runtime::admin::Admin;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 use workpool_runtime::records::RecordStore;
 
@@ -223,32 +220,6 @@ fn cancelled_on(shutdown: impl Future<Output = ()> + Send + 'static) -> Cancella
     stop
 }
 
-#[derive(Clone)]
-struct Health {
-    ready: Arc<AtomicBool>,
-    client: async_nats::Client,
-    /// Set once the worker is bound; its metrics are served from here.
-    worker: Arc<std::sync::OnceLock<Arc<Worker>>>,
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    let connected = health.client.connection_state() == async_nats::connection::State::Connected;
-    if health.ready.load(Ordering::Relaxed) && connected {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    let text = health
-        .worker
-        .get()
-        .map(|worker| worker.metrics.render())
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-}
-
 /// Runs a worker until `shutdown` completes, then drains.
 pub async fn run(
     args: Args,
@@ -263,28 +234,21 @@ pub async fn run(
     let config = pool.load()?;
     let client = workpool_runtime::config::connect_nats(&config, "workpool-worker").await?;
     let js = jetstream::new(client.clone());
-    let health = Health {
-        ready: Arc::new(AtomicBool::new(false)),
-        client: client.clone(),
-        worker: Arc::default(),
-    };
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health.clone());
-    let http_stop = CancellationToken::new();
-    let http_stopped = http_stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stopped.cancelled().await })
-            .await
+    let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Admin::new(metrics.registry().clone(), {
+        let (ready, client) = (ready.clone(), client.clone());
+        move || {
+            ready.load(Ordering::Relaxed)
+                && client.connection_state() == async_nats::connection::State::Connected
+        }
     });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(admin.serve(listener, http_stop.clone().cancelled_owned()));
 
     let stop = cancelled_on(shutdown);
     if let Some(bound) = wait_until_bound(&js, &config, &stop).await {
-        let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
         let members = members(workers_service.as_deref(), &config.names.namespace).await;
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
@@ -297,10 +261,10 @@ pub async fn run(
             metrics,
         });
         worker
-            .serve(bound.work, bound.partitions, &health, stop, drain_timeout)
+            .serve(bound.work, bound.partitions, &ready, stop, drain_timeout)
             .await?;
     }
-    health.ready.store(false, Ordering::Relaxed);
+    ready.store(false, Ordering::Relaxed);
     http_stop.cancel();
     let _ = http.await;
     Ok(())
@@ -312,18 +276,17 @@ impl Worker {
         self: Arc<Self>,
         work: PullConsumer,
         partitions: HashMap<u32, PullConsumer>,
-        health: &Health,
+        ready: &Arc<AtomicBool>,
         stop: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), WorkerError> {
         let requests = self.peer_requests().await?;
-        let _ = health.worker.set(self.clone());
-        health.ready.store(true, Ordering::Relaxed);
+        ready.store(true, Ordering::Relaxed);
         tracing::info!(pod = %self.config.pod, concurrency = self.config.spec.worker.concurrency, "worker pulling");
         let peers_stop = CancellationToken::new();
         let peers = tokio::spawn(self.clone().answer_peers(
             requests,
-            health.ready.clone(),
+            ready.clone(),
             peers_stop.clone(),
         ));
         self.work_until_stopped(work, partitions, stop, drain_timeout)

@@ -1,8 +1,6 @@
 //! The worker's Prometheus metrics.
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use workpool_core::message::DEFAULT_TASK;
 use workpool_core::metric_labels::BoundedLabel;
 
@@ -192,9 +190,8 @@ impl WorkerMetrics {
             .observe(seconds);
     }
 
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+    /// The registry the health server's `/metrics` renders.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
