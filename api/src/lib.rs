@@ -13,14 +13,14 @@ pub mod waiters;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use workpool_core::PoolNames;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 
@@ -153,7 +153,7 @@ impl AppState {
             )
         };
         let bound = bind
-            .retry(BIND_BACKOFF)
+            .retry(workpool_runtime::retry::UNTIL_ANSWERED)
             .notify(|err, _| {
                 tracing::warn!(%err, "pool's NATS objects not reachable yet; retrying");
             })
@@ -168,12 +168,6 @@ impl AppState {
         }
     }
 }
-
-/// Retries of [`AppState::bind`]: forever, 100 ms doubling up to 5 s between tries.
-const BIND_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(Duration::from_secs(5))
-    .without_max_times();
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
@@ -265,25 +259,3 @@ pub async fn run(
 
 #[cfg(test)]
 mod router_tests;
-
-#[cfg(test)]
-mod tests {
-    use backon::BackoffBuilder;
-
-    use super::*;
-
-    /// backon multiplies in f32, so a delay can be a few nanoseconds off.
-    fn millis(delay: Duration) -> u64 {
-        (delay.as_secs_f64() * 1000.0).round() as u64
-    }
-
-    #[test]
-    fn binding_retries_forever_from_100ms_doubling_to_5s() {
-        let delays: Vec<u64> = BIND_BACKOFF.build().take(10).map(millis).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
-        );
-        assert_eq!(BIND_BACKOFF.build().take(100_000).count(), 100_000);
-    }
-}

@@ -3,16 +3,12 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use workpool_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    workpool_runtime::telemetry::init_logging();
+    telemetry::init_logging();
     let args = workpool_api::Args::parse();
-    match workpool_api::run(args, workpool_runtime::telemetry::shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "workpool-api stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let result = workpool_api::run(args, telemetry::shutdown_signal()).await;
+    telemetry::exit_code("workpool-api", result)
 }

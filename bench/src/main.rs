@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use workpool_bench::BenchArgs;
+use workpool_runtime::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,12 +19,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    workpool_runtime::telemetry::init_logging();
-    match workpool_bench::run(Cli::parse().args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("workpool-bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::init_logging();
+    let result = workpool_bench::run(Cli::parse().args).await;
+    telemetry::exit_code("workpool-bench", result)
 }

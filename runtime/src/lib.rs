@@ -3,7 +3,8 @@
 //! ([`provision`]), the api's `pending` records and their repair ([`repair`]), record
 //! writes with their expiry ([`records`]), events ([`events`]), pool membership from
 //! EndpointSlices ([`membership`]), logging and signals ([`telemetry`]), and metrics
-//! with the health/metrics server ([`metrics`], [`admin`]).
+//! with the health/metrics server ([`metrics`], [`admin`]), and the retry delays while
+//! NATS is away ([`retry`]).
 
 pub mod admin;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod metrics;
 pub mod provision;
 pub mod records;
 pub mod repair;
+pub mod retry;
 pub mod telemetry;

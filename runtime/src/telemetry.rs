@@ -2,6 +2,7 @@
 //! human-readable output on one; the level comes from `RUST_LOG` (default `info`).
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
@@ -40,5 +41,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = terminate => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
+
+/// The exit code of a binary whose run ended with `result`, logging the error that
+/// stopped it.
+pub fn exit_code<E: std::fmt::Display>(binary: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "{binary} stopped");
+            ExitCode::FAILURE
+        }
     }
 }

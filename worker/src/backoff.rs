@@ -1,20 +1,10 @@
-//! The worker's retry delays (backon). A wait for NATS (the pool's objects at startup, a
-//! pull) lasts until NATS answers; a results-bucket call gives up after about half a
-//! minute, and the message it was for is redelivered.
+//! The worker's own retry delays (backon): a results-bucket call gives up after about half
+//! a minute, and the message it was for is redelivered. Waits that last until NATS answers
+//! (the pool's objects at startup, a pull) use `workpool_runtime::retry`.
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-
-/// The longest pause between two tries of a wait that lasts until NATS answers.
-const UNTIL_ANSWERED_MAX: Duration = Duration::from_secs(5);
-
-/// Waiting for the pool's NATS objects, or for a pull to succeed: 100 ms, doubling up to
-/// 5 s, without end.
-const UNTIL_ANSWERED: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(UNTIL_ANSWERED_MAX)
-    .without_max_times();
+use backon::ExponentialBuilder;
 
 /// How many times a results-bucket call is made while NATS is unreachable.
 pub(crate) const RESULTS_BUCKET_CALLS: usize = 20;
@@ -26,48 +16,15 @@ pub(crate) const RESULTS_BUCKET: ExponentialBuilder = ExponentialBuilder::new()
     .with_max_delay(Duration::from_secs(2))
     .with_max_times(RESULTS_BUCKET_CALLS - 1);
 
-/// The pauses of a wait that lasts until NATS answers; start a new one to begin again
-/// from the shortest.
-pub(crate) struct UntilAnswered(ExponentialBackoff);
-
-impl UntilAnswered {
-    pub(crate) fn new() -> Self {
-        Self(UNTIL_ANSWERED.build())
-    }
-
-    /// The pause before the next try. Never runs out: the backoff has no limit of tries
-    /// (past `usize::MAX` of them the longest pause stands in).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        self.0.next().unwrap_or(UNTIL_ANSWERED_MAX)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use backon::BackoffBuilder;
+
     use super::*;
 
     /// backon multiplies in `f32`; a millisecond is precise enough for these delays.
     fn millis(delay: Duration) -> u128 {
         (delay.as_secs_f64() * 1000.0).round() as u128
-    }
-
-    #[test]
-    fn a_wait_for_nats_doubles_to_five_seconds_and_never_ends() {
-        let mut delays = UntilAnswered::new();
-        let first: Vec<u128> = (0..8).map(|_| millis(delays.next_delay())).collect();
-        assert_eq!(first, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        for _ in 0..10_000 {
-            assert_eq!(millis(delays.next_delay()), 5000);
-        }
-    }
-
-    #[test]
-    fn a_new_wait_starts_from_the_shortest_pause() {
-        let mut delays = UntilAnswered::new();
-        for _ in 0..5 {
-            delays.next_delay();
-        }
-        assert_eq!(millis(UntilAnswered::new().next_delay()), 100);
     }
 
     #[test]

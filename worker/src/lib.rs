@@ -176,7 +176,7 @@ async fn wait_until_bound(
     config: &PoolConfig,
     stop: &CancellationToken,
 ) -> Option<Bound> {
-    let mut delays = backoff::UntilAnswered::new();
+    let mut delays = workpool_runtime::retry::UntilAnswered::new();
     loop {
         match bind(js, config).await {
             Ok(bound) => return Some(bound),

@@ -4,6 +4,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use workpool_runtime::telemetry;
 
 fn main() -> std::process::ExitCode {
     // The same binary guards exec handlers; that mode needs no runtime.
@@ -15,13 +16,8 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn serve() -> std::process::ExitCode {
-    workpool_runtime::telemetry::init_logging();
+    telemetry::init_logging();
     let args = workpool_worker::Args::parse();
-    match workpool_worker::run(args, workpool_runtime::telemetry::shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "workpool-worker stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let result = workpool_worker::run(args, telemetry::shutdown_signal()).await;
+    telemetry::exit_code("workpool-worker", result)
 }

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Worker;
-use crate::backoff;
 
 /// How long one pull request waits for messages; also how quickly a stopping worker
 /// returns its last pull.
@@ -58,7 +57,7 @@ impl Worker {
         limit: Option<Arc<Semaphore>>,
         lanes: Lanes,
     ) {
-        let mut failures = backoff::UntilAnswered::new();
+        let mut failures = workpool_runtime::retry::UntilAnswered::new();
         while !lanes.stop.is_cancelled() {
             let mut permits = match &limit {
                 Some(limit) => {
@@ -88,7 +87,7 @@ impl Worker {
                 }
             };
             // A pull that worked starts the next run of failures from the shortest pause.
-            failures = backoff::UntilAnswered::new();
+            failures = workpool_runtime::retry::UntilAnswered::new();
             // The batch ends within PULL_EXPIRES; messages that arrive after a stop are
             // handed straight back.
             while let Some(item) = batch.next().await {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use workpool_local_cluster::{node, supervisor};
+use workpool_runtime::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +27,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    workpool_runtime::telemetry::init_logging();
+    telemetry::init_logging();
     let result = match Cli::parse().command {
         Command::Clean => {
             for removed in node::remove_stale() {
@@ -34,15 +35,7 @@ async fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Cluster(args) => {
-            supervisor::run(args, workpool_runtime::telemetry::shutdown_signal()).await
-        }
+        Command::Cluster(args) => supervisor::run(args, telemetry::shutdown_signal()).await,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("workpool-local: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code("workpool-local", result)
 }
