@@ -29,7 +29,7 @@ lint: deny ## cargo fmt --check, clippy and rustdoc with warnings denied, cargo 
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 deny: ## cargo deny: licenses, duplicate versions and sources of every dependency (deny.toml)
-	@scripts/deny.sh
+	"$$(scripts/tools.sh --print-bin cargo-deny)/cargo-deny" --workspace check licenses bans sources
 
 deps: ## Debian packages the cluster and tests use (iproute2, openssl, chromium, containerd, runc, musl-tools, iptables), if missing
 	@scripts/system-deps.sh

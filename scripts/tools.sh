@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned upstream tools from the Go module proxy into .tools/ (git-ignored).
+# Builds the pinned upstream tools from the Go module proxy (and cargo-deny from crates.io)
+# into .tools/ (git-ignored).
 # Idempotent: a tool whose binary is already present is not rebuilt.
 # Usage: scripts/tools.sh [--print-bin] [tool...]   (default: all tools)
 #   --print-bin: print each tool's bin directory on stdout (for scripts and tests).
@@ -206,14 +207,27 @@ build_crictl() {
     go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl crictl
 }
 
+# cargo-deny (`make deny`), from crates.io with the workspace's toolchain.
+build_cargo_deny() {
+  local root="$tools_dir/cargo-deny-$CARGO_DENY_VERSION"
+  already_built "$root/bin" cargo-deny "cargo-deny $CARGO_DENY_VERSION" && return 0
+  echo "tools: building cargo-deny $CARGO_DENY_VERSION (first time takes a few minutes)" >&2
+  rm -rf "$root.partial"
+  cargo install --quiet --locked --root "$root.partial" "cargo-deny@$CARGO_DENY_VERSION" >&2
+  rm -rf "$root" && mv "$root.partial" "$root"
+  $print_bin && echo "$root/bin"
+  return 0
+}
+
 print_bin=false
 if [ "${1:-}" = --print-bin ]; then print_bin=true; shift; fi
 
 wanted=("$@")
 all_tools=(nats-server natscli etcd kube-apiserver kube-controller-manager kubectl helm prometheus promtool
   prometheus-operator-crds kubelet kube-proxy kube-scheduler cni-plugins coredns crictl)
-# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh).
-optional_tools=(kind)
+# Built only when asked for by name: kind is for machines with Docker (scripts/kind.sh),
+# cargo-deny for `make deny`.
+optional_tools=(kind cargo-deny)
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
   case "$tool" in
@@ -228,6 +242,7 @@ for tool in "${wanted[@]}"; do
     cni-plugins) build_cni_plugins ;;
     coredns) build_coredns ;;
     crictl) build_crictl ;;
+    cargo-deny) build_cargo_deny ;;
     kube-apiserver | kube-controller-manager | kubectl | kubelet | kube-proxy | kube-scheduler)
       build_kubernetes_command "$tool" ;;
     *) echo "tools.sh: unknown tool '$tool' (known: ${all_tools[*]} ${optional_tools[*]})" >&2; exit 2 ;;

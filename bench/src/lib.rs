@@ -16,7 +16,11 @@ use workpool_core::PoolSpec;
 use workpool_e2e::pool::{PoolNats, TestPool};
 use workpool_local_cluster::nats::NatsServer;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "workpool-bench",
+    about = "Workpool's benchmark suite (make bench)"
+)]
 pub struct BenchArgs {
     /// Jobs submitted end to end.
     #[arg(long, default_value_t = 60_000)]

@@ -86,15 +86,10 @@ impl TestPool {
         workers: usize,
         api_env: Vec<(String, String)>,
     ) -> Result<Self> {
-        let mut pool = Self::unprovisioned(spec, api_env).await?;
-        pool.provision().await?;
-        for _ in 0..apis {
-            pool.add_api().await?;
-        }
-        for _ in 0..workers {
-            pool.add_worker().await?;
-        }
-        Ok(pool)
+        Self::unprovisioned(spec, api_env)
+            .await?
+            .provisioned_with(apis, workers)
+            .await
     }
 
     /// A NATS server without the pool's objects and no processes yet.
@@ -107,15 +102,21 @@ impl<N: PoolNats> TestPool<N> {
     /// A pool on a NATS the caller started (a cluster for `nats.replicas: 3`):
     /// provisions it and waits for `apis` api and `workers` worker processes.
     pub async fn start_on(nats: N, spec: PoolSpec, apis: usize, workers: usize) -> Result<Self> {
-        let mut pool = Self::unprovisioned_on(nats, spec, Vec::new())?;
-        pool.provision().await?;
+        Self::unprovisioned_on(nats, spec, Vec::new())?
+            .provisioned_with(apis, workers)
+            .await
+    }
+
+    /// Provisions the pool and waits for `apis` api and `workers` worker processes.
+    async fn provisioned_with(mut self, apis: usize, workers: usize) -> Result<Self> {
+        self.provision().await?;
         for _ in 0..apis {
-            pool.add_api().await?;
+            self.add_api().await?;
         }
         for _ in 0..workers {
-            pool.add_worker().await?;
+            self.add_worker().await?;
         }
-        Ok(pool)
+        Ok(self)
     }
 
     fn unprovisioned_on(nats: N, spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {

@@ -6,14 +6,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
 use workpool_e2e::chaos::faults::PODS;
-use workpool_e2e::chaos::run::{Config, run, save};
+use workpool_e2e::chaos::run::{Config, run, save, seed_from_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_run_under_faults_keeps_every_invariant() {
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(7);
+    let seed = seed_from_env(7);
     // Long enough for one round of every fault kind (about 3 s each).
     let config = Config {
         jobs: 1800,

@@ -3,17 +3,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
 
-use workpool_e2e::chaos::run::{Config, run, save};
+use workpool_e2e::chaos::run::{Config, run, save, seed_from_env};
 
 /// The same checker on a 3-node NATS cluster with `nats.replicas: 3`, the work stream's
 /// leader killed (and restarted) at the start of every round of faults: an acknowledged
 /// publish was stored by a quorum, so nothing a `202` answered may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_run_on_a_replicated_stream_survives_leader_kills() {
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(7);
+    let seed = seed_from_env(7);
     // Twice the single-node run's jobs: a leader kill takes 10-20 s (an election, then the
     // restarted node catching up), and the run should still see several other faults.
     let config = Config {

@@ -157,11 +157,7 @@ pub async fn figures(
                     consumer: name.clone(),
                     source,
                 };
-                if missing {
-                    Error::QueueFigures(err)
-                } else {
-                    Error::NatsUnreachable(err)
-                }
+                figures_error(missing, err)
             })?;
         let info = consumer.info().await.map_err(|source| {
             Error::NatsUnreachable(NatsError::ConsumerInfo {
@@ -202,6 +198,15 @@ fn answered_by_jetstream(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A stream JetStream says is missing is a queue problem; no answer is an outage.
+/// A figure JetStream refused (the object is missing), or NATS that did not answer.
+fn figures_error(answered_missing: bool, err: NatsError) -> Error {
+    if answered_missing {
+        Error::QueueFigures(err)
+    } else {
+        Error::NatsUnreachable(err)
+    }
+}
+
 fn stream_error(stream: &str, source: jetstream::context::GetStreamError) -> Error {
     let missing = matches!(
         source.kind(),
@@ -211,11 +216,7 @@ fn stream_error(stream: &str, source: jetstream::context::GetStreamError) -> Err
         stream: stream.to_owned(),
         source,
     };
-    if missing {
-        Error::QueueFigures(err)
-    } else {
-        Error::NatsUnreachable(err)
-    }
+    figures_error(missing, err)
 }
 
 /// Workers the backlog asks for, within the autoscale bounds.

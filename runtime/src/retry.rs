@@ -1,5 +1,7 @@
-//! The retry delays every component waits with (backon) while NATS or its pool's objects
-//! are not reachable yet: 100 ms, doubling up to 5 s, for as long as it takes.
+//! The retry delays the components wait with (backon) while NATS or their pool's objects
+//! are not reachable: waits that last until NATS answers (100 ms, doubling up to 5 s, for
+//! as long as it takes), and the worker's results-bucket calls, which give up after about
+//! half a minute so the message they were for is redelivered.
 
 use std::time::Duration;
 
@@ -14,6 +16,16 @@ pub const UNTIL_ANSWERED: ExponentialBuilder = ExponentialBuilder::new()
     .with_min_delay(Duration::from_millis(100))
     .with_max_delay(UNTIL_ANSWERED_MAX)
     .without_max_times();
+
+/// How many times a results-bucket call is made while NATS is unreachable.
+pub const RESULTS_BUCKET_CALLS: usize = 20;
+
+/// Between the calls to the results bucket: 100 ms, doubling up to 2 s (the 20 calls
+/// span about half a minute).
+pub const RESULTS_BUCKET: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(2))
+    .with_max_times(RESULTS_BUCKET_CALLS - 1);
 
 /// The pauses of a wait that lasts until NATS answers, for loops that must also watch a
 /// shutdown between tries; start a new one to begin again from the shortest.
@@ -65,5 +77,17 @@ mod tests {
             delays.next_delay();
         }
         assert_eq!(millis(UntilAnswered::new().next_delay()), 100);
+    }
+
+    #[test]
+    fn results_bucket_calls_give_up_after_about_half_a_minute() {
+        let delays: Vec<Duration> = RESULTS_BUCKET.build().collect();
+        // One pause between two calls.
+        assert_eq!(delays.len(), RESULTS_BUCKET_CALLS - 1);
+        let shown: Vec<u128> = delays.iter().copied().map(millis).collect();
+        assert_eq!(shown[..6], [100, 200, 400, 800, 1600, 2000]);
+        assert!(shown[6..].iter().all(|&delay| delay == 2000), "{shown:?}");
+        let total: Duration = delays.iter().sum();
+        assert_eq!(millis(total), 31_100);
     }
 }

@@ -55,3 +55,29 @@ pub fn exit_code<E: std::fmt::Display>(binary: &str, result: Result<(), E>) -> E
         }
     }
 }
+
+/// The `main` of a service binary: logging, its flags, and `run` until SIGTERM or Ctrl-C
+/// on a multi-threaded runtime; the exit code says how it ended.
+pub fn serve<A, F, E>(binary: &str, run: impl FnOnce(A, ShutdownSignal) -> F) -> ExitCode
+where
+    A: clap::Parser,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    init_logging();
+    let args = A::parse();
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(args, Box::pin(shutdown_signal()))),
+        Err(err) => {
+            tracing::error!(error = %err, "{binary}: no async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    exit_code(binary, result)
+}
+
+/// The future [`serve`] hands to `run`: it completes on SIGTERM or Ctrl-C.
+pub type ShutdownSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -1,7 +1,6 @@
 //! The Workpool worker: pulls work from the pool's JetStream consumers, runs the pool's
 //! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
 
-mod backoff;
 pub mod cluster;
 pub mod guard;
 pub mod handlers;

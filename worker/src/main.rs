@@ -3,7 +3,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
 use workpool_runtime::telemetry;
 
 fn main() -> std::process::ExitCode {
@@ -11,13 +10,5 @@ fn main() -> std::process::ExitCode {
     if let Some(code) = workpool_worker::guard::run_if_asked() {
         return code;
     }
-    serve()
-}
-
-#[tokio::main]
-async fn serve() -> std::process::ExitCode {
-    telemetry::init_logging();
-    let args = workpool_worker::Args::parse();
-    let result = workpool_worker::run(args, telemetry::shutdown_signal()).await;
-    telemetry::exit_code("workpool-worker", result)
+    telemetry::serve("workpool-worker", workpool_worker::run)
 }

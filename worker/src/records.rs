@@ -11,8 +11,6 @@ use workpool_core::message::WorkMessage;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
 
-use crate::backoff;
-
 /// How many times a compare-and-set is retried when another writer got there first.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -321,8 +319,8 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Retries a KV call while NATS is unreachable ([`backoff::RESULTS_BUCKET`]), and gives
-/// the last error back once it has been made [`backoff::RESULTS_BUCKET_CALLS`] times;
+/// Retries a KV call while NATS is unreachable ([`workpool_runtime::retry::RESULTS_BUCKET`]), and gives
+/// the last error back once it has been made [`workpool_runtime::retry::RESULTS_BUCKET_CALLS`] times;
 /// compare-and-set conflicts are results, not errors, so they come back at once.
 async fn retry_transient<T, E, F, Fut>(call: F) -> Result<T, E>
 where
@@ -331,7 +329,7 @@ where
     E: std::fmt::Display,
 {
     let mut attempt = 0;
-    call.retry(backoff::RESULTS_BUCKET)
+    call.retry(workpool_runtime::retry::RESULTS_BUCKET)
         .notify(|err: &E, _| {
             tracing::debug!(%err, attempt, "results bucket call failed; retrying");
             attempt += 1;
@@ -385,10 +383,13 @@ mod tests {
             async move { Err(format!("unreachable ({call})")) }
         })
         .await;
-        assert_eq!(calls.get(), backoff::RESULTS_BUCKET_CALLS);
+        assert_eq!(calls.get(), workpool_runtime::retry::RESULTS_BUCKET_CALLS);
         assert_eq!(
             answer,
-            Err(format!("unreachable ({})", backoff::RESULTS_BUCKET_CALLS))
+            Err(format!(
+                "unreachable ({})",
+                workpool_runtime::retry::RESULTS_BUCKET_CALLS
+            ))
         );
         let waited = started.elapsed();
         assert!(

@@ -92,19 +92,13 @@ impl Client {
             })
             .await;
         Submission {
-            id: answer.body["callback"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            id: text(&answer.body, "callback"),
             key: body["key"].as_str().map(str::to_owned),
             intent,
             sent_ns,
             answered_ns: now_ns(),
             code: answer.code,
-            status: answer.body["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            status: text(&answer.body, "status"),
             run_ms: body["data"]["ms"].as_u64().unwrap_or(0),
         }
     }
@@ -119,10 +113,7 @@ impl Client {
             sent_ns,
             answered_ns: now_ns(),
             code: answer.code,
-            status: answer.body["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            status: text(&answer.body, "status"),
             created_at: answer.body["created_at"].as_str().map(str::to_owned),
         }
     }
@@ -134,4 +125,9 @@ impl Client {
             .await;
         (answer.code == 200).then_some(answer.body)
     }
+}
+
+/// A string field of an answer, empty when it is missing (a refusal has none).
+fn text(body: &serde_json::Value, field: &str) -> String {
+    body[field].as_str().unwrap_or_default().to_owned()
 }

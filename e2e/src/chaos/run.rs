@@ -45,6 +45,14 @@ pub struct Config {
     pub pods: bool,
 }
 
+/// The seed in `CHAOS_SEED` (to replay a run), or `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(default)
+}
+
 impl Config {
     /// The short run of `make test`.
     pub fn short(seed: u64) -> Self {
