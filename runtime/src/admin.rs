@@ -133,10 +133,15 @@ mod tests {
         counter.inc_by(3);
         let (status, text) = get_text(Admin::new(registry, || true).router(), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(
-            text.contains(r#"workpool_test_total{namespace="ns",pool="pool"} 3"#),
-            "{text}"
-        );
+        // The constant labels come in no fixed order.
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("workpool_test_total{"))
+            .unwrap_or_else(|| panic!("no series: {text}"));
+        assert!(line.ends_with("} 3"), "{line}");
+        for label in [r#"namespace="ns""#, r#"pool="pool""#] {
+            assert!(line.contains(label), "{line}");
+        }
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }
 }
