@@ -120,15 +120,15 @@ impl<N: PoolNats> TestPool<N> {
     }
 
     fn unprovisioned_on(nats: N, spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {
-        let names =
-            PoolNames::new(NAMESPACE, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
+        let names = PoolNames::new(NAMESPACE, POOL)
+            .map_err(HarnessError::context("the test pool's names"))?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-pool-")
             .tempdir()
             .map_err(HarnessError::io("temp dir"))?;
         let spec_file = dir.path().join("spec.json");
         let spec_json = serde_json::to_string_pretty(&spec)
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
+            .map_err(HarnessError::context("encoding spec.json"))?;
         std::fs::write(&spec_file, spec_json).map_err(HarnessError::io("writing spec.json"))?;
         Ok(Self {
             nats,
@@ -247,7 +247,7 @@ impl<N: PoolNats> TestPool<N> {
         let bytes = response
             .bytes()
             .await
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
+            .map_err(HarnessError::context("reading an answer"))?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer {
             status,
@@ -336,11 +336,11 @@ impl<N: PoolNats> TestPool<N> {
         let mut stream = js
             .get_stream(self.names.stream())
             .await
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
+            .map_err(HarnessError::context("getting the work stream"))?;
         let info = stream
             .info()
             .await
-            .map_err(|err| HarnessError::Other(err.to_string()))?;
+            .map_err(HarnessError::context("reading the work stream's state"))?;
         Ok(info.state.messages)
     }
 

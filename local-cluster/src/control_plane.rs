@@ -341,13 +341,13 @@ impl ControlPlane {
 
     /// A client for the calling test's runtime (clients must not cross runtimes).
     pub async fn client(&self) -> Result<kube::Client> {
-        let kubeconfig =
-            Kubeconfig::read_from(&self.kubeconfig).map_err(|err| Error::Other(err.to_string()))?;
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(Error::context("reading the kubeconfig"))?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
-                .map_err(|err| Error::Other(err.to_string()))?;
-        kube::Client::try_from(config).map_err(|err| Error::Other(err.to_string()))
+                .map_err(Error::context("loading the kubeconfig"))?;
+        kube::Client::try_from(config).map_err(Error::context("a client from the kubeconfig"))
     }
 
     /// Runs kubectl against this control plane; returns stdout, or stderr as the error.

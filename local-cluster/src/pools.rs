@@ -36,7 +36,10 @@ pub async fn create_pool(client: &kube::Client, namespace: &str, yaml: &str) -> 
     Api::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &pool)
         .await
-        .map_err(|err| Error::Other(err.to_string()))
+        .map_err(Error::context(format!(
+            "creating WorkPool {namespace}/{}",
+            pool.metadata.name.as_deref().unwrap_or("?")
+        )))
 }
 
 /// Polls the WorkPool until `done` holds.

@@ -111,8 +111,8 @@ impl PodPool {
             follower.backends().len() == usize::try_from(apis).unwrap_or(0)
         })
         .await?;
-        let names =
-            PoolNames::new(&namespace, POOL).map_err(|err| HarnessError::Other(err.to_string()))?;
+        let names = PoolNames::new(&namespace, POOL)
+            .map_err(HarnessError::context("the chaos pool's names"))?;
         Ok(Self {
             balancer: tokio::spawn(balancer.serve(listener)),
             cluster,

@@ -151,7 +151,7 @@ async fn start(config: &Config) -> Result<(Target, LedgerServer)> {
         Nats::Single(NatsServer::start().await?)
     };
     let spec = PoolSpec::from_json(&spec.to_string())
-        .map_err(|err| HarnessError::Other(err.to_string()))?;
+        .map_err(HarnessError::context("the chaos pool's spec"))?;
     let pool = TestPool::start_on(nats, spec, config.apis, config.workers).await?;
     Ok((Target::Processes(Box::new(pool)), ledger))
 }
