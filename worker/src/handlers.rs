@@ -337,8 +337,14 @@ async fn run_exec(
     exited(program, status, guard.is_some(), &stdout, &stderr)
 }
 
+/// Where an exec handler finds programs named without a path, when the worker has no
+/// `PATH` of its own.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Starts `program` (under the guard, if there is one) in its own process group, with
-/// the work's id, task and attempt in its environment and its three pipes open.
+/// its three pipes open. Its environment is the work's id, task and attempt and `PATH`,
+/// nothing of the worker's own: not the pool's spec, the NATS URL or credentials file,
+/// nor the addresses Kubernetes gives the pod.
 fn spawn(
     program: &str,
     args: &[String],
@@ -353,7 +359,10 @@ fn spawn(
             command
         }
     };
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     command
+        .env_clear()
+        .env("PATH", path)
         .env("WORKPOOL_WORK_ID", input.work.id.as_str())
         .env("WORKPOOL_TASK", &input.work.task)
         .env("WORKPOOL_ATTEMPT", input.attempt.to_string())
@@ -539,6 +548,31 @@ mod tests {
             sleep.run(&work(json!({"ms": 5})), 1).await,
             Ok(json!({"slept_ms": 5}))
         );
+    }
+
+    #[tokio::test]
+    async fn exec_sees_only_the_work_and_path_in_its_environment() {
+        let env = pooled(HandlerSpec::Exec {
+            command: vec!["env".into()],
+        });
+        let result = env.run(&work(json!(null)), 3).await.expect("env runs");
+        let text = result.as_str().expect("env prints text");
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "WORKPOOL_ATTEMPT",
+                "WORKPOOL_TASK",
+                "WORKPOOL_WORK_ID"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("WORKPOOL_ATTEMPT=3"), "{text}");
     }
 
     #[tokio::test]
