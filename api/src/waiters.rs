@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use backon::{Backoff, BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{Backoff, BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -260,12 +260,9 @@ impl Drop for Waiter {
     }
 }
 
-/// Restarts of the results watch: 100 ms doubling up to 5 s, with jitter, forever.
-const RESTART_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(Duration::from_secs(5))
-    .with_jitter()
-    .without_max_times();
+/// Restarts of the results watch: the wait for NATS (100 ms doubling up to 5 s, forever),
+/// with jitter so api pods that lost the same server do not come back in step.
+const RESTART_BACKOFF: ExponentialBuilder = workpool_runtime::retry::UNTIL_ANSWERED.with_jitter();
 
 /// Why the watch stopped delivering.
 #[derive(Debug, thiserror::Error)]
@@ -333,9 +330,9 @@ async fn deliver_writes(
     }
 }
 
-/// A new watch from `next_revision`, opened after the next of `delays` and retried after
-/// each following one until it opens; `None` once the registry is gone. The first try
-/// waits too, so a watch that ends as soon as it opens is not reopened in a tight loop.
+/// A new watch from `next_revision`, each try after the next of `delays` (the first one
+/// too, so a watch that ends as soon as it opens is not reopened in a tight loop); `None`
+/// once the registry is gone.
 async fn reopen(
     shared: &Weak<Shared>,
     kv: &kv::Store,
@@ -343,25 +340,16 @@ async fn reopen(
     next_revision: u64,
     delays: &mut impl Backoff,
 ) -> Option<kv::Watch> {
-    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
-    let open = move || async move {
+    loop {
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
         if shared.strong_count() == 0 {
-            return Ok(None);
+            return None;
         }
-        kv.watch_all_from_revision(next_revision).await.map(Some)
-    };
-    let opened = open
-        .retry(delays)
-        .notify(|err, _| {
-            tracing::warn!(%bucket, %err, "restarting the results watch failed; retrying");
-        })
-        .await;
-    match opened {
-        Ok(watch) => watch,
-        // Not reached: the backoff never runs out.
-        Err(err) => {
-            tracing::error!(%bucket, %err, "gave up restarting the results watch");
-            None
+        match kv.watch_all_from_revision(next_revision).await {
+            Ok(watch) => return Some(watch),
+            Err(err) => {
+                tracing::warn!(%bucket, %err, "restarting the results watch failed; retrying");
+            }
         }
     }
 }
