@@ -1,5 +1,5 @@
-//! NATS names of one pool (docs/architecture.md lists them). `namespace` and `pool` are DNS labels, which
-//! are valid in stream, bucket and subject names alike.
+//! NATS names of one pool (docs/architecture.md lists them). `namespace` and `pool` are
+//! DNS labels, which are valid in stream, bucket and subject names alike.
 
 use crate::ids::WorkId;
 

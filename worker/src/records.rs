@@ -319,9 +319,10 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Retries a KV call while NATS is unreachable ([`workpool_runtime::retry::RESULTS_BUCKET`]), and gives
-/// the last error back once it has been made [`workpool_runtime::retry::RESULTS_BUCKET_CALLS`] times;
-/// compare-and-set conflicts are results, not errors, so they come back at once.
+/// Retries a KV call while NATS is unreachable
+/// ([`workpool_runtime::retry::RESULTS_BUCKET`]), and gives the last error back once it
+/// has been made [`workpool_runtime::retry::RESULTS_BUCKET_CALLS`] times; compare-and-set
+/// conflicts are results, not errors, so they come back at once.
 async fn retry_transient<T, E, F, Fut>(call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
