@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::sync::RwLock;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a connection attempt to one backend may take before the next is tried.
@@ -140,33 +140,49 @@ impl Balancer {
 /// dropped) before its connection is closed.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// Copies both ways until both sides are done. When the backend closes first (an early
-/// answer such as a `413` to a body it will not read), the answer is passed on with a
-/// clean close, and what the client still sends is read and dropped: closing a socket
-/// with unread data resets the connection, and the client could lose the answer.
+/// Copies both ways until both sides are done. A backend may answer early and close
+/// without reading the rest of the request (a `413` to a body it will not take), which
+/// resets its connection: the answer is still passed on with a clean close, and what the
+/// client goes on sending is read and dropped, for up to [`LINGER`] after the backend is
+/// done. Closing the client's socket with its data unread would reset that connection
+/// too, and a client still writing its body would never see the answer.
 async fn relay(inbound: &mut TcpStream, outbound: &mut TcpStream) {
     let (mut from_client, mut to_client) = inbound.split();
     let (mut from_backend, mut to_backend) = outbound.split();
-    let mut upstream = Box::pin(async {
-        let _ = tokio::io::copy(&mut from_client, &mut to_backend).await;
-        let _ = to_backend.shutdown().await;
-    });
+    let upstream = forward_until_client_done(&mut from_client, &mut to_backend);
     let downstream = async {
         let _ = tokio::io::copy(&mut from_backend, &mut to_client).await;
         let _ = to_client.shutdown().await;
     };
-    tokio::pin!(downstream);
-    let client_finished = tokio::select! {
-        () = &mut upstream => true,
-        () = &mut downstream => false,
-    };
-    if client_finished {
-        downstream.await;
-    } else {
-        drop(upstream);
-        let mut dropped = tokio::io::sink();
-        let drain = tokio::io::copy(&mut from_client, &mut dropped);
-        let _ = tokio::time::timeout(LINGER, drain).await;
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        () = &mut upstream => downstream.await,
+        () = &mut downstream => {
+            let _ = tokio::time::timeout(LINGER, upstream).await;
+        }
+    }
+}
+
+/// Forwards what the client sends until it is done sending; once the backend stops
+/// taking data, goes on reading and drops it.
+async fn forward_until_client_done<R, W>(from_client: &mut R, to_backend: &mut W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut backend_takes = true;
+    loop {
+        let read = match from_client.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if backend_takes && to_backend.write_all(&buffer[..read]).await.is_err() {
+            backend_takes = false;
+        }
+    }
+    if backend_takes {
+        let _ = to_backend.shutdown().await;
     }
 }
 
