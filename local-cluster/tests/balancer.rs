@@ -1,6 +1,8 @@
 //! The balancer against real sockets: an early answer from a backend that will not read
 //! the body reaches a client that is still sending it.
 
+#![allow(clippy::expect_used)] // tests state their expectations
+
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
