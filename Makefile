@@ -61,9 +61,9 @@ drift: generate ## Fails when a checked-in generated file differs from its gener
 run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or ~/.kube/config)
 	$(CARGO) run -p workpool-operator --bin workpool-operator
 
-bench: tools ## End-to-end jobs/s vs raw JetStream publish rate (see docs/BENCHMARKS.md)
+bench: tools ## The benchmark suite: figures beside same-run baselines, medians, table into docs/BENCHMARKS.md
 	$(CARGO) build --release --workspace --bins
-	./target/release/workpool-bench
+	./target/release/workpool-bench --write docs/BENCHMARKS.md
 
 chaos: tools build ## The fault-injecting checker, full run (CHAOS_SEED, CHAOS_JOBS; see docs/reliability.md)
 	./target/debug/workpool-chaos
