@@ -141,15 +141,7 @@ impl Queue {
         pod: &str,
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
-        let now = Utc::now();
-        let message = WorkMessage {
-            id: id.clone(),
-            task: work.task().to_owned(),
-            key: work.key.clone(),
-            data: work.data.clone(),
-            accepted_by: pod.to_owned(),
-            created_at: now,
-        };
+        let message = new_message(id, work, pod);
         let record = message.pending_record();
         match self.create_pending(id, &record).await {
             Ok(revision) => self.queue_new(&message, revision).await,
@@ -164,14 +156,7 @@ impl Queue {
         let id = &message.id;
         match self.publish(message, revision).await {
             Ok(Published { duplicate: false }) => Ok(Submitted::Accepted),
-            // A fresh record's generation cannot have been published before: the stream
-            // stored nothing, so this is never answered 202.
-            Ok(Published { duplicate: true }) => {
-                self.drop_record(id, revision).await;
-                Err(ApiError::unavailable(
-                    "the queue refused the work as a duplicate; retry",
-                ))
-            }
+            Ok(Published { duplicate: true }) => self.settle_duplicate(message, revision).await,
             Err(err) => {
                 // The message is certainly not queued: drop the record so a retry of the
                 // same POST starts afresh. (After a timeout the message may have landed;
@@ -180,6 +165,30 @@ impl Queue {
                     self.drop_record(id, revision).await;
                 }
                 Err(err)
+            }
+        }
+    }
+
+    /// The stream already held this record generation's message. A concurrent POST of
+    /// the same work that found our record before our message landed publishes the same
+    /// generation ([`Self::known`]); then the work is queued (or already taken by a
+    /// worker, which moved the record on) and this is answered `202`. Only when neither
+    /// holds did the stream store nothing; the record is dropped and the client retries.
+    async fn settle_duplicate(
+        &self,
+        message: &WorkMessage,
+        revision: u64,
+    ) -> Result<Submitted, ApiError> {
+        if self.is_queued(message).await? {
+            return Ok(Submitted::Accepted);
+        }
+        match self.record(&message.id).await? {
+            Some((_, current)) if current != revision => Ok(Submitted::Accepted),
+            _ => {
+                self.drop_record(&message.id, revision).await;
+                Err(ApiError::unavailable(
+                    "the queue refused the work as a duplicate; retry",
+                ))
             }
         }
     }
@@ -567,6 +576,18 @@ fn finished(status: WorkStatus) -> ApiError {
     }
 }
 
+/// The message of a new submission, accepted now by `pod`.
+fn new_message(id: &WorkId, work: &WorkSubmission, pod: &str) -> WorkMessage {
+    WorkMessage {
+        id: id.clone(),
+        task: work.task().to_owned(),
+        key: work.key.clone(),
+        data: work.data.clone(),
+        accepted_by: pod.to_owned(),
+        created_at: Utc::now(),
+    }
+}
+
 /// What the stream said of a publish.
 struct Published {
     /// The stream already held a message of this id (and record generation).
@@ -590,3 +611,7 @@ fn is_stream_full(err: &jetstream::context::PublishError) -> bool {
     has_code(err, jetstream::ErrorCode::STREAM_STORE_FAILED)
         || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
 }
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;
