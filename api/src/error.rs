@@ -28,8 +28,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("request body is larger than the pool's limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("content type must be application/json")]
-    UnsupportedMediaType,
+    #[error("content type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
     #[error("the queue is full; retry later")]
     QueueFull,
     #[error("{limit} requests already wait for work in this api pod; retry later")]
@@ -100,7 +100,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::QueueFull | ApiError::TooManyWaiters { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -114,7 +114,7 @@ impl ApiError {
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
             ApiError::TooManyWaiters { .. } => "too_many_waiters",
             ApiError::Unavailable { .. } => "unavailable",
@@ -180,7 +180,9 @@ mod tests {
                 "payload_too_large",
             ),
             (
-                ApiError::UnsupportedMediaType,
+                ApiError::UnsupportedMediaType {
+                    expected: "application/json",
+                },
                 415,
                 "unsupported_media_type",
             ),

@@ -2,6 +2,7 @@
 //! results bucket, queues it on the pool's stream, and answers its status.
 
 pub mod auth;
+pub mod batch;
 pub mod cluster;
 pub mod error;
 pub mod metrics;
@@ -173,6 +174,11 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let work = Router::new()
         .route("/api/v1/work", axum::routing::post(routes::submit))
+        .route(
+            "/api/v1/work/batch",
+            axum::routing::post(batch::submit_batch)
+                .layer(DefaultBodyLimit::max(batch::batch_limit(&state))),
+        )
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
         .route("/api/v1/cluster", get(cluster::view));
     let work = guarded(work, &state).layer(DefaultBodyLimit::max(state.max_body_bytes()));

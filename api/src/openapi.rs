@@ -15,6 +15,7 @@ use crate::routes::{self, SubmitAnswer, WorkView};
     ),
     paths(
         routes::submit,
+        crate::batch::submit_batch,
         routes::get,
         routes::cancel,
         crate::cluster::view,
@@ -25,6 +26,10 @@ use crate::routes::{self, SubmitAnswer, WorkView};
     ),
     components(schemas(
         SubmitAnswer,
+        crate::batch::BatchItem,
+        crate::batch::BatchItemAnswer,
+        crate::batch::ItemError,
+        crate::batch::BatchAnswer,
         WorkView,
         ErrorBody,
         workpool_core::WorkStatus,

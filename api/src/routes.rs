@@ -100,8 +100,15 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if essence.is_some_and(|essence| essence.eq_ignore_ascii_case("application/json")) {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType)
+        Err(ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        })
     }
+}
+
+/// 1-256 visible ASCII characters (space included), what a header value may hold.
+pub(crate) fn is_idempotency_key(key: &[u8]) -> bool {
+    (1..=256).contains(&key.len()) && key.iter().all(|byte| (b' '..=b'~').contains(byte))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -111,7 +118,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let key = value
         .to_str()
         .ok()
-        .filter(|key| (1..=256).contains(&key.len()))
+        .filter(|key| is_idempotency_key(key.as_bytes()))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
@@ -143,23 +150,40 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-            limit: state.max_body_bytes(),
-        },
-        _ => ApiError::bad_request("invalid_body", rejection.body_text()),
-    });
+    let body = body.map_err(|rejection| body_error(rejection, state.max_body_bytes()));
     let (work, id) = read_submission(&headers, body)?;
     let queue = state.queue()?;
-    let pod = state.pod();
-    let (status, answer) = match queue.submit(&id, &work, pod).await? {
+    let submitted = queue.submit(&id, &work, state.pod()).await?;
+    let (status, answer) = outcome(&state, queue, &id, &work, submitted).await;
+    let location = [(header::LOCATION, work_location(&id))];
+    Ok((status, location, Json(answer)).into_response())
+}
+
+/// A body axum could not read: over `limit`, or broken off.
+pub(crate) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ => ApiError::bad_request("invalid_body", rejection.body_text()),
+    }
+}
+
+/// The answer to a submission the queue took: `202` for new work (counted and announced),
+/// `200` with its status for work already known.
+pub(crate) async fn outcome(
+    state: &AppState,
+    queue: &crate::queue::Queue,
+    id: &WorkId,
+    work: &WorkSubmission,
+    submitted: Submitted,
+) -> (StatusCode, SubmitAnswer) {
+    match submitted {
         Submitted::Accepted => {
             state.metrics().accepted(work.task());
-            announce(&state, queue, WorkEventKind::Accepted, &id, work.task(), 0).await;
+            announce(state, queue, WorkEventKind::Accepted, id, work.task(), 0).await;
             let answer = SubmitAnswer {
                 status: "accepted".into(),
                 callback: id.clone(),
-                accepted_by: pod.to_owned(),
+                accepted_by: state.pod().to_owned(),
             };
             (StatusCode::ACCEPTED, answer)
         }
@@ -172,9 +196,12 @@ pub async fn submit(
             };
             (StatusCode::OK, answer)
         }
-    };
-    let location = [(header::LOCATION, work_location(&id))];
-    Ok((status, location, Json(answer)).into_response())
+    }
+}
+
+/// Whether the first byte that is not white space is `first`.
+pub(crate) fn starts_with(body: &[u8], first: u8) -> bool {
+    body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&first)
 }
 
 /// The work a POST submits and its id, after every check that needs no NATS, in this
@@ -187,7 +214,7 @@ fn read_submission(
     let body = body?;
     // serde also reads a struct from a JSON array, by position (`[null]` would be work
     // with data null), so anything but an object is refused before parsing.
-    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+    if !starts_with(&body, b'{') {
         return Err(ApiError::bad_request(
             "invalid_json",
             "invalid work: the body must be a JSON object",
