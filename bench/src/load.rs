@@ -20,8 +20,9 @@ pub struct Answered {
     pub scheduled: Instant,
     pub answered: Instant,
     pub status: u16,
-    /// The `callback` of a `202`.
-    pub id: Option<String>,
+    /// The work it got accepted: the `callback` of a `202`, or of each accepted item of
+    /// a batch.
+    pub ids: Vec<String>,
 }
 
 impl Answered {
@@ -86,23 +87,39 @@ pub async fn open_loop(
 }
 
 async fn send(request: reqwest::RequestBuilder, scheduled: Instant) -> Answered {
-    let (status, id) = match request.send().await {
+    let (status, ids) = match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();
             let body = response.bytes().await.unwrap_or_default();
-            let id = (status == 202)
-                .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
-                .flatten()
-                .and_then(|body| body["callback"].as_str().map(str::to_owned));
-            (status, id)
+            (status, accepted_ids(status, &body))
         }
-        Err(_) => (0, None),
+        Err(_) => (0, Vec::new()),
     };
     Answered {
         scheduled,
         answered: Instant::now(),
         status,
-        id,
+        ids,
+    }
+}
+
+/// The ids a POST's answer accepted: a `202`'s callback, or a batch's accepted items'.
+fn accepted_ids(status: u16, body: &[u8]) -> Vec<String> {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    match (status, body["items"].as_array()) {
+        (202, _) => body["callback"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        (200, Some(items)) => items
+            .iter()
+            .filter(|item| item["status"] == "accepted")
+            .filter_map(|item| item["callback"].as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

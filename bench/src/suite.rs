@@ -22,6 +22,7 @@ pub const HEALTHZ: &str = "api_healthz_per_s";
 pub const INGEST: &str = "api_ingest_per_s";
 pub const DRAIN: &str = "backlog_drain_per_s";
 pub const E2E: &str = "e2e_single_per_s";
+pub const E2E_BULK: &str = "e2e_bulk_per_s";
 pub const E2E_WORKED_P50_MS: &str = "e2e_worked_p50_ms";
 pub const E2E_WORKED_P99_MS: &str = "e2e_worked_p99_ms";
 pub const HALF_POST_P50_MS: &str = "half_post_p50_ms";
@@ -48,6 +49,8 @@ pub struct Sizes {
     pub jobs: usize,
     pub rate: f64,
     pub max_in_flight: usize,
+    /// Items per `POST /api/v1/work/batch` of the bulk run (of `jobs` items in all).
+    pub batch: usize,
     /// How long the run at half the saturation rate offers work.
     pub half_for: Duration,
     /// Jobs in flight per worker.
@@ -101,36 +104,23 @@ pub async fn one_run(sizes: Sizes, run: usize) -> Result<Figures> {
     );
 
     figures.insert(DRAIN, drain(&mut pool, &client).await?);
-    let saturated = end_to_end(
-        &pool,
-        &client,
-        run,
-        "saturation",
-        sizes.rate,
-        sizes.jobs,
-        sizes,
-    )
-    .await?;
+    let saturation = Load::single("saturation", sizes.rate, sizes.jobs, sizes);
+    let saturated = end_to_end(&pool, &client, run, saturation).await?;
     figures.insert(E2E, saturated.rate);
     figures.insert(E2E_WORKED_P50_MS, saturated.worked_p50_ms);
     figures.insert(E2E_WORKED_P99_MS, saturated.worked_p99_ms);
     let half_rate = saturated.rate / 2.0;
     let half_jobs = (half_rate * sizes.half_for.as_secs_f64()).ceil() as usize;
-    let half = end_to_end(
-        &pool,
-        &client,
-        run,
-        "half",
-        half_rate,
-        half_jobs.max(1),
-        sizes,
-    )
-    .await?;
+    let half_load = Load::single("half", half_rate, half_jobs.max(1), sizes);
+    let half = end_to_end(&pool, &client, run, half_load).await?;
     figures.insert(HALF_POST_P50_MS, half.post_p50_ms);
     figures.insert(HALF_POST_P99_MS, half.post_p99_ms);
     figures.insert(HALF_POST_P999_MS, half.post_p999_ms);
     figures.insert(HALF_WORKED_P50_MS, half.worked_p50_ms);
     figures.insert(HALF_WORKED_P99_MS, half.worked_p99_ms);
+
+    let bulk = end_to_end(&pool, &client, run, Load::bulk(sizes)).await?;
+    figures.insert(E2E_BULK, bulk.rate);
 
     figures.insert(API_LOADED_MIB, rss_mib(pool.apis[0].process.pid())?);
     figures.insert(WORKER_LOADED_MIB, rss_mib(pool.workers[0].process.pid())?);
@@ -192,28 +182,77 @@ struct EndToEnd {
     worked_p99_ms: f64,
 }
 
-/// `jobs` POSTs at `rate`, each timed until its answer and until its `worked` event.
+/// An open loop of POSTs: single submissions, or batches of `batch` items.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    phase: &'static str,
+    /// POSTs per second, and POSTs in all.
+    rate: f64,
+    posts: usize,
+    batch: Option<usize>,
+    max_in_flight: usize,
+}
+
+impl Load {
+    fn single(phase: &'static str, rate: f64, jobs: usize, sizes: Sizes) -> Self {
+        Load {
+            phase,
+            rate,
+            posts: jobs,
+            batch: None,
+            max_in_flight: sizes.max_in_flight,
+        }
+    }
+
+    /// `sizes.jobs` items in batches, offered at the saturation rate in items.
+    fn bulk(sizes: Sizes) -> Self {
+        let batch = sizes.batch.max(1);
+        Load {
+            phase: "bulk",
+            rate: sizes.rate / batch as f64,
+            posts: sizes.jobs.div_ceil(batch),
+            batch: Some(batch),
+            max_in_flight: (sizes.max_in_flight / batch).max(4),
+        }
+    }
+
+    fn jobs(&self) -> usize {
+        self.posts * self.batch.unwrap_or(1)
+    }
+
+    fn requests(&self, http: &reqwest::Client, api: &str, run: usize) -> MakeRequest {
+        let Some(batch) = self.batch else {
+            return post_work(http, api, run, self.phase);
+        };
+        let (http, url, phase) = (http.clone(), format!("{api}/api/v1/work/batch"), self.phase);
+        Arc::new(move |n| {
+            let items: Vec<_> = (n * batch..(n + 1) * batch)
+                .map(|i| json!({"task": "bench", "data": {"n": i, "run": run, "phase": phase}}))
+                .collect();
+            http.post(&url).json(&items)
+        })
+    }
+}
+
+/// The load's POSTs, each item timed until its answer and until its `worked` event.
 async fn end_to_end<N: PoolNats>(
     pool: &TestPool<N>,
     client: &async_nats::Client,
     run: usize,
-    phase: &'static str,
-    rate: f64,
-    jobs: usize,
-    sizes: Sizes,
+    load: Load,
 ) -> Result<EndToEnd> {
-    let worked = collect_worked(pool, client, jobs).await?;
+    let worked = collect_worked(pool, client, load.jobs()).await?;
     let offered = load::open_loop(
-        post_work(&pool.http, &pool.api_url(0), run, phase),
-        rate,
-        jobs,
-        sizes.max_in_flight,
+        load.requests(&pool.http, &pool.api_url(0), run),
+        load.rate,
+        load.posts,
+        load.max_in_flight,
     )
     .await?;
     let done = worked
         .await
         .map_err(Error::context("the worked-event collector"))?;
-    summarize(phase, rate, jobs, &offered, &done)
+    summarize(load.phase, load.rate, load.jobs(), &offered, &done)
 }
 
 fn summarize(
@@ -223,21 +262,27 @@ fn summarize(
     offered: &OpenLoop,
     done: &HashMap<String, Instant>,
 ) -> Result<EndToEnd> {
-    let accepted: Vec<_> = offered.answers.iter().filter(|a| a.status == 202).collect();
-    let mut post: Vec<Duration> = accepted.iter().map(|a| a.latency()).collect();
+    let accepted: Vec<(&str, Instant, Duration)> = offered
+        .answers
+        .iter()
+        .flat_map(|a| {
+            a.ids
+                .iter()
+                .map(move |id| (id.as_str(), a.scheduled, a.latency()))
+        })
+        .collect();
+    let mut post: Vec<Duration> = accepted.iter().map(|(_, _, latency)| *latency).collect();
     post.sort();
     let mut worked: Vec<Duration> = accepted
         .iter()
-        .filter_map(|a| {
-            let id = a.id.as_ref()?;
-            done.get(id).map(|end| end.duration_since(a.scheduled))
-        })
+        .filter_map(|(id, scheduled, _)| done.get(*id).map(|end| end.duration_since(*scheduled)))
         .collect();
     worked.sort();
     let last = done.values().max().copied().unwrap_or(offered.started);
     let completed = worked.len();
     println!(
-        "  {phase}: {completed} of {jobs} offered at {rate:.0}/s worked in {:.2}s ({} late, {} not accepted)",
+        "  {phase}: {completed} of {jobs} jobs ({} POSTs at {rate:.0}/s) worked in {:.2}s ({} late, {} not accepted)",
+        offered.answers.len(),
         last.duration_since(offered.started).as_secs_f64(),
         offered.late,
         jobs - accepted.len()
@@ -319,6 +364,12 @@ pub async fn synced(sizes: Sizes, jobs: usize) -> Result<(f64, f64)> {
     };
     let js = async_nats::jetstream::new(client.clone());
     let raw = raw::async_publish_rate(&js, raw_sizes.messages, raw_sizes.window).await?;
-    let e2e = end_to_end(&pool, &client, 0, "synced", sizes.rate, jobs, sizes).await?;
+    let e2e = end_to_end(
+        &pool,
+        &client,
+        0,
+        Load::single("synced", sizes.rate, jobs, sizes),
+    )
+    .await?;
     Ok((raw, e2e.rate))
 }
