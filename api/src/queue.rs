@@ -10,6 +10,7 @@ use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
+use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
 use workpool_runtime::repair::{self, CreatePendingError};
@@ -31,6 +32,9 @@ pub struct Queue {
     partitions: u32,
     /// `queue.maxPayloadBytes`, the limit a 413 names.
     max_message_bytes: usize,
+    /// How long an attempt may run before recording `working`
+    /// ([`workpool_core::unrecorded`]): a cancel of `pending` work waits it out.
+    unrecorded_limit: Duration,
     waiters: Waiters,
 }
 
@@ -108,6 +112,7 @@ impl Queue {
             stream,
             partitions: spec.worker.partitions,
             max_message_bytes: spec.queue.max_payload_bytes,
+            unrecorded_limit: unrecorded_run_limit(spec.worker.ack_wait),
             waiters,
         })
     }
@@ -411,6 +416,7 @@ impl Queue {
                     None => continue,
                 }
             }
+            let was_pending = record.status == WorkStatus::Pending;
             record
                 .advance(WorkStatus::Cancelled, Utc::now())
                 .map_err(|err| ApiError::Conflict {
@@ -421,6 +427,11 @@ impl Queue {
                 continue;
             }
             self.remove_or_keep_removing(id, &record).await?;
+            if was_pending {
+                // A first attempt may have started unrecorded before the cancel; it
+                // finds the record cancelled, or stops, within this limit.
+                tokio::time::sleep(self.unrecorded_limit).await;
+            }
             return Ok(Cancel::Done {
                 record,
                 by_worker: false,

@@ -15,6 +15,7 @@ pub mod names;
 pub mod record;
 pub mod spec;
 pub mod streams;
+pub mod unrecorded;
 
 pub use ids::WorkId;
 pub use names::PoolNames;

@@ -44,8 +44,12 @@ pub struct Beat {
     /// How often to beat: often enough for the fence, and for the record not to expire
     /// (the results bucket forgets a record `resultTTL` after its last write).
     pub every: Duration,
-    /// When the in-progress ack that the attempt's first write confirmed was sent.
-    pub proven_at: Instant,
+    /// When the first renewal is due, and when the hold is lost unless one was proven
+    /// by then: `every` and half of `ackWait` after the attempt's first proof, or, for an
+    /// attempt that started unrecorded, its first recording of `working`
+    /// ([`workpool_core::unrecorded`]).
+    pub first_beat_at: Instant,
+    pub first_fence_at: Instant,
 }
 
 impl Hold {
@@ -105,12 +109,11 @@ async fn heartbeat(
     cancel_requested: CancellationToken,
 ) {
     let every = beat.every;
-    let mut proven_at = beat.proven_at;
-    let mut pause = every;
+    let mut next_beat_at = beat.first_beat_at;
+    let mut fenced_at = beat.first_fence_at;
     loop {
-        let fenced_at = proven_at + fence(beat.ack_wait);
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep_until(next_beat_at) => {}
             () = tokio::time::sleep_until(fenced_at) => break,
         }
         let sent = Instant::now();
@@ -123,24 +126,22 @@ async fn heartbeat(
                 .clone();
             beat.records.renew(&beat.id, record, revision).await.ok()
         };
-        match tokio::time::timeout_at(fenced_at, renew).await {
-            Err(_) => break,
-            Ok(Some(Renewed::Lost)) => break,
-            Ok(Some(Renewed::Held { record, revision })) => {
-                *current.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Current { record, revision };
-                proven_at = sent;
-                pause = every;
-            }
-            Ok(Some(Renewed::CancelRequested { record, revision })) => {
-                *current.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Current { record, revision };
-                proven_at = sent;
-                pause = every;
-                cancel_requested.cancel();
-            }
+        let renewed = tokio::time::timeout_at(fenced_at, renew).await;
+        let (record, revision, cancel) = match renewed {
+            Err(_) | Ok(Some(Renewed::Lost)) => break,
+            Ok(Some(Renewed::Held { record, revision })) => (record, revision, false),
+            Ok(Some(Renewed::CancelRequested { record, revision })) => (record, revision, true),
             // Not proven this time: try again sooner, until the fence.
-            Ok(None) => pause = every / 2,
+            Ok(None) => {
+                next_beat_at = Instant::now() + every / 2;
+                continue;
+            }
+        };
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Current { record, revision };
+        fenced_at = sent + fence(beat.ack_wait);
+        next_beat_at = Instant::now() + every;
+        if cancel {
+            cancel_requested.cancel();
         }
     }
     tracing::warn!("the attempt lost its hold on the work (no proven heartbeat); stopping it");

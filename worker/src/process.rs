@@ -27,12 +27,13 @@ use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
 use workpool_core::spec::WorkerSpec;
+use workpool_core::unrecorded;
 use workpool_runtime::events::PublishEvent;
 
 use crate::Worker;
 use crate::cluster::RunningGuard;
 use crate::handlers::HandlerError;
-use crate::hold::{Beat, Current, Hold, beat_interval};
+use crate::hold::{Beat, Current, Hold, beat_interval, fence};
 use crate::records::{Begin, RecordError, Settled};
 
 /// Header of a dead letter: the error that ended the work.
@@ -67,6 +68,7 @@ impl Worker {
     pub(crate) async fn process(
         self: Arc<Self>,
         message: jetstream::Message,
+        pulled_at: tokio::time::Instant,
         abort: CancellationToken,
     ) {
         let work: WorkMessage = match serde_json::from_slice(&message.payload) {
@@ -76,7 +78,7 @@ impl Worker {
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
         // JetStream's delivery count is the attempt number (each retry is a redelivery).
         let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, attempt = delivered);
-        self.process_work(message, work, delivered, abort)
+        self.process_work(message, work, delivered, pulled_at, abort)
             .instrument(span)
             .await;
     }
@@ -86,6 +88,7 @@ impl Worker {
         message: jetstream::Message,
         work: WorkMessage,
         delivered: i64,
+        pulled_at: tokio::time::Instant,
         abort: CancellationToken,
     ) {
         let message = Arc::new(message);
@@ -97,11 +100,28 @@ impl Worker {
             let until = self.records.lease_from_now();
             return self.wait_for_holder(&message, &work, until, &abort).await;
         };
+        let hint = revision_hint(message.headers.as_ref(), delivered);
+        let ack_wait = spec.ack_wait;
+        if let Some(revision) = hint
+            && unrecorded::may_start_unrecorded(pulled_at.elapsed(), ack_wait)
+        {
+            // Fresh work starts at once; the hold records `working` if it runs on.
+            let current = Current {
+                record: self.records.first_attempt(&work),
+                revision,
+            };
+            let proof = Proof {
+                first_beat_at: pulled_at + unrecorded::first_record_after(ack_wait),
+                first_fence_at: pulled_at + unrecorded::unrecorded_run_limit(ack_wait),
+            };
+            return self
+                .attempt(&message, &work, current, running, proof, &abort)
+                .await;
+        }
         // The first write below proves this in-progress ack reached the server: from
         // here it waits a full ackWait before it may hand the message to anyone else.
         let proven_at = tokio::time::Instant::now();
         acknowledge(&message, AckKind::Progress).await;
-        let hint = revision_hint(message.headers.as_ref(), delivered);
         let begun = self.records.begin(&work, hint, spec.max_attempts).await;
         let current = match start(begun, spec) {
             Start::Run(current) => current,
@@ -118,7 +138,11 @@ impl Worker {
                 return acknowledge(&message, AckKind::Nak(Some(after))).await;
             }
         };
-        self.attempt(&message, &work, current, running, proven_at, &abort)
+        let proof = Proof {
+            first_beat_at: proven_at + beat_interval(ack_wait),
+            first_fence_at: proven_at + fence(ack_wait),
+        };
+        self.attempt(&message, &work, current, running, proof, &abort)
             .await;
     }
 
@@ -130,11 +154,11 @@ impl Worker {
         work: &WorkMessage,
         current: Current,
         running: RunningGuard<'_>,
-        proven_at: tokio::time::Instant,
+        proof: Proof,
         abort: &CancellationToken,
     ) {
         let attempt = current.record.attempts;
-        let hold = self.hold(work, message, current, proven_at);
+        let hold = self.hold(work, message, current, proof);
         self.metrics.started(&work.task);
         self.event(WorkEventKind::Started, work, attempt, None)
             .await;
@@ -200,7 +224,7 @@ impl Worker {
         work: &WorkMessage,
         message: &Arc<jetstream::Message>,
         current: Current,
-        proven_at: tokio::time::Instant,
+        proof: Proof,
     ) -> Hold {
         let ack_wait = self.config.spec.worker.ack_wait;
         let beat = Beat {
@@ -209,7 +233,8 @@ impl Worker {
             message: message.clone(),
             ack_wait,
             every: beat_interval(ack_wait),
-            proven_at,
+            first_beat_at: proof.first_beat_at,
+            first_fence_at: proof.first_fence_at,
         };
         Hold::start(beat, current.record, current.revision)
     }
@@ -495,6 +520,13 @@ fn revision_hint(headers: Option<&async_nats::HeaderMap>, delivered: i64) -> Opt
         return None;
     }
     headers?.get(RECORD_REVISION_HEADER)?.as_str().parse().ok()
+}
+
+/// When an attempt's hold must first be renewed, and when it is lost unless it was.
+#[derive(Debug, Clone, Copy)]
+struct Proof {
+    first_beat_at: tokio::time::Instant,
+    first_fence_at: tokio::time::Instant,
 }
 
 /// What a delivery does once its start is (or is not) recorded.

@@ -69,6 +69,8 @@ impl Worker {
                 None => Vec::new(),
             };
             let wanted = permits.len().max(1);
+            // Every message of this pull was delivered after this instant.
+            let pulled_at = tokio::time::Instant::now();
             let mut batch = match consumer
                 .batch()
                 .max_messages(wanted)
@@ -108,7 +110,7 @@ impl Worker {
                 let worker = self.clone();
                 let abort = lanes.abort.clone();
                 lanes.tracker.spawn(async move {
-                    worker.process(message, abort).await;
+                    worker.process(message, pulled_at, abort).await;
                     drop(permit);
                 });
             }

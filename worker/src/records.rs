@@ -158,6 +158,14 @@ impl Records {
         record.updated_at = Utc::now();
     }
 
+    /// The record of the first attempt at fresh work, as it will be recorded if it runs
+    /// on: `working`, attempt 1, this worker.
+    pub fn first_attempt(&self, work: &WorkMessage) -> WorkRecord {
+        let mut record = work.pending_record();
+        self.start_attempt(&mut record);
+        record
+    }
+
     /// Marks the work `working` for a new attempt. `hint` is the revision of the
     /// `pending` record the api wrote; with it the common case needs no read.
     pub async fn begin(

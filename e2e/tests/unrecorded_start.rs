@@ -1,0 +1,142 @@
+//! Fresh work starts without recording `working` first: a short first attempt writes
+//! only its outcome, one that runs on records `working` within moments, and a DELETE of
+//! work that is still `pending` answers only once an unrecorded attempt cannot be running.
+//! Each pool queues its work before its worker starts, so the worker's first pulls find
+//! it waiting and every delivery is fresh.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use workpool_core::PoolSpec;
+use workpool_core::spec::{HandlerSpec, WorkerSpec};
+use workpool_e2e::pool::TestPool;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_short_first_attempt_writes_only_its_outcome() {
+    let spec =
+        PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}, "concurrency": 8}}"#);
+    let mut pool = TestPool::start(spec.expect("spec"), 1, 0)
+        .await
+        .expect("pool");
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            pool.submit(&json!({"data": {"n": n}}))
+                .await
+                .expect("submit"),
+        );
+    }
+    // Every write to the bucket from here on: the workers' only.
+    let client = pool.nats.client().await.expect("client");
+    let mut writes = client
+        .subscribe(format!("$KV.{}.>", pool.names.bucket()))
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    pool.add_worker().await.expect("worker");
+    for id in &ids {
+        let done = pool.wait_status(id, "worked", WAIT).await.expect("worked");
+        assert_eq!(done.body["attempts"], 1, "{done:?}");
+        assert_eq!(done.body["worker"], "demo-worker-0", "{done:?}");
+    }
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    while per_id.values().sum::<usize>() < ids.len() {
+        let write = tokio::time::timeout(WAIT, writes.next())
+            .await
+            .expect("a write")
+            .expect("subscription");
+        let id = write
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *per_id.entry(id).or_default() += 1;
+    }
+    // Writes still on their way would show as a second write of some id.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(write)) = tokio::time::timeout(Duration::from_millis(50), writes.next()).await
+    {
+        let id = write
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *per_id.entry(id).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            per_id.get(id),
+            Some(&1),
+            "one write, the outcome, for {id}: {per_id:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_that_runs_on_records_working_with_its_lease() {
+    let mut pool = TestPool::start(PoolSpec::from_json("{}").expect("spec"), 1, 0)
+        .await
+        .expect("pool");
+    let id = pool
+        .submit(&json!({"data": {"ms": 3000}}))
+        .await
+        .expect("submit");
+    pool.add_worker().await.expect("worker");
+    let working = pool
+        .wait_status(&id, "working", Duration::from_secs(2))
+        .await
+        .expect("working while it runs");
+    assert_eq!(working.body["attempts"], 1, "{working:?}");
+    assert_eq!(working.body["worker"], "demo-worker-0", "{working:?}");
+    assert!(working.body["lease_until"].is_string(), "{working:?}");
+    pool.wait_status(&id, "worked", WAIT).await.expect("worked");
+}
+
+#[tokio::test]
+async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; exec sleep 30", pids.display());
+    let spec = PoolSpec {
+        worker: WorkerSpec {
+            handler: HandlerSpec::Exec {
+                command: vec!["sh".into(), "-c".into(), script],
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let id = pool.submit(&json!({"data": "long"})).await.expect("submit");
+    pool.add_worker().await.expect("worker");
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pids)
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|l| l.parse::<i32>().ok()))
+        {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let cancelled = pool.cancel(&id).await.expect("delete");
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(cancelled.str("status"), "cancelled", "{cancelled:?}");
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z "));
+    assert!(
+        !alive,
+        "the handler {pid} still ran when DELETE answered cancelled"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = pool.get(&id).await.expect("get");
+    assert_eq!(after.str("status"), "cancelled", "{after:?}");
+    assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+}
