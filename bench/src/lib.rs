@@ -4,6 +4,7 @@
 //! suite in seconds, so `make test` keeps it working.
 
 pub mod load;
+pub mod operator_scale;
 pub mod raw;
 pub mod report;
 pub mod suite;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use workpool_e2e::{HarnessError as Error, Result};
 
 use crate::raw::RawSizes;
-use crate::report::{Figures, Row, Target, Unmeasured};
+use crate::report::{Figures, Row, Target};
 use crate::suite::Sizes;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -56,6 +57,9 @@ pub struct BenchArgs {
     /// Jobs for the run on a server with `sync_interval: always`; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     pub synced_jobs: usize,
+    /// WorkPools of the operator-scale run; 0 skips it.
+    #[arg(long, default_value_t = 1_000)]
+    pub operator_pools: usize,
     /// Write the table into this Markdown file, between its bench markers.
     #[arg(long)]
     pub write: Option<std::path::PathBuf>,
@@ -256,12 +260,33 @@ const fn row(
     }
 }
 
-/// Targets the suite does not measure yet, and why.
-pub const UNMEASURED: &[Unmeasured] = &[Unmeasured {
-    figure: "operator: 1,000 WorkPools reconciled",
-    target: "≤ 3x plain creates, ≤ 1.5 reconciles/pool, ≤ 100 MiB",
-    why: "not in the suite yet",
-}];
+/// The operator-scale rows (one run, not a median: it needs the shared control plane).
+pub const OPERATOR_ROWS: &[Row] = &[
+    row(
+        "operator: 1,000 WorkPools reconciled (one run)",
+        operator_scale::OPERATOR_SECS,
+        "s",
+        Some((
+            operator_scale::PLAIN_SECS,
+            "a plain client creating the same objects",
+        )),
+        Some(Target::RatioAtMost(3.0)),
+    ),
+    row(
+        "  reconciles per pool",
+        operator_scale::RECONCILES_PER_POOL,
+        "",
+        None,
+        Some(Target::AtMost(1.5)),
+    ),
+    row(
+        "  operator RSS after",
+        operator_scale::OPERATOR_RSS_MIB,
+        MIB,
+        None,
+        Some(Target::AtMost(100.0)),
+    ),
+];
 
 /// Runs the suite and returns the medians (and the synced figures of one run).
 pub async fn measure(args: &BenchArgs) -> Result<Figures> {
@@ -278,7 +303,17 @@ pub async fn measure(args: &BenchArgs) -> Result<Figures> {
         figures.insert(SYNCED_RAW, raw);
         figures.insert(SYNCED_E2E, e2e);
     }
+    if args.operator_pools > 0 {
+        let pools = if args.smoke { 5 } else { args.operator_pools };
+        println!("the operator with {pools} WorkPools ...");
+        figures.extend(operator_scale::measure(pools).await?);
+    }
     Ok(figures)
+}
+
+/// Every row of the table, in order.
+pub fn rows() -> Vec<Row> {
+    ROWS.iter().chain(OPERATOR_ROWS).copied().collect()
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -288,7 +323,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         "make bench"
     };
-    let table = report::table(ROWS, UNMEASURED, &figures, command);
+    let table = report::table(&rows(), &figures, command);
     println!("\n{table}");
     if let Some(path) = &args.write {
         let heading = format!(

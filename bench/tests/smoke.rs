@@ -5,14 +5,15 @@
 #![allow(clippy::expect_used)] // tests state their expectations
 
 use clap::Parser;
-use workpool_bench::{BenchArgs, ROWS, SYNCED_E2E, report};
+use workpool_bench::{BenchArgs, SYNCED_E2E, report};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_smoke_run_measures_every_row_of_the_table() {
     let args = BenchArgs::parse_from(["workpool-bench", "--smoke", "--runs", "1"]);
     let figures = workpool_bench::measure(&args).await.expect("the smoke run");
-    let table = report::table(ROWS, &[], &figures, "workpool-bench --smoke");
-    for row in ROWS.iter().filter(|row| row.key != SYNCED_E2E) {
+    let rows = workpool_bench::rows();
+    let table = report::table(&rows, &figures, "workpool-bench --smoke");
+    for row in rows.iter().filter(|row| row.key != SYNCED_E2E) {
         let value = figures.get(row.key).copied();
         assert!(
             value.is_some_and(|v| v.is_finite() && v > 0.0),
