@@ -3,7 +3,9 @@
 //! reconciled: `observedGeneration` current (so its children were applied in that
 //! reconcile) and its queue provisioned on NATS. The baseline is a plain client creating
 //! the same objects itself, with the same concurrency: the WorkPools, each pool's
-//! children as the operator renders them, and its NATS objects.
+//! children as the operator renders them, and its NATS objects. The pools ask for no
+//! pods (`replicas: 0`): with no node to run them, thousands of pending pods would only
+//! measure the apiserver's and the controller-manager's work, not the operator's.
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,12 @@ fn pool_name(i: usize) -> String {
     format!("pool-{i}")
 }
 
+/// A WorkPool that asks for no pods.
+fn manifest(i: usize, nats: &NatsServer) -> String {
+    let no_pods = "  api:\n    replicas: 0\n  worker:\n    replicas: 0\n";
+    pool_yaml(&pool_name(i), &nats.url(), no_pods)
+}
+
 async fn create_pool(
     client: &kube::Client,
     namespace: &str,
@@ -108,7 +116,7 @@ async fn create_plainly(
     i: usize,
 ) -> Result<()> {
     let name = pool_name(i);
-    let pool = pools::create_pool(client, namespace, &pool_yaml(&name, &nats.url(), "")).await?;
+    let pool = pools::create_pool(client, namespace, &manifest(i, nats)).await?;
     let spec = pool
         .spec
         .pool_spec()
@@ -123,7 +131,7 @@ async fn create_plainly(
     create(client, namespace, &context.role()).await?;
     create(client, namespace, &context.role_binding()).await?;
     for component in [Component::Api, Component::Worker] {
-        let deployment = context.deployment(component, 1);
+        let deployment = context.deployment(component, 0);
         create::<Deployment>(client, namespace, &deployment).await?;
     }
     create::<Service>(client, namespace, &context.api_service()).await?;
