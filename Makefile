@@ -62,7 +62,7 @@ run-operator: tools ## Run the operator out of cluster against $$KUBECONFIG (or 
 	$(CARGO) run -p workpool-operator --bin workpool-operator
 
 bench: tools ## The benchmark suite: figures beside same-run baselines, medians, table into docs/BENCHMARKS.md
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p workpool-api -p workpool-worker -p workpool-operator -p workpool-bench --bins
 	./target/release/workpool-bench --write docs/BENCHMARKS.md
 
 chaos: tools build ## The fault-injecting checker, full run (CHAOS_SEED, CHAOS_JOBS; see docs/reliability.md)
