@@ -145,6 +145,13 @@ pub const ROWS: &[Row] = &[
         Some(Target::RatioAtLeast(0.15)),
     ),
     row(
+        "end to end, bulk submit (batches of 100, open loop, saturation)",
+        suite::E2E_BULK,
+        "jobs/s",
+        Some((raw::ASYNC_PUBLISH, "raw async publish")),
+        Some(Target::RatioAtLeast(0.3)),
+    ),
+    row(
         "  POST→worked p50 at saturation",
         suite::E2E_WORKED_P50_MS,
         MS,
