@@ -143,16 +143,23 @@ impl<N: PoolNats> TestPool<N> {
         })
     }
 
-    /// Creates the pool's NATS objects, as the operator does.
+    /// Creates the pool's NATS objects, as the operator does, and like it retries what
+    /// NATS did not answer: on a fresh 3-node cluster the first stream's creation can
+    /// time out while its raft group forms (seen in `make test`). A refusal fails at once.
     pub async fn provision(&self) -> Result<()> {
-        let client = self.nats.client().await?;
-        workpool_runtime::provision::provision(
-            &async_nats::jetstream::new(client),
-            &self.names,
-            &self.spec,
-        )
-        .await
-        .map_err(HarnessError::context("provisioning"))
+        use backon::{ExponentialBuilder, Retryable};
+        let js = async_nats::jetstream::new(self.nats.client().await?);
+        let attempt = || workpool_runtime::provision::provision(&js, &self.names, &self.spec);
+        let patience = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(10);
+        attempt
+            .retry(patience)
+            .when(|err| !err.is_refusal())
+            .notify(|err, _| eprintln!("provisioning not answered yet ({err}); retrying"))
+            .await
+            .map_err(HarnessError::context("provisioning"))
     }
 
     fn env(&self, pod: &str, port: u16) -> Vec<(String, String)> {
