@@ -78,10 +78,15 @@ pub struct BatchAnswer {
 /// Submit many pieces of work at once.
 #[utoipa::path(
     post, path = "/api/v1/work/batch", tag = "work",
-    request_body(content(
-        (Vec<BatchItem> = "application/json"),
-        (String = "application/x-ndjson"),
-    )),
+    // Any array: each item is checked on its own and answered in `items` (a `BatchItem`
+    // that is not valid is that item's 400, not the batch's).
+    request_body(
+        description = "1-1,000 items, each a `BatchItem`",
+        content(
+            (Vec<serde_json::Value> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
     responses(
         (status = 200, description = "Every item answered, in order: accepted, already known, or refused with the error a single POST would have got", body = BatchAnswer),
         (status = 400, description = "Not an array of items (or NDJSON), no items, or more than 1,000", body = crate::error::ErrorBody),
