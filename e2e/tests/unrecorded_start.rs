@@ -51,25 +51,13 @@ async fn a_short_first_attempt_writes_only_its_outcome() {
             .await
             .expect("a write")
             .expect("subscription");
-        let id = write
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        *per_id.entry(id).or_default() += 1;
+        count_write(&mut per_id, &write);
     }
     // Writes still on their way would show as a second write of some id.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok(Some(write)) = tokio::time::timeout(Duration::from_millis(50), writes.next()).await
     {
-        let id = write
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        *per_id.entry(id).or_default() += 1;
+        count_write(&mut per_id, &write);
     }
     for id in &ids {
         assert_eq!(
@@ -139,4 +127,10 @@ async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
     let after = pool.get(&id).await.expect("get");
     assert_eq!(after.str("status"), "cancelled", "{after:?}");
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
+}
+
+/// Counts a bucket write against the id its subject ends in.
+fn count_write(per_id: &mut HashMap<String, usize>, write: &async_nats::Message) {
+    let id = write.subject.rsplit('.').next().unwrap_or_default();
+    *per_id.entry(id.to_owned()).or_default() += 1;
 }
