@@ -137,11 +137,11 @@ async fn submit_item(
     queue: &crate::queue::Queue,
     item: Bytes,
 ) -> BatchItemAnswer {
-    let (work, id) = match read_item(&item, state.max_body_bytes()) {
+    let (work, id, from_content) = match read_item(&item, state.max_body_bytes()) {
         Ok(read) => read,
         Err(err) => return refused(err),
     };
-    match queue.submit(&id, &work, state.pod()).await {
+    match queue.submit(&id, &work, state.pod(), from_content).await {
         Ok(submitted) => answered(outcome(state, queue, &id, &work, submitted).await.1),
         Err(err) => refused(err),
     }
@@ -170,7 +170,9 @@ fn refused(err: ApiError) -> BatchItemAnswer {
 }
 
 /// One item's work and id, with a single POST's checks in its order.
-fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, WorkId), ApiError> {
+/// An item's work, its id, and whether the id is from the content (not its
+/// `idempotency_key`).
+fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, WorkId, bool), ApiError> {
     if item.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -200,7 +202,7 @@ fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, WorkId), ApiE
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
     let id = work.id(idempotency_key.as_deref());
-    Ok((work, id))
+    Ok((work, id, idempotency_key.is_none()))
 }
 
 /// How the items are laid out in the body.
@@ -336,8 +338,10 @@ mod tests {
                 .code(),
             "payload_too_large"
         );
-        let (_, by_content) = read_item(br#"{"data": 1}"#, 1024).expect("work");
-        let (_, by_key) = read_item(br#"{"data": 1, "idempotency_key": "k"}"#, 1024).expect("work");
+        let (_, by_content, from_content) = read_item(br#"{"data": 1}"#, 1024).expect("work");
+        let (_, by_key, from_key) =
+            read_item(br#"{"data": 1, "idempotency_key": "k"}"#, 1024).expect("work");
+        assert!(from_content && !from_key);
         assert_ne!(
             by_content, by_key,
             "the key, not the content, names keyed work"

@@ -8,12 +8,12 @@ use async_nats::{Client, connection::State};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
+use workpool_core::expiry::is_expired;
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
 use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
-use workpool_runtime::repair::{self, CreatePendingError};
 
 use crate::cluster::peer_payload;
 use crate::error::ApiError;
@@ -30,6 +30,8 @@ pub struct Queue {
     records: RecordStore,
     stream: jetstream::stream::Stream,
     partitions: u32,
+    /// When terminal records expire for clients (`resultTTL`).
+    result_ttl: Duration,
     /// `queue.maxPayloadBytes`, the limit a 413 names.
     max_message_bytes: usize,
     /// How long an attempt may run before recording `working`
@@ -111,6 +113,7 @@ impl Queue {
             kv,
             stream,
             partitions: spec.worker.partitions,
+            result_ttl: spec.result_ttl,
             max_message_bytes: spec.queue.max_payload_bytes,
             unrecorded_limit: unrecorded_run_limit(spec.worker.ack_wait),
             waiters,
@@ -138,119 +141,119 @@ impl Queue {
         }
     }
 
-    /// Records `pending`, then publishes the work; answers only once both are durable.
+    /// Queues new work, or answers what is known of the same work: one JetStream write,
+    /// the message, which is the work's `pending` state until a worker writes a record.
+    /// `202` comes only after the stream's ack. `id_from_content` is false for an id from
+    /// an `Idempotency-Key`, whose work may travel on another subject than an earlier
+    /// submission of the same key (another task or key).
     pub async fn submit(
         &self,
         id: &WorkId,
         work: &WorkSubmission,
         pod: &str,
+        id_from_content: bool,
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
         let message = new_message(id, work, pod);
-        let record = message.pending_record();
-        match self.create_pending(id, &record).await {
-            Ok(revision) => self.queue_new(&message, revision).await,
-            Err(CreatePendingError::AlreadyExists) => self.known(message).await,
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = self.stored(id).await?;
+            if let Some(record) = self.live(&stored)
+                && !self.is_stranded(record, id).await?
+            {
+                return Ok(Submitted::Existing(record.clone()));
+            }
+            if !id_from_content && let Some(queued) = self.queued(id, &stored).await? {
+                return Ok(Submitted::Existing(queued.pending_record()));
+            }
+            match self.publish(&message, stored.revision).await? {
+                Published::New => return Ok(Submitted::Accepted),
+                Published::Duplicate { sequence } => {
+                    // A concurrent POST (or a retried publish) queued it first.
+                    if let Some(queued) = self.message_at(sequence).await? {
+                        return Ok(Submitted::Existing(queued.pending_record()));
+                    }
+                }
+                Published::SubjectTaken => {
+                    if let Some(queued) = self.queued(id, &stored).await? {
+                        return Ok(Submitted::Existing(queued.pending_record()));
+                    }
+                }
+            }
+            // Taken by a worker meanwhile, or a finished message removed: read again.
+        }
+        Err(ApiError::unavailable("the work kept changing; retry"))
+    }
+
+    /// A `pending` record whose message is not queued: written by an api of an earlier
+    /// version (which recorded `pending` before publishing) that died between the two.
+    /// Its work is queued again on top of it.
+    async fn is_stranded(&self, record: &WorkRecord, id: &WorkId) -> Result<bool, ApiError> {
+        Ok(record.status == WorkStatus::Pending && self.queued_message(id).await?.is_none())
+    }
+
+    /// The work of `id` waiting in the stream, if any. A message the bucket's record
+    /// shows finished (a worker died between writing the outcome and acking) or
+    /// superseded is no queued work: it is removed, so the same content can be queued
+    /// again, as its ack would have done.
+    async fn queued(&self, id: &WorkId, stored: &Stored) -> Result<Option<WorkMessage>, ApiError> {
+        let Some((message, sequence)) = self.queued_message(id).await? else {
+            return Ok(None);
+        };
+        if !is_left_over(stored, &message) {
+            return Ok(Some(message));
+        }
+        match self.stream.delete_message(sequence).await {
+            Ok(_) => Ok(None),
+            Err(_) if !self.is_in_stream(sequence).await? => Ok(None),
             Err(err) => Err(ApiError::unavailable_from(err)),
         }
     }
 
-    /// Publishes new work whose `pending` record was just created at `revision`; drops
-    /// the record again when the message is certainly not queued.
-    async fn queue_new(&self, message: &WorkMessage, revision: u64) -> Result<Submitted, ApiError> {
-        let id = &message.id;
-        match self.publish(message, revision).await {
-            Ok(Published { duplicate: false }) => Ok(Submitted::Accepted),
-            Ok(Published { duplicate: true }) => self.settle_duplicate(message, revision).await,
-            Err(err) => {
-                // The message is certainly not queued: drop the record so a retry of the
-                // same POST starts afresh. (After a timeout the message may have landed;
-                // the record stays and a retry re-checks the stream.)
-                if matches!(err, ApiError::QueueFull | ApiError::PayloadTooLarge { .. }) {
-                    self.drop_record(id, revision).await;
-                }
-                Err(err)
-            }
+    /// The last message queued for `id` on any of its subjects, and its sequence. Asked of
+    /// the stream's leader, not with a direct get: any replica answers those, and a
+    /// lagging one would call queued work missing.
+    async fn queued_message(&self, id: &WorkId) -> Result<Option<(WorkMessage, u64)>, ApiError> {
+        let subject = self.names.any_work_subject(id);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(raw) => Ok(Some((read_message(&raw.payload)?, raw.sequence))),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(ApiError::unavailable_from(err)),
         }
     }
 
-    /// The stream already held this record generation's message. A concurrent POST of
-    /// the same work that found our record before our message landed publishes the same
-    /// generation ([`Self::known`]); then the work is queued (or already taken by a
-    /// worker, which moved the record on) and this is answered `202`. Only when neither
-    /// holds did the stream store nothing; the record is dropped and the client retries.
-    async fn settle_duplicate(
-        &self,
-        message: &WorkMessage,
-        revision: u64,
-    ) -> Result<Submitted, ApiError> {
-        if self.is_queued(message).await? {
-            return Ok(Submitted::Accepted);
-        }
-        match self.record(&message.id).await? {
-            Some((_, current)) if current != revision => Ok(Submitted::Accepted),
-            _ => {
-                self.drop_record(&message.id, revision).await;
-                Err(ApiError::unavailable(
-                    "the queue refused the work as a duplicate; retry",
-                ))
-            }
+    /// The message at `sequence`, if it is still in the stream (the leader says).
+    async fn message_at(&self, sequence: u64) -> Result<Option<WorkMessage>, ApiError> {
+        match self.stream.get_raw_message(sequence).await {
+            Ok(raw) => Ok(Some(read_message(&raw.payload)?)),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(ApiError::unavailable_from(err)),
         }
     }
 
-    /// Work whose record exists already: its record, after publishing it again if the
-    /// first POST recorded `pending` but its message never landed.
-    async fn known(&self, message: WorkMessage) -> Result<Submitted, ApiError> {
-        let Some((existing, revision)) = self.record(&message.id).await? else {
-            // Expired between our create and read: a retry will create it.
-            return Err(ApiError::unavailable("record changed concurrently"));
-        };
-        if existing.status == WorkStatus::Pending && !self.is_queued(&message).await? {
-            // Send the work as the first POST would have, so the message and the record
-            // describe the same submission.
-            let first = WorkMessage {
-                accepted_by: existing.accepted_by.clone(),
-                created_at: existing.created_at,
-                ..message
-            };
-            self.publish(&first, revision).await?;
-        }
-        Ok(Submitted::Existing(existing))
-    }
-
-    /// Creates the `pending` record, marked as the api's own until a worker writes it, so
-    /// the operator's sweep can repair it if the publish never lands
-    /// (`workpool_runtime::repair`).
-    async fn create_pending(
-        &self,
-        id: &WorkId,
-        record: &WorkRecord,
-    ) -> Result<u64, CreatePendingError> {
-        repair::create_pending(&self.js, &self.kv, &self.names, id, record).await
-    }
-
-    async fn publish(
-        &self,
-        message: &WorkMessage,
-        record_revision: u64,
-    ) -> Result<Published, ApiError> {
+    /// Publishes `message`, accepted on the bucket's `revision` for its id.
+    async fn publish(&self, message: &WorkMessage, revision: u64) -> Result<Published, ApiError> {
         let subject = self.subject(&message.id, &message.task, message.key.as_deref());
-        // The id names the record's generation, not only the content: once a record has
-        // expired, the same content is a new submission and must not be deduplicated
-        // against the old message (docs/reliability.md).
+        // The message id names what the work was accepted on, not only its content: once
+        // a record has expired, the same content is a new submission and must not be
+        // deduplicated against the old message (docs/reliability.md).
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.to_json().into())
-            .message_id(message_id(&message.id, record_revision).as_str())
-            .header(RECORD_REVISION_HEADER, record_revision.to_string().as_str());
-        let ack = self
-            .js
-            .send_publish(subject, publish)
-            .await
-            .map_err(|err| self.publish_error(err))?;
-        let ack = ack.await.map_err(|err| self.publish_error(err))?;
-        Ok(Published {
-            duplicate: ack.duplicate,
-        })
+            .message_id(message_id(&message.id, revision).as_str())
+            .header(RECORD_REVISION_HEADER, revision.to_string().as_str());
+        let ack = match self.js.send_publish(subject, publish).await {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            Ok(ack) if ack.duplicate => Ok(Published::Duplicate {
+                sequence: ack.sequence,
+            }),
+            Ok(_) => Ok(Published::New),
+            Err(err) if has_code(&err, STORE_FAILED) && says(&err, PER_SUBJECT_LIMIT) => {
+                Ok(Published::SubjectTaken)
+            }
+            Err(err) => Err(self.publish_error(err)),
+        }
     }
 
     fn publish_error(&self, err: jetstream::context::PublishError) -> ApiError {
@@ -273,45 +276,56 @@ impl Queue {
         }
     }
 
-    async fn drop_record(&self, id: &WorkId, revision: u64) {
-        if let Err(err) = self
-            .kv
-            .delete_expect_revision(id.as_str(), Some(revision))
-            .await
-        {
-            tracing::warn!(%id, %err, "could not drop the record of work that was not queued");
-        }
-    }
-
-    /// Whether the work's message is still in the stream (queued or being worked). Asked
-    /// of the stream's leader, not with a direct get: any replica answers those, and a
-    /// lagging one would call queued work missing (docs/reliability.md).
-    async fn is_queued(&self, message: &WorkMessage) -> Result<bool, ApiError> {
-        let subject = self.subject(&message.id, &message.task, message.key.as_deref());
-        match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(_) => Ok(true),
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(err) => Err(ApiError::unavailable_from(err)),
-        }
-    }
-
-    /// The current record and its revision, if it exists.
-    pub async fn record(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, ApiError> {
+    /// What the bucket holds for `id`.
+    async fn stored(&self, id: &WorkId) -> Result<Stored, ApiError> {
         self.ensure_connected()?;
         let entry = self
             .kv
             .entry(id.as_str())
             .await
             .map_err(ApiError::unavailable_from)?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = WorkRecord::from_json(&entry.value).map_err(|err| {
-                    ApiError::unavailable_with(format!("unreadable record: {err}"), err)
-                })?;
-                Ok(Some((record, entry.revision)))
-            }
-            _ => Ok(None),
+        let Some(entry) = entry else {
+            return Ok(Stored::default());
+        };
+        let record = match entry.operation {
+            kv::Operation::Put => Some(WorkRecord::from_json(&entry.value).map_err(|err| {
+                ApiError::unavailable_with(format!("unreadable record: {err}"), err)
+            })?),
+            // Deleted, or the marker the server leaves where a record ran out.
+            _ => None,
+        };
+        Ok(Stored {
+            record,
+            revision: entry.revision,
+        })
+    }
+
+    /// The stored record, unless it has expired ([`is_expired`]).
+    fn live<'a>(&self, stored: &'a Stored) -> Option<&'a WorkRecord> {
+        stored
+            .record
+            .as_ref()
+            .filter(|record| !is_expired(record, self.result_ttl, Utc::now()))
+    }
+
+    /// The work's state now, and the bucket revision it stands on: its live record, or
+    /// `pending` while its message is queued and no worker has written a record yet.
+    pub async fn record(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, ApiError> {
+        let stored = self.stored(id).await?;
+        if let Some(record) = self.live(&stored) {
+            return Ok(Some((record.clone(), stored.revision)));
         }
+        if let Some((message, _)) = self.queued_message(id).await?
+            && !is_left_over(&stored, &message)
+        {
+            return Ok(Some((message.pending_record(), stored.revision)));
+        }
+        // No message: a worker may have written the outcome and acked between the two
+        // reads, so the bucket has the last word.
+        let stored = self.stored(id).await?;
+        Ok(self
+            .live(&stored)
+            .map(|record| (record.clone(), stored.revision)))
     }
 
     /// The record once it is terminal, or as it stands at the deadline. Waits on the
@@ -352,7 +366,14 @@ impl Queue {
             {
                 match seen.record {
                     Some(record) => (latest, revision) = (record, seen.revision),
-                    None => return Ok(None), // deleted or purged meanwhile
+                    // Deleted, or an earlier generation's record ran out under queued
+                    // work: ask again.
+                    None => match self.record(id).await? {
+                        Some((record, read)) => {
+                            (latest, revision) = (record, read.max(seen.revision))
+                        }
+                        None => return Ok(None),
+                    },
                 }
             }
             if latest.status.is_terminal() {
@@ -389,8 +410,14 @@ impl Queue {
     ///   records `cancelled`. Never `cancelled` while a handler may still run.
     pub async fn cancel(&self, id: &WorkId) -> Result<Cancel, ApiError> {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut record, revision)) = self.record(id).await? else {
-                return Err(ApiError::NotFound(id.to_string()));
+            let stored = self.stored(id).await?;
+            let (mut record, revision) = match self.live(&stored) {
+                Some(record) => (record.clone(), stored.revision),
+                // Queued, with no record yet: the cancel is the first write.
+                None => match self.queued(id, &stored).await? {
+                    Some(message) => (message.pending_record(), stored.revision),
+                    None => return Err(ApiError::NotFound(id.to_string())),
+                },
             };
             if record.status == WorkStatus::Cancelled {
                 // Again (a retry after a 503): make sure the message is gone.
@@ -600,14 +627,56 @@ fn new_message(id: &WorkId, work: &WorkSubmission, pod: &str) -> WorkMessage {
 }
 
 /// What the stream said of a publish.
-struct Published {
-    /// The stream already held a message of this id (and record generation).
-    duplicate: bool,
+enum Published {
+    /// Stored: the work is queued.
+    New,
+    /// The stream holds a message of this id accepted on the same revision already, at
+    /// `sequence` (or held one, in its dedupe window).
+    Duplicate { sequence: u64 },
+    /// The work's subject holds a message already (one per subject): work of this id
+    /// is queued, or a finished message of it was never acked.
+    SubjectTaken,
 }
 
-/// The `Nats-Msg-Id` of work: its id and the revision of the record it was accepted under.
-pub fn message_id(id: &WorkId, record_revision: u64) -> String {
-    format!("{id}.{record_revision}")
+/// What the results bucket holds for an id.
+#[derive(Debug, Default)]
+struct Stored {
+    /// The record, if the latest entry is one (not a delete or an expiry marker).
+    record: Option<WorkRecord>,
+    /// The revision a write compares against: that entry's, or 0 for none.
+    revision: u64,
+}
+
+/// Whether `message` is finished or superseded work: the bucket holds a record of its
+/// generation or a later one (a record's `created_at` is its message's). Only a
+/// terminal record can be that and not live.
+fn is_left_over(stored: &Stored, message: &WorkMessage) -> bool {
+    stored
+        .record
+        .as_ref()
+        .is_some_and(|record| record.created_at >= message.created_at)
+}
+
+fn read_message(payload: &[u8]) -> Result<WorkMessage, ApiError> {
+    serde_json::from_slice(payload)
+        .map_err(|err| ApiError::unavailable_with(format!("unreadable work message: {err}"), err))
+}
+
+/// The `Nats-Msg-Id` of work: its id and the bucket revision it was accepted on.
+pub fn message_id(id: &WorkId, revision: u64) -> String {
+    format!("{id}.{revision}")
+}
+
+/// JetStream's code for a message it did not store (a limit, among others).
+const STORE_FAILED: jetstream::ErrorCode = jetstream::ErrorCode::STREAM_STORE_FAILED;
+/// How JetStream describes the refusal of a second message on a subject.
+const PER_SUBJECT_LIMIT: &str = "maximum messages per subject exceeded";
+
+/// Whether JetStream's own error describes itself with `text`.
+fn says(err: &jetstream::context::PublishError, text: &str) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js_err| js_err.to_string().contains(text))
 }
 
 /// Whether JetStream itself answered the publish with `code`.
@@ -619,8 +688,7 @@ fn has_code(err: &jetstream::context::PublishError, code: jetstream::ErrorCode) 
 
 /// A publish refused because the stream hit `max_messages` (or its byte limit).
 fn is_stream_full(err: &jetstream::context::PublishError) -> bool {
-    has_code(err, jetstream::ErrorCode::STREAM_STORE_FAILED)
-        || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+    has_code(err, STORE_FAILED) || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
 }
 
 #[cfg(test)]

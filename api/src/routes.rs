@@ -152,8 +152,9 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| body_error(rejection, state.max_body_bytes()));
     let (work, id) = read_submission(&headers, body)?;
+    let from_content = idempotency_key(&headers)?.is_none();
     let queue = state.queue()?;
-    let submitted = queue.submit(&id, &work, state.pod()).await?;
+    let submitted = queue.submit(&id, &work, state.pod(), from_content).await?;
     let (status, answer) = outcome(&state, queue, &id, &work, submitted).await;
     let location = [(header::LOCATION, work_location(&id))];
     Ok((status, location, Json(answer)).into_response())

@@ -10,15 +10,10 @@ use crate::record::WorkRecord;
 /// The task name used when a submission names none.
 pub const DEFAULT_TASK: &str = "default";
 
-/// The header carrying the KV revision of the `pending` record, so the worker's first
-/// compare-and-set needs no read.
+/// The header carrying the KV revision the work was accepted on: that of the expired
+/// record (or expiry marker) the api found for its id, or `0` for none. The worker's
+/// first compare-and-set goes on it, with no read.
 pub const RECORD_REVISION_HEADER: &str = "Workpool-Record-Revision";
-
-/// The header on the api's `pending` record in the results bucket (set to `1`). Workers
-/// overwrite the record without it, so a key whose latest message carries it still holds
-/// the api's untouched record, the one a crash between record and publish strands
-/// (`repair::sweep_stranded` looks for it). KV readers ignore the extra header.
-pub const PENDING_HEADER: &str = "Workpool-Pending";
 
 /// The body of `POST /api/v1/work`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -94,7 +89,8 @@ impl WorkMessage {
         serde_json::to_vec(self).expect("a WorkMessage always serialises")
     }
 
-    /// The record of this work before any worker touched it.
+    /// The record of this work while it is queued: the stream's message is its
+    /// `pending` state, and no record is written for it.
     pub fn pending_record(&self) -> WorkRecord {
         WorkRecord::pending(
             &self.task,

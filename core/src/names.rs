@@ -79,6 +79,12 @@ impl PoolNames {
         format!("{}.work.{task}.{id}", self.prefix())
     }
 
+    /// Every subject work of `id` may be queued on: unkeyed under any task, keyed in any
+    /// partition. The api asks the stream with it whether the work is queued.
+    pub fn any_work_subject(&self, id: &WorkId) -> String {
+        format!("{}.*.*.{id}", self.prefix())
+    }
+
     pub fn work_filter(&self) -> String {
         format!("{}.work.>", self.prefix())
     }
@@ -174,6 +180,10 @@ mod tests {
             format!("wp.default.demo.work.echo.{id}")
         );
         assert_eq!(names.keyed_filter(3), "wp.default.demo.keyed.3.>");
+        assert_eq!(
+            names.any_work_subject(&id),
+            format!("wp.default.demo.*.*.{id}")
+        );
         assert_eq!(PoolNames::keyed_consumer(3), "keyed-3");
         assert_eq!(
             names.event_subject("work", "worked"),

@@ -40,6 +40,11 @@ pub fn work_stream(names: &PoolNames, spec: &PoolSpec) -> stream::Config {
         retention: stream::RetentionPolicy::WorkQueue,
         discard: stream::DiscardPolicy::New,
         max_messages: spec.queue.max_pending,
+        // One message per subject, and the subject ends in the work id: a second
+        // publish of queued work is refused, so work is queued once however long it
+        // waits, beyond the dedupe window (docs/reliability.md).
+        max_messages_per_subject: 1,
+        discard_new_per_subject: true,
         max_message_size: message_size_limit(spec),
         storage: stream::StorageType::File,
         num_replicas: spec.nats.replicas,
@@ -144,6 +149,8 @@ mod tests {
         assert_eq!(config.max_messages, 7);
         assert_eq!(config.max_message_size, 1024 * 1024 + 4096);
         assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(config.max_messages_per_subject, 1);
+        assert!(config.discard_new_per_subject);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Fresh work starts without recording `working` first: a short first attempt writes
-//! only its outcome, one that runs on records `working` within moments, and a DELETE of
+//! Fresh work starts without recording `working` first: a short job costs the api's
+//! message and the worker's outcome, one that runs on records `working` within moments, and a DELETE of
 //! work that is still `pending` answers only once an unrecorded attempt cannot be running.
 //! Each pool queues its work before its worker starts, so the worker's first pulls find
 //! it waiting and every delivery is fresh.
@@ -17,13 +17,28 @@ use workpool_e2e::pool::TestPool;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A short job costs two JetStream writes: the api's message, which is the work's
+/// `pending` state, and the worker's outcome (before: a `pending` record first, three).
 #[tokio::test]
-async fn a_short_first_attempt_writes_only_its_outcome() {
+async fn a_short_job_costs_two_jetstream_writes_its_message_and_its_outcome() {
     let spec =
         PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}, "concurrency": 8}}"#);
     let mut pool = TestPool::start(spec.expect("spec"), 1, 0)
         .await
         .expect("pool");
+    // Every write to the bucket and the work stream from here on.
+    let client = pool.nats.client().await.expect("client");
+    let mut writes = futures::stream::select_all([
+        client
+            .subscribe(format!("$KV.{}.>", pool.names.bucket()))
+            .await
+            .expect("subscribe"),
+        client
+            .subscribe(pool.names.work_filter())
+            .await
+            .expect("subscribe"),
+    ]);
+    client.flush().await.expect("flush");
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(
@@ -32,13 +47,6 @@ async fn a_short_first_attempt_writes_only_its_outcome() {
                 .expect("submit"),
         );
     }
-    // Every write to the bucket from here on: the workers' only.
-    let client = pool.nats.client().await.expect("client");
-    let mut writes = client
-        .subscribe(format!("$KV.{}.>", pool.names.bucket()))
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
     pool.add_worker().await.expect("worker");
     for id in &ids {
         let done = pool.wait_status(id, "worked", WAIT).await.expect("worked");
@@ -46,14 +54,14 @@ async fn a_short_first_attempt_writes_only_its_outcome() {
         assert_eq!(done.body["worker"], "demo-worker-0", "{done:?}");
     }
     let mut per_id: HashMap<String, usize> = HashMap::new();
-    while per_id.values().sum::<usize>() < ids.len() {
+    while per_id.values().sum::<usize>() < 2 * ids.len() {
         let write = tokio::time::timeout(WAIT, writes.next())
             .await
             .expect("a write")
             .expect("subscription");
         count_write(&mut per_id, &write);
     }
-    // Writes still on their way would show as a second write of some id.
+    // Writes still on their way would show as a third write of some id.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok(Some(write)) = tokio::time::timeout(Duration::from_millis(50), writes.next()).await
     {
@@ -62,8 +70,8 @@ async fn a_short_first_attempt_writes_only_its_outcome() {
     for id in &ids {
         assert_eq!(
             per_id.get(id),
-            Some(&1),
-            "one write, the outcome, for {id}: {per_id:?}"
+            Some(&2),
+            "two writes, the message and the outcome, for {id}: {per_id:?}"
         );
     }
 }
@@ -129,7 +137,7 @@ async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
 }
 
-/// Counts a bucket write against the id its subject ends in.
+/// Counts a write (to the bucket or the work stream) against the id its subject ends in.
 fn count_write(per_id: &mut HashMap<String, usize>, write: &async_nats::Message) {
     let id = write.subject.rsplit('.').next().unwrap_or_default();
     *per_id.entry(id.to_owned()).or_default() += 1;

@@ -29,7 +29,6 @@ use crate::queue::{self, NatsClients};
 use crate::requeue::{self, Failures};
 use crate::rollout::{self, QueueOutcome};
 use crate::status::{self, Observed, Pods};
-use crate::sweep::{self, SweepThrottle};
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "workpool-operator";
@@ -45,8 +44,6 @@ pub struct Context {
     pub image: DefaultImage,
     /// Failed reconciles in a row per pool, for the backoff of `error_policy`.
     failures: Failures,
-    /// When each pool's stranded pending records were last swept.
-    pub sweeps: SweepThrottle,
 }
 
 impl Context {
@@ -63,7 +60,6 @@ impl Context {
             nats: NatsClients::default(),
             image,
             failures: Failures::default(),
-            sweeps: SweepThrottle::new(sweep::SWEEP_EVERY),
         }
     }
 }
@@ -201,8 +197,7 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     requeue::after_reconcile(outcome.figures, pool.spec.worker.autoscale.is_some())
 }
 
-/// Provisions the pool's NATS objects and reads its queue figures (sweeping stranded
-/// records while NATS is at hand).
+/// Provisions the pool's NATS objects and reads its queue figures.
 async fn reach_queue(
     ctx: &Context,
     namespace: &str,
@@ -222,7 +217,6 @@ async fn reach_queue(
         return QueueOutcome::failed(err);
     }
     let figures = queue::figures(&js, names, spec).await;
-    sweep::sweep_if_due(ctx, pool, &js, names, spec).await;
     QueueOutcome {
         accepted: true,
         figures,

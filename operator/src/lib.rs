@@ -15,7 +15,6 @@ pub mod queue;
 pub mod requeue;
 pub mod rollout;
 pub mod status;
-pub mod sweep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

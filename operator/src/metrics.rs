@@ -17,7 +17,6 @@ pub struct OperatorMetrics {
     pending: IntGaugeVec,
     in_flight: IntGaugeVec,
     dead_letters: IntGaugeVec,
-    stranded_repaired: IntCounterVec,
 }
 
 fn pool_gauge(
@@ -88,17 +87,6 @@ impl OperatorMetrics {
                 "workpool_queue_dead_letters",
                 "Work in the pool's dead-letter subject (failed for good), by pool.",
             )?,
-            stranded_repaired: {
-                let counter = IntCounterVec::new(
-                    Opts::new(
-                        "workpool_stranded_repaired_total",
-                        "Pending records deleted because their work never reached the queue, by pool.",
-                    ),
-                    &["namespace", "pool"],
-                )?;
-                registry.register(Box::new(counter.clone()))?;
-                counter
-            },
             registry,
             reconciles,
             errors,
@@ -138,21 +126,11 @@ impl OperatorMetrics {
         }
     }
 
-    /// Counts pending records of a pool that the sweep deleted as stranded.
-    pub fn stranded_repaired(&self, namespace: &str, pool: &str, repaired: u64) {
-        self.stranded_repaired
-            .with_label_values(&[namespace, pool])
-            .inc_by(repaired);
-    }
-
     /// Drops a pool's series (the pool is gone).
     pub fn forget(&self, namespace: &str, pool: &str) {
         for gauge in [&self.pending, &self.in_flight, &self.dead_letters] {
             let _ = gauge.remove_label_values(&[namespace, pool]);
         }
-        let _ = self
-            .stranded_repaired
-            .remove_label_values(&[namespace, pool]);
     }
 
     /// The registry the health server's `/metrics` renders.

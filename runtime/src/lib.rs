@@ -1,7 +1,6 @@
 //! What Workpool's binaries share at run time, around the pure protocol of
 //! `workpool-core`: settings and the NATS connection ([`config`]), a pool's NATS objects
-//! ([`provision`]), the api's `pending` records and their repair ([`repair`]), record
-//! writes with their expiry ([`records`]), events ([`events`]), pool membership from
+//! ([`provision`]), record writes with their expiry ([`records`]), events ([`events`]), pool membership from
 //! EndpointSlices ([`membership`]), logging and signals ([`telemetry`]), and metrics
 //! with the health/metrics server ([`metrics`], [`admin`]), and the retry delays while
 //! NATS is away ([`retry`]).
@@ -13,6 +12,5 @@ pub mod membership;
 pub mod metrics;
 pub mod provision;
 pub mod records;
-pub mod repair;
 pub mod retry;
 pub mod telemetry;

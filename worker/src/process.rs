@@ -210,7 +210,7 @@ impl Worker {
             Skipped::Finished(status) => {
                 tracing::debug!(status = status.as_str(), "already finished; skipping");
             }
-            Skipped::Stale | Skipped::Expired => {
+            Skipped::Stale => {
                 tracing::info!(why = skipped.why(), "skipping a message");
             }
         }
@@ -513,8 +513,8 @@ impl Worker {
     }
 }
 
-/// The revision of the `pending` record the api wrote, from the message's header: on a
-/// first delivery it is the record's revision still, and saves a read.
+/// The bucket revision the api accepted the work on, from the message's header: on a
+/// first delivery it is most likely the revision still, and saves a read.
 fn revision_hint(headers: Option<&async_nats::HeaderMap>, delivered: i64) -> Option<u64> {
     if delivered != 1 {
         return None;
@@ -550,7 +550,6 @@ enum Skipped {
     /// The work is already finished (or cancelled).
     Finished(WorkStatus),
     Stale,
-    Expired,
 }
 
 impl Skipped {
@@ -558,7 +557,6 @@ impl Skipped {
         match self {
             Self::Finished(_) => "the work is already finished",
             Self::Stale => "a later submission of the same id owns the record",
-            Self::Expired => "the work finished and its record expired",
         }
     }
 }
@@ -569,7 +567,6 @@ fn start(begun: Result<Begin, RecordError>, spec: &WorkerSpec) -> Start {
         Ok(Begin::Run { record, revision }) => Start::Run(Current { record, revision }),
         Ok(Begin::Skip(status)) => Start::Skip(Skipped::Finished(status)),
         Ok(Begin::Stale) => Start::Skip(Skipped::Stale),
-        Ok(Begin::Expired) => Start::Skip(Skipped::Expired),
         Ok(Begin::Held { until }) => Start::WaitForHolder { until },
         Ok(Begin::Exhausted { record, revision }) => Start::FailForGood {
             error: format!(
@@ -837,7 +834,7 @@ mod tests {
     }
 
     #[test]
-    fn finished_stale_and_expired_work_is_skipped() {
+    fn finished_and_stale_work_is_skipped() {
         for (begun, skipped) in [
             (
                 Begin::Skip(WorkStatus::Worked),
@@ -848,7 +845,6 @@ mod tests {
                 Skipped::Finished(WorkStatus::Cancelled),
             ),
             (Begin::Stale, Skipped::Stale),
-            (Begin::Expired, Skipped::Expired),
         ] {
             match start(Ok(begun), &spec()) {
                 Start::Skip(got) => assert_eq!(got, skipped),
@@ -858,10 +854,6 @@ mod tests {
         assert_eq!(
             Skipped::Stale.why(),
             "a later submission of the same id owns the record"
-        );
-        assert_eq!(
-            Skipped::Expired.why(),
-            "the work finished and its record expired"
         );
     }
 

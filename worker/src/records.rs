@@ -57,9 +57,6 @@ pub enum Begin {
     /// The message is of an earlier generation of the work than the record: ack it
     /// and run nothing.
     Stale,
-    /// The work's record is gone: it finished and its terminal record expired. Ack the
-    /// message and run nothing.
-    Expired,
     /// Another attempt holds the work until `until` (it may still run): start nothing.
     Held { until: DateTime<Utc> },
 }
@@ -115,16 +112,21 @@ impl Records {
         lease_end(Utc::now(), self.lease)
     }
 
-    async fn read(&self, id: &WorkId) -> Result<Option<(WorkRecord, u64)>, RecordError> {
+    /// The work's record, if there is one, and the revision a write compares against
+    /// (that of a delete or expiry marker where there is none, or 0 for nothing).
+    async fn read(&self, id: &WorkId) -> Result<(Option<WorkRecord>, u64), RecordError> {
         let entry = retry_transient(|| self.store.kv.entry(id.as_str()))
             .await
             .map_err(RecordError::read(id))?;
-        Ok(entry.and_then(|entry| match entry.operation {
-            kv::Operation::Put => WorkRecord::from_json(&entry.value)
-                .ok()
-                .map(|record| (record, entry.revision)),
-            _ => None,
-        }))
+        Ok(match entry {
+            Some(entry) => {
+                let record = (entry.operation == kv::Operation::Put)
+                    .then(|| WorkRecord::from_json(&entry.value).ok())
+                    .flatten();
+                (record, entry.revision)
+            }
+            None => (None, 0),
+        })
     }
 
     /// Compare-and-set of the record at `revision`.
@@ -166,8 +168,8 @@ impl Records {
         record
     }
 
-    /// Marks the work `working` for a new attempt. `hint` is the revision of the
-    /// `pending` record the api wrote; with it the common case needs no read.
+    /// Marks the work `working` for a new attempt. `hint` is the bucket revision the
+    /// api accepted the work on; with it the common case needs no read.
     pub async fn begin(
         &self,
         work: &WorkMessage,
@@ -175,28 +177,30 @@ impl Records {
         max_attempts: u32,
     ) -> Result<Begin, RecordError> {
         if let Some(revision) = hint {
-            let mut record = work.pending_record();
-            self.start_attempt(&mut record);
+            let record = self.first_attempt(work);
             if let Cas::Done(revision) = self.write(&work.id, &record, revision).await? {
                 return Ok(Begin::Run { record, revision });
             }
         }
         for _ in 0..CAS_ATTEMPTS {
             let (mut record, revision) = match self.read(&work.id).await? {
-                Some((record, revision)) => (record, revision),
-                // Open records never expire, and the api writes the record before the
-                // message: this work finished, and its terminal record has expired.
-                // (A redelivery whose ack was lost, say in a NATS restart.)
-                None => return Ok(Begin::Expired),
+                (Some(record), revision) => (record, revision),
+                // No record: the message is the work's `pending` state (an earlier
+                // attempt, if any, ended before it recorded anything).
+                (None, revision) => (work.pending_record(), revision),
             };
+            if record.created_at > work.created_at {
+                // A later submission of the same id owns the record; this message's
+                // work is finished, and the record's own message runs the new one.
+                return Ok(Begin::Stale);
+            }
+            if record.created_at < work.created_at && !record.is_held(Utc::now()) {
+                // The record of an earlier submission of the same id, which finished:
+                // this message is the new one the api accepted on it.
+                record = work.pending_record();
+            }
             if record.status.is_terminal() {
                 return Ok(Begin::Skip(record.status));
-            }
-            if record.created_at > work.created_at {
-                // A later submission of the same id: this message's own record is gone
-                // (it finished and expired), and the work it carries is not this
-                // record's to run; the record's own message runs it.
-                return Ok(Begin::Stale);
             }
             if record.is_held(Utc::now())
                 && let Some(until) = record.lease_until
@@ -299,19 +303,19 @@ impl Records {
                 return Ok(Settled::Written);
             }
             match self.read(id).await? {
-                Some((current, _)) if current.status.is_terminal() => {
+                (Some(current), _) if current.status.is_terminal() => {
                     return Ok(Settled::AlreadyFinished(current.status));
                 }
-                Some((current, _)) if !current.is_attempt_of(&self.pod, attempt) => {
+                (Some(current), _) if !current.is_attempt_of(&self.pod, attempt) => {
                     return Ok(Settled::Lost);
                 }
-                Some((current, current_revision)) => {
+                (Some(current), current_revision) => {
                     record = current;
                     revision = current_revision;
                 }
-                // Open records never expire: it was deleted (with its pool, say), and
-                // nothing is ours to write.
-                None => return Ok(Settled::Lost),
+                // Our attempt's record is gone: deleted (with its pool, say), or an
+                // unrecorded attempt's base changed. Nothing is ours to write.
+                (None, _) => return Ok(Settled::Lost),
             }
         }
         Err(RecordError::Contended(id.clone()))
