@@ -971,3 +971,40 @@ async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
         "no pods for a refused spec"
     );
 }
+
+/// The operator's own writes (finalizer, status, children) trigger nothing: a new pool is
+/// reconciled once. Before, each of them was a watch event that reconciled the pool
+/// again (4 reconciles for a new pool on this control plane). A child that goes away is
+/// put back.
+#[tokio::test]
+async fn a_new_pool_is_reconciled_once_and_a_deleted_child_comes_back() {
+    let (_plane, client, ns, _nats, operator) = running_pool("once", "").await;
+    // Events of the writes above would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        operator.metric("workpool_operator_reconciles_total").await,
+        1.0,
+        "one reconcile for a new pool"
+    );
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    services
+        .delete("demo-api", &DeleteParams::default())
+        .await
+        .expect("delete the api Service");
+    deployments
+        .delete("demo-worker", &DeleteParams::default())
+        .await
+        .expect("delete the worker Deployment");
+    wait_until("the deleted children applied again", WAIT, || async {
+        services.get_opt("demo-api").await.ok().flatten().is_some()
+            && deployments
+                .get_opt("demo-worker")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+    })
+    .await
+    .expect("children back");
+}

@@ -106,6 +106,9 @@ fn spec_json(spec: &PoolSpec) -> String {
     serde_json::to_string(spec).expect("a PoolSpec always serialises")
 }
 
+/// The `app.kubernetes.io/managed-by` of every child the operator makes.
+pub const MANAGED_BY: &str = "workpool-operator";
+
 /// Labels every child and pod carries.
 pub fn labels(pool: &str, component: Option<Component>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
@@ -113,7 +116,7 @@ pub fn labels(pool: &str, component: Option<Component>) -> BTreeMap<String, Stri
         ("app.kubernetes.io/instance".to_owned(), pool.to_owned()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
-            "workpool-operator".to_owned(),
+            MANAGED_BY.to_owned(),
         ),
     ]);
     if let Some(component) = component {

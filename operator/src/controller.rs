@@ -8,20 +8,20 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use workpool_core::crd::{WorkPool, WorkPoolStatus};
 use workpool_core::{PoolNames, PoolSpec};
 
+use crate::applied::{Applied, Digest};
 use crate::children::{self, Component, DefaultImage, PoolContext};
 use crate::error::{CredentialsError, Error};
 use crate::metrics::OperatorMetrics;
@@ -29,6 +29,7 @@ use crate::queue::{self, NatsClients};
 use crate::requeue::{self, Failures};
 use crate::rollout::{self, QueueOutcome};
 use crate::status::{self, Observed, Pods};
+use crate::triggers;
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "workpool-operator";
@@ -44,6 +45,10 @@ pub struct Context {
     pub image: DefaultImage,
     /// Failed reconciles in a row per pool, for the backoff of `error_policy`.
     failures: Failures,
+    /// The children last applied per pool, so unchanged ones are not applied again.
+    pub applied: Arc<Applied>,
+    /// The pools the controller knows (set once it runs), to pace resyncs by.
+    pools: std::sync::OnceLock<Store<WorkPool>>,
 }
 
 impl Context {
@@ -60,7 +65,14 @@ impl Context {
             nats: NatsClients::default(),
             image,
             failures: Failures::default(),
+            applied: Arc::default(),
+            pools: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How many pools the controller knows.
+    fn pool_count(&self) -> usize {
+        self.pools.get().map_or(0, Store::len)
     }
 }
 
@@ -87,30 +99,31 @@ where
     }
 }
 
-/// Reconciles the WorkPools of `namespace` (of all namespaces when `None`), and again
-/// whenever a Deployment or Service they own changes, until `until` completes.
+/// Reconciles the WorkPools of `namespace` (of all namespaces when `None`) when they
+/// change, when a Deployment they own changes readiness, and when a child Deployment or
+/// Service goes away ([`triggers`]), until `until` completes.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     until: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (client, namespace) = (ctx.client.clone(), namespace.as_deref());
-    Controller::new(
-        scoped::<WorkPool>(&client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        scoped::<Deployment>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .owns(
-        scoped::<Service>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(until)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    let (pools, store) = triggers::pools(scoped::<WorkPool>(&client, namespace));
+    let _ = ctx.pools.set(store.clone());
+    let applied = ctx.applied.clone();
+    Controller::for_stream(pools, store)
+        .owns_stream(triggers::deployments(
+            scoped::<Deployment>(&client, namespace),
+            applied.clone(),
+        ))
+        .owns_stream(triggers::deleted(
+            scoped::<Service>(&client, namespace),
+            applied,
+        ))
+        .graceful_shutdown_on(until)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 pub(crate) fn key(pool: &WorkPool) -> String {
@@ -127,6 +140,7 @@ pub async fn reconcile(pool: Arc<WorkPool>, ctx: Arc<Context>) -> Result<Action,
     let namespace = pool.namespace().ok_or(Error::MissingField("namespace"))?;
     let pool_key = key(&pool);
     let api: Api<WorkPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pool = with_finalizer(&api, pool).await?;
     let result = finalizer(&api, FINALIZER, pool, |event| async {
         match event {
             finalizer::Event::Apply(pool) => apply(&pool, &ctx).await,
@@ -140,6 +154,35 @@ pub async fn reconcile(pool: Arc<WorkPool>, ctx: Arc<Context>) -> Result<Action,
         ctx.metrics.reconciled();
     }
     result
+}
+
+/// Adds the finalizer to a pool that lacks it (and is not being deleted) and returns the
+/// pool as the apiserver answered, so the same reconcile goes on to apply it: kube's
+/// `finalizer` alone adds it and waits for the next reconcile. The write changes neither
+/// generation nor annotations, so it triggers nothing ([`triggers`]). The merge patch
+/// carries the resourceVersion read, so a concurrent change makes it fail (and retry)
+/// rather than drop another finalizer.
+async fn with_finalizer(api: &Api<WorkPool>, pool: Arc<WorkPool>) -> Result<Arc<WorkPool>, Error> {
+    if pool.meta().deletion_timestamp.is_some() || pool.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(pool);
+    }
+    let mut finalizers = pool.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": pool.resource_version(),
+        }
+    });
+    let patched = api
+        .patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(Arc::new(patched))
 }
 
 /// Failed reconciles are retried after [`requeue::retry_after`] (a backoff over the
@@ -189,12 +232,15 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         },
     };
     let status = status::pool_status(&seen, &previous);
-    patch_status(ctx, &namespace, &name, &status).await?;
+    if status != previous {
+        patch_status(ctx, &namespace, &name, &status).await?;
+    }
     let figures = outcome.figures.as_ref().ok().copied();
     ctx.metrics.queue(&namespace, &name, figures);
     publish_reconcile_events(ctx, pool, &previous, &seen, current_workers).await;
     log_reconciled(pool, &previous, &status, &outcome);
-    requeue::after_reconcile(outcome.figures, pool.spec.worker.autoscale.is_some())
+    let resync = requeue::resync_after(ctx.pool_count(), pool.spec.worker.autoscale.is_some());
+    requeue::after_reconcile(outcome.figures, resync)
 }
 
 /// Provisions the pool's NATS objects and reads its queue figures.
@@ -303,30 +349,47 @@ async fn apply_children(
     workers: i32,
 ) -> Result<Deployments, Error> {
     let (client, namespace) = (&ctx.client, context.namespace.as_str());
-    apply_child::<ServiceAccount>(client, namespace, &context.service_account()).await?;
-    apply_child::<Role>(client, namespace, &context.role()).await?;
-    apply_child::<RoleBinding>(client, namespace, &context.role_binding()).await?;
-    let deployments = match rollout {
-        Some(spec) => {
-            let context = PoolContext {
-                spec,
-                ..context.clone()
-            };
-            let api = context.deployment(Component::Api, context.pool.spec.api.replicas);
-            let worker = context.deployment(Component::Worker, workers);
-            Deployments {
-                api: Some(apply_child(client, namespace, &api).await?),
-                worker: Some(apply_child(client, namespace, &worker).await?),
-            }
-        }
+    let rolled_out = rollout.map(|spec| {
+        let context = PoolContext {
+            spec,
+            ..context.clone()
+        };
+        let api = context.deployment(Component::Api, context.pool.spec.api.replicas);
+        (api, context.deployment(Component::Worker, workers))
+    });
+    let account = context.service_account();
+    let (role, binding) = (context.role(), context.role_binding());
+    let services = [context.api_service(), context.worker_service()];
+    let budgets = [Component::Api, Component::Worker].map(|c| context.disruption_budget(c));
+    let digest = Digest::default()
+        .with(&account)
+        .with(&role)
+        .with(&binding)
+        .with(&rolled_out)
+        .with(&services)
+        .with(&budgets)
+        .finish();
+    let pool = key(context.pool);
+    if ctx.applied.is_current(&pool, digest) {
+        return Ok(current);
+    }
+    apply_child(client, namespace, &account).await?;
+    apply_child(client, namespace, &role).await?;
+    apply_child(client, namespace, &binding).await?;
+    let deployments = match rolled_out {
+        Some((api, worker)) => Deployments {
+            api: Some(apply_child(client, namespace, &api).await?),
+            worker: Some(apply_child(client, namespace, &worker).await?),
+        },
         None => current,
     };
-    apply_child::<Service>(client, namespace, &context.api_service()).await?;
-    apply_child::<Service>(client, namespace, &context.worker_service()).await?;
-    for component in [Component::Api, Component::Worker] {
-        let budget = context.disruption_budget(component);
-        apply_child::<PodDisruptionBudget>(client, namespace, &budget).await?;
+    for service in &services {
+        apply_child(client, namespace, service).await?;
     }
+    for budget in &budgets {
+        apply_child(client, namespace, budget).await?;
+    }
+    ctx.applied.record(&pool, digest);
     Ok(deployments)
 }
 

@@ -3,6 +3,7 @@
 //! through [`workpool_runtime::provision`]). Several replicas are safe: only the holder of
 //! the leader Lease reconciles.
 
+pub mod applied;
 pub mod children;
 pub mod controller;
 pub mod deletion;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod requeue;
 pub mod rollout;
 pub mod status;
+pub mod triggers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

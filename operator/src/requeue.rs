@@ -14,6 +14,10 @@ use crate::queue::QueueFigures;
 /// How often a healthy pool is looked at again (queue figures, autoscaling).
 pub const RESYNC: Duration = Duration::from_secs(30);
 pub const RESYNC_AUTOSCALED: Duration = Duration::from_secs(10);
+/// Resyncs are spread so that pools that are not autoscaled take at most ten a second
+/// between them: with 1,000 pools, each is looked at every 100 s, not every 30 s (which
+/// was 33 reconciles a second, each reading NATS and the apiserver).
+pub const RESYNC_PER_POOL: Duration = Duration::from_millis(100);
 /// First and longest delay before retrying a failed reconcile.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -57,19 +61,24 @@ pub fn retry_after(error: &Error, failures: u32) -> Duration {
     (BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX)
 }
 
+/// How long a healthy pool waits for its next look, among `pools` pools.
+pub fn resync_after(pools: usize, autoscaled: bool) -> Duration {
+    if autoscaled {
+        return RESYNC_AUTOSCALED;
+    }
+    let spread = RESYNC_PER_POOL.saturating_mul(u32::try_from(pools).unwrap_or(u32::MAX));
+    RESYNC.max(spread)
+}
+
 /// What follows a reconcile that applied the children and the status, from what the
 /// queue said: a resync when it answered, no retry while NATS refuses the spec (only a
 /// change of the pool can help), else the error for `error_policy` to retry.
 pub fn after_reconcile(
     figures: Result<QueueFigures, Error>,
-    autoscaled: bool,
+    resync: Duration,
 ) -> Result<Action, Error> {
     match figures {
-        Ok(_) => Ok(Action::requeue(if autoscaled {
-            RESYNC_AUTOSCALED
-        } else {
-            RESYNC
-        })),
+        Ok(_) => Ok(Action::requeue(resync)),
         Err(err) if err.is_permanent() => Ok(Action::await_change()),
         Err(err) => Err(err),
     }
@@ -108,25 +117,25 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_pool_is_resynced_sooner_when_autoscaled() {
-        let ok = || Ok(QueueFigures::default());
+    fn a_healthy_pool_is_resynced_sooner_when_autoscaled_and_later_among_many() {
+        assert_eq!(resync_after(1, false), RESYNC);
+        assert_eq!(resync_after(1, true), RESYNC_AUTOSCALED);
+        assert_eq!(resync_after(1_000, false), Duration::from_secs(100));
+        assert_eq!(resync_after(1_000, true), RESYNC_AUTOSCALED);
+        let ok = Ok(QueueFigures::default());
         assert_eq!(
-            after_reconcile(ok(), false).ok(),
+            after_reconcile(ok, RESYNC).ok(),
             Some(Action::requeue(RESYNC))
-        );
-        assert_eq!(
-            after_reconcile(ok(), true).ok(),
-            Some(Action::requeue(RESYNC_AUTOSCALED))
         );
     }
 
     #[test]
     fn a_refused_spec_waits_for_a_change_and_an_outage_is_retried() {
         assert_eq!(
-            after_reconcile(Err(refused()), false).ok(),
+            after_reconcile(Err(refused()), RESYNC).ok(),
             Some(Action::await_change())
         );
-        let retried = after_reconcile(Err(unreachable()), true);
+        let retried = after_reconcile(Err(unreachable()), RESYNC);
         assert!(matches!(retried, Err(Error::NatsUnreachable(_))));
     }
 }
