@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use workpool_core::cluster::{
     ApiMember, ClusterView, PeerReply, PeerRequest, WorkerMember, WorkerView,
 };
+use workpool_core::peer_auth::PeerKey;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -67,14 +68,10 @@ fn nats_error(err: impl std::error::Error + Send + Sync + 'static) -> ApiError {
     ApiError::unavailable_with(format!("NATS: {err}"), err)
 }
 
-/// `request` as the payload of a peer message.
-pub(crate) fn peer_payload(request: &PeerRequest) -> Bytes {
-    // Serializing fails only for maps with non-string keys or a failing `Serialize`
-    // impl; a `PeerRequest` is a tagged enum of strings.
-    #[allow(clippy::expect_used)]
-    serde_json::to_vec(request)
-        .expect("a PeerRequest always serializes")
-        .into()
+/// `request` as the payload of a peer message, signed with the pool's peer key; `None`
+/// without a key, since workers act on no unsigned request.
+pub(crate) fn peer_payload(key: Option<&PeerKey>, request: &PeerRequest) -> Option<Bytes> {
+    key.map(|key| key.sign(request, chrono::Utc::now()).into())
 }
 
 /// Asks every worker for its view at once and collects the answers for a moment.
@@ -82,7 +79,10 @@ async fn gather(state: &AppState, expected: usize) -> Result<Vec<WorkerView>, Ap
     let client = state.queue()?.client().clone();
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(inbox.clone()).await.map_err(nats_error)?;
-    let request = peer_payload(&PeerRequest::View);
+    let Some(request) = peer_payload(state.config().peer_key.as_ref(), &PeerRequest::View) else {
+        tracing::warn!("no peer key: the workers cannot be asked for their view");
+        return Ok(Vec::new());
+    };
     client
         .publish_with_reply(state.names().peers_all_subject(), inbox, request)
         .await

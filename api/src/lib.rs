@@ -150,6 +150,7 @@ impl AppState {
                 client.clone(),
                 config.names.clone(),
                 &config.spec,
+                config.peer_key.clone(),
                 self.0.max_waiters,
             )
         };

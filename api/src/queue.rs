@@ -11,6 +11,7 @@ use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::expiry::is_expired;
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
 use workpool_core::names::partition_of;
+use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
@@ -34,6 +35,8 @@ pub struct Queue {
     result_ttl: Duration,
     /// `queue.maxPayloadBytes`, the limit a 413 names.
     max_message_bytes: usize,
+    /// The key peer requests are signed with (none: workers are not asked).
+    peer_key: Option<PeerKey>,
     /// How long an attempt may run before recording `working`
     /// ([`workpool_core::unrecorded`]): a cancel of `pending` work waits it out.
     unrecorded_limit: Duration,
@@ -86,6 +89,7 @@ impl Queue {
         client: Client,
         names: PoolNames,
         spec: &PoolSpec,
+        peer_key: Option<PeerKey>,
         max_waiters: usize,
     ) -> Result<Self, BindError> {
         let js = jetstream::new(client.clone());
@@ -114,6 +118,7 @@ impl Queue {
             stream,
             partitions: spec.worker.partitions,
             result_ttl: spec.result_ttl,
+            peer_key,
             max_message_bytes: spec.queue.max_payload_bytes,
             unrecorded_limit: unrecorded_run_limit(spec.worker.ack_wait),
             waiters,
@@ -571,7 +576,10 @@ impl Queue {
     /// runs the work and is stopping it. Any other answer, or none, is not a
     /// confirmation.
     async fn ask_to_cancel(&self, worker: &str, id: &WorkId) -> Result<bool, ApiError> {
-        let request = peer_payload(&PeerRequest::Cancel { id: id.to_string() });
+        let cancel = PeerRequest::Cancel { id: id.to_string() };
+        let Some(request) = peer_payload(self.peer_key.as_ref(), &cancel) else {
+            return Ok(false);
+        };
         let subject = self.names.peer_subject(worker);
         let answer =
             tokio::time::timeout(PEER_TIMEOUT, self.client.request(subject, request)).await;

@@ -25,7 +25,9 @@ async fn provisioned_queue(nats: &NatsServer, spec: &str) -> Queue {
     )
     .await
     .expect("provision");
-    Queue::bind(client, names, &spec, 16).await.expect("bind")
+    Queue::bind(client, names, &spec, None, 16)
+        .await
+        .expect("bind")
 }
 
 fn work(value: serde_json::Value) -> WorkSubmission {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use workpool_core::peer_auth::{KEY_BYTES, PEER_KEY_ENV, PeerKey};
 use workpool_core::{PoolNames, PoolSpec};
 
 use workpool_local_cluster::nats::NatsServer;
@@ -53,6 +54,8 @@ pub struct TestPool<N = NatsServer> {
     pub workers: Vec<Member>,
     pub http: reqwest::Client,
     extra_api_env: Vec<(String, String)>,
+    /// The pool's peer key, as the operator would keep it in the pool's Secret.
+    pub peer_key: PeerKey,
     dir: tempfile::TempDir,
 }
 
@@ -139,6 +142,7 @@ impl<N: PoolNats> TestPool<N> {
             workers: Vec::new(),
             http: reqwest::Client::new(),
             extra_api_env: api_env,
+            peer_key: random_peer_key(),
             dir,
         })
     }
@@ -174,6 +178,7 @@ impl<N: PoolNats> TestPool<N> {
             ("POD_NAME".into(), pod.into()),
             ("WORKPOOL_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("RUST_LOG".into(), "info,async_nats=warn".into()),
+            (PEER_KEY_ENV.into(), self.peer_key.to_hex()),
         ]
     }
 
@@ -360,4 +365,17 @@ impl<N: PoolNats> TestPool<N> {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// A fresh peer key: std's randomly seeded hasher is random enough for a test pool.
+fn random_peer_key() -> PeerKey {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; KEY_BYTES];
+    for chunk in bytes.chunks_mut(8) {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        chunk.copy_from_slice(&random.to_le_bytes()[..chunk.len()]);
+    }
+    PeerKey::from_bytes(bytes)
 }

@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -84,6 +84,14 @@ pub fn deployment_name(pool: &str, component: Component) -> String {
 pub fn worker_service_name(pool: &str) -> String {
     format!("{pool}-workers")
 }
+
+/// The Secret holding the pool's peer key ([`workpool_core::peer_auth`]).
+pub fn peer_secret_name(pool: &str) -> String {
+    format!("{pool}-workpool-peer")
+}
+
+/// The key of the peer key in its Secret.
+pub const PEER_SECRET_KEY: &str = "peer-key";
 
 pub fn service_account_name(pool: &str) -> String {
     format!("{pool}-workpool")
@@ -198,6 +206,16 @@ impl<'a> PoolContext<'a> {
         }
     }
 
+    /// The pool's peer key, made once: created only where none exists, never
+    /// replaced, so every pod of the pool signs and checks with the same key.
+    pub fn peer_secret(&self, key: &workpool_core::peer_auth::PeerKey) -> Secret {
+        Secret {
+            metadata: self.meta(peer_secret_name(&self.name), None),
+            string_data: Some([(PEER_SECRET_KEY.to_owned(), key.to_hex())].into()),
+            ..Default::default()
+        }
+    }
+
     pub fn service_account(&self) -> ServiceAccount {
         ServiceAccount {
             metadata: self.meta(service_account_name(&self.name), None),
@@ -291,6 +309,18 @@ impl<'a> PoolContext<'a> {
             // (and, for the cluster view, of the api Service).
             value("WORKPOOL_WORKERS_SERVICE", worker_service_name(&self.name)),
         ];
+        env.push(EnvVar {
+            name: workpool_core::peer_auth::PEER_KEY_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: peer_secret_name(&self.name),
+                    key: PEER_SECRET_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
         if component == Component::Api {
             env.push(value(
                 "WORKPOOL_API_SERVICE",
@@ -550,11 +580,16 @@ mod tests {
         let env: BTreeMap<String, String> = vars
             .into_iter()
             .map(|var| {
-                let field = var
-                    .value_from
-                    .and_then(|from| from.field_ref)
-                    .map(|field| format!("fieldRef:{}", field.field_path));
-                (var.name, var.value.or(field).unwrap_or_default())
+                let from = var.value_from.and_then(|from| {
+                    let field = from
+                        .field_ref
+                        .map(|field| format!("fieldRef:{}", field.field_path));
+                    let secret = from
+                        .secret_key_ref
+                        .map(|key| format!("secretKeyRef:{}/{}", key.name, key.key));
+                    field.or(secret)
+                });
+                (var.name, var.value.or(from).unwrap_or_default())
             })
             .collect();
         assert_eq!(env.len(), count, "no env var twice");
@@ -745,6 +780,10 @@ mod tests {
                     ("WORKPOOL_NAMESPACE", "fieldRef:metadata.namespace"),
                     ("WORKPOOL_POOL", "demo"),
                     ("WORKPOOL_WORKERS_SERVICE", "demo-workers"),
+                    (
+                        "WORKPOOL_PEER_KEY",
+                        "secretKeyRef:demo-workpool-peer/peer-key",
+                    ),
                 ] {
                     assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
                 }

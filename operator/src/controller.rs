@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -373,6 +373,7 @@ async fn apply_children(
     if ctx.applied.is_current(&pool, digest) {
         return Ok(current);
     }
+    ensure_peer_secret(client, context).await?;
     apply_child(client, namespace, &account).await?;
     apply_child(client, namespace, &role).await?;
     apply_child(client, namespace, &binding).await?;
@@ -391,6 +392,23 @@ async fn apply_children(
     }
     ctx.applied.record(&pool, digest);
     Ok(deployments)
+}
+
+/// Creates the pool's peer key where none exists (it is never replaced: every pod of
+/// the pool must hold the same one).
+async fn ensure_peer_secret(client: &Client, context: &PoolContext<'_>) -> Result<(), Error> {
+    let mut bytes = [0u8; workpool_core::peer_auth::KEY_BYTES];
+    getrandom::fill(&mut bytes).map_err(|err| Error::Random(err.to_string()))?;
+    let key = workpool_core::peer_auth::PeerKey::from_bytes(bytes);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &context.namespace);
+    match api
+        .create(&PostParams::default(), &context.peer_secret(&key))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>

@@ -34,6 +34,9 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("the object has no {0}")]
     MissingField(&'static str),
+    /// The system's random source failed making a pool's peer key.
+    #[error("making the peer key: {0}")]
+    Random(String),
 }
 
 /// A request to a pool's NATS and what went wrong with it, with the client's own error.
@@ -117,6 +120,7 @@ impl Error {
         "KubernetesApi",
         "Finalizer",
         "MissingField",
+        "Random",
     ];
 
     pub fn category(&self) -> &'static str {
@@ -129,6 +133,7 @@ impl Error {
             Error::Kube(_) => "KubernetesApi",
             Error::Finalizer(_) => "Finalizer",
             Error::MissingField(_) => "MissingField",
+            Error::Random(_) => "Random",
         }
     }
 
@@ -178,6 +183,7 @@ mod tests {
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
             Error::Finalizer(Box::new(finalizer::Error::UnnamedObject)),
             Error::MissingField("namespace"),
+            Error::Random("no entropy".into()),
         ]
     }
 
@@ -195,9 +201,10 @@ mod tests {
             Error::Kube(_) => 6,
             Error::Finalizer(_) => 7,
             Error::MissingField(_) => 8,
+            Error::Random(_) => 9,
         }
     }
-    const VARIANTS: usize = 9;
+    const VARIANTS: usize = 10;
 
     #[test]
     fn categories_lists_exactly_the_categories_of_the_variants() {

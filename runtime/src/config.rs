@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use workpool_core::names::{InvalidName, PoolNames};
+use workpool_core::peer_auth::{InvalidPeerKey, PeerKey};
 use workpool_core::spec::{PoolSpec, SpecError};
 
 /// Which pool a process serves, and where its settings are.
@@ -32,6 +33,10 @@ pub struct PoolArgs {
     /// This pod's name (downward API); defaults to the host name.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The pool's peer key (hex; the operator gives it from the pool's Secret). Without
+    /// it, peer requests are neither sent nor acted on.
+    #[arg(long, env = workpool_core::peer_auth::PEER_KEY_ENV, hide_env_values = true)]
+    pub peer_key: Option<String>,
 }
 
 /// The settings a component runs with.
@@ -41,10 +46,14 @@ pub struct PoolConfig {
     pub spec: PoolSpec,
     pub pod: String,
     pub nats_creds_file: Option<PathBuf>,
+    /// The key peer requests are signed and checked with.
+    pub peer_key: Option<PeerKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("WORKPOOL_PEER_KEY: {0}")]
+    PeerKey(#[from] InvalidPeerKey),
     #[error(transparent)]
     Name(#[from] InvalidName),
     #[error("reading spec file {path}: {source}")]
@@ -88,11 +97,17 @@ impl PoolArgs {
             spec.nats.url.clone_from(url);
         }
         let pod = self.pod_name.clone().unwrap_or_else(host_name);
+        let peer_key = self
+            .peer_key
+            .as_deref()
+            .map(PeerKey::from_hex)
+            .transpose()?;
         Ok(PoolConfig {
             names,
             spec,
             pod,
             nats_creds_file: self.nats_creds_file.clone(),
+            peer_key,
         })
     }
 }

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use workpool_core::cluster::{PeerReply, PeerRequest, WorkerView, owned_partitions};
+use workpool_core::peer_auth;
 
 use crate::Worker;
 use crate::pull::Lanes;
@@ -264,7 +265,12 @@ impl Worker {
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let reply = match serde_json::from_slice::<PeerRequest>(&message.payload) {
+            let opened = peer_auth::open(
+                self.config.peer_key.as_ref(),
+                &message.payload,
+                chrono::Utc::now(),
+            );
+            let reply = match opened {
                 Ok(PeerRequest::View) => {
                     PeerReply::View(self.view(ready.load(std::sync::atomic::Ordering::Relaxed)))
                 }
@@ -275,9 +281,12 @@ impl Worker {
                     self.membership.mark_leaving(&pod);
                     PeerReply::Ok
                 }
-                Err(err) => PeerReply::Error {
-                    message: format!("unreadable request: {err}"),
-                },
+                Err(refused) => {
+                    tracing::warn!(subject = %message.subject, %refused, "peer request refused");
+                    PeerReply::Error {
+                        message: refused.to_string(),
+                    }
+                }
             };
             let payload = match serde_json::to_vec(&reply) {
                 Ok(payload) => payload,
@@ -297,14 +306,15 @@ impl Worker {
     /// rather than when its endpoint disappears. Best effort, bounded by [`PEER_TIMEOUT`].
     pub(crate) async fn announce_leaving(&self) {
         let me = &self.config.pod;
-        let request = match serde_json::to_vec(&PeerRequest::Leaving { pod: me.clone() }) {
-            Ok(request) => request,
-            Err(err) => {
-                // The others find out when the endpoint goes.
-                tracing::error!(%err, "leaving notice cannot be written as JSON");
-                return;
-            }
+        let Some(key) = &self.config.peer_key else {
+            // The others find out when the endpoint goes.
+            tracing::warn!("no peer key: the others are not told this worker is leaving");
+            return;
         };
+        let request = key.sign(
+            &PeerRequest::Leaving { pod: me.clone() },
+            chrono::Utc::now(),
+        );
         let others: Vec<String> = self
             .membership
             .current()
