@@ -680,18 +680,19 @@ const STORE_FAILED: jetstream::ErrorCode = jetstream::ErrorCode::STREAM_STORE_FA
 /// How JetStream describes the refusal of a second message on a subject.
 const PER_SUBJECT_LIMIT: &str = "maximum messages per subject exceeded";
 
+/// JetStream's own answer to a refused publish, if it gave one.
+fn jetstream_answer(err: &jetstream::context::PublishError) -> Option<&jetstream::Error> {
+    std::error::Error::source(err).and_then(|source| source.downcast_ref::<jetstream::Error>())
+}
+
 /// Whether JetStream's own error describes itself with `text`.
 fn says(err: &jetstream::context::PublishError, text: &str) -> bool {
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|js_err| js_err.to_string().contains(text))
+    jetstream_answer(err).is_some_and(|js_err| js_err.to_string().contains(text))
 }
 
 /// Whether JetStream itself answered the publish with `code`.
 fn has_code(err: &jetstream::context::PublishError, code: jetstream::ErrorCode) -> bool {
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|js_err| js_err.error_code() == code)
+    jetstream_answer(err).is_some_and(|js_err| js_err.error_code() == code)
 }
 
 /// A publish refused because the stream hit `max_messages` (or its byte limit).
