@@ -3,6 +3,7 @@
 //! baseline, ratio, target, command) into `docs/BENCHMARKS.md`. `--smoke` runs the same
 //! suite in seconds, so `make test` keeps it working.
 
+pub mod floor;
 pub mod load;
 pub mod operator_scale;
 pub mod raw;
@@ -74,6 +75,9 @@ impl BenchArgs {
                     window: 256,
                     kv_puts: 1_000,
                     sync_publishes: 100,
+                    floor_jobs: 500,
+                    submitters: 16,
+                    concurrency: 32,
                 },
                 healthz_for: Duration::from_millis(500),
                 connections: 16,
@@ -92,6 +96,9 @@ impl BenchArgs {
                 window: self.raw_window,
                 kv_puts: self.raw_messages / 4,
                 sync_publishes: 2_000,
+                floor_jobs: self.raw_messages / 4,
+                submitters: 64,
+                concurrency: self.concurrency,
             },
             healthz_for: Duration::from_secs(5),
             connections: 64,
@@ -138,11 +145,39 @@ pub const ROWS: &[Row] = &[
         None,
     ),
     row(
+        "floor: a job's JetStream operations alone (submit and consume racing) †",
+        raw::JOB_FLOOR,
+        "jobs/s",
+        Some((raw::ASYNC_PUBLISH, "raw async publish")),
+        None,
+    ),
+    row(
+        "floor: a POST's JetStream operations alone †",
+        raw::INGEST_FLOOR,
+        "POST/s",
+        None,
+        None,
+    ),
+    row(
+        "floor: a drained job's JetStream operations alone †",
+        raw::DRAIN_FLOOR,
+        "jobs/s",
+        Some((raw::FETCH_ACK, "raw fetch + ack")),
+        None,
+    ),
+    row(
         "end to end, single POSTs (open loop, saturation)",
         suite::E2E,
         "jobs/s",
         Some((raw::ASYNC_PUBLISH, "raw async publish")),
         Some(Target::RatioAtLeast(0.15)),
+    ),
+    row(
+        "  the same, against its floor",
+        suite::E2E,
+        "jobs/s",
+        Some((raw::JOB_FLOOR, "job floor")),
+        None,
     ),
     row(
         "end to end, bulk submit (batches of 100, open loop, saturation)",
@@ -171,6 +206,13 @@ pub const ROWS: &[Row] = &[
         "POST/s",
         Some((suite::HEALTHZ, "GET /healthz of the same api")),
         Some(Target::RatioAtLeast(0.5)),
+    ),
+    row(
+        "  the same, against its floor",
+        suite::INGEST,
+        "POST/s",
+        Some((raw::INGEST_FLOOR, "POST floor")),
+        None,
     ),
     row(
         "POST p50 at half the end-to-end rate",
@@ -213,6 +255,13 @@ pub const ROWS: &[Row] = &[
         "jobs/s",
         Some((raw::FETCH_ACK, "raw fetch + ack")),
         Some(Target::RatioAtLeast(0.5)),
+    ),
+    row(
+        "  the same, against its floor",
+        suite::DRAIN,
+        "jobs/s",
+        Some((raw::DRAIN_FLOOR, "drain floor")),
+        None,
     ),
     row(
         "api RSS, idle",

@@ -1,6 +1,12 @@
 //! Raw JetStream baselines, measured on the server the pool runs on, with none of our
 //! code in the path: async publish, pull fetch + ack, KV put, synchronous publish
 //! latency. Each uses a stream of its own, deleted afterwards.
+//!
+//! Beside them, the *floors*: the JetStream operations one job needs under Workpool's
+//! invariants (docs/reliability.md), issued by a plain client with nothing else in the
+//! path: no HTTP, no JSON, no handler, no second process. No implementation that keeps
+//! those invariants can beat them on the same server and machine, so a target that the
+//! floor itself misses is out of reach by protocol and machine, not by our code.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +16,7 @@ use futures::stream::FuturesUnordered;
 
 use workpool_e2e::{HarnessError as Error, Result};
 
+use crate::floor::floors;
 use crate::report::Figures;
 
 pub const ASYNC_PUBLISH: &str = "raw_async_publish_per_s";
@@ -17,6 +24,9 @@ pub const FETCH_ACK: &str = "raw_fetch_ack_per_s";
 pub const KV_PUT: &str = "raw_kv_put_per_s";
 pub const SYNC_PUBLISH_MEAN_MS: &str = "raw_sync_publish_mean_ms";
 pub const SYNC_PUBLISH_P99_MS: &str = "raw_sync_publish_p99_ms";
+pub const INGEST_FLOOR: &str = "floor_ingest_per_s";
+pub const DRAIN_FLOOR: &str = "floor_drain_per_s";
+pub const JOB_FLOOR: &str = "floor_job_per_s";
 
 /// How many of each the baselines use.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +35,12 @@ pub struct RawSizes {
     pub window: usize,
     pub kv_puts: usize,
     pub sync_publishes: usize,
+    /// Jobs of each floor.
+    pub floor_jobs: usize,
+    /// Submissions in flight at once in the floors (the load generator's connections).
+    pub submitters: usize,
+    /// Jobs a consumer of the floors holds at once (a worker's concurrency).
+    pub concurrency: usize,
 }
 
 const PAYLOAD_BYTES: usize = 128;
@@ -49,6 +65,7 @@ pub async fn baselines(client: async_nats::Client, sizes: RawSizes) -> Result<Fi
     let (mean, p99) = sync_publish_latency(&js, sizes.sync_publishes).await?;
     figures.insert(SYNC_PUBLISH_MEAN_MS, mean);
     figures.insert(SYNC_PUBLISH_P99_MS, p99);
+    figures.extend(floors(&js, sizes).await?);
     Ok(figures)
 }
 
