@@ -18,6 +18,7 @@ use workpool_core::message::WorkMessage;
 use workpool_core::spec::{BuiltinHandler, HandlerSpec};
 
 use crate::guard::ExecGuard;
+use crate::http_client::{ClientError, http_client};
 
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,20 +73,20 @@ enum Kind {
 
 impl Handler {
     /// The pool's `worker.handler`, with results limited to its `queue.maxPayloadBytes`.
-    pub fn new(spec: &PoolSpec) -> Self {
+    pub fn new(spec: &PoolSpec) -> Result<Self, ClientError> {
         let kind = match &spec.worker.handler {
             HandlerSpec::Builtin(builtin) => Kind::Builtin(*builtin),
             HandlerSpec::Exec { command } => Kind::Exec(command.clone()),
             HandlerSpec::Http { url } => Kind::Http {
                 url: url.clone(),
-                client: reqwest::Client::new(),
+                client: http_client()?,
             },
         };
-        Self {
+        Ok(Self {
             kind,
             max_result_bytes: spec.queue.max_payload_bytes,
             guard: None,
-        }
+        })
     }
 
     /// Runs `exec` programs under `guard`, which stops them if the worker is stopped or
@@ -467,6 +468,19 @@ async fn read_body_tail(
     Ok(tail.into_bytes())
 }
 
+/// `err` and its causes, so the record says why a request failed (a refused
+/// certificate, a refused connection), not only that it did.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 async fn run_http(
     client: &reqwest::Client,
     url: &str,
@@ -478,7 +492,7 @@ async fn run_http(
         .json(input)
         .send()
         .await
-        .map_err(|err| HandlerError::Retryable(format!("POST {url}: {err}")))?;
+        .map_err(|err| HandlerError::Retryable(format!("POST {url}: {}", with_causes(&err))))?;
     let status = response.status();
     let reading = |err: reqwest::Error| {
         HandlerError::Retryable(format!("reading the answer of {url}: {err}"))
@@ -609,7 +623,7 @@ mod tests {
         let mut pool = PoolSpec::default();
         pool.worker.handler = spec;
         pool.queue.max_payload_bytes = max_result_bytes;
-        Handler::new(&pool)
+        Handler::new(&pool).expect("a handler")
     }
 
     /// A handler with the default pool's result limit.

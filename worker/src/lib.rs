@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod guard;
 pub mod handlers;
 mod hold;
+pub mod http_client;
 pub mod metrics;
 pub mod process;
 mod pull;
@@ -53,9 +54,9 @@ pub struct Args {
 
 /// The pool's handler; `exec` programs run under the guard when the worker binary is
 /// known (it always is, except in odd test setups).
-fn handler(spec: &workpool_core::PoolSpec) -> Handler {
-    let handler = Handler::new(spec);
-    match std::env::current_exe() {
+fn handler(spec: &workpool_core::PoolSpec) -> Result<Handler, http_client::ClientError> {
+    let handler = Handler::new(spec)?;
+    Ok(match std::env::current_exe() {
         Ok(program) => handler.with_exec_guard(guard::ExecGuard {
             program,
             fence: hold::fence(spec.worker.ack_wait),
@@ -64,7 +65,7 @@ fn handler(spec: &workpool_core::PoolSpec) -> Handler {
             tracing::warn!(%err, "worker binary not found; exec handlers run unguarded");
             handler
         }
-    }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub enum WorkerError {
     PeerSubscribe(#[from] async_nats::SubscribeError),
     #[error("serving health endpoint: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("the http handler's client: {0}")]
+    HttpClient(#[from] http_client::ClientError),
 }
 
 /// Everything one worker process shares across its jobs.
@@ -252,7 +255,7 @@ pub async fn run(
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
-            handler: handler(&config.spec),
+            handler: handler(&config.spec)?,
             records: bound.records,
             config,
             client,
