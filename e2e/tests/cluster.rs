@@ -81,7 +81,10 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
                 .is_some_and(|a| a.ready == 2)
     })
     .await
-    .expect("pool Ready with its pods running");
+    .unwrap_or_else(|err| {
+        let logs = plane.kubectl(&["-n", &release_ns, "logs", "deploy/workpool-operator"]);
+        panic!("pool Ready with its pods running: {err}\noperator log: {logs:?}")
+    });
     assert_eq!(pool.status.as_ref().unwrap().api.as_ref().unwrap().ready, 2);
     wait_until("2 worker endpoints", WAIT, || async {
         ready_endpoints(&client, &ns, "demo-workers")

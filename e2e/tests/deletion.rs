@@ -203,41 +203,27 @@ async fn a_provisioned_pool_waits_for_its_nats_says_why_and_can_be_abandoned() {
         .expect("the abandoned stream is still there");
 }
 
+/// The operator never reads a pool's credentials Secret (it holds no right to read
+/// Secrets): a pool naming one that does not exist is provisioned and deleted with the
+/// operator's own NATS identity. Before, the deletion waited for the Secret and said
+/// `NatsCredentials` (as when its namespace was being deleted).
 #[tokio::test]
-async fn a_deletion_whose_credentials_secret_is_gone_says_so() {
+async fn a_pool_is_provisioned_and_deleted_without_reading_its_credentials_secret() {
     let (client, ns, _operator) = setup("creds").await;
     let nats = NatsServer::start().await.expect("nats");
-    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), ""))
+    let extra = "    credentialsSecret: nats-creds\n";
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), extra))
         .await
         .expect("create");
     wait_pool(&client, &ns, "demo", WAIT, queue_ready)
         .await
-        .expect("provisioned");
-    // The Secret the cleanup needs does not exist (as when its namespace is being deleted).
-    let patch = serde_json::json!({"spec": {"nats": {"credentialsSecret": "nats-creds"}}});
-    Api::<WorkPool>::namespaced(client.clone(), &ns)
-        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patch");
+        .expect("provisioned with no Secret to read");
     delete(&client, &ns, "demo").await;
-    let (reason, message) = deleting(&client, &ns, "demo").await;
-    assert_eq!(reason, "NatsCredentials");
-    assert!(message.contains("secret nats-creds not found"), "{message}");
-    event(
-        &client,
-        &ns,
-        "demo",
-        ("Warning", "NatsCredentials"),
-        ABANDON_ANNOTATION,
-    )
-    .await;
-    abandon(&client, &ns, "demo").await;
-    gone(
-        &client,
-        &ns,
-        "demo",
-        Duration::from_secs(15),
-        "the annotation did not release it",
-    )
-    .await;
+    gone(&client, &ns, "demo", WAIT, "the deletion did not finish").await;
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let stream = PoolNames::new(&ns, "demo").unwrap().stream();
+    assert!(
+        js.get_stream(&stream).await.is_err(),
+        "the pool's stream {stream} was left behind"
+    );
 }

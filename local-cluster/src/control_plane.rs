@@ -319,9 +319,12 @@ impl ControlPlane {
         let mut last = String::new();
         while Instant::now() < deadline {
             if ca.exists() {
+                // /readyz, not only an answer: the default RBAC roles (such as every
+                // identity's right to ask what it may do) exist only once it is ok.
                 match self.client().await {
-                    Ok(client) => match client.apiserver_version().await {
-                        Ok(_) => return Ok(()),
+                    Ok(client) => match readyz(&client).await {
+                        Ok(answer) if answer.trim() == "ok" => return Ok(()),
+                        Ok(answer) => last = answer,
                         Err(err) => last = err.to_string(),
                     },
                     Err(err) => last = err.to_string(),
@@ -352,13 +355,22 @@ impl ControlPlane {
 
     /// Runs kubectl against this control plane; returns stdout, or stderr as the error.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_with_warnings(args).map(|(stdout, _)| stdout)
+    }
+
+    /// As `kubectl`, with what it printed on stderr as well: the apiserver's warnings
+    /// (such as a pod template that would violate a namespace's Pod Security level).
+    pub fn kubectl_with_warnings(&self, args: &[&str]) -> Result<(String, String)> {
         let output = Command::new(&self.kubectl)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .output()
             .map_err(Error::io("running kubectl"))?;
         if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            Ok((
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
         } else {
             Err(Error::Other(
                 String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -373,13 +385,22 @@ impl ControlPlane {
         Ok(name)
     }
 
-    /// Creates namespace `name` unless it exists.
+    /// Creates namespace `name` unless it exists, enforcing the `restricted` Pod
+    /// Security Standard: the apiserver refuses any pod in it that is not hardened, so
+    /// every test that runs Workpool's pods proves they are (docs/security.md).
     pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
         use k8s_openapi::api::core::v1::Namespace;
         let api: kube::Api<Namespace> = kube::Api::all(self.client().await?);
+        let labels = ["enforce", "warn", "audit"].map(|mode| {
+            (
+                format!("pod-security.kubernetes.io/{mode}"),
+                "restricted".to_owned(),
+            )
+        });
         let namespace = Namespace {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
+                labels: Some(labels.into_iter().collect()),
                 ..Default::default()
             },
             ..Default::default()
@@ -406,4 +427,11 @@ impl ControlPlane {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+async fn readyz(client: &kube::Client) -> std::result::Result<String, kube::Error> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(request).await
 }

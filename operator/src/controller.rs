@@ -23,7 +23,7 @@ use workpool_core::{PoolNames, PoolSpec};
 
 use crate::applied::{Applied, Digest};
 use crate::children::{self, Component, DefaultImage, PoolContext};
-use crate::error::{CredentialsError, Error};
+use crate::error::Error;
 use crate::metrics::OperatorMetrics;
 use crate::queue::{self, NatsClients};
 use crate::requeue::{self, Failures};
@@ -64,12 +64,13 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<OperatorMetrics>,
         image: DefaultImage,
+        nats: NatsClients,
     ) -> Self {
         Self {
             client,
             recorder,
             metrics,
-            nats: NatsClients::default(),
+            nats,
             image,
             failures: Failures::default(),
             applied: Arc::default(),
@@ -215,7 +216,7 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         Err(err) => return report_stuck(pool, ctx, &previous, &Error::InvalidSpec(err)).await,
     };
     let names = PoolNames::new(&namespace, &name).map_err(Error::InvalidName)?;
-    let outcome = reach_queue(ctx, &namespace, pool, &names, &spec).await;
+    let outcome = reach_queue(ctx, pool, &names, &spec).await;
 
     let current = current_deployments(ctx, &namespace, &name).await?;
     let current_workers = current.worker_replicas();
@@ -255,16 +256,11 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
 /// Provisions the pool's NATS objects and reads its queue figures.
 async fn reach_queue(
     ctx: &Context,
-    namespace: &str,
     pool: &WorkPool,
     names: &PoolNames,
     spec: &PoolSpec,
 ) -> QueueOutcome {
-    let js = match nats_credentials(ctx, namespace, pool).await {
-        Ok(credentials) => ctx.nats.jetstream(&spec.nats.url, credentials).await,
-        Err(err) => Err(err),
-    };
-    let js = match js {
+    let js = match ctx.nats.jetstream(&spec.nats.url).await {
         Ok(js) => js,
         Err(err) => return QueueOutcome::failed(err),
     };
@@ -287,36 +283,6 @@ async fn reach_queue(
         accepted: true,
         figures,
     }
-}
-
-/// The pool's NATS credentials, from the Secret its spec names (if it names one).
-pub(crate) async fn nats_credentials(
-    ctx: &Context,
-    namespace: &str,
-    pool: &WorkPool,
-) -> Result<Option<String>, Error> {
-    let Some(secret_name) = &pool.spec.nats.credentials_secret else {
-        return Ok(None);
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    // Gone (for example with its namespace) is a credentials problem, not an API error.
-    let secret = secrets.get_opt(secret_name).await?.ok_or_else(|| {
-        Error::NatsCredentials(CredentialsError::SecretNotFound {
-            secret: secret_name.clone(),
-        })
-    })?;
-    let creds = secret
-        .data
-        .and_then(|data| {
-            data.get("nats.creds")
-                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-        })
-        .ok_or_else(|| {
-            Error::NatsCredentials(CredentialsError::KeyMissing {
-                secret: secret_name.clone(),
-            })
-        })?;
-    Ok(Some(creds))
 }
 
 /// A pool's api and worker Deployments.

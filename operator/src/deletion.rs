@@ -7,7 +7,7 @@ use kube::runtime::events::EventType;
 use workpool_core::PoolNames;
 use workpool_core::crd::{DeletionPolicy, WorkPool};
 
-use crate::controller::{Context, key, nats_credentials, patch_status, publish};
+use crate::controller::{Context, key, patch_status, publish};
 use crate::error::Error;
 use crate::queue::{self, redact};
 use crate::status;
@@ -43,8 +43,7 @@ pub async fn cleanup(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let removed = async {
-        let credentials = nats_credentials(ctx, &namespace, pool).await?;
-        let js = ctx.nats.jetstream(&pool.spec.nats.url, credentials).await?;
+        let js = ctx.nats.jetstream(&pool.spec.nats.url).await?;
         queue::remove(&js, &names).await
     }
     .await;

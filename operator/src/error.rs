@@ -82,16 +82,16 @@ pub enum NatsError {
     },
 }
 
-/// Why a pool's NATS credentials could not be had.
+/// Why the operator's own NATS credentials could not be used. A pool's credentials
+/// Secret is its pods' alone: the operator never reads it (docs/security.md).
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("secret {secret} not found")]
-    SecretNotFound { secret: String },
-    #[error("secret {secret} has no key nats.creds")]
-    KeyMissing { secret: String },
-    /// The client could not read the credentials file's content.
-    #[error(transparent)]
-    Unreadable(std::io::Error),
+    #[error("cannot read {file}: {source}")]
+    Unreadable {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<finalizer::Error<Error>> for Error {
@@ -176,8 +176,9 @@ mod tests {
                 name: "p16".into(),
                 pending: 3,
             }),
-            Error::NatsCredentials(CredentialsError::SecretNotFound {
-                secret: "creds".into(),
+            Error::NatsCredentials(CredentialsError::Unreadable {
+                file: "/etc/workpool/nats/nats.creds".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
             Error::QueueFigures(unreachable()),
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
@@ -236,12 +237,13 @@ mod tests {
 
     #[test]
     fn messages_say_what_and_keep_the_source() {
-        let err = Error::NatsCredentials(CredentialsError::SecretNotFound {
-            secret: "nats-creds".into(),
+        let err = Error::NatsCredentials(CredentialsError::Unreadable {
+            file: "/creds".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
         assert_eq!(
             err.to_string(),
-            "NATS credentials: secret nats-creds not found"
+            "NATS credentials: cannot read /creds: entity not found"
         );
         assert!(err.source().is_some());
         let err = Error::NatsUnreachable(unreachable());

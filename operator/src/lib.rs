@@ -10,6 +10,7 @@ pub mod deletion;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod hardening;
 pub mod leader;
 pub mod metrics;
 pub mod queue;
@@ -31,6 +32,7 @@ use crate::children::DefaultImage;
 use crate::controller::Context;
 use crate::leader::{Candidate, LeaseSettings};
 use crate::metrics::OperatorMetrics;
+use crate::queue::NatsClients;
 
 /// Command-line settings of the operator.
 #[derive(Debug, clap::Parser)]
@@ -65,6 +67,11 @@ pub struct Args {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The operator's own NATS credentials (a `.creds` file), used to provision every
+    /// pool's stream, bucket and consumers. A pool's `nats.credentialsSecret` is for its
+    /// pods; the operator never reads Secrets (docs/security.md).
+    #[arg(long, env = "WORKPOOL_NATS_CREDS_FILE")]
+    pub nats_credentials_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +132,14 @@ pub async fn run_with_client(
     candidate
         .lead_until(shutdown, &metrics, |term| {
             let recorder = controller::recorder(&client, &identity);
-            let ctx = Context::new(client.clone(), recorder, metrics.clone(), image.clone());
+            let nats = NatsClients::new(args.nats_credentials_file.clone());
+            let ctx = Context::new(
+                client.clone(),
+                recorder,
+                metrics.clone(),
+                image.clone(),
+                nats,
+            );
             controller::run(Arc::new(ctx), args.watch_namespace.clone(), term.ended())
         })
         .await;

@@ -16,10 +16,12 @@ use crate::error::{CredentialsError, Error, NatsError};
 /// the queue unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One client per (URL, credentials), shared by every pool on that server.
+/// One client per server URL, shared by every pool on that server, all with the
+/// operator's own credentials (if it has any).
 #[derive(Default)]
 pub struct NatsClients {
-    clients: Mutex<HashMap<(String, Option<String>), async_nats::Client>>,
+    clients: Mutex<HashMap<String, async_nats::Client>>,
+    credentials_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NatsClients {
@@ -61,17 +63,20 @@ fn redact_one(url: &str) -> String {
 }
 
 impl NatsClients {
+    /// Clients that connect with the credentials in `file`, or with none.
+    pub fn new(credentials_file: Option<std::path::PathBuf>) -> Self {
+        Self {
+            credentials_file,
+            ..Self::default()
+        }
+    }
+
     /// A JetStream context on `url`, connecting on first use. A client that lost its
     /// connection keeps reconnecting on its own; requests fail fast meanwhile.
-    pub async fn jetstream(
-        &self,
-        url: &str,
-        credentials: Option<String>,
-    ) -> Result<jetstream::Context, Error> {
-        let key = (url.to_owned(), credentials.clone());
+    pub async fn jetstream(&self, url: &str) -> Result<jetstream::Context, Error> {
         let shown = redact(url);
         let mut clients = self.clients.lock().await;
-        if let Some(client) = clients.get(&key) {
+        if let Some(client) = clients.get(url) {
             if client.connection_state() != async_nats::connection::State::Connected {
                 return Err(Error::NatsUnreachable(NatsError::Reconnecting {
                     server: shown,
@@ -79,9 +84,16 @@ impl NatsClients {
             }
             return Ok(jetstream::new(client.clone()));
         }
-        let options = match &credentials {
-            Some(creds) => async_nats::ConnectOptions::with_credentials(creds)
-                .map_err(|err| Error::NatsCredentials(CredentialsError::Unreadable(err)))?,
+        // Read at each new connection, so a rotated Secret is picked up.
+        let options = match &self.credentials_file {
+            Some(file) => async_nats::ConnectOptions::with_credentials_file(file)
+                .await
+                .map_err(|source| {
+                    Error::NatsCredentials(CredentialsError::Unreadable {
+                        file: file.display().to_string(),
+                        source,
+                    })
+                })?,
             None => async_nats::ConnectOptions::new(),
         };
         // Every member of a cluster the URL lists, as the pods get them.
@@ -106,7 +118,7 @@ impl NatsClients {
                 }));
             }
         };
-        clients.insert(key, client.clone());
+        clients.insert(url.to_owned(), client.clone());
         Ok(jetstream::new(client))
     }
 }
