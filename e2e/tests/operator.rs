@@ -877,14 +877,21 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
         );
         let file = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(file.path(), &rendered.stdout).expect("write");
-        let applied = plane
-            .kubectl(&[
+        let (applied, warnings) = plane
+            .kubectl_with_warnings(&[
                 "apply",
                 "--dry-run=server",
                 "-f",
                 &file.path().display().to_string(),
             ])
             .expect("the apiserver accepts the chart");
+        // The namespace enforces the restricted Pod Security Standard: the test Pod
+        // would be refused, and a Deployment or StatefulSet whose pods would be is
+        // answered with a warning.
+        assert!(
+            !warnings.contains("PodSecurity"),
+            "the chart's pods are not restricted: {warnings}"
+        );
         for kind in [
             "clusterrole.rbac.authorization.k8s.io/workpool",
             "deployment.apps/workpool-operator",

@@ -30,7 +30,11 @@ spec:
   template:
     metadata: {{labels: {{app: {name}}}}}
     spec:
-      securityContext: {{runAsUser: 65532, runAsGroup: 65532, runAsNonRoot: true}}
+      securityContext:
+        runAsUser: 65532
+        runAsGroup: 65532
+        runAsNonRoot: true
+        seccompProfile: {{type: RuntimeDefault}}
       containers:
       - name: {name}
         image: {image}
@@ -87,13 +91,16 @@ kind: Pod
 metadata: {{name: smoke, namespace: {namespace}}}
 spec:
   restartPolicy: Never
-  securityContext: {{runAsUser: 65532, runAsNonRoot: true}}
+  securityContext: {{runAsUser: 65532, runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}
   containers:
   - name: smoke
     image: {image}
     imagePullPolicy: Never
     command: [workpool-smoke, --url, "http://api.{namespace}.svc:8080", --timeout, 60s]
-    securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}}
+    securityContext:
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL]}}
 "#,
         image = workpool_image_reference()
     )
@@ -261,6 +268,9 @@ async fn a_real_node_runs_our_image_with_services_dns_volumes_and_security() {
         .unwrap_or_else(|| panic!("no process of {api_pod}"));
     assert_eq!(status_field(pid, "Uid"), "65532 65532 65532 65532");
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    // The runtime's default seccomp filter and no privilege escalation are in force.
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     let root_options = root_mount_options(pid);
     assert!(
         root_options.split(',').next() == Some("ro"),

@@ -21,6 +21,7 @@ use workpool_core::PoolSpec;
 use workpool_core::crd::{PullPolicy, WorkPool};
 
 use crate::error::Error;
+use crate::hardening;
 
 /// Port of the api's HTTP server in its pod.
 pub const API_PORT: i32 = 8080;
@@ -223,25 +224,17 @@ impl<'a> PoolContext<'a> {
         }
     }
 
-    /// Workers watch their headless Service's EndpointSlices (membership) and read pods
-    /// (the cluster view); nothing else.
+    /// The api and workers watch their Services' EndpointSlices (membership and the
+    /// cluster view) with a reflector, which lists and watches; nothing else.
     pub fn role(&self) -> Role {
         Role {
             metadata: self.meta(service_account_name(&self.name), None),
-            rules: Some(vec![
-                PolicyRule {
-                    api_groups: Some(vec!["discovery.k8s.io".into()]),
-                    resources: Some(vec!["endpointslices".into()]),
-                    verbs: vec!["get".into(), "list".into(), "watch".into()],
-                    ..Default::default()
-                },
-                PolicyRule {
-                    api_groups: Some(vec![String::new()]),
-                    resources: Some(vec!["pods".into()]),
-                    verbs: vec!["get".into(), "list".into(), "watch".into()],
-                    ..Default::default()
-                },
-            ]),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["discovery.k8s.io".into()]),
+                resources: Some(vec!["endpointslices".into()]),
+                verbs: vec!["list".into(), "watch".into()],
+                ..Default::default()
+            }]),
         }
     }
 
@@ -378,6 +371,9 @@ impl<'a> PoolContext<'a> {
         if let Some(creds) = &self.pool.spec.nats.credentials_secret {
             secret("nats-creds", creds, "nats.creds", "nats.creds", NATS_DIR);
         }
+        let (scratch, scratch_mount) = hardening::scratch();
+        volumes.push(scratch);
+        mounts.push(scratch_mount);
         (volumes, mounts)
     }
 
@@ -394,9 +390,9 @@ impl<'a> PoolContext<'a> {
             failure_threshold: Some(3),
             ..Default::default()
         };
-        let resources = match component {
-            Component::Api => self.pool.spec.api.resources.clone(),
-            Component::Worker => self.pool.spec.worker.resources.clone(),
+        let chosen = match component {
+            Component::Api => self.pool.spec.api.resources.as_ref(),
+            Component::Worker => self.pool.spec.worker.resources.as_ref(),
         };
         let (_, mounts) = self.volumes(component);
         Container {
@@ -415,8 +411,9 @@ impl<'a> PoolContext<'a> {
                 initial_delay_seconds: Some(5),
                 ..probe("/healthz")
             }),
-            resources,
-            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+            resources: Some(hardening::resources(component, chosen)),
+            security_context: Some(hardening::container_security_context()),
+            volume_mounts: Some(mounts),
             ..Default::default()
         }
     }
@@ -433,7 +430,8 @@ impl<'a> PoolContext<'a> {
             spec: Some(PodSpec {
                 service_account_name: Some(service_account_name(&self.name)),
                 containers: vec![self.container(component)],
-                volumes: (!volumes.is_empty()).then_some(volumes),
+                security_context: Some(hardening::pod_security_context()),
+                volumes: Some(volumes),
                 // Workers drain for up to 25s after SIGTERM.
                 termination_grace_period_seconds: Some(match component {
                     Component::Api => 30,
@@ -799,8 +797,9 @@ mod tests {
                 }
                 assert!(!env.contains_key("WORKPOOL_JWT_SECRET_FILE"));
                 assert!(!env.contains_key("NATS_CREDS_FILE"));
-                assert_eq!(pod_spec(&deployment).volumes, None);
-                assert_eq!(container(&deployment).volume_mounts, None);
+                let volumes = pod_spec(&deployment).volumes.clone().unwrap_or_default();
+                let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                assert_eq!(names, ["tmp"], "only the scratch /tmp");
             }
         });
     }
@@ -830,6 +829,7 @@ mod tests {
                     .clone()
                     .unwrap_or_default()
                     .into_iter()
+                    .filter(|volume| volume.empty_dir.is_none())
                     .map(|volume| {
                         let secret = volume.secret.expect("a secret volume");
                         let items = secret.items.expect("items");
@@ -848,6 +848,7 @@ mod tests {
                     .clone()
                     .unwrap_or_default()
                     .into_iter()
+                    .filter(|mount| mount.mount_path != "/tmp")
                     .map(|mount| {
                         assert_eq!(mount.read_only, Some(true));
                         (mount.name, mount.mount_path)
@@ -979,7 +980,7 @@ mod tests {
                     Component::Worker => &context.pool.spec.worker.resources,
                 };
                 assert!(resources.is_some());
-                assert_eq!(&container.resources, resources);
+                assert_eq!(&container.resources, resources, "the spec's, not defaults");
                 let annotations = spec
                     .template
                     .metadata
@@ -997,7 +998,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pods_may_read_endpointslices_and_pods_and_nothing_else() {
+    fn the_pods_may_list_and_watch_endpointslices_and_nothing_else() {
         with_children(json!({}), |context| {
             let rules = context.role().rules.expect("rules");
             let granted: Vec<(String, String, Vec<String>)> = rules
@@ -1008,17 +1009,13 @@ mod tests {
                     (group, resources, rule.verbs)
                 })
                 .collect();
-            let read = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
             assert_eq!(
                 granted,
-                [
-                    (
-                        "discovery.k8s.io".to_owned(),
-                        "endpointslices".to_owned(),
-                        read()
-                    ),
-                    (String::new(), "pods".to_owned(), read()),
-                ]
+                [(
+                    "discovery.k8s.io".to_owned(),
+                    "endpointslices".to_owned(),
+                    vec!["list".to_owned(), "watch".to_owned()]
+                )]
             );
             let binding = context.role_binding();
             assert_eq!(
@@ -1061,6 +1058,42 @@ mod tests {
                 }
             }
             assert_eq!(deployed_spec(&deployment), None);
+        });
+    }
+
+    #[test]
+    fn every_pod_is_restricted_with_a_writable_tmp_and_bounded_resources() {
+        with_children(json!({}), |context| {
+            for component in [Component::Api, Component::Worker] {
+                let deployment = context.deployment(component, 1);
+                let pod = pod_spec(&deployment)
+                    .security_context
+                    .clone()
+                    .expect("pod context");
+                assert_eq!(pod.run_as_non_root, Some(true));
+                assert_eq!(pod.run_as_user, Some(hardening::RUN_AS));
+                let seccomp = pod.seccomp_profile.expect("seccomp");
+                assert_eq!(seccomp.type_, "RuntimeDefault");
+                let container = container(&deployment);
+                let security = container
+                    .security_context
+                    .clone()
+                    .expect("container context");
+                assert_eq!(security.allow_privilege_escalation, Some(false));
+                assert_eq!(security.read_only_root_filesystem, Some(true));
+                let dropped = security.capabilities.and_then(|c| c.drop);
+                assert_eq!(dropped, Some(vec!["ALL".to_owned()]));
+                let resources = container.resources.clone().expect("resources");
+                for kind in [resources.requests, resources.limits] {
+                    let kind = kind.expect("requests and limits");
+                    assert!(kind.contains_key("cpu") && kind.contains_key("memory"));
+                }
+                let mut mounts = container.volume_mounts.iter().flatten();
+                let tmp = mounts
+                    .find(|mount| mount.mount_path == "/tmp")
+                    .expect("/tmp");
+                assert_ne!(tmp.read_only, Some(true));
+            }
         });
     }
 }
