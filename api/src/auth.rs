@@ -1,34 +1,80 @@
 //! Optional bearer-token auth: HS256 JWTs signed with the pool's secret (with `exp`).
+//! A token's tenant claim scopes the work its holder submits, reads and cancels; its
+//! admin claim opens the cluster view (docs/security.md#work-ids-and-tenants).
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// A request that may use the work routes: auth is off, or it carries a valid token.
-/// [`crate::router`] extracts it for its whole guarded group of routes (as middleware, so
-/// a route added to that group is guarded without asking); a `401 unauthorized` otherwise.
-#[derive(Debug, Clone, Copy)]
-pub struct Authorized;
+/// The claim that names a token's tenant, unless configured otherwise.
+pub const DEFAULT_TENANT_CLAIM: &str = "sub";
+/// The claim that, `true`, makes a token's holder an admin, unless configured otherwise.
+pub const DEFAULT_ADMIN_CLAIM: &str = "workpool_admin";
 
-impl FromRequestParts<AppState> for Authorized {
-    type Rejection = ApiError;
+/// Who sent a request on the guarded routes, put in the request's extensions by
+/// [`authenticate`]. With auth off: anyone, with no tenant, allowed everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's tenant claim, if it has one (a string, or a number as text).
+    pub tenant: Option<String>,
+    pub admin: bool,
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth() {
-            Some(auth) => auth.check(&parts.headers).map(|()| Authorized),
-            None => Ok(Authorized),
+impl Caller {
+    /// The caller when auth is off.
+    pub fn anyone() -> Self {
+        Self {
+            tenant: None,
+            admin: true,
         }
     }
+
+    /// Whether work submitted by `tenant` is this caller's to see and cancel.
+    pub fn owns(&self, tenant: Option<&str>) -> bool {
+        self.tenant.as_deref() == tenant
+    }
+
+    /// Refuses a caller that is not an admin (`403`).
+    pub fn must_be_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+/// The guard of [`crate::router`]'s work routes: the token's [`Caller`] goes into the
+/// request's extensions, or the request is answered `401 unauthorized`. It is the
+/// group's layer, not a call in each handler, so a route added to the group cannot go
+/// without it, and the token is decoded once.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match state.auth() {
+        Some(auth) => match auth.check(request.headers()) {
+            Ok(caller) => caller,
+            Err(err) => return err.into_response(),
+        },
+        None => Caller::anyone(),
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 #[derive(Clone)]
 pub struct Auth {
     key: DecodingKey,
     validation: Validation,
+    tenant_claim: String,
+    admin_claim: String,
 }
 
 impl std::fmt::Debug for Auth {
@@ -38,93 +84,136 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// HS256 with `secret`, tenants and admins named by the default claims.
     pub fn hs256(secret: &[u8]) -> Self {
+        Self::hs256_with_claims(secret, DEFAULT_TENANT_CLAIM, DEFAULT_ADMIN_CLAIM)
+    }
+
+    pub fn hs256_with_claims(secret: &[u8], tenant_claim: &str, admin_claim: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_aud = false;
         Self {
             key: DecodingKey::from_secret(secret),
             validation,
+            tenant_claim: tenant_claim.to_owned(),
+            admin_claim: admin_claim.to_owned(),
         }
     }
 
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        jsonwebtoken::decode::<serde_json::Value>(token.trim(), &self.key, &self.validation)
-            .map(|_| ())
-            .map_err(|_| ApiError::Unauthorized)
+        let claims =
+            jsonwebtoken::decode::<serde_json::Value>(token.trim(), &self.key, &self.validation)
+                .map_err(|_| ApiError::Unauthorized)?
+                .claims;
+        let tenant = match claims.get(&self.tenant_claim) {
+            Some(serde_json::Value::String(tenant)) => Some(tenant.clone()),
+            Some(serde_json::Value::Number(tenant)) => Some(tenant.to_string()),
+            _ => None,
+        };
+        let admin = claims.get(&self.admin_claim) == Some(&serde_json::Value::Bool(true));
+        Ok(Caller { tenant, admin })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderValue, Request};
+    use axum::http::HeaderValue;
     use serde_json::json;
 
     use super::*;
-    use crate::router_tests::{SECRET, state, token};
+    use crate::router_tests::{SECRET, token};
 
-    fn parts(authorization: Option<&str>) -> Parts {
-        let mut request = Request::builder();
-        if let Some(value) = authorization {
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        request.body(()).expect("request").into_parts().0
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(token).expect("header");
+        headers.insert(header::AUTHORIZATION, value);
+        headers
     }
 
-    async fn extract(
-        state: &AppState,
-        authorization: Option<&str>,
-    ) -> Result<Authorized, ApiError> {
-        Authorized::from_request_parts(&mut parts(authorization), state).await
-    }
-
-    #[tokio::test]
-    async fn with_auth_off_every_request_is_authorized() {
-        let state = state(None);
-        for authorization in [None, Some("Bearer not-a-jwt"), Some("Basic eDp5")] {
-            assert!(
-                extract(&state, authorization).await.is_ok(),
-                "{authorization:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn with_auth_on_only_an_unexpired_hs256_token_of_the_secret_is_authorized() {
-        let state = state(Some(Auth::hs256(SECRET)));
+    #[test]
+    fn only_an_unexpired_hs256_token_of_the_secret_is_accepted() {
+        let auth = Auth::hs256(SECRET);
         let good = token(SECRET, &json!({"exp": 4_000_000_000u64}));
         let refused = [
-            None,
-            Some(String::new()),
-            Some("Bearer".to_owned()),
-            Some(format!("bearer {good}")),
-            Some(format!(
+            String::new(),
+            "Bearer".to_owned(),
+            format!("bearer {good}"),
+            format!(
                 "Bearer {}",
                 token(b"other", &json!({"exp": 4_000_000_000u64}))
-            )),
-            Some(format!(
+            ),
+            format!(
                 "Bearer {}",
                 token(SECRET, &json!({"exp": 1_000_000_000u64}))
-            )),
-            Some(format!(
-                "Bearer {}",
-                token(SECRET, &json!({"sub": "no exp"}))
-            )),
+            ),
+            format!("Bearer {}", token(SECRET, &json!({"sub": "no exp"}))),
         ];
         for authorization in refused {
-            let answer = extract(&state, authorization.as_deref()).await;
+            let answer = auth.check(&bearer(&authorization));
             assert!(
                 matches!(answer, Err(ApiError::Unauthorized)),
                 "{authorization:?}: {answer:?}"
             );
         }
+        assert!(matches!(
+            auth.check(&HeaderMap::new()),
+            Err(ApiError::Unauthorized)
+        ));
         for authorization in [format!("Bearer {good}"), format!("Bearer  {good} ")] {
-            assert!(extract(&state, Some(&authorization)).await.is_ok());
+            assert!(auth.check(&bearer(&authorization)).is_ok());
         }
+    }
+
+    #[test]
+    fn the_tenant_and_admin_claims_name_the_caller() {
+        let exp = 4_000_000_000u64;
+        let caller = |auth: &Auth, claims| {
+            auth.check(&bearer(&format!("Bearer {}", token(SECRET, &claims))))
+                .expect("a good token")
+        };
+        let auth = Auth::hs256(SECRET);
+        let plain = caller(&auth, json!({"exp": exp}));
+        assert_eq!(
+            plain,
+            Caller {
+                tenant: None,
+                admin: false
+            }
+        );
+        let tenant = caller(&auth, json!({"exp": exp, "sub": "acme"}));
+        assert_eq!(tenant.tenant.as_deref(), Some("acme"));
+        assert!(tenant.owns(Some("acme")) && !tenant.owns(Some("other")) && !tenant.owns(None));
+        let numbered = caller(&auth, json!({"exp": exp, "sub": 42}));
+        assert_eq!(numbered.tenant.as_deref(), Some("42"));
+        // Only `true` makes an admin, not "true" or 1.
+        for (value, admin) in [
+            (json!(true), true),
+            (json!("true"), false),
+            (json!(1), false),
+        ] {
+            let claims = json!({"exp": exp, DEFAULT_ADMIN_CLAIM: value});
+            assert_eq!(caller(&auth, claims).admin, admin, "{value}");
+        }
+        assert!(matches!(plain.must_be_admin(), Err(ApiError::Forbidden)));
+        // Other claim names, when configured.
+        let custom = Auth::hs256_with_claims(SECRET, "org", "root");
+        let other = caller(
+            &custom,
+            json!({"exp": exp, "sub": "x", "org": "o", "root": true}),
+        );
+        assert_eq!(
+            other,
+            Caller {
+                tenant: Some("o".into()),
+                admin: true
+            }
+        );
+        assert!(Caller::anyone().must_be_admin().is_ok());
     }
 
     #[test]

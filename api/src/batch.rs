@@ -5,8 +5,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use workpool_core::WorkId;
 use workpool_core::message::WorkSubmission;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::{SubmitAnswer, body_error, outcome, starts_with};
 
@@ -98,6 +99,7 @@ pub struct BatchAnswer {
 )]
 pub async fn submit_batch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
@@ -111,7 +113,7 @@ pub async fn submit_batch(
         .collect();
     let queue = state.queue()?;
     let answers: Vec<BatchItemAnswer> = futures::stream::iter(items)
-        .map(|item| submit_item(&state, queue, item))
+        .map(|item| submit_item(&state, &caller, queue, item))
         .buffered(PIPELINE)
         .collect()
         .await;
@@ -134,14 +136,21 @@ pub fn batch_limit(state: &AppState) -> usize {
 
 async fn submit_item(
     state: &AppState,
+    caller: &Caller,
     queue: &crate::queue::Queue,
     item: Bytes,
 ) -> BatchItemAnswer {
-    let (work, id, from_content) = match read_item(&item, state.max_body_bytes()) {
+    let (work, idempotency_key) = match read_item(&item, state.max_body_bytes()) {
         Ok(read) => read,
         Err(err) => return refused(err),
     };
-    match queue.submit(&id, &work, state.pod(), from_content).await {
+    let id = work.id(state.id_scope(caller), idempotency_key.as_deref());
+    let accepted = crate::queue::Accepted {
+        pod: state.pod(),
+        tenant: caller.tenant.as_deref(),
+        from_content: idempotency_key.is_none(),
+    };
+    match queue.submit(&id, &work, accepted).await {
         Ok(submitted) => answered(outcome(state, queue, &id, &work, submitted).await.1),
         Err(err) => refused(err),
     }
@@ -172,7 +181,8 @@ fn refused(err: ApiError) -> BatchItemAnswer {
 /// One item's work and id, with a single POST's checks in its order.
 /// An item's work, its id, and whether the id is from the content (not its
 /// `idempotency_key`).
-fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, WorkId, bool), ApiError> {
+/// The item's work and its idempotency key, if it has one.
+fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, Option<String>), ApiError> {
     if item.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -201,8 +211,7 @@ fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, WorkId, bool)
     };
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
-    let id = work.id(idempotency_key.as_deref());
-    Ok((work, id, idempotency_key.is_none()))
+    Ok((work, idempotency_key))
 }
 
 /// How the items are laid out in the body.
@@ -338,13 +347,8 @@ mod tests {
                 .code(),
             "payload_too_large"
         );
-        let (_, by_content, from_content) = read_item(br#"{"data": 1}"#, 1024).expect("work");
-        let (_, by_key, from_key) =
-            read_item(br#"{"data": 1, "idempotency_key": "k"}"#, 1024).expect("work");
-        assert!(from_content && !from_key);
-        assert_ne!(
-            by_content, by_key,
-            "the key, not the content, names keyed work"
-        );
+        let (_, by_content) = read_item(br#"{"data": 1}"#, 1024).expect("work");
+        let (_, by_key) = read_item(br#"{"data": 1, "idempotency_key": "k"}"#, 1024).expect("work");
+        assert_eq!((by_content, by_key), (None, Some("k".to_owned())));
     }
 }

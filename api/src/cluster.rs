@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use workpool_core::cluster::{
 use workpool_core::peer_auth::PeerKey;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// How long the api collects the workers' answers.
@@ -188,10 +189,16 @@ fn workers(members: Option<BTreeSet<String>>, views: Vec<WorkerView>) -> Vec<Wor
     responses(
         (status = 200, description = "Members, partitions and work in flight", body = ClusterView),
         (status = 401, description = "Missing or invalid token (when auth is on)", body = crate::error::ErrorBody),
+        (status = 403, description = "The token has no admin claim (when auth is on)", body = crate::error::ErrorBody),
         (status = 503, description = "NATS is unreachable", body = crate::error::ErrorBody),
     )
 )]
-pub async fn view(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+pub async fn view(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ClusterView>, ApiError> {
+    // Every pod and the work each runs: an admin's view, not a tenant's.
+    caller.must_be_admin()?;
     let members = state.members();
     let api_members = members.api.as_ref().map(|pods| pods.borrow().clone());
     let worker_members = members.workers.as_ref().map(|pods| pods.borrow().clone());

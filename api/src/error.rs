@@ -18,6 +18,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("this token may not use this route (it needs the admin claim)")]
+    Forbidden,
     #[error("no work with id {0} (unknown, or its record expired)")]
     NotFound(String),
     #[error("no such route: {0}")]
@@ -96,6 +98,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -110,6 +113,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -163,6 +167,7 @@ mod tests {
                 "invalid_json",
             ),
             (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::NotFound("0".repeat(32)), 404, "not_found"),
             (ApiError::NoRoute("/x".into()), 404, "no_route"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),

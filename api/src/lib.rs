@@ -23,9 +23,11 @@ use axum::response::Response;
 use axum::routing::get;
 use backon::Retryable;
 use workpool_core::PoolNames;
+use workpool_core::ids::{IdKey, IdScope};
+use workpool_core::peer_auth::PeerKey;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 
-use crate::auth::{Auth, Authorized};
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 use crate::queue::Queue;
@@ -42,6 +44,13 @@ pub struct Args {
     /// File holding the HS256 secret; when set, /api/v1/work requires a bearer JWT.
     #[arg(long, env = "WORKPOOL_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// The token claim that names the tenant whose work a request may submit, read and
+    /// cancel.
+    #[arg(long, env = "WORKPOOL_JWT_TENANT_CLAIM", default_value = auth::DEFAULT_TENANT_CLAIM)]
+    pub jwt_tenant_claim: String,
+    /// The token claim that, `true`, lets a request use the cluster view.
+    #[arg(long, env = "WORKPOOL_JWT_ADMIN_CLAIM", default_value = auth::DEFAULT_ADMIN_CLAIM)]
+    pub jwt_admin_claim: String,
     /// The pool's headless worker Service, whose ready endpoints are the worker members
     /// shown by `GET /api/v1/cluster` (without it, only workers that answer are shown).
     #[arg(long, env = "WORKPOOL_WORKERS_SERVICE")]
@@ -83,6 +92,8 @@ struct Inner {
     queue: OnceLock<Queue>,
     metrics: ApiMetrics,
     auth: Option<Auth>,
+    /// Keys the pool's work ids; none without a peer key (outside a cluster).
+    id_key: Option<IdKey>,
     members: cluster::Members,
     max_waiters: usize,
 }
@@ -95,7 +106,9 @@ impl AppState {
         max_waiters: usize,
     ) -> Result<Self, prometheus::Error> {
         let metrics = ApiMetrics::new(&config.names.namespace, &config.names.pool)?;
+        let id_key = config.peer_key.as_ref().map(PeerKey::id_key);
         Ok(Self(Arc::new(Inner {
+            id_key,
             config,
             queue: OnceLock::new(),
             metrics,
@@ -137,9 +150,18 @@ impl AppState {
         self.0.config.spec.queue.max_payload_bytes
     }
 
-    /// The token check, when auth is on (see [`auth::Authorized`]).
+    /// The token check, when auth is on (see [`auth::authenticate`]).
     pub fn auth(&self) -> Option<&Auth> {
         self.0.auth.as_ref()
+    }
+
+    /// What `caller`'s work ids are derived within: the pool's id key (from its peer
+    /// key) and the caller's tenant.
+    pub fn id_scope<'a>(&'a self, caller: &'a auth::Caller) -> IdScope<'a> {
+        IdScope {
+            key: self.0.id_key.as_ref(),
+            tenant: caller.tenant.as_deref(),
+        }
     }
 
     /// Binds to the pool's NATS objects, retrying until they exist.
@@ -202,13 +224,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `routes`, each of which now needs a token when auth is on ([`Authorized`]). The check
-/// is the group's layer, not a call in each handler, so a route added to the group cannot
-/// go without it. It runs once a route matched: an unknown route or method is answered
-/// 404 or 405 whatever the token.
+/// `routes`, each of which now needs a token when auth is on ([`auth::authenticate`]).
+/// It runs once a route matched: an unknown route or method is answered 404 or 405
+/// whatever the token.
 fn guarded(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    routes.route_layer(middleware::from_extractor_with_state::<Authorized, _>(
+    routes.route_layer(middleware::from_fn_with_state(
         state.clone(),
+        auth::authenticate,
     ))
 }
 
@@ -242,7 +264,11 @@ pub async fn run(
                 path: path.clone(),
                 source,
             })?;
-            Some(Auth::hs256(secret.trim_ascii()))
+            Some(Auth::hs256_with_claims(
+                secret.trim_ascii(),
+                &args.jwt_tenant_claim,
+                &args.jwt_admin_claim,
+            ))
         }
         None => None,
     };

@@ -69,7 +69,7 @@ pub enum Submitted {
     /// New work, durably queued.
     Accepted,
     /// The same work was already known; its current record.
-    Existing(WorkRecord),
+    Existing(Box<WorkRecord>),
 }
 
 /// How many times a compare-and-set is retried when another writer got there first.
@@ -148,39 +148,37 @@ impl Queue {
 
     /// Queues new work, or answers what is known of the same work: one JetStream write,
     /// the message, which is the work's `pending` state until a worker writes a record.
-    /// `202` comes only after the stream's ack. `id_from_content` is false for an id from
-    /// an `Idempotency-Key`, whose work may travel on another subject than an earlier
-    /// submission of the same key (another task or key).
+    /// `202` comes only after the stream's ack.
     pub async fn submit(
         &self,
         id: &WorkId,
         work: &WorkSubmission,
-        pod: &str,
-        id_from_content: bool,
+        accepted: Accepted<'_>,
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
-        let message = new_message(id, work, pod);
+        let id_from_content = accepted.from_content;
+        let message = new_message(id, work, accepted);
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.stored(id).await?;
             if let Some(record) = self.live(&stored)
                 && !self.is_stranded(record, id).await?
             {
-                return Ok(Submitted::Existing(record.clone()));
+                return Ok(Submitted::Existing(Box::new(record.clone())));
             }
             if !id_from_content && let Some(queued) = self.queued(id, &stored).await? {
-                return Ok(Submitted::Existing(queued.pending_record()));
+                return Ok(Submitted::Existing(Box::new(queued.pending_record())));
             }
             match self.publish(&message, stored.revision).await? {
                 Published::New => return Ok(Submitted::Accepted),
                 Published::Duplicate { sequence } => {
                     // A concurrent POST (or a retried publish) queued it first.
                     if let Some(queued) = self.message_at(sequence).await? {
-                        return Ok(Submitted::Existing(queued.pending_record()));
+                        return Ok(Submitted::Existing(Box::new(queued.pending_record())));
                     }
                 }
                 Published::SubjectTaken => {
                     if let Some(queued) = self.queued(id, &stored).await? {
-                        return Ok(Submitted::Existing(queued.pending_record()));
+                        return Ok(Submitted::Existing(Box::new(queued.pending_record())));
                     }
                 }
             }
@@ -622,15 +620,26 @@ fn finished(status: WorkStatus) -> ApiError {
     }
 }
 
-/// The message of a new submission, accepted now by `pod`.
-fn new_message(id: &WorkId, work: &WorkSubmission, pod: &str) -> WorkMessage {
+/// How a submission came: the api pod that accepts it, the tenant it is for, and
+/// whether its id is from its content (false for an `Idempotency-Key`, whose work may
+/// travel on another subject than an earlier submission of the same key).
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted<'a> {
+    pub pod: &'a str,
+    pub tenant: Option<&'a str>,
+    pub from_content: bool,
+}
+
+/// The message of a new submission, accepted now.
+fn new_message(id: &WorkId, work: &WorkSubmission, accepted: Accepted<'_>) -> WorkMessage {
     WorkMessage {
         id: id.clone(),
         task: work.task().to_owned(),
         key: work.key.clone(),
         data: work.data.clone(),
-        accepted_by: pod.to_owned(),
+        accepted_by: accepted.pod.to_owned(),
         created_at: Utc::now(),
+        tenant: accepted.tenant.map(str::to_owned),
     }
 }
 

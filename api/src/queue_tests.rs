@@ -12,7 +12,18 @@ use workpool_core::{PoolNames, PoolSpec, WorkId, WorkStatus};
 use workpool_local_cluster::nats::NatsServer;
 use workpool_runtime::records::RecordStore;
 
-use super::{Queue, Submitted};
+use workpool_core::ids::IdScope;
+
+use super::{Accepted, Queue, Submitted};
+
+/// Accepted by `pod`, for no tenant.
+fn accepted_by(pod: &str, from_content: bool) -> Accepted<'_> {
+    Accepted {
+        pod,
+        tenant: None,
+        from_content,
+    }
+}
 
 async fn provisioned_queue(nats: &NatsServer, spec: &str) -> Queue {
     let names = PoolNames::new("default", "demo").expect("names");
@@ -55,10 +66,14 @@ async fn concurrent_posts_of_the_same_work_queue_it_once() {
     let nats = NatsServer::start().await.expect("nats");
     let queue = provisioned_queue(&nats, "{}").await;
     let work = work(json!({"data": {"race": "same work, eight times"}}));
-    let id = work.id(None);
+    let id = work.id(IdScope::default(), None);
     let posts = (0..8).map(|n| {
         let (queue, work, id) = (queue.clone(), work.clone(), id.clone());
-        tokio::spawn(async move { queue.submit(&id, &work, &format!("api-{n}"), true).await })
+        tokio::spawn(async move {
+            queue
+                .submit(&id, &work, accepted_by(&format!("api-{n}"), true))
+                .await
+        })
     });
     let answers: Vec<Submitted> = futures::future::join_all(posts)
         .await
@@ -87,16 +102,16 @@ async fn an_idempotency_key_again_with_another_key_is_the_queued_work() {
     let nats = NatsServer::start().await.expect("nats");
     let queue = provisioned_queue(&nats, r#"{"resultTTL": "1s"}"#).await;
     let first = work(json!({"data": 1, "key": "customer-7"}));
-    let id = first.id(Some("order-7"));
+    let id = first.id(IdScope::default(), Some("order-7"));
     let submitted = queue
-        .submit(&id, &first, "api-0", false)
+        .submit(&id, &first, accepted_by("api-0", false))
         .await
         .expect("post");
     assert!(accepted(&submitted));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let again = work(json!({"data": 2}));
     let submitted = queue
-        .submit(&id, &again, "api-0", false)
+        .submit(&id, &again, accepted_by("api-0", false))
         .await
         .expect("again");
     assert!(
@@ -115,9 +130,12 @@ async fn a_finished_message_never_acked_gives_way_to_the_same_content_after_expi
     let nats = NatsServer::start().await.expect("nats");
     let queue = provisioned_queue(&nats, r#"{"resultTTL": "1s"}"#).await;
     let work = work(json!({"data": {"finished": "but never acked"}}));
-    let id = work.id(None);
+    let id = work.id(IdScope::default(), None);
     assert!(accepted(
-        &queue.submit(&id, &work, "api-0", true).await.expect("post")
+        &queue
+            .submit(&id, &work, accepted_by("api-0", true))
+            .await
+            .expect("post")
     ));
     finish_without_ack(&queue, &id).await;
     let (worked, _) = queue.record(&id).await.expect("read").expect("worked");
@@ -126,7 +144,7 @@ async fn a_finished_message_never_acked_gives_way_to_the_same_content_after_expi
     assert!(queue.record(&id).await.expect("read").is_none(), "expired");
 
     let again = queue
-        .submit(&id, &work, "api-0", true)
+        .submit(&id, &work, accepted_by("api-0", true))
         .await
         .expect("again");
     assert!(accepted(&again), "{again:?}");

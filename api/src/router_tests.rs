@@ -55,8 +55,12 @@ pub(crate) fn token(secret: &[u8], claims: &Value) -> String {
     .expect("token")
 }
 
+/// A valid token of an admin (it may use every route).
 fn good_token() -> String {
-    token(SECRET, &json!({"sub": "me", "exp": 4_000_000_000u64}))
+    token(
+        SECRET,
+        &json!({"sub": "me", "exp": 4_000_000_000u64, "workpool_admin": true}),
+    )
 }
 
 #[derive(Debug)]
@@ -515,6 +519,21 @@ async fn with_auth_on_every_work_route_is_401_without_a_valid_token() {
                 "missing or invalid bearer token",
                 "{what}"
             );
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_auth_on_the_cluster_view_needs_the_admin_claim() {
+    let api = guarded_api();
+    let tenant = token(SECRET, &json!({"sub": "me", "exp": 4_000_000_000u64}));
+    for request in guarded_requests() {
+        let what = format!("{} {}", request.method(), request.uri());
+        let answer = call(&api, with_bearer(request, &tenant)).await;
+        if what.ends_with("/api/v1/cluster") {
+            answer.error(403, "forbidden");
+        } else {
+            assert_eq!(answer.error(503, "unavailable"), UNBOUND, "{what}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -16,8 +16,9 @@ use workpool_core::{WorkId, WorkRecord};
 use workpool_runtime::events::PublishEvent;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::queue::{Cancel, Submitted};
+use crate::queue::{self, Cancel, Submitted};
 
 /// The longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -147,14 +148,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 )]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| body_error(rejection, state.max_body_bytes()));
-    let (work, id) = read_submission(&headers, body)?;
-    let from_content = idempotency_key(&headers)?.is_none();
+    let work = read_submission(&headers, body)?;
+    let idempotency = idempotency_key(&headers)?;
+    let id = work.id(state.id_scope(&caller), idempotency);
     let queue = state.queue()?;
-    let submitted = queue.submit(&id, &work, state.pod(), from_content).await?;
+    let accepted = queue::Accepted {
+        pod: state.pod(),
+        tenant: caller.tenant.as_deref(),
+        from_content: idempotency.is_none(),
+    };
+    let submitted = queue.submit(&id, &work, accepted).await?;
     let (status, answer) = outcome(&state, queue, &id, &work, submitted).await;
     let location = [(header::LOCATION, work_location(&id))];
     Ok((status, location, Json(answer)).into_response())
@@ -210,7 +218,7 @@ pub(crate) fn starts_with(body: &[u8], first: u8) -> bool {
 fn read_submission(
     headers: &HeaderMap,
     body: Result<Bytes, ApiError>,
-) -> Result<(WorkSubmission, WorkId), ApiError> {
+) -> Result<WorkSubmission, ApiError> {
     check_json_content_type(headers)?;
     let body = body?;
     // serde also reads a struct from a JSON array, by position (`[null]` would be work
@@ -225,8 +233,7 @@ fn read_submission(
         .map_err(|err| ApiError::bad_request("invalid_json", format!("invalid work: {err}")))?;
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
-    let id = work.id(idempotency_key(headers)?);
-    Ok((work, id))
+    Ok(work)
 }
 
 /// Get the status (and result) of work.
@@ -244,6 +251,7 @@ fn read_submission(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WorkView>, ApiError> {
@@ -266,8 +274,11 @@ pub async fn get(
     };
     let queue = state.queue()?;
     let record = match wait {
-        Some(wait) => queue.wait_for_end(&id, wait).await?,
-        None => queue.record(&id).await?.map(|(record, _)| record),
+        Some(wait) => {
+            owned_record(queue, &caller, &id).await?;
+            queue.wait_for_end(&id, wait).await?
+        }
+        None => Some(owned_record(queue, &caller, &id).await?),
     };
     record
         .map(|record| {
@@ -296,10 +307,12 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let queue = state.queue()?;
+    owned_record(queue, &caller, &id).await?;
     let (record, by_worker) = match queue.cancel(&id).await? {
         Cancel::Done { record, by_worker } => (record, by_worker),
         Cancel::Requested(record) => {
@@ -321,6 +334,21 @@ pub async fn cancel(
     )
     .await;
     Ok(Json(WorkView { id, record }).into_response())
+}
+
+/// The record of `id` if `caller` may see it: another tenant's work is as unknown to
+/// it as work that does not exist (`404`, so an id tells nothing of whose it is). A
+/// work's tenant never changes (its id is derived within it), so the check holds for
+/// whatever the request does next.
+async fn owned_record(
+    queue: &crate::queue::Queue,
+    caller: &Caller,
+    id: &WorkId,
+) -> Result<WorkRecord, ApiError> {
+    match queue.record(id).await? {
+        Some((record, _)) if caller.owns(record.tenant.as_deref()) => Ok(record),
+        _ => Err(ApiError::NotFound(id.to_string())),
+    }
 }
 
 /// Liveness: the process serves HTTP.

@@ -227,6 +227,16 @@ pub struct AuthSpec {
     /// Secret (in the pool's namespace) and key holding the HS256 secret that signs
     /// clients' JWTs.
     pub jwt_secret_ref: SecretKeyRef,
+    /// The token claim that names a client's tenant: work is scoped to it (a client sees
+    /// and cancels only its own tenant's work). Default `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._:/a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub tenant_claim: Option<String>,
+    /// The token claim that, `true`, lets a client use the cluster view and console.
+    /// Default `workpool_admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._:/a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub admin_claim: Option<String>,
 }
 
 /// A key of a Secret in the pool's namespace.

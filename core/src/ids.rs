@@ -1,9 +1,15 @@
 //! Work ids: 32 lowercase hex characters, derived from the content of the work or from
 //! the client's idempotency key, so the same submission always gets the same id.
+//!
+//! Within a pool they are derived in an [`IdScope`]: keyed with the pool's secret (an
+//! HMAC, so nobody without it can compute the id of a payload they guess), and within
+//! the tenant the request's token names (so one tenant's work never shares an id with
+//! another's). See docs/security.md#work-ids-and-tenants.
 
 use std::fmt;
 use std::str::FromStr;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -19,36 +25,72 @@ pub struct WorkId(String);
 #[error("a work id is 32 lowercase hex characters")]
 pub struct InvalidWorkId;
 
+/// The secret a pool's work ids are keyed with. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdKey([u8; 32]);
+
+impl IdKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKey(redacted)")
+    }
+}
+
+/// What ids are derived within: the pool's key (none: plain SHA-256, as outside a
+/// cluster) and the request's tenant (none: auth is off, or names no tenant).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdScope<'a> {
+    pub key: Option<&'a IdKey>,
+    pub tenant: Option<&'a str>,
+}
+
 impl WorkId {
-    /// The id of work with this task, key and data. `data` is hashed in its canonical JSON
-    /// form (object keys sorted), so formatting and key order do not change the id.
+    /// The id of work with this task, key and data, with no pool key and no tenant.
     pub fn from_content(task: &str, key: Option<&str>, data: &serde_json::Value) -> Self {
-        let mut hasher = Sha256::new();
-        hash_field(&mut hasher, b"content");
-        hash_field(&mut hasher, task.as_bytes());
+        Self::content_in(IdScope::default(), task, key, data)
+    }
+
+    /// The id of work submitted with an `Idempotency-Key` header, with no pool key and
+    /// no tenant.
+    pub fn from_idempotency_key(key: &str) -> Self {
+        Self::idempotency_in(IdScope::default(), key)
+    }
+
+    /// The id of work with this task, key and data in `scope`. `data` is hashed in its
+    /// canonical JSON form (object keys sorted), so formatting and key order do not
+    /// change the id.
+    pub fn content_in(
+        scope: IdScope<'_>,
+        task: &str,
+        key: Option<&str>,
+        data: &serde_json::Value,
+    ) -> Self {
+        let mut hasher = IdHasher::new(scope);
+        hasher.field(b"content");
+        hasher.field(task.as_bytes());
         match key {
             Some(key) => {
-                hash_field(&mut hasher, b"key");
-                hash_field(&mut hasher, key.as_bytes());
+                hasher.field(b"key");
+                hasher.field(key.as_bytes());
             }
-            None => hash_field(&mut hasher, b"nokey"),
+            None => hasher.field(b"nokey"),
         }
         // serde_json's Map is ordered by key, so this serialization is canonical.
-        hash_field(&mut hasher, data.to_string().as_bytes());
-        Self::from_digest(hasher)
+        hasher.field(data.to_string().as_bytes());
+        hasher.finish()
     }
 
-    /// The id of work submitted with an `Idempotency-Key` header.
-    pub fn from_idempotency_key(key: &str) -> Self {
-        let mut hasher = Sha256::new();
-        hash_field(&mut hasher, b"idempotency-key");
-        hash_field(&mut hasher, key.as_bytes());
-        Self::from_digest(hasher)
-    }
-
-    fn from_digest(hasher: Sha256) -> Self {
-        let digest = hasher.finalize();
-        Self(hex::encode(&digest[..16]))
+    /// The id of work submitted with an `Idempotency-Key` header in `scope`.
+    pub fn idempotency_in(scope: IdScope<'_>, key: &str) -> Self {
+        let mut hasher = IdHasher::new(scope);
+        hasher.field(b"idempotency-key");
+        hasher.field(key.as_bytes());
+        hasher.finish()
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,10 +98,48 @@ impl WorkId {
     }
 }
 
-/// Length-prefixes each field so that ("ab","c") and ("a","bc") hash differently.
-fn hash_field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
+/// SHA-256, or HMAC-SHA256 with the pool's key; the tenant, if any, comes first.
+enum IdHasher {
+    Plain(Sha256),
+    Keyed(Hmac<Sha256>),
+}
+
+impl IdHasher {
+    #[allow(clippy::expect_used)] // HMAC takes keys of any length
+    fn new(scope: IdScope<'_>) -> Self {
+        let mut hasher = match scope.key {
+            Some(key) => Self::Keyed(Hmac::new_from_slice(&key.0).expect("any key length")),
+            None => Self::Plain(Sha256::new()),
+        };
+        if let Some(tenant) = scope.tenant {
+            hasher.field(b"tenant");
+            hasher.field(tenant.as_bytes());
+        }
+        hasher
+    }
+
+    /// Length-prefixes each field so that ("ab","c") and ("a","bc") hash differently.
+    fn field(&mut self, bytes: &[u8]) {
+        let length = (bytes.len() as u64).to_be_bytes();
+        match self {
+            Self::Plain(hasher) => {
+                Digest::update(hasher, length);
+                Digest::update(hasher, bytes);
+            }
+            Self::Keyed(mac) => {
+                mac.update(&length);
+                mac.update(bytes);
+            }
+        }
+    }
+
+    fn finish(self) -> WorkId {
+        let digest: [u8; 32] = match self {
+            Self::Plain(hasher) => hasher.finalize().into(),
+            Self::Keyed(mac) => mac.finalize().into_bytes().into(),
+        };
+        WorkId(hex::encode(&digest[..16]))
+    }
 }
 
 impl FromStr for WorkId {
@@ -121,6 +201,33 @@ mod tests {
             WorkId::from_content("ab", Some("c"), &json!(null)),
             WorkId::from_content("a", Some("bc"), &json!(null))
         );
+    }
+
+    #[test]
+    fn the_pool_key_and_the_tenant_each_change_the_id() {
+        let data = json!({"n": 1});
+        let (one, two) = (IdKey::from_bytes([1; 32]), IdKey::from_bytes([2; 32]));
+        let scope = |key, tenant| IdScope { key, tenant };
+        let plain = WorkId::from_content("t", None, &data);
+        let keyed = WorkId::content_in(scope(Some(&one), None), "t", None, &data);
+        let ids = [
+            plain.clone(),
+            keyed.clone(),
+            WorkId::content_in(scope(Some(&two), None), "t", None, &data),
+            WorkId::content_in(scope(Some(&one), Some("a")), "t", None, &data),
+            WorkId::content_in(scope(Some(&one), Some("b")), "t", None, &data),
+            WorkId::content_in(scope(None, Some("a")), "t", None, &data),
+        ];
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        // The same scope gives the same id, for content and for idempotency keys alike.
+        let again = WorkId::content_in(scope(Some(&one), None), "t", None, &json!({"n": 1}));
+        assert_eq!(keyed, again);
+        let keyed_key = |tenant| WorkId::idempotency_in(scope(Some(&one), tenant), "k");
+        assert_eq!(keyed_key(Some("a")), keyed_key(Some("a")));
+        assert_ne!(keyed_key(Some("a")), keyed_key(Some("b")));
+        assert_ne!(keyed_key(None), WorkId::from_idempotency_key("k"));
+        assert_eq!(format!("{one:?}"), "IdKey(redacted)");
     }
 
     #[test]

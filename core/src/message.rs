@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::WorkId;
+use crate::ids::{IdScope, WorkId};
 use crate::record::WorkRecord;
 
 /// The task name used when a submission names none.
@@ -62,11 +62,12 @@ impl WorkSubmission {
         Ok(())
     }
 
-    /// The id of this submission: from the idempotency key if given, else from content.
-    pub fn id(&self, idempotency_key: Option<&str>) -> WorkId {
+    /// The id of this submission in `scope`: from the idempotency key if given, else
+    /// from content.
+    pub fn id(&self, scope: IdScope<'_>, idempotency_key: Option<&str>) -> WorkId {
         match idempotency_key {
-            Some(key) => WorkId::from_idempotency_key(key),
-            None => WorkId::from_content(self.task(), self.key.as_deref(), &self.data),
+            Some(key) => WorkId::idempotency_in(scope, key),
+            None => WorkId::content_in(scope, self.task(), self.key.as_deref(), &self.data),
         }
     }
 }
@@ -81,6 +82,10 @@ pub struct WorkMessage {
     pub data: serde_json::Value,
     pub accepted_by: String,
     pub created_at: DateTime<Utc>,
+    /// The tenant whose token submitted it (when the api's auth names tenants): only
+    /// that tenant may read or cancel it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl WorkMessage {
@@ -92,12 +97,15 @@ impl WorkMessage {
     /// The record of this work while it is queued: the stream's message is its
     /// `pending` state, and no record is written for it.
     pub fn pending_record(&self) -> WorkRecord {
-        WorkRecord::pending(
-            &self.task,
-            self.key.as_deref(),
-            &self.accepted_by,
-            self.created_at,
-        )
+        WorkRecord {
+            tenant: self.tenant.clone(),
+            ..WorkRecord::pending(
+                &self.task,
+                self.key.as_deref(),
+                &self.accepted_by,
+                self.created_at,
+            )
+        }
     }
 }
 
@@ -142,7 +150,11 @@ mod tests {
             task: None,
             key: None,
         };
-        assert_ne!(a.id(None), b.id(None));
-        assert_eq!(a.id(Some("order-7")), b.id(Some("order-7")));
+        assert_ne!(
+            a.id(IdScope::default(), None),
+            b.id(IdScope::default(), None)
+        );
+        let keyed = |work: &WorkSubmission| work.id(IdScope::default(), Some("order-7"));
+        assert_eq!(keyed(&a), keyed(&b));
     }
 }

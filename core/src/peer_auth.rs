@@ -70,6 +70,16 @@ impl PeerKey {
         hex::encode(&self.0)
     }
 
+    /// The key of the pool's work ids, derived from this one (no second Secret to keep):
+    /// an HMAC of a fixed label, so knowing ids tells nothing of the peer key.
+    pub fn id_key(&self) -> crate::ids::IdKey {
+        let digest = self
+            .mac_over("workpool work ids v1")
+            .finalize()
+            .into_bytes();
+        crate::ids::IdKey::from_bytes(digest.into())
+    }
+
     #[allow(clippy::expect_used)] // HMAC takes keys of any length
     fn mac_over(&self, body: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");

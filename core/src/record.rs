@@ -74,6 +74,9 @@ pub struct WorkRecord {
     pub accepted_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tenant that submitted the work, as on its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,6 +101,7 @@ impl WorkRecord {
             accepted_by: accepted_by.to_owned(),
             created_at: now,
             updated_at: now,
+            tenant: None,
         }
     }
 

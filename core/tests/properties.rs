@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{Map, Value};
+use workpool_core::ids::IdScope;
 use workpool_core::message::{DEFAULT_TASK, WorkSubmission};
 use workpool_core::record::BackwardTransition;
 use workpool_core::{WorkId, WorkRecord, WorkStatus};
@@ -328,7 +329,7 @@ proptest! {
     ) {
         if let Ok(submission) = serde_json::from_slice::<WorkSubmission>(&bytes) {
             let _ = submission.validate();
-            let id = submission.id(None);
+            let id = submission.id(IdScope::default(), None);
             prop_assert!(is_lower_hex_32(id.as_str()));
         }
     }
@@ -346,8 +347,8 @@ proptest! {
         prop_assert_eq!(&parsed, &submission);
         prop_assert_eq!(parsed.validate(), submission.validate());
         prop_assert_eq!(
-            parsed.id(idempotency_key.as_deref()),
-            submission.id(idempotency_key.as_deref())
+            parsed.id(IdScope::default(), idempotency_key.as_deref()),
+            submission.id(IdScope::default(), idempotency_key.as_deref())
         );
         if submission.validate().is_ok() {
             prop_assert!(!parsed.task().is_empty() && parsed.task().len() <= 64);
@@ -356,7 +357,7 @@ proptest! {
         // Naming the default task is the same work as naming none.
         if submission.task.as_deref() == Some(DEFAULT_TASK) {
             let unnamed = WorkSubmission { task: None, ..submission.clone() };
-            prop_assert_eq!(unnamed.id(None), submission.id(None));
+            prop_assert_eq!(unnamed.id(IdScope::default(), None), submission.id(IdScope::default(), None));
         }
     }
 }

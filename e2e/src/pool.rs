@@ -268,6 +268,17 @@ impl<N: PoolNats> TestPool<N> {
         })
     }
 
+    /// The id the pool's api gives work of `data` (task `default`, no key, no tenant):
+    /// keyed with the pool's id key, as the api derives it.
+    pub fn content_id(&self, data: &Value) -> workpool_core::WorkId {
+        let key = self.peer_key.id_key();
+        let scope = workpool_core::ids::IdScope {
+            key: Some(&key),
+            tenant: None,
+        };
+        workpool_core::WorkId::content_in(scope, "default", None, data)
+    }
+
     /// POSTs JSON work to api 0.
     pub async fn post(&self, body: &Value) -> Result<Answer> {
         self.send(

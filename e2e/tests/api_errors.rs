@@ -94,7 +94,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_keeps_no_record() {
         Some("1")
     );
     // The refused work left no pending record behind, so a retry starts afresh.
-    let id = workpool_core::WorkId::from_content("default", None, &json!(2));
+    let id = pool.content_id(&json!(2));
     assert_eq!(pool.get(id.as_str()).await.expect("get").status, 404);
 }
 
@@ -286,7 +286,7 @@ async fn a_pending_record_whose_message_was_lost_is_queued_again_on_resubmit() {
     // An api of an earlier version (which recorded `pending`, then published) that died
     // between the two left exactly this. The POST queues the work anew, on top of it.
     let data = json!("orphan");
-    let id = workpool_core::WorkId::from_content("default", None, &data);
+    let id = pool.content_id(&data);
     let record =
         workpool_core::WorkRecord::pending("default", None, "demo-api-9", chrono::Utc::now());
     let kv = async_nats::jetstream::new(pool.nats.client().await.expect("client"))

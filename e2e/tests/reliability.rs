@@ -144,6 +144,7 @@ async fn a_redelivery_after_the_record_expired_does_not_run_again() {
         data: json!({"ms": 10}),
         accepted_by: "demo-api-0".into(),
         created_at: worked.str("created_at").parse().expect("created_at"),
+        tenant: None,
     };
     let js = async_nats::jetstream::new(pool.nats.client().await.expect("nats"));
     let subject = pool.names.work_subject("default", &message.id);
@@ -367,7 +368,7 @@ async fn work_the_stream_cannot_carry_is_413_and_leaves_no_record() {
     assert_eq!(answer.status, 413, "{answer:?}");
     assert_eq!(answer.str("code"), "payload_too_large", "{answer:?}");
     let data: serde_json::Value = serde_json::from_str(&format!("[{numbers}]")).expect("numbers");
-    let id = workpool_core::WorkId::from_content("default", None, &data);
+    let id = pool.content_id(&data);
     assert_eq!(pool.get(id.as_str()).await.expect("get").status, 404);
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
 }

@@ -323,11 +323,20 @@ impl<'a> PoolContext<'a> {
         if component == Component::Worker {
             env.push(value("WORKPOOL_DRAIN_TIMEOUT", "25s".into()));
         }
-        if component == Component::Api && self.pool.spec.api.auth.is_some() {
+        if let (Component::Api, Some(auth)) = (component, &self.pool.spec.api.auth) {
             env.push(value(
                 "WORKPOOL_JWT_SECRET_FILE",
                 format!("{AUTH_DIR}/jwt-secret"),
             ));
+            let claims = [
+                ("WORKPOOL_JWT_TENANT_CLAIM", &auth.tenant_claim),
+                ("WORKPOOL_JWT_ADMIN_CLAIM", &auth.admin_claim),
+            ];
+            for (name, claim) in claims {
+                if let Some(claim) = claim {
+                    env.push(value(name, claim.clone()));
+                }
+            }
         }
         if self.pool.spec.nats.credentials_secret.is_some() {
             env.push(value("NATS_CREDS_FILE", format!("{NATS_DIR}/nats.creds")));
@@ -1094,6 +1103,21 @@ mod tests {
                     .expect("/tmp");
                 assert_ne!(tmp.read_only, Some(true));
             }
+        });
+    }
+
+    #[test]
+    fn the_api_gets_the_claims_that_name_tenants_and_admins() {
+        let auth = json!({"jwtSecretRef": {"name": "jwt", "key": "hs256"}, "tenantClaim": "org"});
+        with_children(json!({"api": {"auth": auth}}), |context| {
+            let api = env(&context.deployment(Component::Api, 1));
+            assert_eq!(api["WORKPOOL_JWT_TENANT_CLAIM"], "org");
+            assert!(
+                !api.contains_key("WORKPOOL_JWT_ADMIN_CLAIM"),
+                "the api's default"
+            );
+            let worker = env(&context.deployment(Component::Worker, 1));
+            assert!(!worker.contains_key("WORKPOOL_JWT_TENANT_CLAIM"));
         });
     }
 }

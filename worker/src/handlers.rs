@@ -540,6 +540,7 @@ mod tests {
             data,
             accepted_by: "api-0".into(),
             created_at: chrono::Utc::now(),
+            tenant: None,
         }
     }
 

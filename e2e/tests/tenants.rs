@@ -1,0 +1,184 @@
+//! Closed by default for clients: work ids are keyed with the pool's secret, so nobody
+//! derives an id from a payload they guess; with auth on, a token's tenant scopes the
+//! work it submits, reads and cancels, and only an admin token sees the cluster view.
+//! Against the real api and worker processes and a real nats-server.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use workpool_core::{PoolSpec, WorkId};
+use workpool_e2e::pool::{Answer, TestPool};
+
+const SECRET: &[u8] = b"a tenant test secret of enough length";
+
+fn token(claims: Value) -> String {
+    let mut claims = claims;
+    claims["exp"] = json!(4_000_000_000u64);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .expect("token")
+}
+
+async fn pool_with_auth(workers: usize) -> (TestPool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let env = vec![(
+        "WORKPOOL_JWT_SECRET_FILE".to_owned(),
+        secret_file.display().to_string(),
+    )];
+    let spec = PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).unwrap();
+    let pool = TestPool::start_with_api_env(spec, 1, workers, env)
+        .await
+        .expect("pool");
+    (pool, dir)
+}
+
+async fn as_tenant(pool: &TestPool, token: &str, method: reqwest::Method, path: &str) -> Answer {
+    let url = format!("{}{path}", pool.api_url(0));
+    pool.send(pool.http.request(method, url).bearer_auth(token))
+        .await
+        .expect("request")
+}
+
+async fn post(pool: &TestPool, token: &str, body: &Value) -> Answer {
+    let url = format!("{}/api/v1/work", pool.api_url(0));
+    pool.send(pool.http.post(url).json(body).bearer_auth(token))
+        .await
+        .expect("post")
+}
+
+#[tokio::test]
+async fn ids_are_keyed_with_the_pools_secret() {
+    let spec = PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).unwrap();
+    let pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let data = json!({"guess": "me"});
+    let id = pool.submit(&json!({"data": data})).await.expect("post");
+    assert_ne!(
+        id,
+        WorkId::from_content("default", None, &data).as_str(),
+        "the unkeyed hash of the content"
+    );
+    assert_eq!(
+        id,
+        pool.content_id(&data).as_str(),
+        "keyed with the pool's id key"
+    );
+    let unkeyed = WorkId::from_content("default", None, &data);
+    assert_eq!(pool.get(unkeyed.as_str()).await.unwrap().status, 404);
+}
+
+#[tokio::test]
+async fn a_tenant_sees_and_cancels_only_its_own_work() {
+    let (pool, _dir) = pool_with_auth(0).await;
+    let (a, b) = (token(json!({"sub": "a"})), token(json!({"sub": "b"})));
+    let body = json!({"data": {"same": "content"}});
+    let posted_a = post(&pool, &a, &body).await;
+    let posted_b = post(&pool, &b, &body).await;
+    assert_eq!(
+        (posted_a.status, posted_b.status),
+        (202, 202),
+        "{posted_a:?} {posted_b:?}"
+    );
+    let (id_a, id_b) = (posted_a.str("callback"), posted_b.str("callback"));
+    assert_ne!(
+        id_a, id_b,
+        "one tenant's work never shares an id with another's"
+    );
+    // The same content from the same tenant is the same work.
+    let again = post(&pool, &a, &body).await;
+    assert_eq!(
+        (again.status, again.str("callback")),
+        (200, id_a),
+        "{again:?}"
+    );
+
+    let work_a = format!("/api/v1/work/{id_a}");
+    for path in [work_a.clone(), format!("{work_a}?wait=1s")] {
+        let seen = as_tenant(&pool, &b, reqwest::Method::GET, &path).await;
+        assert_eq!(seen.status, 404, "another tenant's GET {path}: {seen:?}");
+    }
+    let cancelled = as_tenant(&pool, &b, reqwest::Method::DELETE, &work_a).await;
+    assert_eq!(
+        cancelled.status, 404,
+        "another tenant's DELETE: {cancelled:?}"
+    );
+    let untenanted = token(json!({}));
+    let seen = as_tenant(&pool, &untenanted, reqwest::Method::GET, &work_a).await;
+    assert_eq!(seen.status, 404, "a token with no tenant: {seen:?}");
+    let own = as_tenant(&pool, &a, reqwest::Method::GET, &work_a).await;
+    assert_eq!((own.status, own.str("status")), (200, "pending"), "{own:?}");
+    // Still queued: B's DELETE did nothing. A's own cancels it.
+    let own_cancel = as_tenant(&pool, &a, reqwest::Method::DELETE, &work_a).await;
+    assert_eq!(
+        (own_cancel.status, own_cancel.str("status")),
+        (200, "cancelled")
+    );
+    let b_work = as_tenant(
+        &pool,
+        &b,
+        reqwest::Method::GET,
+        &format!("/api/v1/work/{id_b}"),
+    )
+    .await;
+    assert_eq!(
+        (b_work.status, b_work.str("status")),
+        (200, "pending"),
+        "{b_work:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_work_runs_and_its_result_is_its_own() {
+    let (pool, _dir) = pool_with_auth(1).await;
+    let a = token(json!({"sub": "a"}));
+    let posted = post(&pool, &a, &json!({"data": {"n": 7}})).await;
+    let path = format!("/api/v1/work/{}?wait=10s", posted.str("callback"));
+    let mut worked = as_tenant(&pool, &a, reqwest::Method::GET, &path).await;
+    for _ in 0..20 {
+        if worked.str("status") == "worked" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        worked = as_tenant(&pool, &a, reqwest::Method::GET, &path).await;
+    }
+    assert_eq!(worked.str("status"), "worked", "{worked:?}");
+    assert_eq!(worked.body["result"], json!({"n": 7}));
+    let other = as_tenant(
+        &pool,
+        &token(json!({"sub": "b"})),
+        reqwest::Method::GET,
+        &path,
+    )
+    .await;
+    assert_eq!(
+        other.status, 404,
+        "the finished record is still a's alone: {other:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_cluster_view_needs_the_admin_claim() {
+    let (pool, _dir) = pool_with_auth(0).await;
+    let tenant = token(json!({"sub": "a"}));
+    let admin = token(json!({"sub": "ops", "workpool_admin": true}));
+    let view = "/api/v1/cluster";
+    let anonymous = pool
+        .send(pool.http.get(format!("{}{view}", pool.api_url(0))))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let refused = as_tenant(&pool, &tenant, reqwest::Method::GET, view).await;
+    assert_eq!(
+        (refused.status, refused.str("code")),
+        (403, "forbidden"),
+        "{refused:?}"
+    );
+    let allowed = as_tenant(&pool, &admin, reqwest::Method::GET, view).await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+}
