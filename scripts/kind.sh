@@ -65,7 +65,8 @@ spec:
   selector: {app.kubernetes.io/instance: demo, app.kubernetes.io/component: api}
   ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
 YAML
-  wait_for "the api on $url" 120 curl -fsS "$url/readyz"
+  # The api's probes are on its metrics port, not behind the Service: ask the public one.
+  wait_for "the api on $url" 120 curl -fsS "$url/api/v1/openapi.json" -o /dev/null
   echo "kind: Workpool is up at $url (kubectl --context kind-$cluster get workpools,pods)"
 }
 

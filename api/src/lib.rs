@@ -41,6 +41,10 @@ pub struct Args {
     /// Address to serve HTTP on.
     #[arg(long, env = "WORKPOOL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here, and not on `listen`, so the
+    /// public port shows clients nothing of the process (the operator sets it).
+    #[arg(long, env = "WORKPOOL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// File holding the HS256 secret; when set, /api/v1/work requires a bearer JWT.
     #[arg(long, env = "WORKPOOL_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
@@ -193,26 +197,50 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface on one port (outside a cluster, and in tests).
 pub fn router(state: AppState) -> Router {
+    let routes = public_routes(&state).merge(admin_routes());
+    finish(routes, state)
+}
+
+/// What clients use: the work routes, the console and the OpenAPI document.
+pub fn public_router(state: AppState) -> Router {
+    finish(public_routes(&state), state)
+}
+
+/// What probes and Prometheus use: `/healthz`, `/readyz` and `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    finish(admin_routes(), state)
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+}
+
+fn public_routes(state: &AppState) -> Router<AppState> {
     let work = Router::new()
         .route("/api/v1/work", axum::routing::post(routes::submit))
         .route(
             "/api/v1/work/batch",
             axum::routing::post(batch::submit_batch)
-                .layer(DefaultBodyLimit::max(batch::batch_limit(&state))),
+                .layer(DefaultBodyLimit::max(batch::batch_limit(state))),
         )
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
         .route("/api/v1/cluster", get(cluster::view));
-    let work = guarded(work, &state).layer(DefaultBodyLimit::max(state.max_body_bytes()));
+    let work = guarded(work, state).layer(DefaultBodyLimit::max(state.max_body_bytes()));
     Router::new()
         .merge(work)
-        // Open to probes and Prometheus, and the console page (its token is in the fragment).
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        // Open: the document, and the console page (its token is in the fragment).
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/console", get(cluster::console))
+}
+
+/// Answers for what no route matched, and the request metrics, around `routes`.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(
             |request: Request| async move { ApiError::NoRoute(request.uri().path().to_owned()) },
         )
@@ -284,10 +312,24 @@ pub async fn run(
     tokio::spawn(async move { binder.bind(client).await });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, pod = state.pod(), "api serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    let Some(admin_listen) = args.admin_listen else {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    };
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen).await?;
+    tracing::info!(listen = %admin_listener.local_addr()?, "health and metrics serving");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let admin = axum::serve(admin_listener, admin_router(state.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let admin = tokio::spawn(admin.into_future());
+    let public = axum::serve(listener, public_router(state)).with_graceful_shutdown(shutdown);
+    let served = public.await;
+    // Probes see the process until it stops serving clients.
+    stop.cancel();
+    let _ = admin.await;
+    Ok(served?)
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ async fn start_operator(plane: &ControlPlane, namespace: &str) -> Result<(Proces
     )?;
     let ready = format!("http://{listen}/readyz");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(&ready)
+    while !workpool_local_cluster::http::get(&ready)
         .await
         .is_ok_and(|r| r.status().is_success())
     {
@@ -243,7 +243,7 @@ async fn wait_reconciled(client: &kube::Client, namespace: &str, count: usize) -
 
 /// The operator's reconciles so far, summed over pools and outcomes.
 async fn scrape_reconciles(metrics_url: &str) -> Result<f64> {
-    let text = reqwest::get(metrics_url)
+    let text = workpool_local_cluster::http::get(metrics_url)
         .await
         .map_err(Error::context("scraping the operator"))?
         .text()

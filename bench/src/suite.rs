@@ -123,7 +123,7 @@ pub async fn one_run(sizes: Sizes, run: usize) -> Result<Figures> {
     figures.insert(E2E_BULK, bulk.rate);
 
     // Idle again: the load generator's connections closed, a moment to settle.
-    pool.http = reqwest::Client::new();
+    pool.http = workpool_local_cluster::http::client();
     tokio::time::sleep(Duration::from_secs(2)).await;
     figures.insert(API_LOADED_MIB, rss_mib(pool.apis[0].process.pid())?);
     figures.insert(WORKER_LOADED_MIB, rss_mib(pool.workers[0].process.pid())?);

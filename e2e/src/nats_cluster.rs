@@ -100,7 +100,7 @@ impl NatsCluster {
             nodes,
             binary,
             dir,
-            http: reqwest::Client::new(),
+            http: workpool_local_cluster::http::client(),
         };
         cluster.start_all_again().await?;
         Ok(cluster)

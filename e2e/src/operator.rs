@@ -72,7 +72,7 @@ impl RunningOperator {
 
     /// A metric's value on this operator (0 if absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(&self.metrics_url).await else {
+        let Ok(response) = workpool_local_cluster::http::get(&self.metrics_url).await else {
             return 0.0;
         };
         let text = response.text().await.unwrap_or_default();

@@ -140,7 +140,7 @@ impl<N: PoolNats> TestPool<N> {
             spec_file,
             apis: Vec::new(),
             workers: Vec::new(),
-            http: reqwest::Client::new(),
+            http: workpool_local_cluster::http::client(),
             extra_api_env: api_env,
             peer_key: random_peer_key(),
             dir,

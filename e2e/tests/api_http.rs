@@ -17,7 +17,7 @@ async fn work_goes_through_h2c_from_post_to_result() {
     let pool = TestPool::start(PoolSpec::from_json(echo).expect("spec"), 1, 1)
         .await
         .expect("pool");
-    let h2 = reqwest::Client::builder()
+    let h2 = workpool_local_cluster::http::client_builder()
         .http2_prior_knowledge()
         .build()
         .expect("an h2c client");
@@ -82,4 +82,66 @@ async fn read_answers(connection: &mut tokio::net::TcpStream, count: usize) {
         !seen.to_ascii_lowercase().contains("connection: close"),
         "{seen}"
     );
+}
+
+/// With `WORKPOOL_ADMIN_LISTEN` (as the operator sets it) the probes and `/metrics` are
+/// served there and nowhere else: the public port, which the api Service exposes, shows
+/// clients nothing of the process, and the admin port serves no work.
+#[tokio::test]
+async fn health_and_metrics_live_on_their_own_port_when_given_one() {
+    let admin_port = workpool_local_cluster::free_port().expect("port");
+    let pool = TestPool::start(PoolSpec::default(), 0, 0)
+        .await
+        .expect("pool");
+    let env = [(
+        "WORKPOOL_ADMIN_LISTEN".to_owned(),
+        format!("127.0.0.1:{admin_port}"),
+    )];
+    let api = pool
+        .spawn_unready("workpool-api", "demo-api-0".into(), &env)
+        .expect("api");
+    let (public, admin) = (
+        format!("http://127.0.0.1:{}", api.port),
+        format!("http://127.0.0.1:{admin_port}"),
+    );
+    let status = |url: String| {
+        let http = pool.http.clone();
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status(format!("{admin}/readyz")).await != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            api.process.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(status(format!("{admin}{path}")).await, Some(200), "{path}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            status(format!("{public}{path}")).await,
+            Some(404),
+            "public {path}"
+        );
+    }
+    let work = format!("/api/v1/work/{}", "0".repeat(32));
+    assert_eq!(
+        status(format!("{public}{work}")).await,
+        Some(404),
+        "unknown work"
+    );
+    assert_eq!(
+        status(format!("{public}/api/v1/openapi.json")).await,
+        Some(200)
+    );
+    for path in [work.as_str(), "/api/v1/openapi.json", "/console"] {
+        assert_eq!(
+            status(format!("{admin}{path}")).await,
+            Some(404),
+            "admin {path}"
+        );
+    }
 }

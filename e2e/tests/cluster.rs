@@ -97,7 +97,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
 
     // The original demo, straight to the api pods (each at its own address).
     let apis = running_pods(&client, &ns, "api").await.expect("pods");
-    let http = reqwest::Client::new();
+    let http = workpool_local_cluster::http::client();
     let mut accepted_by = std::collections::HashSet::new();
     let mut ids = Vec::new();
     for (n, api) in apis.iter().enumerate() {
@@ -179,7 +179,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
         sent += 1;
         // A fresh connection each time, so the balancer picks again.
         let answer = post_json(
-            &reqwest::Client::new(),
+            &workpool_local_cluster::http::client(),
             &format!("{lb_url}/api/v1/work"),
             &json!({"data": {"ms": 10, "via": "lb", "n": n}}),
         )
@@ -196,7 +196,7 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     // An answer the api gives before reading the body comes through whole: a 20 MiB POST
     // gets the api's own 413, not a reset connection.
     let huge = vec![b'x'; 20 << 20];
-    let too_large = reqwest::Client::new()
+    let too_large = workpool_local_cluster::http::client()
         .post(format!("{lb_url}/api/v1/work"))
         .header("content-type", "application/json")
         .body(huge)
@@ -248,7 +248,10 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
     assert!(median > 0.0 && median < 60.0, "median latency {median}");
 
     // `helm test`: a pod submits work and waits until it is worked.
-    release.test(&client).await.expect("helm test passes");
+    if let Err(err) = release.test(&client).await {
+        let logs = plane.kubectl(&["-n", &ns, "logs", "workpool-test-submit"]);
+        panic!("helm test: {err}\nthe test pod's log: {logs:?}");
+    }
 
     // Scale to 4 workers: 4 ready pods, 4 endpoints.
     plane

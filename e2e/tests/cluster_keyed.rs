@@ -178,7 +178,7 @@ spec:
         })
         .collect();
     assert_eq!(apis.len(), 2);
-    let http = reqwest::Client::new();
+    let http = workpool_local_cluster::http::client();
 
     // Membership: the three worker pods, every partition owned by exactly one of them.
     let pods = worker_pods(&client, &ns).await;

@@ -63,7 +63,7 @@ async fn metrics_are_well_formed_and_the_dashboard_uses_only_real_ones() {
         "{log}"
     );
     let scrape = |url: String| async move {
-        reqwest::get(url)
+        workpool_local_cluster::http::get(&url)
             .await
             .expect("scrape")
             .text()

@@ -8,6 +8,7 @@
 pub mod balancer;
 pub mod control_plane;
 pub mod helm;
+pub mod http;
 pub mod image;
 pub mod nats;
 pub mod node;

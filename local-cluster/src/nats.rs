@@ -113,7 +113,7 @@ impl NatsServer {
             "http://127.0.0.1:{}/healthz?js-enabled-only=true",
             self.monitor_port
         );
-        let client = reqwest::Client::new();
+        let client = crate::http::client();
         for _ in 0..200 {
             if let Ok(response) = client.get(&health).send().await
                 && response.status().is_success()

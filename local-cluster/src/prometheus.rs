@@ -91,7 +91,7 @@ impl Prometheus {
             _process: process,
             _dir: dir,
             url: format!("http://{listen}"),
-            http: reqwest::Client::new(),
+            http: crate::http::client(),
         };
         for _ in 0..300 {
             if let Ok(answer) = prometheus

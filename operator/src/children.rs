@@ -25,6 +25,9 @@ use crate::hardening;
 
 /// Port of the api's HTTP server in its pod.
 pub const API_PORT: i32 = 8080;
+/// Port of the api's health and metrics server in its pod: apart from the public one,
+/// which its Service exposes (docs/security.md).
+pub const API_ADMIN_PORT: i32 = 9090;
 /// Port of the worker's health and metrics server in its pod.
 pub const WORKER_PORT: i32 = 8081;
 /// The env var that hands a pod its pool's settings (JSON).
@@ -63,6 +66,14 @@ impl Component {
     fn port(self) -> i32 {
         match self {
             Component::Api => API_PORT,
+            Component::Worker => WORKER_PORT,
+        }
+    }
+
+    /// Where its `/healthz`, `/readyz` and `/metrics` are (the worker serves nothing else).
+    fn admin_port(self) -> i32 {
+        match self {
+            Component::Api => API_ADMIN_PORT,
             Component::Worker => WORKER_PORT,
         }
     }
@@ -315,6 +326,8 @@ impl<'a> PoolContext<'a> {
             ..Default::default()
         });
         if component == Component::Api {
+            let admin = format!("0.0.0.0:{API_ADMIN_PORT}");
+            env.push(value("WORKPOOL_ADMIN_LISTEN", admin));
             env.push(value(
                 "WORKPOOL_API_SERVICE",
                 deployment_name(&self.name, Component::Api),
@@ -386,13 +399,29 @@ impl<'a> PoolContext<'a> {
         (volumes, mounts)
     }
 
+    /// The api's public port and its health and metrics port; the worker's one port.
+    fn container_ports(&self, component: Component) -> Vec<ContainerPort> {
+        let port = |name: &str, number| ContainerPort {
+            name: Some(name.into()),
+            container_port: number,
+            ..Default::default()
+        };
+        match component {
+            Component::Api => vec![
+                port(component.port_name(), API_PORT),
+                port("metrics", API_ADMIN_PORT),
+            ],
+            Component::Worker => vec![port(component.port_name(), WORKER_PORT)],
+        }
+    }
+
     /// The api or worker container: its image, command, env, port, probes and mounts.
     fn container(&self, component: Component) -> Container {
         let (image, pull_policy) = self.image();
         let probe = |path: &str| Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(path.into()),
-                port: IntOrString::Int(component.port()),
+                port: IntOrString::Int(component.admin_port()),
                 ..Default::default()
             }),
             period_seconds: Some(5),
@@ -410,11 +439,7 @@ impl<'a> PoolContext<'a> {
             image_pull_policy: Some(pull_policy),
             command: Some(vec![component.binary().into()]),
             env: Some(self.env(component)),
-            ports: Some(vec![ContainerPort {
-                name: Some(component.port_name().into()),
-                container_port: component.port(),
-                ..Default::default()
-            }]),
+            ports: Some(self.container_ports(component)),
             readiness_probe: Some(probe("/readyz")),
             liveness_probe: Some(Probe {
                 initial_delay_seconds: Some(5),
@@ -433,7 +458,7 @@ impl<'a> PoolContext<'a> {
         PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some(labels(&self.name, Some(component))),
-                annotations: Some(scrape_annotations(component.port())),
+                annotations: Some(scrape_annotations(component.admin_port())),
                 ..Default::default()
             }),
             spec: Some(PodSpec {
@@ -804,6 +829,10 @@ mod tests {
                     Component::Api => assert_eq!((only_api, only_worker), (Some("demo-api"), None)),
                     Component::Worker => assert_eq!((only_api, only_worker), (None, Some("25s"))),
                 }
+                // The api's health and metrics are on a port its Service does not expose.
+                let admin = env.get("WORKPOOL_ADMIN_LISTEN").map(String::as_str);
+                let expected = (component == Component::Api).then_some("0.0.0.0:9090");
+                assert_eq!(admin, expected);
                 assert!(!env.contains_key("WORKPOOL_JWT_SECRET_FILE"));
                 assert!(!env.contains_key("NATS_CREDS_FILE"));
                 let volumes = pod_spec(&deployment).volumes.clone().unwrap_or_default();
@@ -914,7 +943,7 @@ mod tests {
                     let probe = probe.as_ref().expect("probe");
                     let get = probe.http_get.as_ref().expect("HTTP probe");
                     assert_eq!(get.path.as_deref(), Some(path));
-                    assert_eq!(get.port, IntOrString::Int(component.port()));
+                    assert_eq!(get.port, IntOrString::Int(component.admin_port()));
                     assert_eq!(probe.initial_delay_seconds, delay);
                     assert_eq!(
                         (probe.period_seconds, probe.failure_threshold),
@@ -999,7 +1028,7 @@ mod tests {
                 assert_eq!(annotations["prometheus.io/scrape"], "true");
                 assert_eq!(
                     annotations["prometheus.io/port"],
-                    component.port().to_string()
+                    component.admin_port().to_string()
                 );
                 assert_eq!(annotations["prometheus.io/path"], "/metrics");
             }

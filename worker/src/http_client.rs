@@ -17,6 +17,12 @@ pub enum ClientError {
 }
 
 pub fn http_client() -> Result<reqwest::Client, ClientError> {
+    Ok(client_builder()?.build()?)
+}
+
+/// A builder with that TLS set up: a reqwest client built without it would panic (its
+/// rustls comes without a crypto provider of its own).
+pub fn client_builder() -> Result<reqwest::ClientBuilder, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -24,7 +30,7 @@ pub fn http_client() -> Result<reqwest::Client, ClientError> {
         .with_no_client_auth();
     // A preconfigured config gets no ALPN from reqwest: offer HTTP/2 as it would.
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()?)
+    #[allow(clippy::disallowed_methods)] // built with its TLS preconfigured
+    let builder = reqwest::Client::builder();
+    Ok(builder.tls_backend_preconfigured(tls))
 }

@@ -33,7 +33,7 @@ fn retryable(code: u16) -> bool {
 
 impl Client {
     pub fn new(apis: Apis) -> Self {
-        let http = reqwest::Client::builder()
+        let http = workpool_local_cluster::http::client_builder()
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap_or_default();

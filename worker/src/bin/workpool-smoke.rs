@@ -41,6 +41,8 @@ async fn main() -> ExitCode {
 enum SmokeError {
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("setting up TLS: {0}")]
+    Tls(#[source] workpool_worker::http_client::ClientError),
     #[error("POST answered {0}")]
     Refused(reqwest::StatusCode),
     #[error("POST failed: {0}")]
@@ -72,7 +74,8 @@ const POST_RETRY: ConstantBuilder = ConstantBuilder::new()
 
 async fn smoke(args: &Args) -> Result<String, SmokeError> {
     let deadline = Instant::now() + args.timeout;
-    let http = reqwest::Client::builder()
+    let http = workpool_worker::http_client::client_builder()
+        .map_err(SmokeError::Tls)?
         .timeout(Duration::from_secs(35))
         .build()
         .map_err(SmokeError::Client)?;
