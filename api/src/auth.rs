@@ -1,4 +1,6 @@
-//! Optional bearer-token auth: HS256 JWTs signed with the pool's secret (with `exp`).
+//! Optional bearer-token auth: JWTs (with `exp`) signed with the pool's HS256 secret,
+//! or with the private half of the RSA (RS256) or EC P-256 (ES256) public key the pool
+//! gives instead.
 //! A token's tenant claim scopes the work its holder submits, reads and cancels; its
 //! admin claim opens the cluster view (docs/security.md#work-ids-and-tenants).
 
@@ -79,9 +81,14 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Auth(HS256)")
+        write!(f, "Auth({:?})", self.validation.algorithms)
     }
 }
+
+/// Why the pool's key cannot check tokens.
+#[derive(Debug, thiserror::Error)]
+#[error("a PEM key must be an RSA or EC P-256 public key: {0}")]
+pub struct KeyError(#[source] jsonwebtoken::errors::Error);
 
 impl Auth {
     /// HS256 with `secret`, tenants and admins named by the default claims.
@@ -90,10 +97,32 @@ impl Auth {
     }
 
     pub fn hs256_with_claims(secret: &[u8], tenant_claim: &str, admin_claim: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        let key = DecodingKey::from_secret(secret);
+        Self::with(key, Algorithm::HS256, tenant_claim, admin_claim)
+    }
+
+    /// From the pool's key: a PEM public key checks RS256 (RSA) or ES256 (EC P-256)
+    /// tokens and nothing else, so a token cannot pick another algorithm (an HS256
+    /// token "signed" with the public key is refused); anything else is an HS256 secret.
+    pub fn from_key(key: &[u8], tenant_claim: &str, admin_claim: &str) -> Result<Self, KeyError> {
+        if !key.starts_with(b"-----BEGIN") {
+            return Ok(Self::hs256_with_claims(key, tenant_claim, admin_claim));
+        }
+        let (key, algorithm) = match DecodingKey::from_rsa_pem(key) {
+            Ok(rsa) => (rsa, Algorithm::RS256),
+            Err(_) => (
+                DecodingKey::from_ec_pem(key).map_err(KeyError)?,
+                Algorithm::ES256,
+            ),
+        };
+        Ok(Self::with(key, algorithm, tenant_claim, admin_claim))
+    }
+
+    fn with(key: DecodingKey, algorithm: Algorithm, tenant_claim: &str, admin_claim: &str) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.validate_aud = false;
         Self {
-            key: DecodingKey::from_secret(secret),
+            key,
             validation,
             tenant_claim: tenant_claim.to_owned(),
             admin_claim: admin_claim.to_owned(),
@@ -227,6 +256,45 @@ mod tests {
 
     #[test]
     fn the_debug_form_shows_no_secret() {
-        assert_eq!(format!("{:?}", Auth::hs256(SECRET)), "Auth(HS256)");
+        assert_eq!(format!("{:?}", Auth::hs256(SECRET)), "Auth([HS256])");
+    }
+
+    fn signed(algorithm: jsonwebtoken::Algorithm, private_pem: &[u8]) -> String {
+        let key = match algorithm {
+            jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(private_pem),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(private_pem),
+        };
+        let claims = json!({"sub": "acme", "exp": 4_000_000_000u64});
+        let header = jsonwebtoken::Header::new(algorithm);
+        jsonwebtoken::encode(&header, &claims, &key.expect("test key")).expect("token")
+    }
+
+    #[test]
+    fn a_pem_public_key_checks_rs256_or_es256_tokens_and_no_other_algorithm() {
+        use jsonwebtoken::Algorithm::{ES256, RS256};
+        let rsa_public = include_bytes!("../testdata/rs256-public.pem");
+        let ec_public = include_bytes!("../testdata/es256-public.pem");
+        let rs256 = signed(RS256, include_bytes!("../testdata/rs256-private.pem"));
+        let es256 = signed(ES256, include_bytes!("../testdata/es256-private.pem"));
+        let claims = DEFAULT_TENANT_CLAIM;
+        let by_rsa = Auth::from_key(rsa_public, claims, DEFAULT_ADMIN_CLAIM).expect("RSA key");
+        let by_ec = Auth::from_key(ec_public, claims, DEFAULT_ADMIN_CLAIM).expect("EC key");
+        assert_eq!(format!("{by_rsa:?}"), "Auth([RS256])");
+        assert_eq!(format!("{by_ec:?}"), "Auth([ES256])");
+        let check = |auth: &Auth, token: &str| auth.check(&bearer(&format!("Bearer {token}")));
+        let caller = check(&by_rsa, &rs256).expect("RS256 under the RSA key");
+        assert_eq!(caller.tenant.as_deref(), Some("acme"));
+        assert!(check(&by_ec, &es256).is_ok(), "ES256 under the EC key");
+        // The other key's tokens, and HS256 "signed" with the public key itself (the
+        // algorithm confusion attack), are refused.
+        let confused = token(rsa_public, &json!({"sub": "acme", "exp": 4_000_000_000u64}));
+        for (auth, token) in [(&by_rsa, &es256), (&by_ec, &rs256), (&by_rsa, &confused)] {
+            assert!(matches!(check(auth, token), Err(ApiError::Unauthorized)));
+        }
+        // A secret is a secret, even one that looks like a key's name; a broken PEM is
+        // an error at start, not a key that admits nothing.
+        assert!(Auth::from_key(b"rsa", claims, DEFAULT_ADMIN_CLAIM).is_ok());
+        let broken = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        assert!(Auth::from_key(broken, claims, DEFAULT_ADMIN_CLAIM).is_err());
     }
 }

@@ -78,6 +78,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("JWT key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: auth::KeyError,
+    },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
@@ -292,11 +298,15 @@ pub async fn run(
                 path: path.clone(),
                 source,
             })?;
-            Some(Auth::hs256_with_claims(
+            let auth = Auth::from_key(
                 secret.trim_ascii(),
                 &args.jwt_tenant_claim,
                 &args.jwt_admin_claim,
-            ))
+            );
+            Some(auth.map_err(|source| StartError::Key {
+                path: path.clone(),
+                source,
+            })?)
         }
         None => None,
     };

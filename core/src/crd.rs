@@ -224,8 +224,8 @@ impl Default for ApiSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Secret (in the pool's namespace) and key holding the HS256 secret that signs
-    /// clients' JWTs.
+    /// Secret (in the pool's namespace) and key holding what checks clients' JWTs: an
+    /// HS256 secret, or a PEM public key (RSA for RS256, EC P-256 for ES256).
     pub jwt_secret_ref: SecretKeyRef,
     /// The token claim that names a client's tenant: work is scoped to it (a client sees
     /// and cancels only its own tenant's work). Default `sub`.

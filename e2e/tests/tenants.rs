@@ -182,3 +182,42 @@ async fn the_cluster_view_needs_the_admin_claim() {
     let allowed = as_tenant(&pool, &admin, reqwest::Method::GET, view).await;
     assert_eq!(allowed.status, 200, "{allowed:?}");
 }
+
+/// A pool whose key is an EC public key (PEM) takes ES256 tokens signed with its private
+/// half, and refuses an HS256 token made with the public key as the secret.
+#[tokio::test]
+async fn a_public_key_checks_tokens_signed_with_its_private_half() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(
+        &key_file,
+        include_bytes!("../../api/testdata/es256-public.pem"),
+    )
+    .unwrap();
+    let env = vec![(
+        "WORKPOOL_JWT_SECRET_FILE".to_owned(),
+        key_file.display().to_string(),
+    )];
+    let pool = TestPool::start_with_api_env(PoolSpec::default(), 1, 0, env)
+        .await
+        .expect("pool");
+    let claims = json!({"sub": "a", "exp": 4_000_000_000u64});
+    let private = include_bytes!("../../api/testdata/es256-private.pem");
+    let es256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(private).unwrap(),
+    )
+    .unwrap();
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(include_bytes!(
+            "../../api/testdata/es256-public.pem"
+        )),
+    )
+    .unwrap();
+    let body = json!({"data": "signed"});
+    assert_eq!(post(&pool, &es256, &body).await.status, 202);
+    assert_eq!(post(&pool, &confused, &body).await.status, 401);
+}
