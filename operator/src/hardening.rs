@@ -69,7 +69,7 @@ pub fn scratch() -> (Volume, VolumeMount) {
 }
 
 /// The WorkPool's resources for `component`, or defaults sized from the benchmarks (an
-/// idle process holds about 20 MiB, a loaded one under 64 MiB).
+/// idle process holds about 12 MiB, one after the suite's load under 40 MiB).
 pub fn resources(
     component: Component,
     chosen: Option<&ResourceRequirements>,
