@@ -332,15 +332,17 @@ impl Queue {
     }
 
     /// The record once it is terminal, or as it stands at the deadline. Waits on the
-    /// process's one watch of the bucket, not a watch (a consumer) of its own.
+    /// process's one watch of the bucket, not a watch (a consumer) of its own. Work of
+    /// another `tenant` than the caller's is none, as work that does not exist.
     pub async fn wait_for_end(
         &self,
         id: &WorkId,
         wait: Duration,
+        tenant: Option<&str>,
     ) -> Result<Option<WorkRecord>, ApiError> {
         // Registered before the read, so a write between the two is still delivered.
         let waiter = self.waiter(id)?;
-        self.wait_with(waiter, id, wait).await
+        self.wait_with(waiter, id, wait, tenant).await
     }
 
     /// One of this api pod's bounded waits on `id`'s record (429 when they are all taken).
@@ -356,6 +358,7 @@ impl Queue {
         mut waiter: Waiter,
         id: &WorkId,
         wait: Duration,
+        tenant: Option<&str>,
     ) -> Result<Option<WorkRecord>, ApiError> {
         /// Bounds the read at the deadline, so an answer never waits long past it.
         const DEADLINE_READ: Duration = Duration::from_secs(1);
@@ -363,6 +366,10 @@ impl Queue {
         let Some((mut latest, mut revision)) = self.record(id).await? else {
             return Ok(None);
         };
+        // A work's tenant never changes (its id is derived within it): one look decides.
+        if latest.tenant.as_deref() != tenant {
+            return Ok(None);
+        }
         loop {
             if let Some(seen) = waiter.latest()
                 && seen.revision > revision
@@ -411,7 +418,9 @@ impl Queue {
     ///   does not answer, the record asks instead (`cancel_requested`): the attempt's
     ///   heartbeat sees it and stops, or, if the attempt is gone, the next delivery
     ///   records `cancelled`. Never `cancelled` while a handler may still run.
-    pub async fn cancel(&self, id: &WorkId) -> Result<Cancel, ApiError> {
+    ///
+    /// Work of another `tenant` than the caller's is `404`, as work that does not exist.
+    pub async fn cancel(&self, id: &WorkId, tenant: Option<&str>) -> Result<Cancel, ApiError> {
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.stored(id).await?;
             let (mut record, revision) = match self.live(&stored) {
@@ -422,6 +431,9 @@ impl Queue {
                     None => return Err(ApiError::NotFound(id.to_string())),
                 },
             };
+            if record.tenant.as_deref() != tenant {
+                return Err(ApiError::NotFound(id.to_string()));
+            }
             if record.status == WorkStatus::Cancelled {
                 // Again (a retry after a 503): make sure the message is gone.
                 self.remove_or_keep_removing(id, &record).await?;
@@ -436,7 +448,7 @@ impl Queue {
                     // every wait taken answers 429 before it asks the worker anything.
                     let waiter = self.waiter(id)?;
                     if self.ask_to_cancel(worker, id).await? {
-                        return self.cancelled_by_worker(id, waiter).await;
+                        return self.cancelled_by_worker(id, waiter, tenant).await;
                     }
                 }
                 // Not confirmed by the holder: ask through the record.
@@ -471,8 +483,13 @@ impl Queue {
     }
 
     /// After the holder confirmed it is aborting the work: its `cancelled` record.
-    async fn cancelled_by_worker(&self, id: &WorkId, waiter: Waiter) -> Result<Cancel, ApiError> {
-        match self.wait_with(waiter, id, CANCEL_WAIT).await? {
+    async fn cancelled_by_worker(
+        &self,
+        id: &WorkId,
+        waiter: Waiter,
+        tenant: Option<&str>,
+    ) -> Result<Cancel, ApiError> {
+        match self.wait_with(waiter, id, CANCEL_WAIT, tenant).await? {
             Some(record) if record.status == WorkStatus::Cancelled => Ok(Cancel::Done {
                 record,
                 by_worker: true,

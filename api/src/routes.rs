@@ -273,12 +273,14 @@ pub async fn get(
         ),
     };
     let queue = state.queue()?;
+    let tenant = caller.tenant.as_deref();
     let record = match wait {
-        Some(wait) => {
-            owned_record(queue, &caller, &id).await?;
-            queue.wait_for_end(&id, wait).await?
-        }
-        None => Some(owned_record(queue, &caller, &id).await?),
+        Some(wait) => queue.wait_for_end(&id, wait, tenant).await?,
+        None => queue
+            .record(&id)
+            .await?
+            .map(|(record, _)| record)
+            .filter(|record| caller.owns(record.tenant.as_deref())),
     };
     record
         .map(|record| {
@@ -312,8 +314,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let queue = state.queue()?;
-    owned_record(queue, &caller, &id).await?;
-    let (record, by_worker) = match queue.cancel(&id).await? {
+    let (record, by_worker) = match queue.cancel(&id, caller.tenant.as_deref()).await? {
         Cancel::Done { record, by_worker } => (record, by_worker),
         Cancel::Requested(record) => {
             let view = Json(WorkView { id, record });
@@ -334,21 +335,6 @@ pub async fn cancel(
     )
     .await;
     Ok(Json(WorkView { id, record }).into_response())
-}
-
-/// The record of `id` if `caller` may see it: another tenant's work is as unknown to
-/// it as work that does not exist (`404`, so an id tells nothing of whose it is). A
-/// work's tenant never changes (its id is derived within it), so the check holds for
-/// whatever the request does next.
-async fn owned_record(
-    queue: &crate::queue::Queue,
-    caller: &Caller,
-    id: &WorkId,
-) -> Result<WorkRecord, ApiError> {
-    match queue.record(id).await? {
-        Some((record, _)) if caller.owns(record.tenant.as_deref()) => Ok(record),
-        _ => Err(ApiError::NotFound(id.to_string())),
-    }
 }
 
 /// Liveness: the process serves HTTP.

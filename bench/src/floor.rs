@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 
 use workpool_e2e::{HarnessError as Error, Result};
 
-use crate::raw::{DRAIN_FLOOR, INGEST_FLOOR, JOB_FLOOR, RawSizes};
+use crate::raw::{DRAIN_FLOOR, INGEST_FLOOR, JOB_FLOOR, RawSizes, pull};
 use crate::report::Figures;
 
 const PAYLOAD: &[u8] =
@@ -131,22 +131,7 @@ impl Queue {
     /// Pulls `count` messages, `concurrency` at a time, each ended as a worker ends a
     /// job: the started event, the outcome's create, the worked event, the ack.
     async fn consume(&self, count: usize, concurrency: usize) -> Result<()> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some("workers".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                max_ack_pending: i64::try_from(concurrency.max(1)).unwrap_or(i64::MAX),
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::context("creating the floor's consumer"))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(concurrency.max(1))
-            .messages()
-            .await
-            .map_err(Error::context("pulling"))?;
+        let messages = pull(&self.stream, "workers", concurrency).await?;
         let mut finished = 0;
         let mut jobs = messages
             .take(count)

@@ -132,21 +132,7 @@ pub async fn async_publish_rate(
 async fn fetch_ack_rate(js: &jetstream::Context, count: usize, window: usize) -> Result<f64> {
     let stream = fresh_stream(js, "RAW_FETCH", stream::RetentionPolicy::WorkQueue).await?;
     publish_windowed(js, "bench.RAW_FETCH", count, window).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("raw".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: i64::try_from(window.max(1)).unwrap_or(i64::MAX),
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::context("creating the raw consumer"))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(window.max(1))
-        .messages()
-        .await
-        .map_err(Error::context("pulling"))?;
+    let mut messages = pull(&stream, "raw", window).await?;
     let started = Instant::now();
     for _ in 0..count {
         let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
@@ -162,6 +148,31 @@ async fn fetch_ack_rate(js: &jetstream::Context, count: usize, window: usize) ->
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let _ = js.delete_stream("RAW_FETCH").await;
     Ok(rate)
+}
+
+/// The messages of a new durable consumer `name` on `stream`, with explicit acks and
+/// at most `window` unacked, pulled `window` at a time.
+pub async fn pull(
+    stream: &stream::Stream,
+    name: &str,
+    window: usize,
+) -> Result<consumer::pull::Stream> {
+    let window = window.max(1);
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: i64::try_from(window).unwrap_or(i64::MAX),
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::context(format!("creating the consumer {name}")))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(window)
+        .messages()
+        .await
+        .map_err(Error::context("pulling"))
 }
 
 async fn kv_put_rate(js: &jetstream::Context, count: usize, window: usize) -> Result<f64> {

@@ -25,13 +25,15 @@ pub struct WorkId(String);
 #[error("a work id is 32 lowercase hex characters")]
 pub struct InvalidWorkId;
 
-/// The secret a pool's work ids are keyed with. Its `Debug` shows nothing of it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct IdKey([u8; 32]);
+/// The secret a pool's work ids are keyed with, as an HMAC already keyed with it (each
+/// id clones it rather than hashing the key again). Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct IdKey(Hmac<Sha256>);
 
 impl IdKey {
+    #[allow(clippy::expect_used)] // HMAC takes keys of any length
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        Self(Hmac::new_from_slice(&bytes).expect("any key length"))
     }
 }
 
@@ -105,10 +107,9 @@ enum IdHasher {
 }
 
 impl IdHasher {
-    #[allow(clippy::expect_used)] // HMAC takes keys of any length
     fn new(scope: IdScope<'_>) -> Self {
         let mut hasher = match scope.key {
-            Some(key) => Self::Keyed(Hmac::new_from_slice(&key.0).expect("any key length")),
+            Some(key) => Self::Keyed(key.0.clone()),
             None => Self::Plain(Sha256::new()),
         };
         if let Some(tenant) = scope.tenant {

@@ -470,15 +470,12 @@ async fn read_body_tail(
 
 /// `err` and its causes, so the record says why a request failed (a refused
 /// certificate, a refused connection), not only that it did.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let chain = std::iter::successors(Some(err), |err| err.source());
+    chain
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn run_http(
