@@ -12,6 +12,7 @@ pub mod ids;
 pub mod message;
 pub mod metric_labels;
 pub mod names;
+pub mod nats_permissions;
 pub mod peer_auth;
 pub mod record;
 pub mod spec;

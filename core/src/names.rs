@@ -48,7 +48,7 @@ impl PoolNames {
         })
     }
 
-    fn prefix(&self) -> String {
+    pub(crate) fn prefix(&self) -> String {
         format!("wp.{}.{}", self.namespace, self.pool)
     }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use workpool_local_cluster::control_plane::ControlPlane;
+use workpool_local_cluster::nats::ServerAuth;
 
 use crate::{Result, free_port};
 
@@ -23,10 +24,22 @@ impl RunningOperator {
         lease: &str,
         identity: &str,
     ) -> Result<Self> {
+        Self::start_with_nats_auth(plane, namespace, lease, identity, None).await
+    }
+
+    /// The same, against a NATS server with auth on: the operator connects with the
+    /// server's admin user and mints each pool's user with its account key.
+    pub async fn start_with_nats_auth(
+        plane: &ControlPlane,
+        namespace: &str,
+        lease: &str,
+        identity: &str,
+        auth: Option<&ServerAuth>,
+    ) -> Result<Self> {
         use clap::Parser;
         workpool_runtime::telemetry::init_logging_or("warn");
         let port = free_port()?;
-        let args = workpool_operator::Args::parse_from([
+        let mut args = workpool_operator::Args::parse_from([
             "workpool-operator",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -41,6 +54,10 @@ impl RunningOperator {
             "--pod-name",
             identity,
         ]);
+        if let Some(auth) = auth {
+            args.nats_credentials_file = Some(auth.admin_creds.clone());
+            args.nats_account_seed_file = Some(auth.account_seed.clone());
+        }
         let client = plane.client().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(workpool_operator::run_with_client(

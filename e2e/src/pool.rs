@@ -32,6 +32,16 @@ pub struct Member {
 pub trait PoolNats {
     fn url(&self) -> String;
     fn client(&self) -> impl Future<Output = Result<async_nats::Client>> + Send;
+    /// The `.creds` the pool's processes connect with, minted as the operator mints
+    /// them, when the server runs with auth on.
+    fn pool_creds(&self, _names: &PoolNames) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// What the server refused a user, as it logged it (a server without auth refuses
+    /// nothing).
+    fn permission_violations(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl PoolNats for NatsServer {
@@ -42,10 +52,27 @@ impl PoolNats for NatsServer {
     fn client(&self) -> impl Future<Output = Result<async_nats::Client>> + Send {
         NatsServer::client(self)
     }
+
+    fn pool_creds(&self, names: &PoolNames) -> Result<Option<String>> {
+        use workpool_runtime::nats_auth::AccountKey;
+        let Some(auth) = self.auth() else {
+            return Ok(None);
+        };
+        let mint = || HarnessError::context("minting the pool's NATS user");
+        let account = AccountKey::from_file(&auth.account_seed).map_err(mint())?;
+        let creds = account
+            .user_creds(&names.pool, Some(&names.permissions()))
+            .map_err(mint())?;
+        Ok(Some(creds))
+    }
+
+    fn permission_violations(&self) -> Vec<String> {
+        NatsServer::permission_violations(self)
+    }
 }
 
 #[derive(Debug)]
-pub struct TestPool<N = NatsServer> {
+pub struct TestPool<N: PoolNats = NatsServer> {
     pub nats: N,
     pub names: PoolNames,
     pub spec: PoolSpec,
@@ -56,7 +83,21 @@ pub struct TestPool<N = NatsServer> {
     extra_api_env: Vec<(String, String)>,
     /// The pool's peer key, as the operator would keep it in the pool's Secret.
     pub peer_key: PeerKey,
+    /// The pool's NATS user, when the server runs with auth on.
+    creds_file: Option<PathBuf>,
     dir: tempfile::TempDir,
+}
+
+/// Every test of a pool checks on the way out that its processes never needed more than
+/// the pool's own NATS user allows (docs/security.md): a refused subject is a feature
+/// that silently stopped working.
+impl<N: PoolNats> Drop for TestPool<N> {
+    fn drop(&mut self) {
+        let violations = self.nats.permission_violations();
+        if !std::thread::panicking() && !violations.is_empty() {
+            panic!("NATS refused the pool's user:\n{}", violations.join("\n"));
+        }
+    }
 }
 
 /// An HTTP answer: status and JSON body (`Value::Null` if the body is not JSON).
@@ -95,9 +136,12 @@ impl TestPool {
             .await
     }
 
-    /// A NATS server without the pool's objects and no processes yet.
+    /// A NATS server without the pool's objects and no processes yet. The server runs
+    /// with auth on, and the processes connect as the pool's own user, with the
+    /// permissions the operator gives a pool (docs/security.md).
     pub async fn unprovisioned(spec: PoolSpec, api_env: Vec<(String, String)>) -> Result<Self> {
-        Self::unprovisioned_on(NatsServer::start().await?, spec, api_env)
+        let nats = NatsServer::start_secured_on("127.0.0.1").await?;
+        Self::unprovisioned_on(nats, spec, api_env)
     }
 }
 
@@ -133,6 +177,14 @@ impl<N: PoolNats> TestPool<N> {
         let spec_json = serde_json::to_string_pretty(&spec)
             .map_err(HarnessError::context("encoding spec.json"))?;
         std::fs::write(&spec_file, spec_json).map_err(HarnessError::io("writing spec.json"))?;
+        let creds_file = match nats.pool_creds(&names)? {
+            Some(creds) => {
+                let file = dir.path().join("nats.creds");
+                std::fs::write(&file, creds).map_err(HarnessError::io("writing nats.creds"))?;
+                Some(file)
+            }
+            None => None,
+        };
         Ok(Self {
             nats,
             names,
@@ -143,6 +195,7 @@ impl<N: PoolNats> TestPool<N> {
             http: workpool_local_cluster::http::client(),
             extra_api_env: api_env,
             peer_key: random_peer_key(),
+            creds_file,
             dir,
         })
     }
@@ -167,7 +220,7 @@ impl<N: PoolNats> TestPool<N> {
     }
 
     fn env(&self, pod: &str, port: u16) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("WORKPOOL_NAMESPACE".into(), NAMESPACE.into()),
             ("WORKPOOL_POOL".into(), POOL.into()),
             (
@@ -179,7 +232,11 @@ impl<N: PoolNats> TestPool<N> {
             ("WORKPOOL_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("RUST_LOG".into(), "info,async_nats=warn".into()),
             (PEER_KEY_ENV.into(), self.peer_key.to_hex()),
-        ]
+        ];
+        if let Some(file) = &self.creds_file {
+            env.push(("NATS_CREDS_FILE".into(), file.display().to_string()));
+        }
+        env
     }
 
     async fn spawn(

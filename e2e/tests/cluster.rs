@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use workpool_core::crd::WorkPool;
 use workpool_e2e::http::post_json;
 use workpool_e2e::pods::{pod_processes, ready_endpoints, running_pods, wait_until};
-use workpool_local_cluster::helm::Release;
 use workpool_local_cluster::pools::{condition, create_pool, wait_pool};
 use workpool_local_cluster::prometheus::{Prometheus, sample_value};
 use workpool_local_cluster::supervisor::LocalCluster;
@@ -49,9 +48,11 @@ async fn pods_run_for_real_and_the_original_demo_works_on_them() {
 
     let ns = plane.namespace("demo").await.expect("namespace");
     let release_ns = plane.namespace("workpool-system").await.expect("namespace");
-    let release = Release::new(plane, "workpool", &release_ns).expect("helm");
-    release
-        .install(&[("operator.watchNamespace", &ns), ("test.namespace", &ns)])
+    let release = cluster
+        .install_chart(
+            &release_ns,
+            &[("operator.watchNamespace", &ns), ("test.namespace", &ns)],
+        )
         .await
         .expect("helm install");
     assert_eq!(

@@ -30,7 +30,18 @@ async fn a_worker_acts_only_on_peer_requests_signed_with_its_pool_key() {
         .await
         .expect("working");
     let worker = working.str("worker").to_owned();
-    let client = pool.nats.client().await.expect("client");
+    // Only the pool's own NATS user reaches its peer subjects, and workers answer only
+    // into the pool's inboxes; the signature is the second wall, against a pod of the
+    // pool that is not a member (or credentials that leaked).
+    let client = pool
+        .nats
+        .options()
+        .await
+        .expect("options")
+        .custom_inbox_prefix(pool.names.inbox_prefix())
+        .connect(pool.nats.url())
+        .await
+        .expect("client");
     let ask = |payload: Vec<u8>| {
         let (client, subject) = (client.clone(), pool.names.peer_subject(&worker));
         async move {

@@ -17,6 +17,16 @@ pub struct NatsServer {
     config: PathBuf,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    auth: Option<ServerAuth>,
+}
+
+/// The files of a server that runs with auth on ([`NatsServer::start_secured_on`]).
+#[derive(Debug, Clone)]
+pub struct ServerAuth {
+    /// A user with every right in the account: the operator's, and the tests' own.
+    pub admin_creds: PathBuf,
+    /// The account's seed, with which the operator mints each pool's user.
+    pub account_seed: PathBuf,
 }
 
 /// NATS's default flush policy, unless WORKPOOL_NATS_SYNC=always asks for a flush before
@@ -41,6 +51,51 @@ impl NatsServer {
         Self::start_with("127.0.0.1", &bytes.to_string(), sync_from_env()).await
     }
 
+    /// A server with auth on, as the chart's: an operator-signed account, users minted
+    /// by its key (docs/security.md); clients without credentials are refused.
+    pub async fn start_secured_on(host: &str) -> Result<Self> {
+        Self::start_configured(host, "8MB", sync_from_env(), true).await
+    }
+
+    /// A server run from a `nats.conf` written elsewhere (the chart's, say), with `files`
+    /// beside it (what it includes); its `port`, `http_port` and `store_dir` lines are
+    /// replaced by this server's own.
+    pub async fn start_from_config(text: &str, files: &[(&str, &str)]) -> Result<Self> {
+        let binary = paths::tool("nats-server", "nats-server")?;
+        let dir = tempfile::Builder::new()
+            .prefix("workpool-nats-")
+            .tempdir()
+            .map_err(Error::io("creating a temp dir"))?;
+        let [port, monitor_port] = crate::free_ports::<2>()?;
+        let store = dir.path().join("store");
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| match line.trim_start() {
+                l if l.starts_with("port:") => format!("listen: 127.0.0.1:{port}"),
+                l if l.starts_with("http_port:") => format!("http: 127.0.0.1:{monitor_port}"),
+                l if l.starts_with("store_dir:") => format!("store_dir: {store:?}"),
+                _ => line.to_owned(),
+            })
+            .collect();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, text.join("\n")).map_err(Error::io("writing nats.conf"))?;
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).map_err(Error::io("writing a file"))?;
+        }
+        let mut server = Self {
+            process: None,
+            host: "127.0.0.1".to_owned(),
+            port,
+            monitor_port,
+            config,
+            dir,
+            binary,
+            auth: None,
+        };
+        server.start_again().await?;
+        Ok(server)
+    }
+
     /// A server that flushes its store before each acknowledgement
     /// (`sync_interval: always`), as the chart's NATS does: to measure what that costs.
     pub async fn start_synced() -> Result<Self> {
@@ -48,6 +103,15 @@ impl NatsServer {
     }
 
     async fn start_with(host: &str, max_payload: &str, sync_always: bool) -> Result<Self> {
+        Self::start_configured(host, max_payload, sync_always, false).await
+    }
+
+    async fn start_configured(
+        host: &str,
+        max_payload: &str,
+        sync_always: bool,
+        secured: bool,
+    ) -> Result<Self> {
         let binary = paths::tool("nats-server", "nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("workpool-nats-")
@@ -61,10 +125,18 @@ impl NatsServer {
         } else {
             ""
         };
-        let text = format!(
+        let mut text = format!(
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
              jetstream {{ store_dir: {store:?}{sync} }}\n"
         );
+        let auth = match secured {
+            true => {
+                let (lines, auth) = write_trust(dir.path())?;
+                text.push_str(&lines);
+                Some(auth)
+            }
+            false => None,
+        };
         std::fs::write(&config, text).map_err(Error::io("writing nats.conf"))?;
         let mut server = Self {
             process: None,
@@ -74,6 +146,7 @@ impl NatsServer {
             config,
             dir,
             binary,
+            auth,
         };
         server.start_again().await?;
         Ok(server)
@@ -157,10 +230,54 @@ impl NatsServer {
         }
     }
 
-    /// A connected client for the test's own checks.
-    pub async fn client(&self) -> Result<async_nats::Client> {
-        async_nats::connect(self.url())
-            .await
-            .map_err(Error::context(format!("connecting to {}", self.url())))
+    /// The permission violations the server logged (publish or subscription refused
+    /// by a user's permissions).
+    pub fn permission_violations(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains(" Violation - "))
+            .map(str::to_owned)
+            .collect()
     }
+
+    /// The credentials files, when the server runs with auth on.
+    pub fn auth(&self) -> Option<&ServerAuth> {
+        self.auth.as_ref()
+    }
+
+    /// A connected client for the test's own checks (with every right, when auth is on).
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        let context = Error::context(format!("connecting to {}", self.url()));
+        self.options()
+            .await?
+            .connect(self.url())
+            .await
+            .map_err(context)
+    }
+
+    /// Connect options with the admin user's credentials, when auth is on.
+    pub async fn options(&self) -> Result<async_nats::ConnectOptions> {
+        match &self.auth {
+            Some(auth) => async_nats::ConnectOptions::with_credentials_file(&auth.admin_creds)
+                .await
+                .map_err(Error::io("reading the admin credentials")),
+            None => Ok(async_nats::ConnectOptions::new()),
+        }
+    }
+}
+
+/// Makes an operator, a system account and the Workpool account; writes the admin
+/// user's credentials and the account seed into `dir`; returns the config lines.
+fn write_trust(dir: &std::path::Path) -> Result<(String, ServerAuth)> {
+    let trust = workpool_runtime::nats_auth::Trust::generate();
+    let auth = ServerAuth {
+        admin_creds: dir.join("admin.creds"),
+        account_seed: dir.join("account.seed"),
+    };
+    let mint = || Error::context("making NATS keys and JWTs");
+    let admin = trust.account().user_creds("admin", None).map_err(mint())?;
+    let seed = trust.account().seed().map_err(mint())?;
+    std::fs::write(&auth.admin_creds, admin).map_err(Error::io("writing admin.creds"))?;
+    std::fs::write(&auth.account_seed, seed).map_err(Error::io("writing account.seed"))?;
+    Ok((trust.server_config().map_err(mint())?, auth))
 }

@@ -48,6 +48,9 @@ pub const RELEASE_NAMESPACE: &str = "workpool-system";
 /// `examples/workpool.yaml`'s URL, `nats://nats.workpool-system:4222`.
 const NATS_SERVICE: (&str, &str, u16) = ("workpool-system", "nats", 4222);
 
+/// The Secret with the operator's NATS credentials and the account seed.
+pub const OPERATOR_NATS_SECRET: &str = "workpool-operator-nats";
+
 /// What every user of the local cluster needs: a control plane, a real node (containerd,
 /// kubelet, kube-proxy, CoreDNS) running our image, and NATS on the node's bridge address,
 /// which pods reach by the Service name `nats.workpool-system`.
@@ -67,7 +70,7 @@ impl LocalCluster {
         let host = HOST_IP.to_owned();
         let plane = ControlPlane::start_for_pods(&host).await?;
         let client = plane.client().await?;
-        let nats = NatsServer::start_on(&host).await?;
+        let nats = NatsServer::start_secured_on(&host).await?;
         node.start(&plane).await?;
         let (namespace, name, port) = NATS_SERVICE;
         plane.ensure_namespace(namespace).await?;
@@ -87,6 +90,45 @@ impl LocalCluster {
     pub fn nats_service_url(&self) -> String {
         let (namespace, name, port) = NATS_SERVICE;
         format!("nats://{name}.{namespace}:{port}")
+    }
+
+    /// Installs the chart (release `workpool`) in `namespace` with `values`, and gives
+    /// its operator the local NATS's admin credentials and account seed (the Secret
+    /// [`OPERATOR_NATS_SECRET`] there), so it provisions pools and mints their users.
+    pub async fn install_chart(&self, namespace: &str, values: &[(&str, &str)]) -> Result<Release> {
+        let auth = self
+            .nats
+            .auth()
+            .ok_or_else(|| Error::Missing("the local NATS runs without auth".into()))?;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(Error::io(format!("reading {}", path.display())))
+        };
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": OPERATOR_NATS_SECRET, "namespace": namespace},
+            "stringData": {
+                "nats.creds": read(&auth.admin_creds)?,
+                "account.seed": read(&auth.account_seed)?,
+            },
+        });
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), namespace);
+        secrets
+            .patch(
+                OPERATOR_NATS_SECRET,
+                &PatchParams::apply("workpool-local").force(),
+                &Patch::Apply(secret),
+            )
+            .await
+            .map_err(Error::context("creating the operator's NATS Secret"))?;
+        let mut values = values.to_vec();
+        values.extend([
+            ("operator.natsCredentialsSecret", OPERATOR_NATS_SECRET),
+            ("operator.natsAccountSecret", OPERATOR_NATS_SECRET),
+        ]);
+        let release = Release::new(&self.plane, RELEASE, namespace)?;
+        release.install(&values).await?;
+        Ok(release)
     }
 
     /// Stops every pod and the node (removing everything it made); the control plane
@@ -131,8 +173,8 @@ async fn serve(
         crate::prometheus::Prometheus::start(plane, &args.prometheus, Duration::from_secs(5))
             .await?;
     // `helm test` looks for the demo pool where `make up` applies it.
-    Release::new(plane, RELEASE, RELEASE_NAMESPACE)?
-        .install(&[("test.namespace", NAMESPACE)])
+    cluster
+        .install_chart(RELEASE_NAMESPACE, &[("test.namespace", NAMESPACE)])
         .await?;
     let name = apply_pool(&client, &args.pool).await?;
     wait_pool(&client, NAMESPACE, &name, Duration::from_secs(180), |p| {

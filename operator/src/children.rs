@@ -105,6 +105,14 @@ pub fn peer_secret_name(pool: &str) -> String {
 /// The key of the peer key in its Secret.
 pub const PEER_SECRET_KEY: &str = "peer-key";
 
+/// The Secret holding the NATS user the operator minted for the pool.
+pub fn nats_user_secret_name(pool: &str) -> String {
+    format!("{pool}-workpool-nats")
+}
+
+/// The key of a NATS `.creds` file in its Secret (the pool's own or the minted one).
+pub const NATS_CREDS_KEY: &str = "nats.creds";
+
 pub fn service_account_name(pool: &str) -> String {
     format!("{pool}-workpool")
 }
@@ -186,6 +194,9 @@ pub struct PoolContext<'a> {
     pub owner: OwnerReference,
     pub spec: &'a PoolSpec,
     pub image: &'a DefaultImage,
+    /// The Secret with the `nats.creds` the pool's pods connect with: the pool's own
+    /// `nats.credentialsSecret`, else the user the operator minted for it, else none.
+    pub nats_secret: Option<String>,
 }
 
 impl<'a> PoolContext<'a> {
@@ -205,7 +216,27 @@ impl<'a> PoolContext<'a> {
                 .ok_or(Error::MissingField("metadata.uid"))?,
             spec,
             image,
+            nats_secret: pool.spec.nats.credentials_secret.clone(),
         })
+    }
+
+    /// Pods connect with the NATS user the operator mints for the pool (in
+    /// [`nats_user_secret_name`]), unless the pool names credentials of its own.
+    pub fn with_minted_nats_user(mut self) -> Self {
+        if self.nats_secret.is_none() {
+            self.nats_secret = Some(nats_user_secret_name(&self.name));
+        }
+        self
+    }
+
+    /// The pool's NATS user, made once like the peer key: its permissions cover only the
+    /// pool's own subjects, streams and bucket (docs/security.md).
+    pub fn nats_user_secret(&self, creds: String) -> Secret {
+        Secret {
+            metadata: self.meta(nats_user_secret_name(&self.name), None),
+            string_data: Some([(NATS_CREDS_KEY.to_owned(), creds)].into()),
+            ..Default::default()
+        }
     }
 
     fn meta(&self, name: String, component: Option<Component>) -> ObjectMeta {
@@ -351,8 +382,11 @@ impl<'a> PoolContext<'a> {
                 }
             }
         }
-        if self.pool.spec.nats.credentials_secret.is_some() {
-            env.push(value("NATS_CREDS_FILE", format!("{NATS_DIR}/nats.creds")));
+        if self.nats_secret.is_some() {
+            env.push(value(
+                "NATS_CREDS_FILE",
+                format!("{NATS_DIR}/{NATS_CREDS_KEY}"),
+            ));
         }
         env
     }
@@ -390,8 +424,14 @@ impl<'a> PoolContext<'a> {
                 AUTH_DIR,
             );
         }
-        if let Some(creds) = &self.pool.spec.nats.credentials_secret {
-            secret("nats-creds", creds, "nats.creds", "nats.creds", NATS_DIR);
+        if let Some(creds) = &self.nats_secret {
+            secret(
+                "nats-creds",
+                creds,
+                NATS_CREDS_KEY,
+                NATS_CREDS_KEY,
+                NATS_DIR,
+            );
         }
         let (scratch, scratch_mount) = hardening::scratch();
         volumes.push(scratch);

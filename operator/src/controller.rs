@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use workpool_core::crd::{WorkPool, WorkPoolStatus};
 use workpool_core::{PoolNames, PoolSpec};
+use workpool_runtime::nats_auth::AccountKey;
 
 use crate::applied::{Applied, Digest};
 use crate::children::{self, Component, DefaultImage, PoolContext};
@@ -56,6 +57,8 @@ pub struct Context {
     pub provisioned: Applied,
     /// The pools the controller knows (set once it runs), to pace resyncs by.
     pools: std::sync::OnceLock<Store<WorkPool>>,
+    /// The account key that signs each pool's NATS user, when the operator mints them.
+    pub pool_users: Option<Arc<AccountKey>>,
 }
 
 impl Context {
@@ -76,7 +79,14 @@ impl Context {
             applied: Arc::default(),
             provisioned: Applied::default(),
             pools: std::sync::OnceLock::new(),
+            pool_users: None,
         }
+    }
+
+    /// Mint each pool a NATS user signed by `account` (docs/security.md).
+    pub fn with_pool_users(mut self, account: Option<Arc<AccountKey>>) -> Self {
+        self.pool_users = account;
+        self
     }
 
     /// How many pools the controller knows.
@@ -223,7 +233,10 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     let workers = rollout::desired_workers(&pool.spec.worker, &outcome.figures, current_workers);
     let rollout = rollout::rollout_spec(&outcome, &spec, current.deployed_spec());
     let held = rollout::held_back(&outcome, &spec, rollout.as_ref());
-    let context = PoolContext::new(pool, &spec, &ctx.image)?;
+    let mut context = PoolContext::new(pool, &spec, &ctx.image)?;
+    if ctx.pool_users.is_some() {
+        context = context.with_minted_nats_user();
+    }
     let deployments = apply_children(ctx, &context, rollout.as_ref(), current, workers).await?;
 
     let seen = Observed {
@@ -360,6 +373,7 @@ async fn apply_children(
         return Ok(current);
     }
     ensure_peer_secret(client, context).await?;
+    ensure_nats_user(ctx, context).await?;
     apply_child(client, namespace, &account).await?;
     apply_child(client, namespace, &role).await?;
     apply_child(client, namespace, &binding).await?;
@@ -386,11 +400,36 @@ async fn ensure_peer_secret(client: &Client, context: &PoolContext<'_>) -> Resul
     let mut bytes = [0u8; workpool_core::peer_auth::KEY_BYTES];
     getrandom::fill(&mut bytes).map_err(|err| Error::Random(err.to_string()))?;
     let key = workpool_core::peer_auth::PeerKey::from_bytes(bytes);
+    create_once(client, context, &context.peer_secret(&key)).await
+}
+
+/// Mints the pool's NATS user where none exists, unless the pool brings its own
+/// credentials. Like the peer key it is never replaced (pods would disagree); deleting
+/// the Secret makes a new user at the next reconcile.
+async fn ensure_nats_user(ctx: &Context, context: &PoolContext<'_>) -> Result<(), Error> {
+    let Some(account) = &ctx.pool_users else {
+        return Ok(());
+    };
+    if context.pool.spec.nats.credentials_secret.is_some() {
+        return Ok(());
+    }
+    let names = PoolNames::new(&context.namespace, &context.name).map_err(Error::InvalidName)?;
+    let user = format!("{}/{}", context.namespace, context.name);
+    let creds = account
+        .user_creds(&user, Some(&names.permissions()))
+        .map_err(|err| Error::NatsCredentials(err.into()))?;
+    create_once(&ctx.client, context, &context.nats_user_secret(creds)).await
+}
+
+/// Creates a Secret of the pool's; one that exists already is kept as it is. The
+/// operator may create Secrets but not read them.
+async fn create_once(
+    client: &Client,
+    context: &PoolContext<'_>,
+    secret: &Secret,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &context.namespace);
-    match api
-        .create(&PostParams::default(), &context.peer_secret(&key))
-        .await
-    {
+    match api.create(&PostParams::default(), secret).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(err) => Err(err.into()),

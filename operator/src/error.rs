@@ -92,6 +92,8 @@ pub enum CredentialsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("minting the pool's NATS user: {0}")]
+    Mint(#[from] workpool_runtime::nats_auth::AuthError),
 }
 
 impl From<finalizer::Error<Error>> for Error {

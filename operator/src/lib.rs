@@ -4,6 +4,7 @@
 //! the leader Lease reconciles.
 
 pub mod applied;
+pub mod bootstrap;
 pub mod children;
 pub mod controller;
 pub mod deletion;
@@ -27,6 +28,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 use workpool_core::crd::WorkPool;
 use workpool_runtime::admin::Admin;
+use workpool_runtime::nats_auth::AccountKey;
 
 use crate::children::DefaultImage;
 use crate::controller::Context;
@@ -72,6 +74,21 @@ pub struct Args {
     /// pods; the operator never reads Secrets (docs/security.md).
     #[arg(long, env = "WORKPOOL_NATS_CREDS_FILE")]
     pub nats_credentials_file: Option<std::path::PathBuf>,
+    /// The seed of the NATS account pools live in (`SA…`). With it the operator mints
+    /// each pool a NATS user allowed only that pool's subjects and stores it in the
+    /// Secret `<pool>-workpool-nats` its pods mount (docs/security.md).
+    #[arg(long, env = "WORKPOOL_NATS_ACCOUNT_SEED_FILE")]
+    pub nats_account_seed_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off tasks instead of the operator's loop.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Makes the NATS trust (keys and JWTs) and stores it in a Secret, unless the Secret
+    /// exists; the chart runs this before its NATS starts.
+    BootstrapNats(bootstrap::BootstrapArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +101,10 @@ pub enum OperatorError {
     Metrics(#[from] prometheus::Error),
     #[error("serving health endpoint: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("the NATS account seed: {0}")]
+    NatsAccount(#[from] workpool_runtime::nats_auth::AuthError),
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
 }
 
 /// Runs the operator until `shutdown` completes, with `Client::try_default` settings.
@@ -92,6 +113,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
     let client = Client::try_default().await?;
+    if let Some(Command::BootstrapNats(bootstrap)) = &args.command {
+        let done = bootstrap::bootstrap(client, bootstrap).await?;
+        tracing::info!(secret = %bootstrap.secret, outcome = ?done, "NATS trust bootstrapped");
+        return Ok(());
+    }
     run_with_client(args, client, shutdown).await
 }
 
@@ -102,6 +128,10 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
     let metrics = Arc::new(OperatorMetrics::new()?);
+    // Read once and checked before anything starts: a wrong seed is a setup error.
+    let account_seed = args.nats_account_seed_file.as_deref();
+    let account = account_seed.map(AccountKey::from_file).transpose()?;
+    let account = account.map(Arc::new);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Admin::new(metrics.registry().clone(), {
         let ready = ready.clone();
@@ -139,7 +169,8 @@ pub async fn run_with_client(
                 metrics.clone(),
                 image.clone(),
                 nats,
-            );
+            )
+            .with_pool_users(account.clone());
             controller::run(Arc::new(ctx), args.watch_namespace.clone(), term.ended())
         })
         .await;

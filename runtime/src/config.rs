@@ -138,6 +138,8 @@ pub async fn connect_nats(
     let name = format!("{component} {}", config.pod);
     options
         .name(&name)
+        // The pool's NATS user may subscribe to replies under this prefix only.
+        .custom_inbox_prefix(config.names.inbox_prefix())
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))

@@ -2,14 +2,15 @@
 //! `workpool-core`: settings and the NATS connection ([`config`]), a pool's NATS objects
 //! ([`provision`]), record writes with their expiry ([`records`]), events ([`events`]), pool membership from
 //! EndpointSlices ([`membership`]), logging and signals ([`telemetry`]), and metrics
-//! with the health/metrics server ([`metrics`], [`admin`]), and the retry delays while
-//! NATS is away ([`retry`]).
+//! with the health/metrics server ([`metrics`], [`admin`]), the retry delays while
+//! NATS is away ([`retry`]), and the NATS users pools connect as ([`nats_auth`]).
 
 pub mod admin;
 pub mod config;
 pub mod events;
 pub mod membership;
 pub mod metrics;
+pub mod nats_auth;
 pub mod provision;
 pub mod records;
 pub mod retry;

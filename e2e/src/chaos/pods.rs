@@ -13,10 +13,10 @@ use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
 
 use super::faults::Fault;
+use super::run::NatsAccess;
 use crate::nats_cluster::NatsCluster;
 use crate::pods::{pod_processes, program_of, running_pods, wait_until};
 use crate::{HarnessError, Result};
-use workpool_local_cluster::helm::Release;
 use workpool_local_cluster::pools::{condition, wait_pool};
 use workpool_local_cluster::supervisor::LocalCluster;
 
@@ -62,8 +62,8 @@ impl PodPool {
         };
         let namespace = cluster.plane.namespace("chaos").await?;
         let release_ns = cluster.plane.namespace("workpool-system").await?;
-        Release::new(&cluster.plane, "workpool", &release_ns)?
-            .install(&[("operator.watchNamespace", &namespace)])
+        cluster
+            .install_chart(&release_ns, &[("operator.watchNamespace", &namespace)])
             .await?;
         match &nats_cluster {
             Some(nats) => spec["nats"] = json!({"url": nats.urls(), "replicas": 3}),
@@ -125,11 +125,18 @@ impl PodPool {
         })
     }
 
-    /// The pool's NATS URL (every node of a NATS cluster, comma-separated).
-    pub fn nats_url(&self) -> String {
+    /// How the checker reaches the pool's NATS: every node of a NATS cluster, or the
+    /// local server with its admin credentials (it runs with auth on).
+    pub fn nats_access(&self) -> NatsAccess {
         match &self.nats_cluster {
-            Some(nats) => nats.urls(),
-            None => self.cluster.nats.url(),
+            Some(nats) => NatsAccess {
+                url: nats.urls(),
+                creds: None,
+            },
+            None => NatsAccess {
+                url: self.cluster.nats.url(),
+                creds: self.cluster.nats.auth().map(|a| a.admin_creds.clone()),
+            },
         }
     }
 

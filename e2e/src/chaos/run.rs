@@ -166,12 +166,18 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     };
     let apis: Apis = Arc::new(RwLock::new(api_urls(&target)));
     let terminals: Shared<Terminal> = Arc::default();
-    let (nats_url, names) = match &target {
-        Target::Pods(pods) => (pods.nats_url(), pods.names.clone()),
-        Target::Processes(pool) => (pool.nats.url(), pool.names.clone()),
+    let (nats, names) = match &target {
+        Target::Pods(pods) => (pods.nats_access(), pods.names.clone()),
+        Target::Processes(pool) => (
+            NatsAccess {
+                url: pool.nats.url(),
+                creds: None,
+            },
+            pool.names.clone(),
+        ),
     };
     let watcher = tokio::spawn(watch_terminals(
-        nats_url.clone(),
+        nats.clone(),
         names.bucket(),
         terminals.clone(),
     ));
@@ -220,7 +226,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     history.finals = finals(&client, &history).await;
     let open = open_ids(&history, &terminals);
     if !open.is_empty() {
-        let (queued, state) = still_queued(&nats_url, &names, &open, PARTITIONS).await;
+        let (queued, state) = still_queued(&nats, &names, &open, PARTITIONS).await;
         for last in &mut history.finals {
             last.queued = queued.contains(&last.id);
         }
@@ -254,6 +260,28 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     Ok((report, history))
 }
 
+/// Where the checker reads the pool's NATS objects, and as whom.
+#[derive(Debug, Clone)]
+pub struct NatsAccess {
+    /// One server, or every node of a cluster, comma-separated.
+    pub url: String,
+    /// A user with every right, where the server runs with auth on.
+    pub creds: Option<std::path::PathBuf>,
+}
+
+impl NatsAccess {
+    async fn connect(&self) -> Option<async_nats::Client> {
+        let servers: Vec<&str> = self.url.split(',').collect();
+        let options = match &self.creds {
+            Some(file) => async_nats::ConnectOptions::with_credentials_file(file)
+                .await
+                .ok()?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        options.connect(servers.as_slice()).await.ok()
+    }
+}
+
 fn api_urls(target: &Target) -> Vec<String> {
     match target {
         // One balancer in front of every api pod, as users of the local cluster reach it.
@@ -264,12 +292,10 @@ fn api_urls(target: &Target) -> Vec<String> {
 
 /// Every terminal record written during the run, from a watch of the whole bucket that
 /// starts again (with the current values) after each NATS fault.
-async fn watch_terminals(url: String, bucket: String, terminals: Shared<Terminal>) {
+async fn watch_terminals(nats: NatsAccess, bucket: String, terminals: Shared<Terminal>) {
     loop {
         let watched = async {
-            // A cluster's URL lists every node.
-            let servers: Vec<&str> = url.split(',').collect();
-            let client = async_nats::connect(servers.as_slice()).await.ok()?;
+            let client = nats.connect().await?;
             let kv = async_nats::jetstream::new(client)
                 .get_key_value(&bucket)
                 .await
@@ -444,15 +470,14 @@ fn open_ids(history: &History, terminals: &Shared<Terminal>) -> Vec<(String, Opt
 /// Of the open ids, those whose message is still in the work stream (queued, not lost),
 /// and how each keyed consumer stands: evidence for a run that did not drain.
 async fn still_queued(
-    url: &str,
+    nats: &NatsAccess,
     names: &workpool_core::PoolNames,
     open: &[(String, Option<String>)],
     partitions: u32,
 ) -> (std::collections::HashSet<String>, Vec<String>) {
     let mut queued = std::collections::HashSet::new();
     let mut state = Vec::new();
-    let servers: Vec<&str> = url.split(',').collect();
-    let Ok(client) = async_nats::connect(servers.as_slice()).await else {
+    let Some(client) = nats.connect().await else {
         return (queued, vec!["NATS unreachable at the end".into()]);
     };
     let js = async_nats::jetstream::new(client);
