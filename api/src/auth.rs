@@ -1,6 +1,6 @@
 //! Optional bearer-token auth: JWTs (with `exp`) signed with the pool's HS256 secret,
 //! or with the private half of the RSA (RS256) or EC P-256 (ES256) public key the pool
-//! gives instead.
+//! gives instead, or with one of the keys of an identity provider's JWKS ([`Jwks`]).
 //! A token's tenant claim scopes the work its holder submits, reads and cancels; its
 //! admin claim opens the cluster view (docs/security.md#work-ids-and-tenants).
 
@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::jwks::Jwks;
 
 /// The claim that names a token's tenant, unless configured otherwise.
 pub const DEFAULT_TENANT_CLAIM: &str = "sub";
@@ -73,16 +74,37 @@ pub async fn authenticate(
 
 #[derive(Clone)]
 pub struct Auth {
-    key: DecodingKey,
-    validation: Validation,
+    keys: TokenKeys,
     tenant_claim: String,
     admin_claim: String,
 }
 
+/// What checks a token's signature.
+#[derive(Clone)]
+enum TokenKeys {
+    /// One key and its one algorithm: the pool's secret or PEM public key.
+    Fixed {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    /// The key a JWKS holds under the token's `kid`, with that key's algorithm.
+    Jwks(std::sync::Arc<Jwks>),
+}
+
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Auth({:?})", self.validation.algorithms)
+        match &self.keys {
+            TokenKeys::Fixed { validation, .. } => write!(f, "Auth({:?})", validation.algorithms),
+            TokenKeys::Jwks(jwks) => write!(f, "Auth({jwks:?})"),
+        }
     }
+}
+
+/// Only `algorithm`, and `exp` required; `aud` is not checked.
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.validate_aud = false;
+    validation
 }
 
 /// Why the pool's key cannot check tokens.
@@ -119,14 +141,45 @@ impl Auth {
     }
 
     fn with(key: DecodingKey, algorithm: Algorithm, tenant_claim: &str, admin_claim: &str) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.validate_aud = false;
+        let validation = Box::new(validation(algorithm));
+        Self::with_keys(
+            TokenKeys::Fixed { key, validation },
+            tenant_claim,
+            admin_claim,
+        )
+    }
+
+    /// Tokens signed with any RS256 or ES256 key of `jwks`, picked by their `kid`.
+    pub fn from_jwks(jwks: std::sync::Arc<Jwks>, tenant_claim: &str, admin_claim: &str) -> Self {
+        Self::with_keys(TokenKeys::Jwks(jwks), tenant_claim, admin_claim)
+    }
+
+    fn with_keys(keys: TokenKeys, tenant_claim: &str, admin_claim: &str) -> Self {
         Self {
-            key,
-            validation,
+            keys,
             tenant_claim: tenant_claim.to_owned(),
             admin_claim: admin_claim.to_owned(),
         }
+    }
+
+    /// The token's claims, if its signature, algorithm and `exp` hold.
+    fn claims(&self, token: &str) -> Result<serde_json::Value, ApiError> {
+        let decoded = match &self.keys {
+            TokenKeys::Fixed { key, validation } => jsonwebtoken::decode(token, key, validation),
+            TokenKeys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token);
+                let kid = header.ok().and_then(|header| header.kid);
+                let kid = kid.ok_or(ApiError::Unauthorized)?;
+                let Some((key, algorithm)) = jwks.key(&kid) else {
+                    jwks.unknown_key();
+                    return Err(ApiError::Unauthorized);
+                };
+                jsonwebtoken::decode(token, &key, &validation(algorithm))
+            }
+        };
+        decoded
+            .map(|token| token.claims)
+            .map_err(|_| ApiError::Unauthorized)
     }
 
     pub fn check(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -135,10 +188,7 @@ impl Auth {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        let claims =
-            jsonwebtoken::decode::<serde_json::Value>(token.trim(), &self.key, &self.validation)
-                .map_err(|_| ApiError::Unauthorized)?
-                .claims;
+        let claims = self.claims(token.trim())?;
         let tenant = match claims.get(&self.tenant_claim) {
             Some(serde_json::Value::String(tenant)) => Some(tenant.clone()),
             Some(serde_json::Value::Number(tenant)) => Some(tenant.to_string()),

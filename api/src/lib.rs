@@ -5,6 +5,7 @@ pub mod auth;
 pub mod batch;
 pub mod cluster;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
@@ -45,9 +46,18 @@ pub struct Args {
     /// public port shows clients nothing of the process (the operator sets it).
     #[arg(long, env = "WORKPOOL_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
-    /// File holding the HS256 secret; when set, /api/v1/work requires a bearer JWT.
-    #[arg(long, env = "WORKPOOL_JWT_SECRET_FILE")]
+    /// File holding the HS256 secret or a PEM public key; when set, /api/v1/work
+    /// requires a bearer JWT.
+    #[arg(
+        long,
+        env = "WORKPOOL_JWT_SECRET_FILE",
+        conflicts_with = "jwt_jwks_url"
+    )]
     pub jwt_secret_file: Option<PathBuf>,
+    /// An identity provider's JWKS URL (its `jwks_uri`); when set, /api/v1/work requires
+    /// a bearer JWT signed with one of its RS256 or ES256 keys, named by `kid`.
+    #[arg(long, env = "WORKPOOL_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
     /// The token claim that names the tenant whose work a request may submit, read and
     /// cancel.
     #[arg(long, env = "WORKPOOL_JWT_TENANT_CLAIM", default_value = auth::DEFAULT_TENANT_CLAIM)]
@@ -84,6 +94,8 @@ pub enum StartError {
         #[source]
         source: auth::KeyError,
     },
+    #[error("JWT keys: {0}")]
+    Jwks(#[from] jwks::JwksError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("connecting to NATS: {0}")]
@@ -286,30 +298,34 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     response
 }
 
+/// The token check the flags ask for: a key from a file, the keys of a JWKS URL, or none.
+async fn load_auth(args: &Args) -> Result<Option<Auth>, StartError> {
+    let (tenant, admin) = (&args.jwt_tenant_claim, &args.jwt_admin_claim);
+    if let Some(url) = &args.jwt_jwks_url {
+        let jwks = jwks::Jwks::start(url).await?;
+        return Ok(Some(Auth::from_jwks(jwks, tenant, admin)));
+    }
+    let Some(path) = &args.jwt_secret_file else {
+        return Ok(None);
+    };
+    let secret = std::fs::read(path).map_err(|source| StartError::Secret {
+        path: path.clone(),
+        source,
+    })?;
+    let auth = Auth::from_key(secret.trim_ascii(), tenant, admin);
+    Ok(Some(auth.map_err(|source| StartError::Key {
+        path: path.clone(),
+        source,
+    })?))
+}
+
 /// Runs the api until `shutdown` completes.
 pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let config = args.pool.load()?;
-    let auth = match &args.jwt_secret_file {
-        Some(path) => {
-            let secret = std::fs::read(path).map_err(|source| StartError::Secret {
-                path: path.clone(),
-                source,
-            })?;
-            let auth = Auth::from_key(
-                secret.trim_ascii(),
-                &args.jwt_tenant_claim,
-                &args.jwt_admin_claim,
-            );
-            Some(auth.map_err(|source| StartError::Key {
-                path: path.clone(),
-                source,
-            })?)
-        }
-        None => None,
-    };
+    let auth = load_auth(&args).await?;
     let client = workpool_runtime::config::connect_nats(&config, "workpool-api").await?;
     let members = cluster::Members::watch(
         &config.names.namespace,

@@ -223,10 +223,18 @@ impl Default for ApiSpec {
 /// Bearer-token auth.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.jwtSecretRef) != has(self.jwksUrl)").message("api.auth needs exactly one of jwtSecretRef or jwksUrl"))]
 pub struct AuthSpec {
     /// Secret (in the pool's namespace) and key holding what checks clients' JWTs: an
     /// HS256 secret, or a PEM public key (RSA for RS256, EC P-256 for ES256).
-    pub jwt_secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_ref: Option<SecretKeyRef>,
+    /// An identity provider's JSON Web Key Set URL (its `jwks_uri`): tokens signed with
+    /// any of its RS256 or ES256 keys, named by `kid`, are accepted; the set is fetched
+    /// again every 5 minutes and when a token names a key it lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub jwks_url: Option<String>,
     /// The token claim that names a client's tenant: work is scoped to it (a client sees
     /// and cancels only its own tenant's work). Default `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

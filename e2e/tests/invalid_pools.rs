@@ -236,6 +236,24 @@ fn cases() -> Vec<Case> {
             json!({"api": {"auth": {"jwtSecretRef": {"name": "jwt"}}}}),
             "spec.api.auth.jwtSecretRef.key",
         ),
+        case(
+            "auth with neither a key nor a JWKS",
+            json!({"api": {"auth": {"tenantClaim": "org"}}}),
+            "exactly one of jwtSecretRef or jwksUrl",
+        ),
+        case(
+            "auth with both a key and a JWKS",
+            json!({"api": {"auth": {
+                "jwtSecretRef": {"name": "jwt", "key": "k"},
+                "jwksUrl": "https://idp.example/jwks.json",
+            }}}),
+            "exactly one of jwtSecretRef or jwksUrl",
+        ),
+        case(
+            "a JWKS URL that is not http(s)",
+            json!({"api": {"auth": {"jwksUrl": "file:///etc/passwd"}}}),
+            "spec.api.auth.jwksUrl",
+        ),
     ]
 }
 

@@ -221,3 +221,94 @@ async fn a_public_key_checks_tokens_signed_with_its_private_half() {
     assert_eq!(post(&pool, &es256, &body).await.status, 202);
     assert_eq!(post(&pool, &confused, &body).await.status, 401);
 }
+
+/// A token signed with `algorithm` by the test key in `private`, naming key id `kid`.
+fn signed(algorithm: jsonwebtoken::Algorithm, private: &[u8], kid: &str) -> String {
+    let key = match algorithm {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(private),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(private),
+    };
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({"sub": "a", "exp": 4_000_000_000u64});
+    jsonwebtoken::encode(&header, &claims, &key.unwrap()).unwrap()
+}
+
+/// A pool that names an identity provider's JWKS URL takes tokens signed with any key
+/// of the set, picked by `kid`, and follows a rotation: a key added to the set is
+/// accepted once the api fetched the set again, which a token naming it causes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_checks_tokens_by_key_id_and_follows_a_rotation() {
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    let published: Value =
+        serde_json::from_str(include_str!("../../api/testdata/jwks.json")).unwrap();
+    // At first the provider publishes only the RSA key.
+    let rsa_only = json!({"keys": [published["keys"][0].clone()]});
+    let served = std::sync::Arc::new(std::sync::Mutex::new(rsa_only));
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get({
+            let served = served.clone();
+            move || async move { axum::Json(served.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let env = vec![("WORKPOOL_JWT_JWKS_URL".to_owned(), url)];
+    let pool = TestPool::start_with_api_env(PoolSpec::default(), 1, 0, env)
+        .await
+        .expect("pool");
+
+    let rs256 = signed(
+        RS256,
+        include_bytes!("../../api/testdata/rs256-private.pem"),
+        "rs-1",
+    );
+    let es256 = signed(
+        ES256,
+        include_bytes!("../../api/testdata/es256-private.pem"),
+        "ec-1",
+    );
+    // Each POST its own content, so none is answered as a duplicate.
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let body = || json!({"data": count.fetch_add(1, std::sync::atomic::Ordering::Relaxed)});
+    assert_eq!(post(&pool, &rs256, &body()).await.status, 202);
+    assert_eq!(
+        post(&pool, &es256, &body()).await.status,
+        401,
+        "ec-1 not published yet"
+    );
+    // The RSA key's token under another key's id, and an HS256 token "signed" with a
+    // public key, are refused.
+    let rsa_private = include_bytes!("../../api/testdata/rs256-private.pem");
+    let misnamed = signed(RS256, rsa_private, "ec-1");
+    let header = jsonwebtoken::Header {
+        kid: Some("rs-1".into()),
+        ..Default::default()
+    };
+    let confused = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "a", "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(include_bytes!(
+            "../../api/testdata/rs256-public.pem"
+        )),
+    )
+    .unwrap();
+    for token in [&misnamed, &confused, &token(json!({"sub": "a"}))] {
+        assert_eq!(post(&pool, token, &body()).await.status, 401);
+    }
+
+    // The provider adds the EC key: the api follows within its refetch interval.
+    *served.lock().unwrap() = published;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = post(&pool, &es256, &body()).await.status;
+        if status == 202 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ec-1 never accepted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(post(&pool, &rs256, &body()).await.status, 202);
+}

@@ -368,10 +368,13 @@ impl<'a> PoolContext<'a> {
             env.push(value("WORKPOOL_DRAIN_TIMEOUT", "25s".into()));
         }
         if let (Component::Api, Some(auth)) = (component, &self.pool.spec.api.auth) {
-            env.push(value(
-                "WORKPOOL_JWT_SECRET_FILE",
-                format!("{AUTH_DIR}/jwt-secret"),
-            ));
+            match &auth.jwks_url {
+                Some(url) => env.push(value("WORKPOOL_JWT_JWKS_URL", url.clone())),
+                None => env.push(value(
+                    "WORKPOOL_JWT_SECRET_FILE",
+                    format!("{AUTH_DIR}/jwt-secret"),
+                )),
+            }
             let claims = [
                 ("WORKPOOL_JWT_TENANT_CLAIM", &auth.tenant_claim),
                 ("WORKPOOL_JWT_ADMIN_CLAIM", &auth.admin_claim),
@@ -415,11 +418,13 @@ impl<'a> PoolContext<'a> {
                 ..Default::default()
             });
         };
-        if let (Component::Api, Some(auth)) = (component, &self.pool.spec.api.auth) {
+        let jwt_secret = self.pool.spec.api.auth.as_ref();
+        let jwt_secret = jwt_secret.and_then(|auth| auth.jwt_secret_ref.as_ref());
+        if let (Component::Api, Some(reference)) = (component, jwt_secret) {
             secret(
                 "auth",
-                &auth.jwt_secret_ref.name,
-                &auth.jwt_secret_ref.key,
+                &reference.name,
+                &reference.key,
                 "jwt-secret",
                 AUTH_DIR,
             );
@@ -971,6 +976,48 @@ mod tests {
     }
 
     #[test]
+    fn pods_get_the_minted_nats_user_unless_the_pool_brings_its_own() {
+        let secret_of = |deployment: &Deployment| {
+            pod_spec(deployment)
+                .volumes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|volume| volume.name == "nats-creds")
+                .and_then(|volume| volume.secret?.secret_name)
+        };
+        for (spec, minting, expected) in [
+            (json!({}), false, None),
+            (json!({}), true, Some("demo-workpool-nats")),
+            (secured(), true, Some("nats-creds")),
+            (secured(), false, Some("nats-creds")),
+        ] {
+            let pool = pool(spec);
+            let settings = pool.spec.pool_spec().expect("spec");
+            let image = default_image();
+            let mut context = PoolContext::new(&pool, &settings, &image).expect("context");
+            if minting {
+                context = context.with_minted_nats_user();
+            }
+            for component in [Component::Api, Component::Worker] {
+                let deployment = context.deployment(component, 1);
+                assert_eq!(secret_of(&deployment).as_deref(), expected);
+                let creds = env(&deployment).get("NATS_CREDS_FILE").cloned();
+                let wanted = expected.map(|_| "/etc/workpool/nats/nats.creds".to_owned());
+                assert_eq!(creds, wanted);
+            }
+        }
+        with_children(json!({}), |context| {
+            let secret = context.nats_user_secret("creds".into());
+            assert_eq!(secret.metadata.name.as_deref(), Some("demo-workpool-nats"));
+            assert_eq!(
+                secret.metadata.owner_references,
+                Some(vec![context.owner.clone()])
+            );
+        });
+    }
+
+    #[test]
     fn probes_ask_readyz_and_healthz_on_the_component_port() {
         with_children(json!({}), |context| {
             for component in [Component::Api, Component::Worker] {
@@ -1172,6 +1219,22 @@ mod tests {
                     .expect("/tmp");
                 assert_ne!(tmp.read_only, Some(true));
             }
+        });
+    }
+
+    #[test]
+    fn a_jwks_url_reaches_the_api_and_mounts_no_key() {
+        let auth = json!({"jwksUrl": "https://idp.example/.well-known/jwks.json"});
+        with_children(json!({"api": {"auth": auth}}), |context| {
+            let api = context.deployment(Component::Api, 1);
+            let env = env(&api);
+            assert_eq!(
+                env["WORKPOOL_JWT_JWKS_URL"],
+                "https://idp.example/.well-known/jwks.json"
+            );
+            assert!(!env.contains_key("WORKPOOL_JWT_SECRET_FILE"));
+            let volumes = pod_spec(&api).volumes.clone().unwrap_or_default();
+            assert!(volumes.iter().all(|v| v.name != "auth"), "{volumes:?}");
         });
     }
 

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod events;
+pub mod http_client;
 pub mod membership;
 pub mod metrics;
 pub mod nats_auth;

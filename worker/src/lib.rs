@@ -5,7 +5,7 @@ pub mod cluster;
 pub mod guard;
 pub mod handlers;
 mod hold;
-pub mod http_client;
+pub use workpool_runtime::http_client;
 pub mod metrics;
 pub mod process;
 mod pull;

@@ -125,6 +125,16 @@ impl PodPool {
         })
     }
 
+    /// Whether a worker pod of the pool is ready.
+    pub async fn a_worker_is_ready(&self) -> bool {
+        let pods = running_pods(&self.cluster.client, &self.namespace, "worker").await;
+        let ready = |pod: &Pod| {
+            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        pods.is_ok_and(|pods| pods.iter().any(ready))
+    }
+
     /// How the checker reaches the pool's NATS: every node of a NATS cluster, or the
     /// local server with its admin credentials (it runs with auth on).
     pub fn nats_access(&self) -> NatsAccess {

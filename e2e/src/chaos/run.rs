@@ -222,7 +222,10 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         .map_err(|_| HarnessError::Other("workload still running".into()))?
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
-    drain(&history, &terminals, config.result_ttl).await;
+    drain(&history, &terminals, config.result_ttl, || {
+        workers_ready(&target)
+    })
+    .await;
     history.finals = finals(&client, &history).await;
     let open = open_ids(&history, &terminals);
     if !open.is_empty() {
@@ -428,17 +431,34 @@ async fn after_expiry_probe(
     }
 }
 
+/// Whether the pool has a worker that could make progress: on the local cluster, a
+/// ready worker pod. After a run of apiserver restarts the ReplicaSet controller and the
+/// scheduler can take minutes to replace deleted pods (their watches back off up to
+/// 30 s, jittered, after each restart); the pool is not to blame for that wait.
+async fn workers_ready(target: &Target) -> bool {
+    match target {
+        Target::Pods(pods) => pods.a_worker_is_ready().await,
+        Target::Processes(_) => true,
+    }
+}
+
 /// Waits until every accepted id has a terminal record. A slow machine drains slowly,
 /// so the wait lasts as long as work keeps finishing: it ends once nothing has finished
-/// for a minute (or after a quarter of an hour).
-async fn drain(history: &History, terminals: &Shared<Terminal>, ttl: Duration) {
+/// for a minute while a worker was ready (or after a quarter of an hour).
+async fn drain<F, Fut>(history: &History, terminals: &Shared<Terminal>, ttl: Duration, ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let give_up = tokio::time::Instant::now() + Duration::from_secs(900);
     let mut last_progress = tokio::time::Instant::now();
     let mut last_open = usize::MAX;
     loop {
         let open = open_ids(history, terminals).len();
-        if open < last_open {
-            last_open = open;
+        // While no worker is ready, the minute without progress does not run.
+        let platform_down = open > 0 && !ready().await;
+        if open < last_open || platform_down {
+            last_open = last_open.min(open);
             last_progress = tokio::time::Instant::now();
         }
         let now = tokio::time::Instant::now();

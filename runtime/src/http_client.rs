@@ -1,4 +1,5 @@
-//! The client `http` handlers POST work with: HTTP/1.1 and HTTP/2, and https verified
+//! The HTTP client of the pool's processes (`http` handlers POST work with it, the api
+//! fetches a JWKS with it): HTTP/1.1 and HTTP/2, and https verified
 //! against the system's CA certificates (the image's bundle; `SSL_CERT_FILE` or
 //! `SSL_CERT_DIR` name others), with rustls on ring, the crypto the kube client already
 //! uses.
