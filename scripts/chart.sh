@@ -27,6 +27,8 @@ case "${1:-check}" in
       || { echo "chart: charts/workpool/crds/ differs from crds/; run make generate" >&2; exit 1; }
     "$helm" lint --strict "$chart"
     "$helm" lint --strict "$chart" --set nats.enabled=true
+    "$helm" lint --strict "$chart" --set nats.enabled=true --set nats.tlsSecret=nats-tls \
+      --set operator.natsCAConfigMap=nats-ca
     "$helm" lint --strict "$chart" --set monitoring.podMonitor.enabled=true \
       --set monitoring.prometheusRule.enabled=true
     echo "chart: lint checks passed"

@@ -31,6 +31,7 @@ pub(crate) fn state(auth: Option<Auth>) -> AppState {
         spec,
         pod: "demo-api-0".to_owned(),
         nats_creds_file: None,
+        nats_ca_file: None,
         peer_key: None,
     };
     AppState::new(config, auth, cluster::Members::default(), 10).expect("state")

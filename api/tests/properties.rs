@@ -34,6 +34,7 @@ fn app() -> Router {
         spec,
         pod: "demo-api-0".into(),
         nats_creds_file: None,
+        nats_ca_file: None,
         peer_key: None,
     };
     let state = AppState::new(config, None, Members::default(), 16).unwrap();

@@ -141,6 +141,11 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(max = 253))]
     pub credentials_secret: Option<String>,
+    /// A ConfigMap key (in the pool's namespace) holding the PEM certificates of the CA
+    /// that signed the NATS server's certificate: the pods then connect with TLS only and
+    /// trust that CA, as well as the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_ref: Option<ConfigMapKeyRef>,
     /// JetStream replicas of the stream and bucket: 1, 3 or 5. Cannot be changed on a
     /// running pool without recreating its NATS objects.
     #[serde(default = "one")]
@@ -245,6 +250,18 @@ pub struct AuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._:/a-zA-Z0-9]+$"), length(min = 1, max = 253))]
     pub admin_claim: Option<String>,
+}
+
+/// A key of a ConfigMap in the pool's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(max = 253))]
+    pub name: String,
+    /// Key in the ConfigMap.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: String,
 }
 
 /// A key of a Secret in the pool's namespace.

@@ -24,17 +24,19 @@ impl RunningOperator {
         lease: &str,
         identity: &str,
     ) -> Result<Self> {
-        Self::start_with_nats_auth(plane, namespace, lease, identity, None).await
+        Self::start_with_nats_auth(plane, namespace, lease, identity, None, None).await
     }
 
     /// The same, against a NATS server with auth on: the operator connects with the
-    /// server's admin user and mints each pool's user with its account key.
+    /// server's admin user and mints each pool's user with its account key; with
+    /// `ca_file`, over TLS trusting that CA.
     pub async fn start_with_nats_auth(
         plane: &ControlPlane,
         namespace: &str,
         lease: &str,
         identity: &str,
         auth: Option<&ServerAuth>,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<Self> {
         use clap::Parser;
         workpool_runtime::telemetry::init_logging_or("warn");
@@ -58,6 +60,7 @@ impl RunningOperator {
             args.nats_credentials_file = Some(auth.admin_creds.clone());
             args.nats_account_seed_file = Some(auth.account_seed.clone());
         }
+        args.nats_ca_file = ca_file.map(std::path::Path::to_path_buf);
         let client = plane.client().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(workpool_operator::run_with_client(

@@ -124,9 +124,10 @@ async fn keyed_work_is_serial_per_key_and_partitions_follow_the_members() {
     install_crd(&cluster.plane).await.expect("crd");
     let ns = cluster.plane.namespace("keyed").await.expect("namespace");
     let auth = cluster.nats.auth();
-    let _operator = RunningOperator::start_with_nats_auth(&cluster.plane, &ns, "op", "op-0", auth)
-        .await
-        .expect("operator");
+    let _operator =
+        RunningOperator::start_with_nats_auth(&cluster.plane, &ns, "op", "op-0", auth, None)
+            .await
+            .expect("operator");
     // The job prints its start and end in nanoseconds, so overlaps can be checked.
     let (repository, tag) = workpool_local_cluster::image::TEST_IMAGE;
     let yaml = format!(

@@ -78,9 +78,10 @@ async fn a_pools_user_reaches_its_own_pool_and_nothing_of_another() {
     let nats = NatsServer::start_secured_on("127.0.0.1")
         .await
         .expect("nats");
-    let _operator = RunningOperator::start_with_nats_auth(plane, &ns, "op", "op-0", nats.auth())
-        .await
-        .expect("operator");
+    let _operator =
+        RunningOperator::start_with_nats_auth(plane, &ns, "op", "op-0", nats.auth(), None)
+            .await
+            .expect("operator");
     for pool in ["alpha", "beta"] {
         create_pool(&client, &ns, &pool_yaml(pool, &nats.url(), ""))
             .await

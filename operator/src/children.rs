@@ -8,9 +8,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
+    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -34,6 +34,7 @@ pub const WORKER_PORT: i32 = 8081;
 const SPEC_ENV: &str = "WORKPOOL_SPEC";
 const AUTH_DIR: &str = "/etc/workpool/auth";
 const NATS_DIR: &str = "/etc/workpool/nats";
+const NATS_CA_DIR: &str = "/etc/workpool/nats-ca";
 
 /// Image used when neither the WorkPool nor the operator's flags name one.
 #[derive(Debug, Clone)]
@@ -385,6 +386,9 @@ impl<'a> PoolContext<'a> {
                 }
             }
         }
+        if self.pool.spec.nats.ca_config_map_ref.is_some() {
+            env.push(value("NATS_CA_FILE", format!("{NATS_CA_DIR}/ca.crt")));
+        }
         if self.nats_secret.is_some() {
             env.push(value(
                 "NATS_CREDS_FILE",
@@ -397,19 +401,11 @@ impl<'a> PoolContext<'a> {
     fn volumes(&self, component: Component) -> (Vec<Volume>, Vec<VolumeMount>) {
         let mut volumes = Vec::new();
         let mut mounts = Vec::new();
-        let mut secret = |name: &str, secret: &str, key: &str, path: &str, dir: &str| {
+        // One key of a Secret or ConfigMap as the file `path` in the read-only `dir`.
+        let mut mount = |name: &str, dir: &str, volume: Volume| {
             volumes.push(Volume {
                 name: name.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.into()),
-                    items: Some(vec![KeyToPath {
-                        key: key.into(),
-                        path: path.into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
+                ..volume
             });
             mounts.push(VolumeMount {
                 name: name.into(),
@@ -418,25 +414,42 @@ impl<'a> PoolContext<'a> {
                 ..Default::default()
             });
         };
+        let item = |key: &str, path: &str| {
+            Some(vec![KeyToPath {
+                key: key.into(),
+                path: path.into(),
+                ..Default::default()
+            }])
+        };
+        let secret = |secret: &str, key: &str, path: &str| Volume {
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                items: item(key, path),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let jwt_secret = self.pool.spec.api.auth.as_ref();
         let jwt_secret = jwt_secret.and_then(|auth| auth.jwt_secret_ref.as_ref());
         if let (Component::Api, Some(reference)) = (component, jwt_secret) {
-            secret(
-                "auth",
-                &reference.name,
-                &reference.key,
-                "jwt-secret",
-                AUTH_DIR,
-            );
+            let volume = secret(&reference.name, &reference.key, "jwt-secret");
+            mount("auth", AUTH_DIR, volume);
         }
         if let Some(creds) = &self.nats_secret {
-            secret(
-                "nats-creds",
-                creds,
-                NATS_CREDS_KEY,
-                NATS_CREDS_KEY,
-                NATS_DIR,
-            );
+            let volume = secret(creds, NATS_CREDS_KEY, NATS_CREDS_KEY);
+            mount("nats-creds", NATS_DIR, volume);
+        }
+        if let Some(ca) = &self.pool.spec.nats.ca_config_map_ref {
+            let config_map = ConfigMapVolumeSource {
+                name: ca.name.clone(),
+                items: item(&ca.key, "ca.crt"),
+                ..Default::default()
+            };
+            let volume = Volume {
+                config_map: Some(config_map),
+                ..Default::default()
+            };
+            mount("nats-ca", NATS_CA_DIR, volume);
         }
         let (scratch, scratch_mount) = hardening::scratch();
         volumes.push(scratch);
@@ -1218,6 +1231,38 @@ mod tests {
                     .find(|mount| mount.mount_path == "/tmp")
                     .expect("/tmp");
                 assert_ne!(tmp.read_only, Some(true));
+            }
+        });
+    }
+
+    #[test]
+    fn a_nats_ca_is_mounted_into_both_components() {
+        let nats = json!({"url": "tls://nats:4222", "caConfigMapRef": {"name": "nats-ca", "key": "ca.pem"}});
+        with_children(json!({"nats": nats}), |context| {
+            for component in [Component::Api, Component::Worker] {
+                let deployment = context.deployment(component, 1);
+                assert_eq!(
+                    env(&deployment)["NATS_CA_FILE"],
+                    "/etc/workpool/nats-ca/ca.crt"
+                );
+                let volumes = pod_spec(&deployment).volumes.clone().unwrap_or_default();
+                let ca = volumes
+                    .iter()
+                    .find(|v| v.name == "nats-ca")
+                    .expect("nats-ca");
+                let config_map = ca.config_map.as_ref().expect("a ConfigMap volume");
+                assert_eq!(config_map.name, "nats-ca");
+                let items = config_map.items.as_ref().expect("items");
+                assert_eq!(
+                    (items[0].key.as_str(), items[0].path.as_str()),
+                    ("ca.pem", "ca.crt")
+                );
+                let mounts = container(&deployment)
+                    .volume_mounts
+                    .clone()
+                    .unwrap_or_default();
+                let mount = mounts.iter().find(|m| m.name == "nats-ca").expect("mount");
+                assert_eq!(mount.mount_path, "/etc/workpool/nats-ca");
             }
         });
     }

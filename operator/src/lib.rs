@@ -79,6 +79,10 @@ pub struct Args {
     /// Secret `<pool>-workpool-nats` its pods mount (docs/security.md).
     #[arg(long, env = "WORKPOOL_NATS_ACCOUNT_SEED_FILE")]
     pub nats_account_seed_file: Option<std::path::PathBuf>,
+    /// PEM certificates of the CA of NATS servers whose certificates a private CA signed;
+    /// with it the operator connects with TLS only.
+    #[arg(long, env = "WORKPOOL_NATS_CA_FILE")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -162,7 +166,8 @@ pub async fn run_with_client(
     candidate
         .lead_until(shutdown, &metrics, |term| {
             let recorder = controller::recorder(&client, &identity);
-            let nats = NatsClients::new(args.nats_credentials_file.clone());
+            let nats = NatsClients::new(args.nats_credentials_file.clone())
+                .with_ca_file(args.nats_ca_file.clone());
             let ctx = Context::new(
                 client.clone(),
                 recorder,

@@ -22,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct NatsClients {
     clients: Mutex<HashMap<String, async_nats::Client>>,
     credentials_file: Option<std::path::PathBuf>,
+    /// The CA of NATS servers with certificates of a private CA (TLS only, then).
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NatsClients {
@@ -71,6 +73,12 @@ impl NatsClients {
         }
     }
 
+    /// The same, trusting the CA in `file` (and requiring TLS).
+    pub fn with_ca_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.ca_file = file;
+        self
+    }
+
     /// A JetStream context on `url`, connecting on first use. A client that lost its
     /// connection keeps reconnecting on its own; requests fail fast meanwhile.
     pub async fn jetstream(&self, url: &str) -> Result<jetstream::Context, Error> {
@@ -98,6 +106,7 @@ impl NatsClients {
         };
         // Every member of a cluster the URL lists, as the pods get them.
         let servers = workpool_core::crd::nats_servers(url);
+        let options = workpool_runtime::config::with_ca(options, self.ca_file.as_deref());
         let connect = options
             .name("workpool-operator")
             .max_reconnects(None)

@@ -27,6 +27,10 @@ pub struct PoolArgs {
     /// NATS credentials file (`.creds`), when the server requires them.
     #[arg(long, env = "NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
+    /// PEM certificates of the CA that signed the NATS server's certificate; when set,
+    /// the connection must be TLS.
+    #[arg(long, env = "NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
     /// NATS server URL; overrides `nats.url` of the spec.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
@@ -46,6 +50,7 @@ pub struct PoolConfig {
     pub spec: PoolSpec,
     pub pod: String,
     pub nats_creds_file: Option<PathBuf>,
+    pub nats_ca_file: Option<PathBuf>,
     /// The key peer requests are signed and checked with.
     pub peer_key: Option<PeerKey>,
 }
@@ -107,6 +112,7 @@ impl PoolArgs {
             spec,
             pod,
             nats_creds_file: self.nats_creds_file.clone(),
+            nats_ca_file: self.nats_ca_file.clone(),
             peer_key,
         })
     }
@@ -134,6 +140,7 @@ pub async fn connect_nats(
             })?,
         None => async_nats::ConnectOptions::new(),
     };
+    let options = with_ca(options, config.nats_ca_file.as_deref());
     let url_for_log = url.to_owned();
     let name = format!("{component} {}", config.pod);
     options
@@ -151,6 +158,19 @@ pub async fn connect_nats(
         .connect(workpool_core::crd::nats_servers(url).as_slice())
         .await
         .map_err(ConnectError::Connect)
+}
+
+/// TLS only, trusting the CA in `file` beside the system's, when a file is given.
+pub fn with_ca(
+    options: async_nats::ConnectOptions,
+    file: Option<&std::path::Path>,
+) -> async_nats::ConnectOptions {
+    match file {
+        Some(file) => options
+            .add_root_certificates(file.to_owned())
+            .require_tls(true),
+        None => options,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
