@@ -404,8 +404,9 @@ async fn ensure_peer_secret(client: &Client, context: &PoolContext<'_>) -> Resul
 }
 
 /// Mints the pool's NATS user where none exists, unless the pool brings its own
-/// credentials. Like the peer key it is never replaced (pods would disagree); deleting
-/// the Secret makes a new user at the next reconcile.
+/// credentials. Like the peer key it is never replaced (pods would disagree); a deleted
+/// Secret is made again, with a new user, the next time the pool's children are applied
+/// (a spec change, or an operator restart).
 async fn ensure_nats_user(ctx: &Context, context: &PoolContext<'_>) -> Result<(), Error> {
     let Some(account) = &ctx.pool_users else {
         return Ok(());
