@@ -38,6 +38,10 @@ pub struct BatchItem {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     pub key: Option<String>,
+    /// How long the result is kept once the work ends (at most the pool's `resultTTL`).
+    #[serde(default)]
+    #[schema(example = "30s")]
+    pub ttl: Option<String>,
     /// Derive the id from this instead of the content, as the header does for a single
     /// POST (1-256 visible ASCII characters).
     #[serde(default)]
@@ -208,6 +212,7 @@ fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, Option<String
         data: item.data,
         task: item.task,
         key: item.key,
+        ttl: item.ttl,
     };
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;

@@ -157,7 +157,13 @@ impl Queue {
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
         let id_from_content = accepted.from_content;
-        let message = new_message(id, work, accepted);
+        let ttl = work
+            .ttl_within(self.result_ttl)
+            .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
+        let message = WorkMessage {
+            ttl,
+            ..new_message(id, work, accepted)
+        };
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.stored(id).await?;
             if let Some(record) = self.live(&stored)
@@ -512,7 +518,7 @@ impl Queue {
         let value = record.to_json().into();
         match self
             .records
-            .update(id.as_str(), value, revision, record.status)
+            .update(id.as_str(), value, revision, record)
             .await
         {
             Ok(revision) => Ok(Some(revision)),
@@ -657,6 +663,7 @@ fn new_message(id: &WorkId, work: &WorkSubmission, accepted: Accepted<'_>) -> Wo
         accepted_by: accepted.pod.to_owned(),
         created_at: Utc::now(),
         tenant: accepted.tenant.map(str::to_owned),
+        ttl: None,
     }
 }
 

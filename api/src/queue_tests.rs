@@ -162,12 +162,7 @@ async fn finish_without_ack(queue: &Queue, id: &WorkId) {
         .expect("forward");
     let store = RecordStore::new(queue.kv.clone(), queue.js.clone(), queue.result_ttl);
     store
-        .update(
-            id.as_str(),
-            record.to_json().into(),
-            revision,
-            record.status,
-        )
+        .update(id.as_str(), record.to_json().into(), revision, &record)
         .await
         .expect("outcome written");
 }

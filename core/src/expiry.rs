@@ -34,10 +34,12 @@ pub fn record_ttl(result_ttl: Duration, status: WorkStatus) -> Option<Duration> 
         .then(|| Duration::from_secs(whole_seconds))
 }
 
-/// Whether `record` has expired at `now`: terminal, and written `resultTTL` ago. An
-/// expired record is answered as gone, and the same content is a new submission.
+/// Whether `record` has expired at `now`: terminal, and written its ttl ago (the one
+/// its submission asked for, else the pool's `resultTTL`). An expired record is answered
+/// as gone, and the same content is a new submission.
 pub fn is_expired(record: &WorkRecord, result_ttl: Duration, now: DateTime<Utc>) -> bool {
-    let ttl = chrono::Duration::from_std(result_ttl).unwrap_or(chrono::Duration::MAX);
+    let ttl = record.ttl.unwrap_or(result_ttl);
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     record.status.is_terminal()
         && record
             .updated_at

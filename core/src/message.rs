@@ -1,5 +1,7 @@
 //! What clients submit and what travels on the work stream.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -30,6 +32,13 @@ pub struct WorkSubmission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 256)]
     pub key: Option<String>,
+    /// How long the result is kept once the work ends, such as `30s` or `5m`: at least
+    /// 1s and at most the pool's `resultTTL`, which is also the default. Not part of the
+    /// content: the same content submitted again while its record lives is the same
+    /// work, with the first submission's ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "30s")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +47,10 @@ pub enum SubmissionError {
     BadTask,
     #[error("key must be 1-256 bytes")]
     BadKey,
+    #[error("ttl must be a duration such as 30s or 5m, at least 1s")]
+    BadTtl,
+    #[error("ttl must be at most the pool's resultTTL, {max}")]
+    TtlOverPool { max: String },
 }
 
 impl WorkSubmission {
@@ -59,7 +72,29 @@ impl WorkSubmission {
         {
             return Err(SubmissionError::BadKey);
         }
-        Ok(())
+        self.ttl().map(|_| ())
+    }
+
+    /// The ttl asked for, if any (checked for form only; see [`Self::ttl_within`]).
+    pub fn ttl(&self) -> Result<Option<Duration>, SubmissionError> {
+        let Some(text) = &self.ttl else {
+            return Ok(None);
+        };
+        let ttl = humantime::parse_duration(text).map_err(|_| SubmissionError::BadTtl)?;
+        if ttl < Duration::from_secs(1) {
+            return Err(SubmissionError::BadTtl);
+        }
+        Ok(Some(ttl))
+    }
+
+    /// The ttl asked for, refused past the pool's `result_ttl`.
+    pub fn ttl_within(&self, result_ttl: Duration) -> Result<Option<Duration>, SubmissionError> {
+        match self.ttl()? {
+            Some(ttl) if ttl > result_ttl => Err(SubmissionError::TtlOverPool {
+                max: humantime::format_duration(result_ttl).to_string(),
+            }),
+            ttl => Ok(ttl),
+        }
     }
 
     /// The id of this submission in `scope`: from the idempotency key if given, else
@@ -86,6 +121,14 @@ pub struct WorkMessage {
     /// that tenant may read or cancel it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// How long its result is kept once it ends, when the submission asked for less than
+    /// the pool's `resultTTL`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
 }
 
 impl WorkMessage {
@@ -99,6 +142,7 @@ impl WorkMessage {
     pub fn pending_record(&self) -> WorkRecord {
         WorkRecord {
             tenant: self.tenant.clone(),
+            ttl: self.ttl,
             ..WorkRecord::pending(
                 &self.task,
                 self.key.as_deref(),
@@ -129,6 +173,7 @@ mod tests {
             data: json!(1),
             task: None,
             key: None,
+            ttl: None,
         };
         assert_eq!(work.validate(), Ok(()));
         work.task = Some("a.b".into());
@@ -139,16 +184,77 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_is_a_duration_of_at_least_a_second_and_at_most_the_pools() {
+        let with = |ttl: &str| WorkSubmission {
+            data: json!(1),
+            task: None,
+            key: None,
+            ttl: Some(ttl.into()),
+        };
+        let pool = Duration::from_secs(600);
+        assert_eq!(
+            with("30s").ttl_within(pool),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert_eq!(with("10m").ttl_within(pool), Ok(Some(pool)));
+        for bad in ["", "soon", "500ms", "-1s", "30"] {
+            assert_eq!(with(bad).validate(), Err(SubmissionError::BadTtl), "{bad}");
+        }
+        assert_eq!(
+            with("11m").ttl_within(pool),
+            Err(SubmissionError::TtlOverPool { max: "10m".into() })
+        );
+    }
+
+    #[test]
+    fn a_message_s_ttl_travels_to_its_records_and_shortens_their_life() {
+        let message = WorkMessage {
+            id: "0123456789abcdef0123456789abcdef".parse().expect("id"),
+            task: "default".into(),
+            key: None,
+            data: json!(1),
+            accepted_by: "api-0".into(),
+            created_at: Utc::now(),
+            tenant: None,
+            ttl: Some(Duration::from_secs(5)),
+        };
+        let back: WorkMessage = serde_json::from_slice(&message.to_json()).expect("json");
+        assert_eq!(back, message);
+        assert!(
+            String::from_utf8(message.to_json())
+                .expect("utf-8")
+                .contains(r#""ttl":"5s""#)
+        );
+        let mut record = message.pending_record();
+        assert_eq!(record.ttl, Some(Duration::from_secs(5)));
+        record.status = crate::WorkStatus::Worked;
+        let later = record.updated_at + chrono::Duration::seconds(6);
+        assert!(crate::expiry::is_expired(
+            &record,
+            Duration::from_secs(600),
+            later
+        ));
+        record.ttl = None;
+        assert!(!crate::expiry::is_expired(
+            &record,
+            Duration::from_secs(600),
+            later
+        ));
+    }
+
+    #[test]
     fn idempotency_key_overrides_content() {
         let a = WorkSubmission {
             data: json!(1),
             task: None,
             key: None,
+            ttl: None,
         };
         let b = WorkSubmission {
             data: json!(2),
             task: None,
             key: None,
+            ttl: None,
         };
         assert_ne!(
             a.id(IdScope::default(), None),

@@ -1,5 +1,7 @@
 //! The work record kept in the results bucket, and the forward-only status rule.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -77,6 +79,15 @@ pub struct WorkRecord {
     /// The tenant that submitted the work, as on its message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// How long the record lives once terminal, when its submission asked for less than
+    /// the pool's `resultTTL`, as on its message.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "30s")]
+    pub ttl: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,6 +113,7 @@ impl WorkRecord {
             created_at: now,
             updated_at: now,
             tenant: None,
+            ttl: None,
         }
     }
 

@@ -181,3 +181,68 @@ async fn the_smoke_program_of_helm_test_passes_against_a_pool() {
     );
     assert!(String::from_utf8_lossy(&smoke.stdout).contains("worked"));
 }
+
+/// A submission's own `ttl`, shorter than the pool's `resultTTL`: its result is gone
+/// after it (and the same content then runs again), while work without one keeps the
+/// pool's; a ttl past the pool's is refused. Also per item of a batch.
+#[tokio::test]
+async fn a_submission_s_ttl_shortens_its_result_s_life_within_the_pool_s() {
+    let spec = PoolSpec::from_json(r#"{"resultTTL": "10m"}"#).expect("spec");
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool starts");
+    let wait = Duration::from_secs(20);
+
+    let short = pool
+        .submit(&json!({"data": "brief", "ttl": "2s"}))
+        .await
+        .expect("submit");
+    let long = pool.submit(&json!({"data": "kept"})).await.expect("submit");
+    let worked = pool
+        .wait_status(&short, "worked", wait)
+        .await
+        .expect("worked");
+    assert_eq!(worked.str("ttl"), "2s", "{worked:?}");
+    pool.wait_status(&long, "worked", wait)
+        .await
+        .expect("worked");
+    pool.wait_for(&short, wait, |answer| answer.status == 404)
+        .await
+        .expect("the short-lived result expires");
+    let kept = pool.get(&long).await.expect("get");
+    assert_eq!(
+        kept.status, 200,
+        "the pool's resultTTL still holds: {kept:?}"
+    );
+    assert!(kept.body.get("ttl").is_none(), "{kept:?}");
+
+    // The same content after its expiry is new work, and runs again.
+    let again = pool
+        .post(&json!({"data": "brief", "ttl": "2s"}))
+        .await
+        .expect("post");
+    assert_eq!((again.status, again.str("callback")), (202, short.as_str()));
+    pool.wait_status(&short, "worked", wait)
+        .await
+        .expect("worked again");
+
+    for (ttl, why) in [
+        ("11m", "at most the pool's resultTTL, 10m"),
+        ("0s", "at least 1s"),
+    ] {
+        let refused = pool
+            .post(&json!({"data": ttl, "ttl": ttl}))
+            .await
+            .expect("post");
+        assert_eq!(refused.status, 400, "{refused:?}");
+        assert!(refused.body.to_string().contains(why), "{refused:?}");
+    }
+    let url = format!("{}/api/v1/work/batch", pool.api_url(0));
+    let items = json!([{"data": "b1", "ttl": "3s"}, {"data": "b2", "ttl": "1h"}]);
+    let batch = pool
+        .send(pool.http.post(url).json(&items))
+        .await
+        .expect("batch");
+    let answers = batch.body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(answers.len(), 2, "{batch:?}");
+    assert_eq!(answers[0]["status"], "accepted", "{batch:?}");
+    assert_eq!(answers[1]["status"], "refused", "{batch:?}");
+}

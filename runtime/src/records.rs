@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use workpool_core::WorkStatus;
+use workpool_core::WorkRecord;
 use workpool_core::expiry::record_ttl;
 
 /// The results bucket's writes, each with the expiry of the record it writes.
@@ -22,16 +22,18 @@ impl RecordStore {
         Self { kv, js, result_ttl }
     }
 
-    /// Compare-and-set of `key` at `revision` (0: the key must not exist) with a record
-    /// of `status`.
+    /// Compare-and-set of `key` at `revision` (0: the key must not exist) with `record`,
+    /// serialised as `value`; a terminal record lives its own ttl (the pool's `resultTTL`
+    /// unless its submission asked for less), plus the time it is kept past expiry.
     pub async fn update(
         &self,
         key: &str,
         value: Bytes,
         revision: u64,
-        status: WorkStatus,
+        record: &WorkRecord,
     ) -> Result<u64, kv::UpdateError> {
-        let Some(ttl) = record_ttl(self.result_ttl, status) else {
+        let lives = record.ttl.unwrap_or(self.result_ttl);
+        let Some(ttl) = record_ttl(lives, record.status) else {
             return self.kv.update(key, value, revision).await;
         };
         let mut headers = HeaderMap::new();

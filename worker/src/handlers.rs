@@ -538,6 +538,7 @@ mod tests {
             accepted_by: "api-0".into(),
             created_at: chrono::Utc::now(),
             tenant: None,
+            ttl: None,
         }
     }
 

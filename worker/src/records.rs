@@ -140,7 +140,7 @@ impl Records {
         retry_transient(|| async {
             let update = self
                 .store
-                .update(id.as_str(), value.clone(), revision, record.status);
+                .update(id.as_str(), value.clone(), revision, record);
             match update.await {
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     Ok(Cas::Conflict)
