@@ -52,6 +52,8 @@ pub const PARTITIONS_FIXED: &str = "worker.partitions is fixed once the pool exi
     printcolumn(name = "API", type_ = "string", description = "Ready/desired api pods", json_path = ".status.api.summary"),
     printcolumn(name = "Workers", type_ = "string", description = "Ready/desired worker pods", json_path = ".status.workers.summary"),
     printcolumn(name = "Pending", type_ = "integer", description = "Work waiting in the queue", json_path = ".status.queue.pending"),
+    printcolumn(name = "In-Flight", type_ = "integer", description = "Work pulled and not yet finished", json_path = ".status.queue.inFlight", priority = 1),
+    printcolumn(name = "Dead", type_ = "integer", description = "Messages in the dead-letter stream", json_path = ".status.queue.deadLetters"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     scale(

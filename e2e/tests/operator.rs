@@ -710,15 +710,20 @@ async fn kubectl_scale_changes_the_worker_deployment() {
             .unwrap_or_default()
             .split_whitespace()
             .collect();
-        if row.get(1..5) == Some(&["0/2", "0/3", "0", "False"][..]) {
+        if row.get(1..6) == Some(&["0/2", "0/3", "0", "0", "False"][..]) {
             break table;
         }
         assert!(std::time::Instant::now() < deadline, "{table}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    for column in ["NAME", "API", "WORKERS", "PENDING", "READY", "AGE"] {
+    for column in ["NAME", "API", "WORKERS", "PENDING", "DEAD", "READY", "AGE"] {
         assert!(table.contains(column), "{column} missing from\n{table}");
     }
+    assert!(!table.contains("IN-FLIGHT"), "only in -o wide:\n{table}");
+    let wide = plane
+        .kubectl(&["-n", &ns, "get", "workpools", "-o", "wide"])
+        .expect("kubectl get -o wide");
+    assert!(wide.contains("IN-FLIGHT"), "{wide}");
     let described = plane
         .kubectl(&["-n", &ns, "describe", "workpool", "demo"])
         .expect("kubectl describe");
