@@ -4,6 +4,7 @@
 //! servers, control plane and node come from `workpool-local-cluster`.
 
 pub mod browser;
+pub mod certificates;
 pub mod chaos;
 pub mod http;
 pub mod metrics;

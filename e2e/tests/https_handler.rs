@@ -8,25 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use workpool_core::PoolSpec;
+use workpool_e2e::certificates::signed_by_a_new_ca;
 use workpool_e2e::pool::TestPool;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A CA's PEM, and a TLS acceptor for `localhost` with a certificate it signed.
 fn certificates() -> (String, tokio_rustls::TlsAcceptor) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let certificate = params.signed_by(&key, &issuer).unwrap();
+    let signed = signed_by_a_new_ca(&["localhost"]).unwrap();
+    let (certificate, key) = (signed.certificate, signed.key);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -37,7 +31,10 @@ fn certificates() -> (String, tokio_rustls::TlsAcceptor) {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .unwrap();
-    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    (
+        signed.ca_pem,
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    )
 }
 
 /// Serves `POST /run` over TLS: answers each request with `{"over": "tls", "got": <body>}`.

@@ -8,31 +8,22 @@
 use std::time::Duration;
 
 use clap::Parser;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use workpool_core::PoolNames;
+use workpool_e2e::certificates::signed_by_a_new_ca;
 use workpool_e2e::operator::{RunningOperator, pool_yaml};
 use workpool_local_cluster::control_plane::ControlPlane;
 use workpool_local_cluster::nats::{NatsServer, ServerAuth};
 use workpool_local_cluster::pools::{create_pool, install_crd, queue_ready, wait_pool};
 use workpool_runtime::nats_auth::Trust;
 
-/// A CA's PEM, and a certificate it signed for `localhost` and 127.0.0.1 with its key.
-fn certificates() -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let params = CertificateParams::new(names).unwrap();
-    let certificate = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), certificate.pem(), key.serialize_pem())
-}
-
 /// A server with auth on and TLS required, its files in `dir`.
 async fn tls_server(dir: &std::path::Path) -> (NatsServer, ServerAuth, std::path::PathBuf) {
-    let (ca, certificate, key) = certificates();
+    let signed = signed_by_a_new_ca(&["localhost", "127.0.0.1"]).unwrap();
+    let (ca, certificate, key) = (
+        signed.ca_pem,
+        signed.certificate.pem(),
+        signed.key.serialize_pem(),
+    );
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
     let trust = Trust::generate();

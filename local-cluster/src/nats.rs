@@ -61,13 +61,9 @@ impl NatsServer {
     /// beside it (what it includes); its `port`, `http_port` and `store_dir` lines are
     /// replaced by this server's own.
     pub async fn start_from_config(text: &str, files: &[(&str, &str)]) -> Result<Self> {
-        let binary = paths::tool("nats-server", "nats-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("workpool-nats-")
-            .tempdir()
-            .map_err(Error::io("creating a temp dir"))?;
-        let [port, monitor_port] = crate::free_ports::<2>()?;
-        let store = dir.path().join("store");
+        let mut server = Self::unstarted("127.0.0.1")?;
+        let (port, monitor_port) = (server.port, server.monitor_port);
+        let store = server.dir.path().join("store");
         let text: Vec<String> = text
             .lines()
             .map(|line| match line.trim_start() {
@@ -77,21 +73,11 @@ impl NatsServer {
                 _ => line.to_owned(),
             })
             .collect();
-        let config = dir.path().join("nats.conf");
-        std::fs::write(&config, text.join("\n")).map_err(Error::io("writing nats.conf"))?;
+        std::fs::write(&server.config, text.join("\n")).map_err(Error::io("writing nats.conf"))?;
         for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).map_err(Error::io("writing a file"))?;
+            std::fs::write(server.dir.path().join(name), content)
+                .map_err(Error::io("writing a file"))?;
         }
-        let mut server = Self {
-            process: None,
-            host: "127.0.0.1".to_owned(),
-            port,
-            monitor_port,
-            config,
-            dir,
-            binary,
-            auth: None,
-        };
         server.start_again().await?;
         Ok(server)
     }
@@ -112,14 +98,9 @@ impl NatsServer {
         sync_always: bool,
         secured: bool,
     ) -> Result<Self> {
-        let binary = paths::tool("nats-server", "nats-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("workpool-nats-")
-            .tempdir()
-            .map_err(Error::io("creating a temp dir"))?;
-        let [port, monitor_port] = crate::free_ports::<2>()?;
-        let config = dir.path().join("nats.conf");
-        let store = dir.path().join("store");
+        let mut server = Self::unstarted(host)?;
+        let (port, monitor_port) = (server.port, server.monitor_port);
+        let store = server.dir.path().join("store");
         let sync = if sync_always {
             ", sync_interval: always"
         } else {
@@ -129,27 +110,35 @@ impl NatsServer {
             "listen: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: {max_payload}\n\
              jetstream {{ store_dir: {store:?}{sync} }}\n"
         );
-        let auth = match secured {
-            true => {
-                let (lines, auth) = write_trust(dir.path())?;
-                text.push_str(&lines);
-                Some(auth)
-            }
-            false => None,
-        };
-        std::fs::write(&config, text).map_err(Error::io("writing nats.conf"))?;
-        let mut server = Self {
+        if secured {
+            let (lines, auth) = write_trust(server.dir.path())?;
+            text.push_str(&lines);
+            server.auth = Some(auth);
+        }
+        std::fs::write(&server.config, text).map_err(Error::io("writing nats.conf"))?;
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    /// A server not started yet: the binary, a temporary directory for its config and
+    /// store, and free ports on `host`.
+    fn unstarted(host: &str) -> Result<Self> {
+        let binary = paths::tool("nats-server", "nats-server")?;
+        let dir = tempfile::Builder::new()
+            .prefix("workpool-nats-")
+            .tempdir()
+            .map_err(Error::io("creating a temp dir"))?;
+        let [port, monitor_port] = crate::free_ports::<2>()?;
+        Ok(Self {
             process: None,
             host: host.to_owned(),
             port,
             monitor_port,
-            config,
+            config: dir.path().join("nats.conf"),
             dir,
             binary,
-            auth,
-        };
-        server.start_again().await?;
-        Ok(server)
+            auth: None,
+        })
     }
 
     /// The client port.
