@@ -22,6 +22,8 @@ pub enum ApiError {
     Forbidden,
     #[error("no work with id {0} (unknown, or its record expired)")]
     NotFound(String),
+    #[error("no dead letter of work {0}")]
+    NoDeadLetter(String),
     #[error("no such route: {0}")]
     NoRoute(String),
     #[error("this method is not allowed on this route")]
@@ -99,7 +101,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoDeadLetter(_) | ApiError::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -114,7 +118,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::NoDeadLetter(_) => "not_found",
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -169,6 +173,7 @@ mod tests {
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::NotFound("0".repeat(32)), 404, "not_found"),
+            (ApiError::NoDeadLetter("0".repeat(32)), 404, "not_found"),
             (ApiError::NoRoute("/x".into()), 404, "no_route"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod batch;
 pub mod cluster;
+pub mod dead_letters;
+pub mod dead_routes;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
@@ -247,7 +249,23 @@ fn public_routes(state: &AppState) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(batch::batch_limit(state))),
         )
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
-        .route("/api/v1/cluster", get(cluster::view));
+        .route("/api/v1/cluster", get(cluster::view))
+        .route(
+            "/api/v1/dead",
+            get(dead_routes::list).delete(dead_routes::purge_all),
+        )
+        .route(
+            "/api/v1/dead/retry",
+            axum::routing::post(dead_routes::retry_all),
+        )
+        .route(
+            "/api/v1/dead/{id}",
+            get(dead_routes::inspect).delete(dead_routes::purge),
+        )
+        .route(
+            "/api/v1/dead/{id}/retry",
+            axum::routing::post(dead_routes::retry),
+        );
     let work = guarded(work, state).layer(DefaultBodyLimit::max(state.max_body_bytes()));
     Router::new()
         .merge(work)

@@ -17,6 +17,7 @@ use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::records::RecordStore;
 
 use crate::cluster::peer_payload;
+use crate::dead_letters::DeadLetters;
 use crate::error::ApiError;
 use crate::waiters::{Waiter, Waiters, WaitersError};
 
@@ -41,6 +42,7 @@ pub struct Queue {
     /// ([`workpool_core::unrecorded`]): a cancel of `pending` work waits it out.
     unrecorded_limit: Duration,
     waiters: Waiters,
+    dead_letters: DeadLetters,
 }
 
 /// Why [`Queue::bind`] could not bind (yet): the operator may not have provisioned the
@@ -55,6 +57,12 @@ pub enum BindError {
     },
     #[error("getting stream {stream}: {source}")]
     Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("getting stream {stream}: {source}")]
+    DeadLetters {
         stream: String,
         #[source]
         source: jetstream::context::GetStreamError,
@@ -108,6 +116,13 @@ impl Queue {
                 stream: names.stream(),
                 source,
             })?;
+        let dead_letters =
+            DeadLetters::bind(&js, &names)
+                .await
+                .map_err(|source| BindError::DeadLetters {
+                    stream: names.dead_letter_stream(),
+                    source,
+                })?;
         let waiters = Waiters::start(&js, kv.clone(), &bucket, max_waiters).await?;
         Ok(Self {
             records: RecordStore::new(kv.clone(), js.clone(), spec.result_ttl),
@@ -122,7 +137,16 @@ impl Queue {
             max_message_bytes: spec.queue.max_payload_bytes,
             unrecorded_limit: unrecorded_run_limit(spec.worker.ack_wait),
             waiters,
+            dead_letters,
         })
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    pub(crate) fn kv(&self) -> &kv::Store {
+        &self.kv
     }
 
     pub fn is_connected(&self) -> bool {
@@ -204,7 +228,11 @@ impl Queue {
     /// shows finished (a worker died between writing the outcome and acking) or
     /// superseded is no queued work: it is removed, so the same content can be queued
     /// again, as its ack would have done.
-    async fn queued(&self, id: &WorkId, stored: &Stored) -> Result<Option<WorkMessage>, ApiError> {
+    pub(crate) async fn queued(
+        &self,
+        id: &WorkId,
+        stored: &Stored,
+    ) -> Result<Option<WorkMessage>, ApiError> {
         let Some((message, sequence)) = self.queued_message(id).await? else {
             return Ok(None);
         };
@@ -240,7 +268,11 @@ impl Queue {
     }
 
     /// Publishes `message`, accepted on the bucket's `revision` for its id.
-    async fn publish(&self, message: &WorkMessage, revision: u64) -> Result<Published, ApiError> {
+    pub(crate) async fn publish(
+        &self,
+        message: &WorkMessage,
+        revision: u64,
+    ) -> Result<Published, ApiError> {
         let subject = self.subject(&message.id, &message.task, message.key.as_deref());
         // The message id names what the work was accepted on, not only its content: once
         // a record has expired, the same content is a new submission and must not be
@@ -286,7 +318,7 @@ impl Queue {
     }
 
     /// What the bucket holds for `id`.
-    async fn stored(&self, id: &WorkId) -> Result<Stored, ApiError> {
+    pub(crate) async fn stored(&self, id: &WorkId) -> Result<Stored, ApiError> {
         self.ensure_connected()?;
         let entry = self
             .kv
@@ -310,7 +342,7 @@ impl Queue {
     }
 
     /// The stored record, unless it has expired ([`is_expired`]).
-    fn live<'a>(&self, stored: &'a Stored) -> Option<&'a WorkRecord> {
+    pub(crate) fn live<'a>(&self, stored: &'a Stored) -> Option<&'a WorkRecord> {
         stored
             .record
             .as_ref()
@@ -668,7 +700,7 @@ fn new_message(id: &WorkId, work: &WorkSubmission, accepted: Accepted<'_>) -> Wo
 }
 
 /// What the stream said of a publish.
-enum Published {
+pub(crate) enum Published {
     /// Stored: the work is queued.
     New,
     /// The stream holds a message of this id accepted on the same revision already, at
@@ -681,11 +713,11 @@ enum Published {
 
 /// What the results bucket holds for an id.
 #[derive(Debug, Default)]
-struct Stored {
+pub(crate) struct Stored {
     /// The record, if the latest entry is one (not a delete or an expiry marker).
-    record: Option<WorkRecord>,
+    pub(crate) record: Option<WorkRecord>,
     /// The revision a write compares against: that entry's, or 0 for none.
-    revision: u64,
+    pub(crate) revision: u64,
 }
 
 /// Whether `message` is finished or superseded work: the bucket holds a record of its

@@ -43,6 +43,7 @@ pub struct WorkView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParams {
     /// Long-poll: answer as soon as the work is finished, or after this long (e.g. `30s`,
     /// at most 60s).
@@ -50,7 +51,7 @@ pub struct WaitParams {
 }
 
 /// Publishes a `work.<verb>` event made by this api pod.
-async fn announce(
+pub(crate) async fn announce(
     state: &AppState,
     queue: &crate::queue::Queue,
     event: WorkEventKind,
@@ -80,7 +81,7 @@ fn work_location(id: &WorkId) -> HeaderValue {
 
 /// The id in the path; a path axum cannot decode (not UTF-8) is an invalid id too, with
 /// the same JSON error.
-fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<WorkId, ApiError> {
+pub(crate) fn parse_id(path: Result<Path<String>, PathRejection>) -> Result<WorkId, ApiError> {
     let Path(text) = path.map_err(|err| ApiError::bad_request("invalid_id", err.body_text()))?;
     text.parse()
         .map_err(|err: workpool_core::ids::InvalidWorkId| {

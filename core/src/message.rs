@@ -17,6 +17,11 @@ pub const DEFAULT_TASK: &str = "default";
 /// first compare-and-set goes on it, with no read.
 pub const RECORD_REVISION_HEADER: &str = "Workpool-Record-Revision";
 
+/// Header of a dead letter: the error that ended the work.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "Workpool-Error";
+/// Header of a dead letter: attempts made.
+pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "Workpool-Attempts";
+
 /// The body of `POST /api/v1/work`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +140,14 @@ impl WorkMessage {
     #[allow(clippy::expect_used)] // strings, a timestamp and an already-valid JSON value
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a WorkMessage always serialises")
+    }
+
+    /// The `Nats-Msg-Id` of this work's dead letter: the same for every delivery of one
+    /// submission (so a worker that dies after dead-lettering does not store it twice),
+    /// and new for each submission of the same id, such as a retry of a dead letter.
+    pub fn dead_letter_id(&self) -> String {
+        let micros = self.created_at.timestamp_micros();
+        format!("{}.{micros}", self.id)
     }
 
     /// The record of this work while it is queued: the stream's message is its

@@ -4,8 +4,9 @@
 //!
 //! JetStream's API is subjects too (`$JS.API.<object>.<verb>.<stream>...`), so the list
 //! names each verb the api and workers use on each of the pool's streams: they read,
-//! publish, fetch, acknowledge and watch; they never create, change, purge or delete a
-//! stream or a durable consumer (the operator does that with its own user).
+//! publish, fetch, acknowledge and watch; they never create, change or delete a stream
+//! or a durable consumer (the operator does that with its own user). The one purge
+//! allowed is of the pool's own dead letters, which the api's dead-letter routes remove.
 
 use crate::names::PoolNames;
 
@@ -26,6 +27,7 @@ impl PoolNames {
     /// What the api and worker pods of this pool may publish and subscribe to.
     pub fn permissions(&self) -> Permissions {
         let (work, kv) = (self.stream(), format!("KV_{}", self.bucket()));
+        let dead = self.dead_letter_stream();
         let inbox = format!("{}.>", self.inbox_prefix());
         let publish = vec![
             // Work, keyed work, dead letters, events and peer requests.
@@ -40,6 +42,12 @@ impl PoolNames {
             format!("$JS.API.STREAM.INFO.{work}"),
             format!("$JS.API.STREAM.MSG.GET.{work}"),
             format!("$JS.API.STREAM.MSG.DELETE.{work}"),
+            // Dead letters: listed, read, retried (then removed) and purged.
+            format!("$JS.API.STREAM.INFO.{dead}"),
+            format!("$JS.API.DIRECT.GET.{dead}"),
+            format!("$JS.API.DIRECT.GET.{dead}.>"),
+            format!("$JS.API.STREAM.MSG.DELETE.{dead}"),
+            format!("$JS.API.STREAM.PURGE.{dead}"),
             // Pulling from the durable consumers the operator made.
             format!("$JS.API.CONSUMER.INFO.{work}.*"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{work}.*"),
@@ -126,6 +134,12 @@ mod tests {
         }
         let delete = format!("$JS.API.CONSUMER.DELETE.{}.workers", names.stream());
         assert!(!allowed(&own.publish, &delete));
+        // Only its own dead letters may be purged (by the api's dead-letter routes).
+        let dead = format!("$JS.API.STREAM.PURGE.{}", names.dead_letter_stream());
+        assert!(allowed(&own.publish, &dead));
+        let other = PoolNames::new("default", "other").expect("valid");
+        let theirs = format!("$JS.API.STREAM.PURGE.{}", other.dead_letter_stream());
+        assert!(!allowed(&own.publish, &theirs));
     }
 
     #[test]

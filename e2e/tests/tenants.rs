@@ -25,6 +25,10 @@ fn token(claims: Value) -> String {
 }
 
 async fn pool_with_auth(workers: usize) -> (TestPool, tempfile::TempDir) {
+    pool_with_auth_spec(r#"{"worker": {"handler": {"builtin": "echo"}}}"#, workers).await
+}
+
+async fn pool_with_auth_spec(spec: &str, workers: usize) -> (TestPool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, SECRET).expect("write secret");
@@ -32,7 +36,7 @@ async fn pool_with_auth(workers: usize) -> (TestPool, tempfile::TempDir) {
         "WORKPOOL_JWT_SECRET_FILE".to_owned(),
         secret_file.display().to_string(),
     )];
-    let spec = PoolSpec::from_json(r#"{"worker": {"handler": {"builtin": "echo"}}}"#).unwrap();
+    let spec = PoolSpec::from_json(spec).unwrap();
     let pool = TestPool::start_with_api_env(spec, 1, workers, env)
         .await
         .expect("pool");
@@ -181,6 +185,59 @@ async fn the_cluster_view_needs_the_admin_claim() {
     );
     let allowed = as_tenant(&pool, &admin, reqwest::Method::GET, view).await;
     assert_eq!(allowed.status, 200, "{allowed:?}");
+}
+
+/// The ids of the dead letters `token` lists.
+async fn dead_letter_ids(pool: &TestPool, token: &str) -> Vec<String> {
+    let page = as_tenant(pool, token, reqwest::Method::GET, "/api/v1/dead").await;
+    let letters = page.body["dead_letters"].as_array().cloned();
+    letters
+        .unwrap_or_default()
+        .iter()
+        .map(|letter| letter["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_sees_retries_and_purges_only_its_own_dead_letters() {
+    let failing = r#"{"worker": {"maxAttempts": 1, "handler": {"exec": {"command": ["sh", "-c", "exit 3"]}}}}"#;
+    let (pool, _dir) = pool_with_auth_spec(failing, 1).await;
+    let (a, b) = (token(json!({"sub": "a"})), token(json!({"sub": "b"})));
+    let admin = token(json!({"sub": "ops", "workpool_admin": true}));
+    let id_a = post(&pool, &a, &json!({"data": 1}))
+        .await
+        .str("callback")
+        .to_owned();
+    let id_b = post(&pool, &b, &json!({"data": 1}))
+        .await
+        .str("callback")
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dead_letter_ids(&pool, &admin).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", pool.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead_letter_ids(&pool, &a).await, [id_a.as_str()]);
+    assert_eq!(dead_letter_ids(&pool, &b).await, [id_b.as_str()]);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let path = format!("/api/v1/dead/{id_a}");
+        let theirs = as_tenant(&pool, &b, method, &path).await;
+        assert_eq!(theirs.status, 404, "{theirs:?}");
+    }
+    let retry = format!("/api/v1/dead/{id_a}/retry");
+    assert_eq!(
+        as_tenant(&pool, &b, reqwest::Method::POST, &retry)
+            .await
+            .status,
+        404
+    );
+    let purged = as_tenant(&pool, &b, reqwest::Method::DELETE, "/api/v1/dead").await;
+    assert_eq!(
+        purged.body["purged"],
+        json!(1),
+        "b's own letter only: {purged:?}"
+    );
+    assert_eq!(dead_letter_ids(&pool, &admin).await, [id_a]);
 }
 
 /// A pool whose key is an EC public key (PEM) takes ES256 tokens signed with its private

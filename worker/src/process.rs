@@ -36,10 +36,7 @@ use crate::handlers::HandlerError;
 use crate::hold::{Beat, Current, Hold, beat_interval, fence};
 use crate::records::{Begin, RecordError, Settled};
 
-/// Header of a dead letter: the error that ended the work.
-pub const DEAD_LETTER_ERROR_HEADER: &str = "Workpool-Error";
-/// Header of a dead letter: attempts made.
-pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "Workpool-Attempts";
+use workpool_core::message::{DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_ERROR_HEADER};
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
     if let Err(err) = message.ack_with(kind).await {
@@ -375,12 +372,13 @@ impl Worker {
     ) {
         tracing::warn!(attempt = current.record.attempts, %error, "work failed for good; dead-lettering it");
         // Dead letter first: if we die before recording `failed`, the redelivery finds the
-        // work unfinished and dead-letters it again (deduplicated by id).
+        // work unfinished and dead-letters it again (deduplicated by its submission).
         let subject = self.config.names.dead_letter_subject(&work.id);
         let payload = message.payload.clone();
+        let letter_id = work.dead_letter_id();
         let stored = self.publish_dead_letter(
             subject,
-            Some(work.id.as_str()),
+            Some(&letter_id),
             payload,
             &error,
             current.record.attempts,
