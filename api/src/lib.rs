@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod dead_routes;
 pub mod error;
 pub mod jwks;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod queue;
@@ -249,6 +250,7 @@ fn public_routes(state: &AppState) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(batch::batch_limit(state))),
         )
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
+        .route("/api/v1/work/{id}/events", get(live::events))
         .route("/api/v1/cluster", get(cluster::view))
         .route(
             "/api/v1/dead",

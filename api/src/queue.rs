@@ -384,7 +384,7 @@ impl Queue {
     }
 
     /// One of this api pod's bounded waits on `id`'s record (429 when they are all taken).
-    fn waiter(&self, id: &WorkId) -> Result<Waiter, ApiError> {
+    pub(crate) fn waiter(&self, id: &WorkId) -> Result<Waiter, ApiError> {
         self.waiters
             .register(id)
             .map_err(|full| ApiError::TooManyWaiters { limit: full.limit })

@@ -103,7 +103,12 @@ async fn a_tenant_sees_and_cancels_only_its_own_work() {
     );
 
     let work_a = format!("/api/v1/work/{id_a}");
-    for path in [work_a.clone(), format!("{work_a}?wait=1s")] {
+    let paths = [
+        work_a.clone(),
+        format!("{work_a}?wait=1s"),
+        format!("{work_a}/events"),
+    ];
+    for path in paths {
         let seen = as_tenant(&pool, &b, reqwest::Method::GET, &path).await;
         assert_eq!(seen.status, 404, "another tenant's GET {path}: {seen:?}");
     }
