@@ -205,8 +205,13 @@ mod tests {
             ..working.clone()
         };
         assert!(!differs(&working, &renewed));
-        let mut worked = renewed.clone();
+        let reported = WorkRecord {
+            progress: Some(workpool_core::progress::Progress::now(Some(50.0), None)),
+            ..renewed.clone()
+        };
+        assert!(differs(&renewed, &reported), "progress is news");
+        let mut worked = reported.clone();
         worked.advance(WorkStatus::Worked, now).expect("forward");
-        assert!(differs(&renewed, &worked));
+        assert!(differs(&reported, &worked));
     }
 }

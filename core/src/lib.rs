@@ -14,6 +14,7 @@ pub mod metric_labels;
 pub mod names;
 pub mod nats_permissions;
 pub mod peer_auth;
+pub mod progress;
 pub mod record;
 pub mod spec;
 pub mod streams;

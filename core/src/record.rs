@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::progress::Progress;
+
 /// Where a piece of work stands. `accepted` is only the POST answer, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +90,9 @@ pub struct WorkRecord {
     )]
     #[schema(value_type = Option<String>, example = "30s")]
     pub ttl: Option<Duration>,
+    /// What the handler of the latest attempt last reported of its progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +119,7 @@ impl WorkRecord {
             updated_at: now,
             tenant: None,
             ttl: None,
+            progress: None,
         }
     }
 

@@ -45,12 +45,14 @@ impl Events {
         }
     }
 
-    /// The statuses of every event until the stream ends.
+    /// The statuses of every event until the stream ends, each once (progress reports
+    /// make more events of the same status).
     async fn rest(&mut self) -> Vec<String> {
         let mut statuses = Vec::new();
         while let Some(event) = self.next().await {
             statuses.push(event["status"].as_str().unwrap().to_owned());
         }
+        statuses.dedup();
         statuses
     }
 }

@@ -17,8 +17,11 @@ use workpool_core::PoolSpec;
 use workpool_core::message::WorkMessage;
 use workpool_core::spec::{BuiltinHandler, HandlerSpec};
 
+use workpool_core::progress::Progress;
+
 use crate::guard::ExecGuard;
 use crate::http_client::{ClientError, http_client};
+use crate::progress::{Reporter, read_stderr};
 
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,16 +101,21 @@ impl Handler {
 
     /// Runs one attempt. The caller bounds it with the pool's timeout; dropping the future
     /// kills an `exec` program and its whole process group.
+    /// The handler reports progress to `progress` as it goes (docs/worker.md, "Progress").
     pub async fn run(
         &self,
         work: &WorkMessage,
         attempt: u32,
+        progress: &Reporter,
     ) -> Result<serde_json::Value, HandlerError> {
         let input = HandlerInput { work, attempt };
         let limit = self.max_result_bytes;
         let result = match &self.kind {
-            Kind::Builtin(builtin) => run_builtin(*builtin, &work.data).await,
-            Kind::Exec(command) => run_exec(command, self.guard.as_ref(), &input, limit).await?,
+            Kind::Builtin(builtin) => run_builtin(*builtin, &work.data, progress).await,
+            Kind::Exec(command) => {
+                let guard = self.guard.as_ref();
+                run_exec(command, guard, &input, limit, progress).await?
+            }
             Kind::Http { url, client } => run_http(client, url, &input, limit).await?,
         };
         // The stored form is what must fit: text with control characters or invalid
@@ -144,14 +152,18 @@ fn fits(value: &serde_json::Value, limit: usize) -> bool {
     serde_json::to_writer(Budget(limit), value).is_ok()
 }
 
-async fn run_builtin(builtin: BuiltinHandler, data: &serde_json::Value) -> serde_json::Value {
+async fn run_builtin(
+    builtin: BuiltinHandler,
+    data: &serde_json::Value,
+    progress: &Reporter,
+) -> serde_json::Value {
     match builtin {
         BuiltinHandler::Sleep => {
             let pause = data
                 .get("ms")
                 .and_then(serde_json::Value::as_u64)
                 .map_or(DEFAULT_SLEEP, Duration::from_millis);
-            tokio::time::sleep(pause).await;
+            sleep_reporting(pause, progress).await;
             serde_json::json!({ "slept_ms": pause.as_millis() as u64 })
         }
         BuiltinHandler::Echo => data.clone(),
@@ -162,6 +174,16 @@ async fn run_builtin(builtin: BuiltinHandler, data: &serde_json::Value) -> serde
             };
             serde_json::Value::String(hex::encode(Sha256::digest(&bytes)))
         }
+    }
+}
+
+/// Sleeps for `pause`, reporting how much of it has passed ten times on the way.
+async fn sleep_reporting(pause: Duration, progress: &Reporter) {
+    const STEPS: u32 = 10;
+    for step in 1..=STEPS {
+        tokio::time::sleep(pause / STEPS).await;
+        let percent = f64::from(step * 100 / STEPS);
+        progress.report(Progress::now(Some(percent), Some("sleeping")));
     }
 }
 
@@ -211,22 +233,6 @@ impl Tail {
         self.bytes.drain(..excess);
         self.bytes
     }
-}
-
-/// Reads all of `pipe` to its end, keeping only its last `keep` bytes.
-async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> io::Result<Vec<u8>> {
-    let mut tail = Tail::new(keep);
-    if let Some(mut pipe) = pipe {
-        let mut buffer = vec![0; 16 * 1024];
-        loop {
-            let read = pipe.read(&mut buffer).await?;
-            if read == 0 {
-                break;
-            }
-            tail.push(&buffer[..read]);
-        }
-    }
-    Ok(tail.into_bytes())
 }
 
 /// Reads `pipe` to its end, or `None` as soon as it holds more than `limit` bytes.
@@ -315,6 +321,7 @@ async fn run_exec(
     guard: Option<&ExecGuard>,
     input: &HandlerInput<'_>,
     limit: usize,
+    progress: &Reporter,
 ) -> Result<serde_json::Value, HandlerError> {
     let Some((program, args)) = command.split_first() else {
         return Err(HandlerError::Permanent(
@@ -329,7 +336,7 @@ async fn run_exec(
     let mut child = spawn(program, args, guard, input)?;
     // From here every early return ends the program's whole group.
     let mut killer = GroupKiller::of(&child);
-    let (stdout, stderr) = communicate(&mut child, program, payload, limit).await?;
+    let (stdout, stderr) = communicate(&mut child, program, payload, limit, progress).await?;
     let status = child
         .wait()
         .await
@@ -377,14 +384,15 @@ fn spawn(
 }
 
 /// Writes `payload` to the program's stdin (closing it after) while reading its stdout
-/// (at most `limit` bytes) and the end of its stderr, all at once: a program that writes
-/// before it has read everything would otherwise fill its stdout pipe while we still
-/// fill its stdin.
+/// (at most `limit` bytes) and its stderr (progress lines reported, the end of the rest
+/// kept), all at once: a program that writes before it has read everything would
+/// otherwise fill its stdout pipe while we still fill its stdin.
 async fn communicate(
     child: &mut tokio::process::Child,
     program: &str,
     payload: Vec<u8>,
     limit: usize,
+    progress: &Reporter,
 ) -> Result<(Vec<u8>, Vec<u8>), HandlerError> {
     let stdin = child.stdin.take();
     let feed = async move {
@@ -406,11 +414,16 @@ async fn communicate(
             .ok_or_else(|| too_large(limit))
     };
     let errors = async {
-        read_tail(child.stderr.take(), DIAGNOSTIC_TAIL_BYTES)
-            .await
-            .map_err(|err| {
-                HandlerError::Retryable(format!("reading the stderr of {program}: {err}"))
-            })
+        let mut tail = Tail::new(DIAGNOSTIC_TAIL_BYTES);
+        if let Some(stderr) = child.stderr.take() {
+            let keep = |bytes: &[u8]| tail.push(bytes);
+            read_stderr(stderr, progress, DIAGNOSTIC_TAIL_BYTES, keep)
+                .await
+                .map_err(|err| {
+                    HandlerError::Retryable(format!("reading the stderr of {program}: {err}"))
+                })?;
+        }
+        Ok::<_, HandlerError>(tail.into_bytes())
     };
     let ((), stdout, stderr) = tokio::try_join!(feed, output, errors)?;
     Ok((stdout, stderr))
@@ -546,19 +559,22 @@ mod tests {
     async fn builtins_echo_hash_and_sleep() {
         let echo = pooled(HandlerSpec::Builtin(BuiltinHandler::Echo));
         assert_eq!(
-            echo.run(&work(json!({"a": [1]})), 1).await,
+            echo.run(&work(json!({"a": [1]})), 1, &Reporter::unheard())
+                .await,
             Ok(json!({"a": [1]}))
         );
         let sha = pooled(HandlerSpec::Builtin(BuiltinHandler::Sha256));
         assert_eq!(
-            sha.run(&work(json!("foo")), 1).await,
+            sha.run(&work(json!("foo")), 1, &Reporter::unheard()).await,
             Ok(json!(
                 "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             ))
         );
         let sleep = pooled(HandlerSpec::Builtin(BuiltinHandler::Sleep));
         assert_eq!(
-            sleep.run(&work(json!({"ms": 5})), 1).await,
+            sleep
+                .run(&work(json!({"ms": 5})), 1, &Reporter::unheard())
+                .await,
             Ok(json!({"slept_ms": 5}))
         );
     }
@@ -568,7 +584,10 @@ mod tests {
         let env = pooled(HandlerSpec::Exec {
             command: vec!["env".into()],
         });
-        let result = env.run(&work(json!(null)), 3).await.expect("env runs");
+        let result = env
+            .run(&work(json!(null)), 3, &Reporter::unheard())
+            .await
+            .expect("env runs");
         let text = result.as_str().expect("env prints text");
         let mut names: Vec<&str> = text
             .lines()
@@ -594,7 +613,7 @@ mod tests {
             command: vec!["cat".into()],
         });
         let result = cat
-            .run(&work(json!({"x": 1})), 2)
+            .run(&work(json!({"x": 1})), 2, &Reporter::unheard())
             .await
             .expect("cat succeeds");
         assert_eq!(result["data"], json!({"x": 1}));
@@ -602,7 +621,10 @@ mod tests {
         let failing = pooled(HandlerSpec::Exec {
             command: vec!["sh".into(), "-c".into(), "echo broken >&2; exit 3".into()],
         });
-        match failing.run(&work(json!(null)), 1).await {
+        match failing
+            .run(&work(json!(null)), 1, &Reporter::unheard())
+            .await
+        {
             Err(HandlerError::Retryable(message)) => {
                 assert!(message.contains("broken"), "{message}")
             }
@@ -612,7 +634,9 @@ mod tests {
             command: vec!["/nonexistent/program".into()],
         });
         assert!(matches!(
-            missing.run(&work(json!(null)), 1).await,
+            missing
+                .run(&work(json!(null)), 1, &Reporter::unheard())
+                .await,
             Err(HandlerError::Permanent(_))
         ));
     }
@@ -679,9 +703,12 @@ mod tests {
         ];
         for program in programs {
             let exec = handler(program.clone(), 4 * MIB);
-            let outcome = tokio::time::timeout(DEADLOCK_GUARD, exec.run(&work(json!(big)), 1))
-                .await
-                .unwrap_or_else(|_| panic!("{program:?} deadlocked"));
+            let outcome = tokio::time::timeout(
+                DEADLOCK_GUARD,
+                exec.run(&work(json!(big)), 1, &Reporter::unheard()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{program:?} deadlocked"));
             match outcome {
                 Ok(serde_json::Value::Object(input)) => assert_eq!(input["data"], json!(big)),
                 Ok(serde_json::Value::String(text)) => assert_eq!(text, "y".repeat(MIB)),
@@ -695,11 +722,11 @@ mod tests {
         let big = json!("z".repeat(1024 * 1024));
         let quick = handler(sh("echo '{\"done\": true}'"), 1024);
         assert_eq!(
-            quick.run(&work(big.clone()), 1).await,
+            quick.run(&work(big.clone()), 1, &Reporter::unheard()).await,
             Ok(json!({"done": true}))
         );
         let failing = handler(sh("echo nope >&2; exit 4"), 1024);
-        match failing.run(&work(big), 1).await {
+        match failing.run(&work(big), 1, &Reporter::unheard()).await {
             Err(HandlerError::Retryable(message)) => {
                 assert!(
                     message.contains("nope") && message.contains('4'),
@@ -719,9 +746,12 @@ mod tests {
         // `touch` if the worker reads (and holds) all of it.
         let script = format!("head -c 16777216 /dev/zero; touch {}", finished.display());
         let flood = handler(sh(&script), limit);
-        let outcome = tokio::time::timeout(DEADLOCK_GUARD, flood.run(&work(json!(null)), 1))
-            .await
-            .expect("stopped reading at the limit");
+        let outcome = tokio::time::timeout(
+            DEADLOCK_GUARD,
+            flood.run(&work(json!(null)), 1, &Reporter::unheard()),
+        )
+        .await
+        .expect("stopped reading at the limit");
         expect_too_large(&outcome, limit);
         assert!(
             !finished.exists(),
@@ -735,14 +765,22 @@ mod tests {
         // A JSON string of exactly `limit` bytes (quotes included) is fine, one more is not.
         let exact = handler(sh("printf '\"%0998d\"' 0"), limit);
         assert_eq!(
-            exact.run(&work(json!(null)), 1).await,
+            exact.run(&work(json!(null)), 1, &Reporter::unheard()).await,
             Ok(json!("0".repeat(998)))
         );
         let over = handler(sh("printf '\"%0999d\"' 0"), limit);
-        expect_too_large(&over.run(&work(json!(null)), 1).await, limit);
+        expect_too_large(
+            &over.run(&work(json!(null)), 1, &Reporter::unheard()).await,
+            limit,
+        );
         // 400 bytes of text are stored as a JSON string of 2402 bytes (`\u0001` each).
         let escaped = handler(sh("head -c 400 /dev/zero | tr '\\0' '\\001'"), limit);
-        expect_too_large(&escaped.run(&work(json!(null)), 1).await, limit);
+        expect_too_large(
+            &escaped
+                .run(&work(json!(null)), 1, &Reporter::unheard())
+                .await,
+            limit,
+        );
     }
 
     #[tokio::test]
@@ -751,9 +789,12 @@ mod tests {
             sh("head -c 8388608 /dev/zero | tr '\\0' e >&2; echo 'the real reason' >&2; exit 3"),
             1024,
         );
-        let outcome = tokio::time::timeout(DEADLOCK_GUARD, noisy.run(&work(json!(null)), 1))
-            .await
-            .expect("finished");
+        let outcome = tokio::time::timeout(
+            DEADLOCK_GUARD,
+            noisy.run(&work(json!(null)), 1, &Reporter::unheard()),
+        )
+        .await
+        .expect("finished");
         match outcome {
             Err(HandlerError::Retryable(message)) => {
                 assert!(message.contains("the real reason"), "{message}");
@@ -834,9 +875,12 @@ mod tests {
         for chunked in [true, false] {
             let (url, server) = serve_huge_body(200, HUGE, chunked).await;
             let sidecar = handler(HandlerSpec::Http { url }, limit);
-            let outcome = tokio::time::timeout(DEADLOCK_GUARD, sidecar.run(&work(json!(null)), 1))
-                .await
-                .expect("stopped reading at the limit");
+            let outcome = tokio::time::timeout(
+                DEADLOCK_GUARD,
+                sidecar.run(&work(json!(null)), 1, &Reporter::unheard()),
+            )
+            .await
+            .expect("stopped reading at the limit");
             expect_too_large(&outcome, limit);
             drop(sidecar);
             let written = tokio::time::timeout(DEADLOCK_GUARD, server)
@@ -851,9 +895,12 @@ mod tests {
         // An error answer's body is not the result: it stays retryable, with a bounded message.
         let (url, server) = serve_huge_body(503, HUGE, true).await;
         let sidecar = handler(HandlerSpec::Http { url }, limit);
-        match tokio::time::timeout(DEADLOCK_GUARD, sidecar.run(&work(json!(null)), 1))
-            .await
-            .expect("finished")
+        match tokio::time::timeout(
+            DEADLOCK_GUARD,
+            sidecar.run(&work(json!(null)), 1, &Reporter::unheard()),
+        )
+        .await
+        .expect("finished")
         {
             Err(HandlerError::Retryable(message)) => {
                 assert!(
@@ -892,7 +939,8 @@ mod tests {
         for _ in 0..20 {
             let _ = std::fs::remove_file(&pid_file);
             let input = work(json!(null));
-            let run = slow.run(&input, 1);
+            let unheard = Reporter::unheard();
+            let run = slow.run(&input, 1, &unheard);
             let outcome = tokio::time::timeout(Duration::from_millis(300), run).await;
             assert!(outcome.is_err(), "the attempt should time out");
             let pids = std::fs::read_to_string(&pid_file).expect("pids written");
@@ -920,8 +968,11 @@ mod tests {
         let slow = pooled(HandlerSpec::Exec {
             command: vec!["sh".into(), "-c".into(), script],
         });
-        let outcome =
-            tokio::time::timeout(Duration::from_millis(500), slow.run(&work(json!(null)), 1)).await;
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(500),
+            slow.run(&work(json!(null)), 1, &Reporter::unheard()),
+        )
+        .await;
         assert!(outcome.is_err(), "the attempt should time out");
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .expect("pid written")

@@ -13,11 +13,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use workpool_core::progress::Progress;
 use workpool_core::{WorkId, WorkRecord};
 
+use crate::progress::{PROGRESS_WRITE_EVERY, Reporter};
 use crate::records::{Records, Renewed};
 
 /// The record as our attempt last wrote it, and its revision.
@@ -30,6 +33,9 @@ pub struct Current {
 /// A running attempt's hold; the heartbeat stops when it is dropped.
 pub struct Hold {
     current: Arc<Mutex<Current>>,
+    /// Where the handler reports progress; the heartbeat writes it.
+    reporter: Reporter,
+    reported: watch::Receiver<Option<Progress>>,
     lost: CancellationToken,
     cancel_requested: CancellationToken,
     _heartbeat: AbortOnDropHandle<()>,
@@ -57,26 +63,40 @@ impl Hold {
         let current = Arc::new(Mutex::new(Current { record, revision }));
         let lost = CancellationToken::new();
         let cancel_requested = CancellationToken::new();
+        let (reporter, reported) = Reporter::channel();
         let heartbeat = tokio::spawn(heartbeat(
             beat,
             current.clone(),
+            reported.clone(),
             lost.clone(),
             cancel_requested.clone(),
         ));
         Self {
             current,
+            reporter,
+            reported,
             lost,
             cancel_requested,
             _heartbeat: AbortOnDropHandle::new(heartbeat),
         }
     }
 
-    /// The record and revision to write the outcome on.
+    /// The record and revision to write the outcome on, with the latest progress
+    /// reported, written or not.
     pub fn current(&self) -> Current {
-        self.current
+        let mut current = self
+            .current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        if let Some(progress) = self.reported.borrow().clone() {
+            current.record.progress = Some(progress);
+        }
+        current
+    }
+
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
     }
 
     /// Resolves once the hold is lost: the attempt must stop at once.
@@ -105,25 +125,44 @@ pub fn fence(ack_wait: Duration) -> Duration {
 async fn heartbeat(
     beat: Beat,
     current: Arc<Mutex<Current>>,
+    mut reported: watch::Receiver<Option<Progress>>,
     lost: CancellationToken,
     cancel_requested: CancellationToken,
 ) {
     let every = beat.every;
     let mut next_beat_at = beat.first_beat_at;
     let mut fenced_at = beat.first_fence_at;
+    // Progress is written by the next beat, brought forward to no sooner than
+    // `PROGRESS_WRITE_EVERY` after the last one that wrote progress, nor before the
+    // first beat of an attempt that started unrecorded (its first write is `working`).
+    let mut progress_due_at = beat
+        .first_beat_at
+        .min(Instant::now() + PROGRESS_WRITE_EVERY);
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_beat_at) => {}
             () = tokio::time::sleep_until(fenced_at) => break,
+            Ok(()) = reported.changed() => {
+                next_beat_at = next_beat_at.min(progress_due_at.max(Instant::now()));
+                continue;
+            }
         }
         let sent = Instant::now();
+        let progress = reported.borrow_and_update().clone();
+        if progress.is_some() {
+            progress_due_at = sent + PROGRESS_WRITE_EVERY;
+        }
         let renew = async {
             // Fire and forget; the renewal below, on the same connection, proves it went.
             beat.message.ack_with(AckKind::Progress).await.ok();
-            let Current { record, revision } = current
+            let Current {
+                mut record,
+                revision,
+            } = current
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
+            record.progress = progress.or(record.progress);
             beat.records.renew(&beat.id, record, revision).await.ok()
         };
         let renewed = tokio::time::timeout_at(fenced_at, renew).await;

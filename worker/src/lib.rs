@@ -8,6 +8,7 @@ mod hold;
 pub use workpool_runtime::http_client;
 pub mod metrics;
 pub mod process;
+pub mod progress;
 mod pull;
 pub mod records;
 

@@ -251,7 +251,7 @@ impl Worker {
         // The select only decides; acting on it comes after, once the handler's future
         // (and with it an exec child) is gone, so no outcome is written while it runs.
         let stopped = tokio::select! {
-            outcome = tokio::time::timeout(timeout, self.handler.run(work, attempt)) => {
+            outcome = tokio::time::timeout(timeout, self.handler.run(work, attempt, hold.reporter())) => {
                 outcome.map_or(Stop::TimedOut, Stop::Ran)
             }
             () = abort.cancelled() => Stop::Shutdown,

@@ -158,6 +158,8 @@ impl Records {
         record.worker = Some(self.pod.clone());
         record.lease_until = Some(self.lease_from_now());
         record.updated_at = Utc::now();
+        // The previous attempt's progress says nothing of this one.
+        record.progress = None;
     }
 
     /// The record of the first attempt at fresh work, as it will be recorded if it runs
