@@ -165,7 +165,7 @@ impl Queue {
         match key {
             Some(key) => self
                 .names
-                .keyed_subject(partition_of(key, self.partitions), id),
+                .keyed_subject(partition_of(key, self.partitions), id, task),
             None => self.names.work_subject(task, id),
         }
     }

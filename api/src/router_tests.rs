@@ -195,11 +195,12 @@ async fn bodies_that_are_not_a_json_object_are_400_invalid_json() {
 #[tokio::test]
 async fn a_bad_task_or_key_is_400_invalid_work() {
     let api = open_api();
-    let task = "task must be 1-64 characters of letters, digits, '-' and '_'";
+    let task = "task must be dot-separated words of letters, digits, '-' and '_' (such as addressing.address.reconcile), at most 64 characters";
     let long_task = format!(r#"{{"data": 1, "task": "{}"}}"#, "t".repeat(65));
     for body in [
         r#"{"data":1,"task":"no spaces"}"#.to_owned(),
         r#"{"data":1,"task":""}"#.to_owned(),
+        r#"{"data":1,"task":"a..b"}"#.to_owned(),
         long_task,
     ] {
         assert_eq!(

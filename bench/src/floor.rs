@@ -121,7 +121,7 @@ impl Queue {
     async fn event(&self, verb: &str) -> Result<()> {
         self.client
             .publish(
-                format!("{}.events.work.{verb}", self.name),
+                format!("{}.events.work.{verb}.default", self.name),
                 bytes::Bytes::from_static(PAYLOAD),
             )
             .await

@@ -312,7 +312,7 @@ async fn collect_worked<N: PoolNats>(
     expected: usize,
 ) -> Result<tokio::task::JoinHandle<HashMap<String, Instant>>> {
     let mut events = client
-        .subscribe(pool.names.event_subject("work", "worked"))
+        .subscribe(pool.names.event_filter("work", "worked"))
         .await
         .map_err(Error::context("subscribing to worked events"))?;
     client

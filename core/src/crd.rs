@@ -468,6 +468,11 @@ pub struct WorkPoolStatus {
     /// while NATS never accepted one: then a deletion has no NATS objects to wait for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioned_generation: Option<i64>,
+    /// NATS objects of this pool's names that existed when it was first provisioned
+    /// (left by an earlier WorkPool of the same name with `deletionPolicy: Retain`), taken
+    /// over with what they held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<AdoptedStatus>,
 }
 
 /// Ready and desired pods of one component.
@@ -506,6 +511,20 @@ pub struct QueueStatus {
     /// Work pulled and not yet finished.
     pub in_flight: u64,
     /// Messages in the dead-letter stream.
+    pub dead_letters: u64,
+}
+
+/// What a pool took over when it was first provisioned.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptedStatus {
+    /// The objects that existed: `stream`, `deadLetters`, `bucket`.
+    pub objects: Vec<String>,
+    /// Work messages in the adopted stream (queued, or in flight when it was left).
+    pub messages: u64,
+    /// Entries in the adopted results bucket.
+    pub records: u64,
+    /// Dead letters in the adopted dead-letter stream.
     pub dead_letters: u64,
 }
 

@@ -46,6 +46,6 @@ pub struct WorkEvent {
 
 impl WorkEvent {
     pub fn subject(&self, names: &PoolNames) -> String {
-        names.event_subject("work", self.event.verb())
+        names.event_subject("work", self.event.verb(), &self.task)
     }
 }

@@ -28,10 +28,13 @@ pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "Workpool-Attempts";
 pub struct WorkSubmission {
     /// Any JSON value; the handler gets it as it is.
     pub data: serde_json::Value,
-    /// A name for the kind of work (letters, digits, '-' and '_', at most 64); it labels
-    /// metrics and is passed to the handler. Default `default`.
+    /// A name for the kind of work: dot-separated words of letters, digits, '-' and '_',
+    /// at most 64 characters, such as `addressing.address.reconcile`
+    /// (`<service>.<entity>.<request>`). It labels metrics, ends the subjects of the work
+    /// and its events (so NATS wildcards filter by it), and is passed to the handler.
+    /// Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 64)]
     pub task: Option<String>,
     /// Work with the same key runs one at a time, in order (1-256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,7 +51,9 @@ pub struct WorkSubmission {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmissionError {
-    #[error("task must be 1-64 characters of letters, digits, '-' and '_'")]
+    #[error(
+        "task must be dot-separated words of letters, digits, '-' and '_' (such as addressing.address.reconcile), at most 64 characters"
+    )]
     BadTask,
     #[error("key must be 1-256 bytes")]
     BadKey,
@@ -64,12 +69,7 @@ impl WorkSubmission {
     }
 
     pub fn validate(&self) -> Result<(), SubmissionError> {
-        let task = self.task();
-        let task_ok = (1..=64).contains(&task.len())
-            && task
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !task_ok {
+        if !is_task_name(self.task()) {
             return Err(SubmissionError::BadTask);
         }
         if let Some(key) = &self.key
@@ -110,6 +110,18 @@ impl WorkSubmission {
             None => WorkId::content_in(scope, self.task(), self.key.as_deref(), &self.data),
         }
     }
+}
+
+/// Whether `task` is a task name: at most 64 characters, dot-separated words of letters,
+/// digits, '-' and '_', each word a NATS subject token.
+pub fn is_task_name(task: &str) -> bool {
+    let is_word = |word: &str| {
+        !word.is_empty()
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    task.len() <= 64 && task.split('.').all(is_word)
 }
 
 /// The payload of a message on the work stream; also what `exec` and `http` handlers get.
@@ -189,8 +201,24 @@ mod tests {
             ttl: None,
         };
         assert_eq!(work.validate(), Ok(()));
-        work.task = Some("a.b".into());
-        assert_eq!(work.validate(), Err(SubmissionError::BadTask));
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "a b",
+            "a.*",
+            "a.>",
+            "ä",
+            &"a".repeat(65),
+        ] {
+            work.task = Some(bad.into());
+            assert_eq!(work.validate(), Err(SubmissionError::BadTask), "{bad:?}");
+        }
+        for good in ["addressing.address.reconcile", "a.b", &"a".repeat(64)] {
+            work.task = Some(good.into());
+            assert_eq!(work.validate(), Ok(()), "{good:?}");
+        }
         work.task = Some("resize-image_2".into());
         work.key = Some(String::new());
         assert_eq!(work.validate(), Err(SubmissionError::BadKey));

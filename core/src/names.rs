@@ -73,28 +73,38 @@ impl PoolNames {
         ]
     }
 
-    /// The subject of unkeyed work; the id in it lets the api ask the stream whether a
-    /// message is still queued.
+    /// The subject of unkeyed work: `wp.<ns>.<pool>.work.<id>.<task>`. The id lets the
+    /// api ask the stream whether a message is still queued; the task ends it, so that a
+    /// subscriber filters work by task, or by a task's leading tokens
+    /// (`work.*.addressing.>`).
     pub fn work_subject(&self, task: &str, id: &WorkId) -> String {
-        format!("{}.work.{task}.{id}", self.prefix())
+        format!("{}.work.{id}.{task}", self.prefix())
     }
 
-    /// Every subject work of `id` may be queued on: unkeyed under any task, keyed in any
-    /// partition. The api asks the stream with it whether the work is queued.
+    /// Every subject work of `id` may be queued on: unkeyed or keyed, in any partition,
+    /// under any task. The api asks the stream with it whether the work is queued.
     pub fn any_work_subject(&self, id: &WorkId) -> String {
-        format!("{}.*.*.{id}", self.prefix())
+        format!("{}.*.{id}.>", self.prefix())
     }
 
     pub fn work_filter(&self) -> String {
         format!("{}.work.>", self.prefix())
     }
 
-    pub fn keyed_subject(&self, partition: u32, id: &WorkId) -> String {
-        format!("{}.keyed.{partition}.{id}", self.prefix())
+    /// The subject of keyed work: `wp.<ns>.<pool>.keyed.<id>.<partition>.<task>`, the id
+    /// in the same place as unkeyed work's.
+    pub fn keyed_subject(&self, partition: u32, id: &WorkId, task: &str) -> String {
+        format!("{}.keyed.{id}.{partition}.{task}", self.prefix())
     }
 
-    pub fn keyed_filter(&self, partition: u32) -> String {
-        format!("{}.keyed.{partition}.>", self.prefix())
+    /// What a partition's consumer takes: its keyed work, and work queued in the
+    /// earlier layout `keyed.<partition>.<id>` (before task names were in subjects), so an
+    /// upgrade leaves none of it behind.
+    pub fn keyed_filters(&self, partition: u32) -> Vec<String> {
+        vec![
+            format!("{}.keyed.*.{partition}.>", self.prefix()),
+            format!("{}.keyed.{partition}.*", self.prefix()),
+        ]
     }
 
     pub fn keyed_consumer(partition: u32) -> String {
@@ -119,9 +129,14 @@ impl PoolNames {
         format!("{}.dead.>", self.prefix())
     }
 
-    /// `wp.<ns>.<pool>.events.<entity>.<verb>`
-    pub fn event_subject(&self, entity: &str, verb: &str) -> String {
-        format!("{}.events.{entity}.{verb}", self.prefix())
+    /// `wp.<ns>.<pool>.events.<entity>.<verb>.<task>`
+    pub fn event_subject(&self, entity: &str, verb: &str, task: &str) -> String {
+        format!("{}.events.{entity}.{verb}.{task}", self.prefix())
+    }
+
+    /// `<entity>.<verb>` events of every task.
+    pub fn event_filter(&self, entity: &str, verb: &str) -> String {
+        format!("{}.events.{entity}.{verb}.>", self.prefix())
     }
 
     /// All events of the pool, for subscribers.
@@ -177,17 +192,28 @@ mod tests {
         );
         assert_eq!(
             names.work_subject("echo", &id),
-            format!("wp.default.demo.work.echo.{id}")
+            format!("wp.default.demo.work.{id}.echo")
         );
-        assert_eq!(names.keyed_filter(3), "wp.default.demo.keyed.3.>");
+        assert_eq!(
+            names.keyed_subject(3, &id, "addressing.address.reconcile"),
+            format!("wp.default.demo.keyed.{id}.3.addressing.address.reconcile")
+        );
+        assert_eq!(
+            names.keyed_filters(3),
+            ["wp.default.demo.keyed.*.3.>", "wp.default.demo.keyed.3.*"]
+        );
         assert_eq!(
             names.any_work_subject(&id),
-            format!("wp.default.demo.*.*.{id}")
+            format!("wp.default.demo.*.{id}.>")
         );
         assert_eq!(PoolNames::keyed_consumer(3), "keyed-3");
         assert_eq!(
-            names.event_subject("work", "worked"),
-            "wp.default.demo.events.work.worked"
+            names.event_subject("work", "worked", "a.b"),
+            "wp.default.demo.events.work.worked.a.b"
+        );
+        assert_eq!(
+            names.event_filter("work", "worked"),
+            "wp.default.demo.events.work.worked.>"
         );
         assert_eq!(
             names.peer_subject("demo-worker-0"),

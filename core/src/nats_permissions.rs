@@ -95,8 +95,8 @@ mod tests {
         let own = a.permissions();
         for subject in [
             a.work_subject("echo", &id),
-            a.keyed_subject(2, &id),
-            a.event_subject("work", "worked"),
+            a.keyed_subject(2, &id, "echo"),
+            a.event_subject("work", "worked", "echo"),
             a.peer_subject("jobs-worker-0"),
             format!("$KV.{}.{id}", a.bucket()),
             format!("$JS.API.STREAM.INFO.{}", a.stream()),

@@ -92,13 +92,18 @@ pub fn results_bucket(names: &PoolNames, spec: &PoolSpec) -> kv::Config {
 
 fn pull_consumer(
     name: String,
-    filter: String,
+    filters: Vec<String>,
     max_ack_pending: i64,
     spec: &PoolSpec,
 ) -> consumer::pull::Config {
+    let (filter_subject, filter_subjects) = match <[String; 1]>::try_from(filters) {
+        Ok([one]) => (one, Vec::new()),
+        Err(several) => (String::new(), several),
+    };
     consumer::pull::Config {
         durable_name: Some(name),
-        filter_subject: filter,
+        filter_subject,
+        filter_subjects,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.worker.ack_wait,
         // Unlimited: the worker counts attempts itself and dead-letters after the last,
@@ -114,7 +119,7 @@ fn pull_consumer(
 pub fn work_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Config {
     pull_consumer(
         WORK_CONSUMER.to_owned(),
-        names.work_filter(),
+        vec![names.work_filter()],
         WORK_MAX_ACK_PENDING,
         spec,
     )
@@ -123,7 +128,14 @@ pub fn work_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Conf
 /// One consumer per partition; `max_ack_pending: 1` makes a key's work serial.
 pub fn keyed_consumers(names: &PoolNames, spec: &PoolSpec) -> Vec<consumer::pull::Config> {
     (0..spec.worker.partitions)
-        .map(|p| pull_consumer(PoolNames::keyed_consumer(p), names.keyed_filter(p), 1, spec))
+        .map(|p| {
+            pull_consumer(
+                PoolNames::keyed_consumer(p),
+                names.keyed_filters(p),
+                1,
+                spec,
+            )
+        })
         .collect()
 }
 
@@ -179,13 +191,16 @@ mod tests {
         spec.worker.partitions = 3;
         spec.worker.ack_wait = Duration::from_secs(4);
         let keyed = keyed_consumers(&names, &spec);
-        let filters: Vec<&str> = keyed.iter().map(|c| c.filter_subject.as_str()).collect();
+        let filters: Vec<&str> = keyed
+            .iter()
+            .map(|c| c.filter_subjects[0].as_str())
+            .collect();
         assert_eq!(
             filters,
             [
-                "wp.default.demo.keyed.0.>",
-                "wp.default.demo.keyed.1.>",
-                "wp.default.demo.keyed.2.>"
+                "wp.default.demo.keyed.*.0.>",
+                "wp.default.demo.keyed.*.1.>",
+                "wp.default.demo.keyed.*.2.>"
             ]
         );
         assert!(

@@ -200,7 +200,7 @@ async fn the_same_work_twice_gets_one_id_and_runs_once() {
     let mut pool = TestPool::start(spec, 2, 0).await.expect("pool");
     let client = pool.nats.client().await.expect("client");
     let mut started = client
-        .subscribe(pool.names.event_subject("work", "started"))
+        .subscribe(pool.names.event_filter("work", "started"))
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");

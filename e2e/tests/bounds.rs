@@ -23,11 +23,11 @@ async fn an_exec_result_over_the_limit_fails_after_one_attempt() {
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let client = pool.nats.client().await.expect("client");
     let mut retried = client
-        .subscribe(pool.names.event_subject("work", "retried"))
+        .subscribe(pool.names.event_filter("work", "retried"))
         .await
         .expect("subscribe");
     let mut failed_events = client
-        .subscribe(pool.names.event_subject("work", "failed"))
+        .subscribe(pool.names.event_filter("work", "failed"))
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");

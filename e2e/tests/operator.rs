@@ -918,19 +918,9 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
     }
 }
 
-#[tokio::test]
-async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
-    let extra = "  deletionPolicy: Retain\n  worker:\n    partitions: 2\n";
-    let (_plane, client, ns, nats, _operator) = running_pool("recreate", extra).await;
-    let names = PoolNames::new(&ns, "demo").unwrap();
-    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
-    let id = workpool_core::WorkId::from_idempotency_key("queued");
-    js.publish(names.keyed_subject(1, &id), "{}".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+/// Deletes the pool `demo` and waits until it is finalized and its children collected.
+async fn delete_and_wait_gone(client: &kube::Client, ns: &str) {
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), ns);
     api.delete("demo", &DeleteParams::default())
         .await
         .expect("delete");
@@ -939,7 +929,7 @@ async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
         assert!(std::time::Instant::now() < deadline, "not finalized");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     while deployments
         .get_opt("demo-worker")
         .await
@@ -952,6 +942,75 @@ async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn a_pool_recreated_over_retained_objects_adopts_them_and_says_what_it_took() {
+    let extra = "  deletionPolicy: Retain\n";
+    let (_plane, client, ns, nats, _operator) = running_pool("adopt", extra).await;
+    let api: Api<WorkPool> = Api::namespaced(client.clone(), &ns);
+    let first = api.get("demo").await.expect("get").status.unwrap();
+    assert_eq!(first.adopted, None, "a new pool adopts nothing");
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let id = workpool_core::WorkId::from_idempotency_key("left behind");
+    js.publish(names.work_subject("default", &id), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let bucket = js.get_key_value(names.bucket()).await.expect("bucket");
+    bucket.put("kept", "{}".into()).await.expect("put");
+    delete_and_wait_gone(&client, &ns).await;
+
+    create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), extra))
+        .await
+        .expect("create");
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.adopted.is_some())
+    })
+    .await
+    .expect("adopted");
+    let adopted = pool.status.unwrap().adopted.unwrap();
+    assert_eq!(adopted.objects, ["stream", "deadLetters", "bucket"]);
+    assert_eq!(
+        (adopted.messages, adopted.records, adopted.dead_letters),
+        (1, 1, 0)
+    );
+    let mut stream = js.get_stream(names.stream()).await.expect("stream");
+    let held = stream.info().await.expect("info").state.messages;
+    assert_eq!(held, 1, "the queued work is still there");
+    assert!(
+        bucket.get("kept").await.expect("get").is_some(),
+        "the record too"
+    );
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let note = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Adopted"))
+        .and_then(|e| e.message.clone())
+        .expect("an Adopted event");
+    assert!(note.contains("1 messages"), "{note}");
+}
+
+#[tokio::test]
+async fn a_pool_recreated_over_retained_keyed_work_keeps_its_partition_count() {
+    let extra = "  deletionPolicy: Retain\n  worker:\n    partitions: 2\n";
+    let (_plane, client, ns, nats, _operator) = running_pool("recreate", extra).await;
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let id = workpool_core::WorkId::from_idempotency_key("queued");
+    js.publish(names.keyed_subject(1, &id, "default"), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    delete_and_wait_gone(&client, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     // Same name, another count: the retained keyed work would land elsewhere.
     let extra = "  worker:\n    partitions: 4\n";
     create_pool(&client, &ns, &pool_yaml("demo", &nats.url(), extra))

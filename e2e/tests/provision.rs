@@ -86,7 +86,7 @@ async fn provisioning_is_idempotent_and_follows_the_spec() {
 /// Publishes one keyed message to partition `partition`.
 async fn publish_keyed(js: &jetstream::Context, names: &PoolNames, partition: u32) {
     let id = workpool_core::WorkId::from_idempotency_key(&partition.to_string());
-    js.publish(names.keyed_subject(partition, &id), "{}".into())
+    js.publish(names.keyed_subject(partition, &id, "default"), "{}".into())
         .await
         .expect("publish")
         .await

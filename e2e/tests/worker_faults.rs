@@ -32,7 +32,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     let mut pool = TestPool::start(spec, 1, 2).await.expect("pool");
     let client = pool.nats.client().await.expect("client");
     let worked_events = client
-        .subscribe(pool.names.event_subject("work", "worked"))
+        .subscribe(pool.names.event_filter("work", "worked"))
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");
@@ -182,7 +182,7 @@ async fn failing_work_is_retried_with_backoff_then_failed_and_dead_lettered() {
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let client = pool.nats.client().await.expect("client");
     let mut retried = client
-        .subscribe(pool.names.event_subject("work", "retried"))
+        .subscribe(pool.names.event_filter("work", "retried"))
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");

@@ -281,7 +281,16 @@ async fn reach_queue(
     // was some twenty JetStream API calls per pool and look.
     let pool_key = key(pool);
     let digest = Digest::default().with(spec).finish();
+    let mut adopted = None;
     if !ctx.provisioned.is_current(&pool_key, digest) {
+        if never_provisioned(pool) {
+            // What an earlier pool of this name left is taken over with its contents;
+            // the status and an event say what.
+            match queue::existing(&js, names).await {
+                Ok(found) => adopted = found,
+                Err(err) => return QueueOutcome::failed(err),
+            }
+        }
         if let Err(err) = queue::ensure(&js, names, spec).await {
             return QueueOutcome::failed(err);
         }
@@ -295,7 +304,15 @@ async fn reach_queue(
     QueueOutcome {
         accepted: true,
         figures,
+        adopted,
     }
+}
+
+/// Whether NATS never accepted any generation of this pool (its status says so).
+fn never_provisioned(pool: &WorkPool) -> bool {
+    pool.status
+        .as_ref()
+        .is_none_or(|status| status.provisioned_generation.is_none())
 }
 
 /// A pool's api and worker Deployments.
@@ -520,6 +537,16 @@ async fn publish_reconcile_events(
             pool.spec.api.replicas
         );
         publish(ctx, pool, EventType::Normal, "Applied", "Reconcile", note).await;
+    }
+    if let Some(adopted) = &outcome.adopted {
+        let note = format!(
+            "took over the existing {} with {} messages, {} records and {} dead letters",
+            adopted.objects.join(", "),
+            adopted.messages,
+            adopted.records,
+            adopted.dead_letters
+        );
+        publish(ctx, pool, EventType::Normal, "Adopted", "Reconcile", note).await;
     }
     if let (Some(_), Some(current)) = (&pool.spec.worker.autoscale, current_workers)
         && current != workers

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::Mutex;
+use workpool_core::crd::AdoptedStatus;
 use workpool_core::streams::keyed_consumers;
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::provision::{deprovision, provision};
@@ -144,6 +145,49 @@ pub async fn ensure(
             Error::NatsUnreachable(NatsError::Provision(err))
         }
     })
+}
+
+/// The pool's NATS objects that exist already and what they hold, before a pool is first
+/// provisioned; `None` when none does.
+pub async fn existing(
+    js: &jetstream::Context,
+    names: &PoolNames,
+) -> Result<Option<AdoptedStatus>, Error> {
+    let mut adopted = AdoptedStatus::default();
+    let objects = [
+        ("stream", names.stream()),
+        ("deadLetters", names.dead_letter_stream()),
+        ("bucket", format!("KV_{}", names.bucket())),
+    ];
+    for (object, stream) in objects {
+        let mut found = match js.get_stream(&stream).await {
+            Ok(found) => found,
+            Err(err) if is_not_found(&err) => continue,
+            Err(err) => return Err(stream_error(&stream, err)),
+        };
+        let info = found.info().await.map_err(|source| {
+            Error::NatsUnreachable(NatsError::StreamInfo {
+                stream: stream.clone(),
+                source,
+            })
+        })?;
+        let held = info.state.messages;
+        match object {
+            "stream" => adopted.messages = held,
+            "deadLetters" => adopted.dead_letters = held,
+            _ => adopted.records = held,
+        }
+        adopted.objects.push(object.to_owned());
+    }
+    Ok((!adopted.objects.is_empty()).then_some(adopted))
+}
+
+fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js_err)
+            if js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 pub async fn remove(js: &jetstream::Context, names: &PoolNames) -> Result<(), Error> {

@@ -3,7 +3,7 @@
 //! workers run. No API calls: the controller does the talking.
 
 use workpool_core::PoolSpec;
-use workpool_core::crd::WorkerSpec;
+use workpool_core::crd::{AdoptedStatus, WorkerSpec};
 
 use crate::error::Error;
 use crate::queue::{self, QueueFigures};
@@ -14,6 +14,9 @@ pub struct QueueOutcome {
     /// NATS accepted the stream, bucket and consumers of this spec.
     pub accepted: bool,
     pub figures: Result<QueueFigures, Error>,
+    /// Objects of the pool's names that existed before its first provisioning and that
+    /// NATS now accepted as the pool's.
+    pub adopted: Option<AdoptedStatus>,
 }
 
 impl QueueOutcome {
@@ -22,6 +25,7 @@ impl QueueOutcome {
         Self {
             accepted: false,
             figures: Err(err),
+            adopted: None,
         }
     }
 
@@ -98,6 +102,7 @@ mod tests {
         QueueOutcome {
             accepted: figures.is_ok(),
             figures,
+            adopted: None,
         }
     }
 
@@ -195,6 +200,7 @@ mod tests {
         let partly = QueueOutcome {
             accepted: true,
             figures: Err(unreachable()),
+            adopted: None,
         };
         assert_eq!(rollout_spec(&partly, &new, None), Some(new.clone()));
         assert_eq!(held_back(&partly, &new, Some(&new)), None);

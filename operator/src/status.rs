@@ -100,6 +100,10 @@ pub fn pool_status(seen: &Observed<'_>, previous: &WorkPoolStatus) -> WorkPoolSt
         } else {
             previous.provisioned_generation
         },
+        adopted: previous
+            .adopted
+            .clone()
+            .or_else(|| seen.queue.adopted.clone()),
     }
 }
 
@@ -268,6 +272,7 @@ mod tests {
     use crate::fixtures::{refused, unreachable};
     use crate::queue::QueueFigures;
     use crate::rollout;
+    use workpool_core::crd::AdoptedStatus;
 
     const FIGURES: QueueFigures = QueueFigures {
         pending: 5,
@@ -279,6 +284,7 @@ mod tests {
         QueueOutcome {
             accepted: true,
             figures: Ok(FIGURES),
+            adopted: None,
         }
     }
 
@@ -512,12 +518,32 @@ mod tests {
     }
 
     #[test]
+    fn what_a_first_provisioning_adopted_stays_in_the_status() {
+        let adopted = AdoptedStatus {
+            objects: vec!["stream".into(), "bucket".into()],
+            messages: 2,
+            records: 5,
+            dead_letters: 0,
+        };
+        let first = QueueOutcome {
+            adopted: Some(adopted.clone()),
+            ..accepted()
+        };
+        let status = pool_status(&seen(&first, (1, 1), (1, 1)), &WorkPoolStatus::default());
+        assert_eq!(status.adopted.as_ref(), Some(&adopted));
+        // Later reconciles find nothing to adopt; the record of the first one stays.
+        let later = pool_status(&seen(&accepted(), (1, 1), (1, 1)), &status);
+        assert_eq!(later.adopted, Some(adopted));
+    }
+
+    #[test]
     fn figures_unreadable_after_nats_accepted_the_spec_still_count_as_provisioned() {
         let partly = QueueOutcome {
             accepted: true,
             figures: Err(Error::QueueFigures(NatsError::Reconnecting {
                 server: "nats://nats:4222".into(),
             })),
+            adopted: None,
         };
         let status = pool_status(&seen(&partly, (2, 2), (3, 3)), &WorkPoolStatus::default());
         assert_eq!(status.provisioned_generation, Some(3));

@@ -504,17 +504,11 @@ async fn still_queued(
     let Ok(mut stream) = js.get_stream(names.stream()).await else {
         return (queued, vec!["work stream unreadable at the end".into()]);
     };
-    for (id, key) in open {
+    for (id, _key) in open {
         let Ok(work_id) = id.parse::<workpool_core::WorkId>() else {
             continue;
         };
-        let subject = match key {
-            Some(key) => names.keyed_subject(
-                workpool_core::names::partition_of(key, partitions),
-                &work_id,
-            ),
-            None => names.work_subject(workpool_core::message::DEFAULT_TASK, &work_id),
-        };
+        let subject = names.any_work_subject(&work_id);
         if stream.direct_get_last_for_subject(subject).await.is_ok() {
             queued.insert(id.clone());
         }
