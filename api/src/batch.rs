@@ -33,7 +33,7 @@ const PIPELINE: usize = 256;
 pub struct BatchItem {
     pub data: serde_json::Value,
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 64)]
     pub task: Option<String>,
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
@@ -42,6 +42,13 @@ pub struct BatchItem {
     #[serde(default)]
     #[schema(example = "30s")]
     pub ttl: Option<String>,
+    /// Run no earlier than this time (RFC 3339), at most a year ahead.
+    #[serde(default)]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Run no earlier than this long after acceptance, such as `90s`.
+    #[serde(default)]
+    #[schema(example = "10m")]
+    pub delay: Option<String>,
     /// Derive the id from this instead of the content, as the header does for a single
     /// POST (1-256 visible ASCII characters).
     #[serde(default)]
@@ -213,6 +220,8 @@ fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, Option<String
         task: item.task,
         key: item.key,
         ttl: item.ttl,
+        run_at: item.run_at,
+        delay: item.delay,
     };
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;

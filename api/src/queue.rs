@@ -9,11 +9,14 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::expiry::is_expired;
-use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage, WorkSubmission};
+use workpool_core::message::{
+    RECORD_REVISION_HEADER, SubmissionError, WorkMessage, WorkSubmission,
+};
 use workpool_core::names::partition_of;
 use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
+use workpool_runtime::publish_errors::{has_code, is_stream_full, is_subject_taken};
 use workpool_runtime::records::RecordStore;
 
 use crate::cluster::peer_payload;
@@ -161,12 +164,16 @@ impl Queue {
         }
     }
 
-    fn subject(&self, id: &WorkId, task: &str, key: Option<&str>) -> String {
-        match key {
-            Some(key) => self
-                .names
-                .keyed_subject(partition_of(key, self.partitions), id, task),
-            None => self.names.work_subject(task, id),
+    /// Where `message` goes: its queue, or, delayed, where it waits for its time.
+    fn subject(&self, message: &WorkMessage) -> String {
+        let (id, task) = (&message.id, message.task.as_str());
+        match (&message.run_at, &message.key) {
+            (Some(_), _) => self.names.delayed_subject(task, id),
+            (None, Some(key)) => {
+                let partition = partition_of(key, self.partitions);
+                self.names.keyed_subject(partition, id, task)
+            }
+            (None, None) => self.names.work_subject(task, id),
         }
     }
 
@@ -180,14 +187,10 @@ impl Queue {
         accepted: Accepted<'_>,
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
-        let id_from_content = accepted.from_content;
-        let ttl = work
-            .ttl_within(self.result_ttl)
-            .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;
-        let message = WorkMessage {
-            ttl,
-            ..new_message(id, work, accepted)
-        };
+        let message = new_message(id, work, accepted, self.result_ttl)?;
+        // Delayed work waits on another subject than queued work of the same id, so the
+        // stream's one-message-per-subject rule cannot refuse the one for the other.
+        let look_first = !accepted.from_content || message.run_at.is_some();
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.stored(id).await?;
             if let Some(record) = self.live(&stored)
@@ -195,7 +198,7 @@ impl Queue {
             {
                 return Ok(Submitted::Existing(Box::new(record.clone())));
             }
-            if !id_from_content && let Some(queued) = self.queued(id, &stored).await? {
+            if look_first && let Some(queued) = self.queued(id, &stored).await? {
                 return Ok(Submitted::Existing(Box::new(queued.pending_record())));
             }
             match self.publish(&message, stored.revision).await? {
@@ -273,7 +276,7 @@ impl Queue {
         message: &WorkMessage,
         revision: u64,
     ) -> Result<Published, ApiError> {
-        let subject = self.subject(&message.id, &message.task, message.key.as_deref());
+        let subject = self.subject(message);
         // The message id names what the work was accepted on, not only its content: once
         // a record has expired, the same content is a new submission and must not be
         // deduplicated against the old message (docs/reliability.md).
@@ -290,9 +293,7 @@ impl Queue {
                 sequence: ack.sequence,
             }),
             Ok(_) => Ok(Published::New),
-            Err(err) if has_code(&err, STORE_FAILED) && says(&err, PER_SUBJECT_LIMIT) => {
-                Ok(Published::SubjectTaken)
-            }
+            Err(err) if is_subject_taken(&err) => Ok(Published::SubjectTaken),
             Err(err) => Err(self.publish_error(err)),
         }
     }
@@ -595,7 +596,8 @@ impl Queue {
     /// same content is not). Failing that, the DELETE is answered 503 and its retry
     /// tries again. Both reads go to the stream's leader, as in [`Self::is_queued`].
     async fn remove_message(&self, id: &WorkId, record: &WorkRecord) -> Result<(), ApiError> {
-        let subject = self.subject(id, &record.task, record.key.as_deref());
+        // Queued or delayed: wherever its message waits.
+        let subject = self.names.any_work_subject(id);
         let message = match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(message) => message,
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
@@ -685,18 +687,27 @@ pub struct Accepted<'a> {
     pub from_content: bool,
 }
 
-/// The message of a new submission, accepted now.
-fn new_message(id: &WorkId, work: &WorkSubmission, accepted: Accepted<'_>) -> WorkMessage {
-    WorkMessage {
+/// The message of a new submission, accepted now; `400` for a `ttl` over the pool's
+/// `result_ttl` or a delay too far ahead.
+fn new_message(
+    id: &WorkId,
+    work: &WorkSubmission,
+    accepted: Accepted<'_>,
+    result_ttl: Duration,
+) -> Result<WorkMessage, ApiError> {
+    let invalid = |err: SubmissionError| ApiError::bad_request("invalid_work", err.to_string());
+    let now = Utc::now();
+    Ok(WorkMessage {
         id: id.clone(),
         task: work.task().to_owned(),
         key: work.key.clone(),
         data: work.data.clone(),
         accepted_by: accepted.pod.to_owned(),
-        created_at: Utc::now(),
+        created_at: now,
         tenant: accepted.tenant.map(str::to_owned),
-        ttl: None,
-    }
+        ttl: work.ttl_within(result_ttl).map_err(invalid)?,
+        run_at: work.not_before(now).map_err(invalid)?,
+    })
 }
 
 /// What the stream said of a publish.
@@ -738,31 +749,6 @@ fn read_message(payload: &[u8]) -> Result<WorkMessage, ApiError> {
 /// The `Nats-Msg-Id` of work: its id and the bucket revision it was accepted on.
 pub fn message_id(id: &WorkId, revision: u64) -> String {
     format!("{id}.{revision}")
-}
-
-/// JetStream's code for a message it did not store (a limit, among others).
-const STORE_FAILED: jetstream::ErrorCode = jetstream::ErrorCode::STREAM_STORE_FAILED;
-/// How JetStream describes the refusal of a second message on a subject.
-const PER_SUBJECT_LIMIT: &str = "maximum messages per subject exceeded";
-
-/// JetStream's own answer to a refused publish, if it gave one.
-fn jetstream_answer(err: &jetstream::context::PublishError) -> Option<&jetstream::Error> {
-    std::error::Error::source(err).and_then(|source| source.downcast_ref::<jetstream::Error>())
-}
-
-/// Whether JetStream's own error describes itself with `text`.
-fn says(err: &jetstream::context::PublishError, text: &str) -> bool {
-    jetstream_answer(err).is_some_and(|js_err| js_err.to_string().contains(text))
-}
-
-/// Whether JetStream itself answered the publish with `code`.
-fn has_code(err: &jetstream::context::PublishError, code: jetstream::ErrorCode) -> bool {
-    jetstream_answer(err).is_some_and(|js_err| js_err.error_code() == code)
-}
-
-/// A publish refused because the stream hit `max_messages` (or its byte limit).
-fn is_stream_full(err: &jetstream::context::PublishError) -> bool {
-    has_code(err, STORE_FAILED) || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
 }
 
 #[cfg(test)]

@@ -47,7 +47,19 @@ pub struct WorkSubmission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "30s")]
     pub ttl: Option<String>,
+    /// Run no earlier than this time (RFC 3339); at most a year ahead. Not with `delay`.
+    /// Not part of the content, like `ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Run no earlier than this long after acceptance, such as `90s` or `2h`; at most a
+    /// year. Not with `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10m")]
+    pub delay: Option<String>,
 }
+
+/// The longest a submission may be delayed.
+pub const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmissionError {
@@ -61,6 +73,12 @@ pub enum SubmissionError {
     BadTtl,
     #[error("ttl must be at most the pool's resultTTL, {max}")]
     TtlOverPool { max: String },
+    #[error("delay must be a duration such as 90s or 2h")]
+    BadDelay,
+    #[error("run_at and delay are two ways to say one thing: give one")]
+    RunAtAndDelay,
+    #[error("run_at and delay may be at most a year ahead")]
+    TooFarAhead,
 }
 
 impl WorkSubmission {
@@ -77,7 +95,25 @@ impl WorkSubmission {
         {
             return Err(SubmissionError::BadKey);
         }
-        self.ttl().map(|_| ())
+        self.ttl()?;
+        self.not_before(Utc::now()).map(|_| ())
+    }
+
+    /// When work submitted `now` may start at the earliest, if that is later than `now`.
+    pub fn not_before(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, SubmissionError> {
+        let ahead = match (&self.run_at, &self.delay) {
+            (Some(_), Some(_)) => return Err(SubmissionError::RunAtAndDelay),
+            (None, None) => return Ok(None),
+            (Some(run_at), None) => (*run_at - now).to_std().unwrap_or_default(),
+            (None, Some(text)) => {
+                humantime::parse_duration(text).map_err(|_| SubmissionError::BadDelay)?
+            }
+        };
+        if ahead > MAX_DELAY {
+            return Err(SubmissionError::TooFarAhead);
+        }
+        let ahead = chrono::Duration::from_std(ahead).map_err(|_| SubmissionError::TooFarAhead)?;
+        Ok((ahead > chrono::Duration::zero()).then(|| now + ahead))
     }
 
     /// The ttl asked for, if any (checked for form only; see [`Self::ttl_within`]).
@@ -146,6 +182,10 @@ pub struct WorkMessage {
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
+    /// Delayed work: it starts no earlier than this. It waits on its own subject
+    /// ([`crate::PoolNames::delayed_subject`]) until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 impl WorkMessage {
@@ -168,6 +208,7 @@ impl WorkMessage {
         WorkRecord {
             tenant: self.tenant.clone(),
             ttl: self.ttl,
+            run_at: self.run_at,
             ..WorkRecord::pending(
                 &self.task,
                 self.key.as_deref(),
@@ -199,6 +240,8 @@ mod tests {
             task: None,
             key: None,
             ttl: None,
+            run_at: None,
+            delay: None,
         };
         assert_eq!(work.validate(), Ok(()));
         for bad in [
@@ -231,6 +274,8 @@ mod tests {
             task: None,
             key: None,
             ttl: Some(ttl.into()),
+            run_at: None,
+            delay: None,
         };
         let pool = Duration::from_secs(600);
         assert_eq!(
@@ -258,6 +303,7 @@ mod tests {
             created_at: Utc::now(),
             tenant: None,
             ttl: Some(Duration::from_secs(5)),
+            run_at: None,
         };
         let back: WorkMessage = serde_json::from_slice(&message.to_json()).expect("json");
         assert_eq!(back, message);
@@ -290,12 +336,16 @@ mod tests {
             task: None,
             key: None,
             ttl: None,
+            run_at: None,
+            delay: None,
         };
         let b = WorkSubmission {
             data: json!(2),
             task: None,
             key: None,
             ttl: None,
+            run_at: None,
+            delay: None,
         };
         assert_ne!(
             a.id(IdScope::default(), None),

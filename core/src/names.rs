@@ -13,6 +13,9 @@ pub struct PoolNames {
 /// The durable consumer of unkeyed work.
 pub const WORK_CONSUMER: &str = "workers";
 
+/// The durable consumer of delayed work, which workers move to its queue once due.
+pub const DELAYED_CONSUMER: &str = "delayed";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "{what} {value:?} is not a DNS label (lowercase letters, digits and '-', 1-63 characters, starting and ending with a letter or digit)"
@@ -70,6 +73,7 @@ impl PoolNames {
         vec![
             format!("{}.work.>", self.prefix()),
             format!("{}.keyed.>", self.prefix()),
+            format!("{}.delayed.>", self.prefix()),
         ]
     }
 
@@ -81,8 +85,18 @@ impl PoolNames {
         format!("{}.work.{id}.{task}", self.prefix())
     }
 
+    /// Delayed work waiting for its time: `wp.<ns>.<pool>.delayed.<id>.<task>`, the id in
+    /// the same place as queued work's.
+    pub fn delayed_subject(&self, task: &str, id: &WorkId) -> String {
+        format!("{}.delayed.{id}.{task}", self.prefix())
+    }
+
+    pub fn delayed_filter(&self) -> String {
+        format!("{}.delayed.>", self.prefix())
+    }
+
     /// Every subject work of `id` may be queued on: unkeyed or keyed, in any partition,
-    /// under any task. The api asks the stream with it whether the work is queued.
+    /// under any task, or delayed. The api asks the stream with it whether the work is queued.
     pub fn any_work_subject(&self, id: &WorkId) -> String {
         format!("{}.*.{id}.>", self.prefix())
     }
@@ -188,7 +202,11 @@ mod tests {
         assert_eq!(names.bucket(), "WP_default_demo");
         assert_eq!(
             names.stream_subjects(),
-            ["wp.default.demo.work.>", "wp.default.demo.keyed.>"]
+            [
+                "wp.default.demo.work.>",
+                "wp.default.demo.keyed.>",
+                "wp.default.demo.delayed.>"
+            ]
         );
         assert_eq!(
             names.work_subject("echo", &id),

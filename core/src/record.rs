@@ -90,6 +90,9 @@ pub struct WorkRecord {
     )]
     #[schema(value_type = Option<String>, example = "30s")]
     pub ttl: Option<Duration>,
+    /// Delayed work starts no earlier than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
     /// What the handler of the latest attempt last reported of its progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -119,6 +122,7 @@ impl WorkRecord {
             updated_at: now,
             tenant: None,
             ttl: None,
+            run_at: None,
             progress: None,
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
 
-use crate::names::{PoolNames, WORK_CONSUMER};
+use crate::names::{DELAYED_CONSUMER, PoolNames, WORK_CONSUMER};
 use crate::spec::PoolSpec;
 
 /// How long the stream remembers message ids for deduplication, at most.
@@ -22,6 +22,11 @@ pub const ENVELOPE_BYTES: usize = 4096;
 
 /// Most unacknowledged unkeyed messages across all workers of a pool.
 pub const WORK_MAX_ACK_PENDING: i64 = 20_000;
+
+/// Most delayed messages handed to workers and not yet due: each waits, unacknowledged,
+/// for its time (its worker naks it until then). Past this many, the next waits for one
+/// to come due; a pool's `queue.maxPending` is usually smaller.
+pub const DELAYED_MAX_ACK_PENDING: i64 = 1_000_000;
 
 fn message_size_limit(spec: &PoolSpec) -> i32 {
     i32::try_from(spec.queue.max_payload_bytes.saturating_add(ENVELOPE_BYTES)).unwrap_or(i32::MAX)
@@ -121,6 +126,16 @@ pub fn work_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Conf
         WORK_CONSUMER.to_owned(),
         vec![names.work_filter()],
         WORK_MAX_ACK_PENDING,
+        spec,
+    )
+}
+
+/// The consumer workers pull delayed work from, to queue it once it is due.
+pub fn delayed_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Config {
+    pull_consumer(
+        DELAYED_CONSUMER.to_owned(),
+        vec![names.delayed_filter()],
+        DELAYED_MAX_ACK_PENDING,
         spec,
     )
 }

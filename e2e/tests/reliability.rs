@@ -146,6 +146,7 @@ async fn a_redelivery_after_the_record_expired_does_not_run_again() {
         created_at: worked.str("created_at").parse().expect("created_at"),
         tenant: None,
         ttl: None,
+        run_at: None,
     };
     let js = async_nats::jetstream::new(pool.nats.client().await.expect("nats"));
     let subject = pool.names.work_subject("default", &message.id);

@@ -130,6 +130,7 @@ async fn keyed_work_queued_in_the_earlier_subject_layout_still_runs() {
         created_at: chrono::Utc::now(),
         tenant: None,
         ttl: None,
+        run_at: None,
     };
     let partition = workpool_core::names::partition_of("k", pool.spec.worker.partitions);
     let prefix = format!("wp.{}.{}", pool.names.namespace, pool.names.pool);

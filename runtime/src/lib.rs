@@ -13,6 +13,7 @@ pub mod membership;
 pub mod metrics;
 pub mod nats_auth;
 pub mod provision;
+pub mod publish_errors;
 pub mod records;
 pub mod retry;
 pub mod telemetry;

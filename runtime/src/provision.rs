@@ -117,9 +117,13 @@ pub async fn provision(
                 stream: names.stream(),
                 message: err.to_string(),
             })?;
-    let wanted: Vec<consumer::pull::Config> = std::iter::once(streams::work_consumer(names, spec))
-        .chain(streams::keyed_consumers(names, spec))
-        .collect();
+    let wanted: Vec<consumer::pull::Config> = [
+        streams::work_consumer(names, spec),
+        streams::delayed_consumer(names, spec),
+    ]
+    .into_iter()
+    .chain(streams::keyed_consumers(names, spec))
+    .collect();
     check_partition_count(&stream, &wanted).await?;
     for config in &wanted {
         let name = config.durable_name.clone().unwrap_or_default();

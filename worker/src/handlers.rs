@@ -552,6 +552,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             tenant: None,
             ttl: None,
+            run_at: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! handler, records results in the KV bucket, and drains cleanly on SIGTERM.
 
 pub mod cluster;
+mod delayed;
 pub mod guard;
 pub mod handlers;
 mod hold;
@@ -23,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
-use workpool_core::names::WORK_CONSUMER;
+use workpool_core::names::{DELAYED_CONSUMER, WORK_CONSUMER};
 use workpool_runtime::admin::Admin;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 use workpool_runtime::records::RecordStore;
@@ -100,7 +101,12 @@ pub struct Worker {
 /// The consumers a worker pulls from, bound once they exist.
 struct Bound {
     records: Records,
+    consumers: Consumers,
+}
+
+struct Consumers {
     work: PullConsumer,
+    delayed: PullConsumer,
     partitions: HashMap<u32, PullConsumer>,
 }
 
@@ -156,6 +162,7 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Bin
         }
     };
     let work: PullConsumer = consumer(WORK_CONSUMER.to_owned()).await?;
+    let delayed: PullConsumer = consumer(DELAYED_CONSUMER.to_owned()).await?;
     let mut partitions = HashMap::new();
     for partition in 0..config.spec.worker.partitions {
         let name = PoolNames::keyed_consumer(partition);
@@ -167,8 +174,11 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Bin
             config.pod.clone(),
             config.spec.worker.ack_wait,
         ),
-        work,
-        partitions,
+        consumers: Consumers {
+            work,
+            delayed,
+            partitions,
+        },
     })
 }
 
@@ -264,7 +274,7 @@ pub async fn run(
             metrics,
         });
         worker
-            .serve(bound.work, bound.partitions, &ready, stop, drain_timeout)
+            .serve(bound.consumers, &ready, stop, drain_timeout)
             .await?;
     }
     ready.store(false, Ordering::Relaxed);
@@ -277,8 +287,7 @@ impl Worker {
     /// Answers peers and pulls work, ready, until `stop`; then drains.
     async fn serve(
         self: Arc<Self>,
-        work: PullConsumer,
-        partitions: HashMap<u32, PullConsumer>,
+        consumers: Consumers,
         ready: &Arc<AtomicBool>,
         stop: CancellationToken,
         drain_timeout: Duration,
@@ -292,7 +301,7 @@ impl Worker {
             ready.clone(),
             peers_stop.clone(),
         ));
-        self.work_until_stopped(work, partitions, stop, drain_timeout)
+        self.work_until_stopped(consumers, stop, drain_timeout)
             .await;
         peers_stop.cancel();
         let _ = peers.await;
@@ -301,8 +310,7 @@ impl Worker {
 
     async fn work_until_stopped(
         self: Arc<Self>,
-        work: PullConsumer,
-        partitions: HashMap<u32, PullConsumer>,
+        consumers: Consumers,
         stop: CancellationToken,
         drain_timeout: Duration,
     ) {
@@ -315,6 +323,11 @@ impl Worker {
         let mut loops = tokio::task::JoinSet::new();
         // Unkeyed work shares the pod's concurrency; each keyed partition adds at most
         // one job, since the server allows one in flight per partition.
+        let Consumers {
+            work,
+            delayed,
+            partitions,
+        } = consumers;
         loops.spawn(self.clone().pull_loop(
             WORK_CONSUMER.to_owned(),
             work,
@@ -325,6 +338,8 @@ impl Worker {
             self.clone()
                 .pull_owned_partitions(partitions, lanes.clone()),
         );
+        // Delayed work only moves to its queue when due; it takes none of the slots.
+        loops.spawn(self.clone().delayed_loop(delayed, stop.clone()));
         stop.cancelled().await;
         tracing::info!(
             in_flight = self.metrics.in_flight.get(),

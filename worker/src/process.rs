@@ -38,7 +38,7 @@ use crate::records::{Begin, RecordError, Settled};
 
 use workpool_core::message::{DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_ERROR_HEADER};
 
-async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
+pub(crate) async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
     if let Err(err) = message.ack_with(kind).await {
         // The server redelivers an unacknowledged message; results stay idempotent.
         tracing::warn!(%err, "acknowledgement not sent");
@@ -446,7 +446,7 @@ impl Worker {
         acknowledge(message, ack).await;
     }
 
-    async fn dead_letter_unreadable(&self, message: jetstream::Message, error: &str) {
+    pub(crate) async fn dead_letter_unreadable(&self, message: jetstream::Message, error: &str) {
         tracing::error!(subject = %message.subject, %error, "unreadable work message; dead-lettering it");
         let subject = self.config.names.dead_letter_unreadable_subject();
         // Deduplicated by its stream sequence, if it has one (a message pulled from a

@@ -14,7 +14,7 @@ use crate::Worker;
 
 /// How long one pull request waits for messages; also how quickly a stopping worker
 /// returns its last pull.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Where a pull loop's messages go and when it stops.
 #[derive(Clone)]

@@ -129,6 +129,13 @@ impl Records {
         })
     }
 
+    /// Whether the bucket shows `work` handled: a record of its submission or a later
+    /// one (its `created_at` is its message's), whatever its status.
+    pub async fn is_handled(&self, work: &WorkMessage) -> Result<bool, RecordError> {
+        let (record, _) = self.read(&work.id).await?;
+        Ok(record.is_some_and(|record| record.created_at >= work.created_at))
+    }
+
     /// Compare-and-set of the record at `revision`.
     async fn write(
         &self,

@@ -1,0 +1,122 @@
+//! Delayed work (docs/worker.md, "Delayed work"). A submission with `run_at` or `delay`
+//! waits on `delayed.<id>.<task>`, where a pool's workers pull it from the `delayed`
+//! consumer and hand it back unacknowledged (a nak with the time left) until it is due.
+//! Then a worker queues it where work of its kind goes, as a new message with the same
+//! content, id and accepted revision, and acknowledges the delayed one. Nothing starts it
+//! before then: only a due message is queued, and the worker that runs it checks nothing
+//! else. A worker that dies between the two steps leaves the delayed message, which comes
+//! back: its queued copy is then refused as a duplicate (or as a second message on its
+//! subject), or its record shows it handled, and it is only acknowledged.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+use workpool_core::names::partition_of;
+use workpool_runtime::publish_errors::is_subject_taken;
+
+use crate::Worker;
+use crate::process::acknowledge;
+
+/// Delayed messages asked for per pull.
+const BATCH: usize = 256;
+/// How soon a due message whose queuing failed is tried again.
+const QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Worker {
+    /// Pulls delayed work until `stop`, queuing what is due.
+    pub(crate) async fn delayed_loop(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        stop: CancellationToken,
+    ) {
+        let mut failures = workpool_runtime::retry::UntilAnswered::new();
+        while !stop.is_cancelled() {
+            let pulled = consumer
+                .batch()
+                .max_messages(BATCH)
+                .expires(crate::pull::PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match pulled {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(%err, "pull of delayed work failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(failures.next_delay()) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            failures = workpool_runtime::retry::UntilAnswered::new();
+            while let Some(Ok(message)) = batch.next().await {
+                self.wait_or_queue(message).await;
+            }
+        }
+    }
+
+    /// Hands `message` back until its time, or queues it once due.
+    async fn wait_or_queue(&self, message: jetstream::Message) {
+        let work: WorkMessage = match serde_json::from_slice(&message.payload) {
+            Ok(work) => work,
+            Err(err) => return self.dead_letter_unreadable(message, &err.to_string()).await,
+        };
+        let now = Utc::now();
+        if let Some(run_at) = work.run_at
+            && run_at > now
+        {
+            let left = (run_at - now).to_std().unwrap_or_default();
+            return acknowledge(&message, AckKind::Nak(Some(left))).await;
+        }
+        match self.queue_due(&message, &work).await {
+            Ok(()) => acknowledge(&message, AckKind::Ack).await,
+            Err(err) => {
+                tracing::warn!(id = %work.id, %err, "due work not queued yet; trying again");
+                acknowledge(&message, AckKind::Nak(Some(QUEUE_RETRY))).await;
+            }
+        }
+    }
+
+    /// Queues due work where undelayed work of its kind goes, unless it was handled
+    /// already (queued before, cancelled, or superseded by a later submission).
+    async fn queue_due(
+        &self,
+        message: &jetstream::Message,
+        work: &WorkMessage,
+    ) -> Result<(), async_nats::Error> {
+        if self.records.is_handled(work).await? {
+            return Ok(());
+        }
+        let names = &self.config.names;
+        let subject = match &work.key {
+            Some(key) => {
+                let partition = partition_of(key, self.config.spec.worker.partitions);
+                names.keyed_subject(partition, &work.id, &work.task)
+            }
+            None => names.work_subject(&work.task, &work.id),
+        };
+        let revision = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(RECORD_REVISION_HEADER))
+            .map_or("0", |value| value.as_str());
+        let queued = WorkMessage {
+            run_at: None,
+            ..work.clone()
+        };
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(queued.to_json().into())
+            .message_id(format!("{}.{revision}.due", work.id).as_str())
+            .header(RECORD_REVISION_HEADER, revision);
+        match self.js.send_publish(subject, publish).await?.await {
+            Ok(_) => Ok(()),
+            // Queued before, by this worker or another, and not finished yet.
+            Err(err) if is_subject_taken(&err) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
