@@ -91,6 +91,11 @@ pub struct WorkPoolSpec {
     /// removes them (and all queued work and results), `Retain` keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Work submitted on a schedule: each tick of a cron pattern, once, however many
+    /// operator replicas run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub schedules: Vec<crate::schedule::ScheduleSpec>,
 }
 
 fn default_result_ttl() -> String {
@@ -473,6 +478,24 @@ pub struct WorkPoolStatus {
     /// over with what they held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<AdoptedStatus>,
+    /// Each schedule's next tick and the id of the work it submits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleStatus>,
+}
+
+/// Where one schedule stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    pub name: String,
+    /// The next tick (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// The work id of the next tick, to GET it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_id: Option<String>,
+    /// Ticks queued ahead (due within the next minute), counting the next.
+    pub queued_ahead: u32,
 }
 
 /// Ready and desired pods of one component.
@@ -565,6 +588,10 @@ impl WorkPoolSpec {
                 });
             }
         };
+        crate::schedule::Schedule::all(&self.schedules).map_err(|err| InvalidSpec {
+            field: "schedules",
+            message: err.to_string(),
+        })?;
         let pool = PoolSpec {
             result_ttl: duration("resultTTL", &self.result_ttl)?,
             queue: spec::QueueSpec {

@@ -16,6 +16,7 @@ pub mod nats_permissions;
 pub mod peer_auth;
 pub mod progress;
 pub mod record;
+pub mod schedule;
 pub mod spec;
 pub mod streams;
 pub mod unrecorded;

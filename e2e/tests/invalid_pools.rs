@@ -398,17 +398,21 @@ async fn valid_pools_are_accepted() {
             .await
             .unwrap_or_else(|err| panic!("{spec}: {err}"));
     }
-    // The shipped example too.
-    let example = workpool_local_cluster::paths::repo_root().join("examples/workpool.yaml");
-    ControlPlane::shared()
-        .unwrap()
-        .kubectl(&[
-            "-n",
-            &ns,
-            "apply",
-            "--dry-run=server",
-            "-f",
-            &example.display().to_string(),
-        ])
-        .expect("examples/workpool.yaml is accepted");
+    // The shipped examples too.
+    for example in ["workpool.yaml", "scheduled.yaml"] {
+        let path = workpool_local_cluster::paths::repo_root()
+            .join("examples")
+            .join(example);
+        ControlPlane::shared()
+            .unwrap()
+            .kubectl(&[
+                "-n",
+                &ns,
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &path.display().to_string(),
+            ])
+            .unwrap_or_else(|err| panic!("examples/{example} is refused: {err}"));
+    }
 }

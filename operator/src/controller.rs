@@ -18,7 +18,8 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use workpool_core::crd::{WorkPool, WorkPoolStatus};
+use workpool_core::crd::{ScheduleStatus, WorkPool, WorkPoolStatus};
+use workpool_core::schedule::Schedule;
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::nats_auth::AccountKey;
 
@@ -29,6 +30,7 @@ use crate::metrics::OperatorMetrics;
 use crate::queue::{self, NatsClients};
 use crate::requeue::{self, Failures};
 use crate::rollout::{self, QueueOutcome};
+use crate::schedules::{self, TickNotQueued};
 use crate::status::{self, Observed, Pods};
 use crate::triggers;
 
@@ -262,7 +264,9 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.queue(&namespace, &name, figures);
     publish_reconcile_events(ctx, pool, &previous, &seen, current_workers).await;
     log_reconciled(pool, &previous, &status, &outcome);
-    let resync = requeue::resync_after(ctx.pool_count(), pool.spec.worker.autoscale.is_some());
+    // Autoscaling reads the backlog often; schedules queue their ticks ahead often.
+    let often = pool.spec.worker.autoscale.is_some() || !pool.spec.schedules.is_empty();
+    let resync = requeue::resync_after(ctx.pool_count(), often);
     requeue::after_reconcile(outcome.figures, resync)
 }
 
@@ -296,6 +300,7 @@ async fn reach_queue(
         }
         ctx.provisioned.record(&pool_key, digest);
     }
+    let ticks = queue_ticks(&js, pool, names).await;
     let figures = queue::figures(&js, names, spec).await;
     if figures.is_err() {
         // A stream or consumer may be gone: make them again next time.
@@ -305,7 +310,23 @@ async fn reach_queue(
         accepted: true,
         figures,
         adopted,
+        ticks,
     }
+}
+
+/// Queues the next ticks of the pool's schedules, if it has any.
+async fn queue_ticks(
+    js: &async_nats::jetstream::Context,
+    pool: &WorkPool,
+    names: &PoolNames,
+) -> Option<Result<Vec<ScheduleStatus>, TickNotQueued>> {
+    if pool.spec.schedules.is_empty() {
+        return None;
+    }
+    // Checked with the rest of the spec (`pool_spec`) before this reconcile got here.
+    let schedules = Schedule::all(&pool.spec.schedules).ok()?;
+    let uid = pool.metadata.uid.as_deref().unwrap_or_default();
+    Some(schedules::queue_ticks(js, names, uid, &schedules, chrono::Utc::now()).await)
 }
 
 /// Whether NATS never accepted any generation of this pool (its status says so).
@@ -537,6 +558,18 @@ async fn publish_reconcile_events(
             pool.spec.api.replicas
         );
         publish(ctx, pool, EventType::Normal, "Applied", "Reconcile", note).await;
+    }
+    if let Some(Err(err)) = &outcome.ticks {
+        let note = err.to_string();
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            "ScheduleFailed",
+            "Schedule",
+            note,
+        )
+        .await;
     }
     if let Some(adopted) = &outcome.adopted {
         let note = format!(

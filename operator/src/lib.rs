@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod queue;
 pub mod requeue;
 pub mod rollout;
+pub mod schedules;
 pub mod status;
 pub mod triggers;
 

@@ -61,9 +61,10 @@ pub fn retry_after(error: &Error, failures: u32) -> Duration {
     (BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX)
 }
 
-/// How long a healthy pool waits for its next look, among `pools` pools.
-pub fn resync_after(pools: usize, autoscaled: bool) -> Duration {
-    if autoscaled {
+/// How long a healthy pool waits for its next look, among `pools` pools; `often` for a
+/// pool that is autoscaled or has schedules.
+pub fn resync_after(pools: usize, often: bool) -> Duration {
+    if often {
         return RESYNC_AUTOSCALED;
     }
     let spread = RESYNC_PER_POOL.saturating_mul(u32::try_from(pools).unwrap_or(u32::MAX));

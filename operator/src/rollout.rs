@@ -3,10 +3,11 @@
 //! workers run. No API calls: the controller does the talking.
 
 use workpool_core::PoolSpec;
-use workpool_core::crd::{AdoptedStatus, WorkerSpec};
+use workpool_core::crd::{AdoptedStatus, ScheduleStatus, WorkerSpec};
 
 use crate::error::Error;
 use crate::queue::{self, QueueFigures};
+use crate::schedules::TickNotQueued;
 
 /// What NATS said about a pool's spec, and the queue figures when it answered.
 #[derive(Debug)]
@@ -17,6 +18,9 @@ pub struct QueueOutcome {
     /// Objects of the pool's names that existed before its first provisioning and that
     /// NATS now accepted as the pool's.
     pub adopted: Option<AdoptedStatus>,
+    /// How queuing the schedules' next ticks went; `None` when not tried (no schedules,
+    /// or NATS did not accept the spec).
+    pub ticks: Option<Result<Vec<ScheduleStatus>, TickNotQueued>>,
 }
 
 impl QueueOutcome {
@@ -26,6 +30,7 @@ impl QueueOutcome {
             accepted: false,
             figures: Err(err),
             adopted: None,
+            ticks: None,
         }
     }
 
@@ -103,6 +108,7 @@ mod tests {
             accepted: figures.is_ok(),
             figures,
             adopted: None,
+            ticks: None,
         }
     }
 
@@ -201,6 +207,7 @@ mod tests {
             accepted: true,
             figures: Err(unreachable()),
             adopted: None,
+            ticks: None,
         };
         assert_eq!(rollout_spec(&partly, &new, None), Some(new.clone()));
         assert_eq!(held_back(&partly, &new, Some(&new)), None);

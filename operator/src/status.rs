@@ -104,6 +104,10 @@ pub fn pool_status(seen: &Observed<'_>, previous: &WorkPoolStatus) -> WorkPoolSt
             .adopted
             .clone()
             .or_else(|| seen.queue.adopted.clone()),
+        schedules: match &seen.queue.ticks {
+            Some(Ok(schedules)) => schedules.clone(),
+            _ => previous.schedules.clone(),
+        },
     }
 }
 
@@ -285,6 +289,7 @@ mod tests {
             accepted: true,
             figures: Ok(FIGURES),
             adopted: None,
+            ticks: None,
         }
     }
 
@@ -544,6 +549,7 @@ mod tests {
                 server: "nats://nats:4222".into(),
             })),
             adopted: None,
+            ticks: None,
         };
         let status = pool_status(&seen(&partly, (2, 2), (3, 3)), &WorkPoolStatus::default());
         assert_eq!(status.provisioned_generation, Some(3));
