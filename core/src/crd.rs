@@ -54,6 +54,9 @@ pub const PARTITIONS_FIXED: &str = "worker.partitions is fixed once the pool exi
     printcolumn(name = "Pending", type_ = "integer", description = "Work waiting in the queue", json_path = ".status.queue.pending"),
     printcolumn(name = "In-Flight", type_ = "integer", description = "Work pulled and not yet finished", json_path = ".status.queue.inFlight", priority = 1),
     printcolumn(name = "Dead", type_ = "integer", description = "Messages in the dead-letter stream", json_path = ".status.queue.deadLetters"),
+    printcolumn(name = "In/s", type_ = "number", description = "Work stored per second", json_path = ".status.queue.inPerSecond", priority = 1),
+    printcolumn(name = "Out/s", type_ = "number", description = "Work done per second", json_path = ".status.queue.outPerSecond", priority = 1),
+    printcolumn(name = "Oldest", type_ = "date", description = "Age of the oldest work not yet delivered to a worker", json_path = ".status.queue.oldestPending", priority = 1),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     scale(
@@ -535,6 +538,18 @@ pub struct QueueStatus {
     pub in_flight: u64,
     /// Messages in the dead-letter stream.
     pub dead_letters: u64,
+    /// Delayed work waiting for its time.
+    #[serde(default)]
+    pub scheduled: u64,
+    /// When the oldest work not yet delivered to a worker was queued (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending: Option<String>,
+    /// Messages stored in the work stream per second since the operator's previous look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_per_second: Option<f64>,
+    /// Messages acknowledged (done) per second since the operator's previous look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_per_second: Option<f64>,
 }
 
 /// What a pool took over when it was first provisioned.

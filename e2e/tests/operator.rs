@@ -723,7 +723,9 @@ async fn kubectl_scale_changes_the_worker_deployment() {
     let wide = plane
         .kubectl(&["-n", &ns, "get", "workpools", "-o", "wide"])
         .expect("kubectl get -o wide");
-    assert!(wide.contains("IN-FLIGHT"), "{wide}");
+    for column in ["IN-FLIGHT", "IN/S", "OUT/S", "OLDEST"] {
+        assert!(wide.contains(column), "{column} missing from\n{wide}");
+    }
     let described = plane
         .kubectl(&["-n", &ns, "describe", "workpool", "demo"])
         .expect("kubectl describe");
@@ -916,6 +918,61 @@ async fn the_helm_chart_renders_manifests_the_apiserver_accepts() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_status_shows_the_oldest_pending_work_scheduled_work_and_rates() {
+    // Autoscaled, so it is looked at every 10 s.
+    let extra = "  worker:\n    autoscale:\n      min: 1\n      max: 1\n";
+    let (plane, client, ns, nats, _operator) = running_pool("glance", extra).await;
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let js = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let publish = |subject: String| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, "{}".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    };
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for n in 0..2 {
+        let id = workpool_core::WorkId::from_idempotency_key(&format!("queued-{n}"));
+        publish(names.work_subject("default", &id)).await;
+    }
+    let later = workpool_core::WorkId::from_idempotency_key("later");
+    publish(names.delayed_subject("default", &later)).await;
+    let queue = |pool: &WorkPool| pool.status.as_ref().and_then(|s| s.queue.clone());
+    let pool = wait_pool(&client, &ns, "demo", WAIT, |p| {
+        queue(p).is_some_and(|q| q.pending == 2 && q.scheduled == 1)
+    })
+    .await
+    .expect("figures");
+    let oldest: chrono::DateTime<chrono::Utc> = queue(&pool)
+        .and_then(|q| q.oldest_pending)
+        .expect("the oldest pending work")
+        .parse()
+        .expect("a time");
+    assert!(oldest >= before && oldest <= chrono::Utc::now(), "{oldest}");
+    for n in 2..12 {
+        let id = workpool_core::WorkId::from_idempotency_key(&format!("queued-{n}"));
+        publish(names.work_subject("default", &id)).await;
+    }
+    wait_pool(&client, &ns, "demo", WAIT, |p| {
+        queue(p).is_some_and(|q| q.in_per_second.is_some_and(|rate| rate > 0.0))
+    })
+    .await
+    .expect("a rate in");
+    let wide = plane
+        .kubectl(&["-n", &ns, "get", "workpools", "-o", "wide"])
+        .expect("kubectl get -o wide");
+    let row = wide
+        .lines()
+        .find(|line| line.starts_with("demo "))
+        .unwrap_or_default();
+    assert!(!row.contains("<none>"), "every column has a value:\n{wide}");
 }
 
 /// Deletes the pool `demo` and waits until it is finalized and its children collected.

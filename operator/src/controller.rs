@@ -28,6 +28,7 @@ use crate::children::{self, Component, DefaultImage, PoolContext};
 use crate::error::Error;
 use crate::metrics::OperatorMetrics;
 use crate::queue::{self, NatsClients};
+use crate::rates::{Sample, Samples};
 use crate::requeue::{self, Failures};
 use crate::rollout::{self, QueueOutcome};
 use crate::schedules::{self, TickNotQueued};
@@ -61,6 +62,8 @@ pub struct Context {
     pools: std::sync::OnceLock<Store<WorkPool>>,
     /// The account key that signs each pool's NATS user, when the operator mints them.
     pub pool_users: Option<Arc<AccountKey>>,
+    /// Each pool's last look at its work stream, for the rates in its status.
+    pub samples: Samples,
 }
 
 impl Context {
@@ -82,6 +85,7 @@ impl Context {
             provisioned: Applied::default(),
             pools: std::sync::OnceLock::new(),
             pool_users: None,
+            samples: Samples::default(),
         }
     }
 
@@ -241,7 +245,16 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     }
     let deployments = apply_children(ctx, &context, rollout.as_ref(), current, workers).await?;
 
+    let rates = outcome.figures.as_ref().ok().and_then(|figures| {
+        let sample = Sample {
+            at: tokio::time::Instant::now(),
+            published: figures.published,
+            stored: figures.stored,
+        };
+        ctx.samples.record(&key(pool), sample)
+    });
     let seen = Observed {
+        rates,
         namespace: &namespace,
         name: &name,
         generation: pool.metadata.generation,

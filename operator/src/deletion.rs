@@ -27,6 +27,7 @@ pub async fn cleanup(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.forget(&namespace, &name);
     ctx.applied.forget(&key(pool));
     ctx.provisioned.forget(&key(pool));
+    ctx.samples.forget(&key(pool));
     if pool.spec.deletion_policy == DeletionPolicy::Retain {
         let note = "NATS stream and bucket kept (deletionPolicy: Retain)".into();
         publish(ctx, pool, EventType::Normal, "Retained", "Cleanup", note).await;

@@ -15,6 +15,7 @@ pub mod hardening;
 pub mod leader;
 pub mod metrics;
 pub mod queue;
+pub mod rates;
 pub mod requeue;
 pub mod rollout;
 pub mod schedules;

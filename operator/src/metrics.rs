@@ -17,6 +17,8 @@ pub struct OperatorMetrics {
     pending: IntGaugeVec,
     in_flight: IntGaugeVec,
     dead_letters: IntGaugeVec,
+    scheduled: IntGaugeVec,
+    oldest_pending_age: IntGaugeVec,
 }
 
 fn pool_gauge(
@@ -87,6 +89,16 @@ impl OperatorMetrics {
                 "workpool_queue_dead_letters",
                 "Work in the pool's dead-letter subject (failed for good), by pool.",
             )?,
+            scheduled: pool_gauge(
+                &registry,
+                "workpool_queue_scheduled",
+                "Delayed work (run_at, delay, schedules) waiting for its time, by pool.",
+            )?,
+            oldest_pending_age: pool_gauge(
+                &registry,
+                "workpool_queue_oldest_pending_age_seconds",
+                "Age of the oldest work not yet delivered to a worker (0 when none), by pool.",
+            )?,
             registry,
             reconciles,
             errors,
@@ -112,11 +124,19 @@ impl OperatorMetrics {
     /// Records a pool's queue figures; `None` (NATS unreachable) drops them rather than
     /// leaving stale values that look current.
     pub fn queue(&self, namespace: &str, pool: &str, figures: Option<QueueFigures>) {
-        let gauges = [&self.pending, &self.in_flight, &self.dead_letters];
         match figures {
             Some(figures) => {
-                let values = [figures.pending, figures.in_flight, figures.dead_letters];
-                for (gauge, value) in gauges.into_iter().zip(values) {
+                let age = figures.oldest_pending.map_or(0, |queued_at| {
+                    (chrono::Utc::now() - queued_at).num_seconds().max(0)
+                });
+                let values = [
+                    figures.pending,
+                    figures.in_flight,
+                    figures.dead_letters,
+                    figures.scheduled,
+                    u64::try_from(age).unwrap_or(0),
+                ];
+                for (gauge, value) in self.gauges().into_iter().zip(values) {
                     gauge
                         .with_label_values(&[namespace, pool])
                         .set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -126,9 +146,19 @@ impl OperatorMetrics {
         }
     }
 
+    fn gauges(&self) -> [&IntGaugeVec; 5] {
+        [
+            &self.pending,
+            &self.in_flight,
+            &self.dead_letters,
+            &self.scheduled,
+            &self.oldest_pending_age,
+        ]
+    }
+
     /// Drops a pool's series (the pool is gone).
     pub fn forget(&self, namespace: &str, pool: &str) {
-        for gauge in [&self.pending, &self.in_flight, &self.dead_letters] {
+        for gauge in self.gauges() {
             let _ = gauge.remove_label_values(&[namespace, pool]);
         }
     }

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 use workpool_core::crd::AdoptedStatus;
+use workpool_core::names::DELAYED_CONSUMER;
 use workpool_core::streams::keyed_consumers;
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::provision::{deprovision, provision};
@@ -39,6 +41,14 @@ pub struct QueueFigures {
     pub pending: u64,
     pub in_flight: u64,
     pub dead_letters: u64,
+    /// Delayed work waiting for its time (module `delayed` of the worker).
+    pub scheduled: u64,
+    /// When the oldest work not yet delivered to a worker was queued.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// The work stream's last sequence (every message it ever stored) and what it holds
+    /// now: two looks give the rates in and out ([`crate::rates`]).
+    pub published: u64,
+    pub stored: u64,
 }
 
 impl QueueFigures {
@@ -203,36 +213,52 @@ pub async fn figures(
     names: &PoolNames,
     spec: &PoolSpec,
 ) -> Result<QueueFigures, Error> {
-    let stream = js
+    let mut stream = js
         .get_stream(names.stream())
         .await
         .map_err(|err| stream_error(&names.stream(), err))?;
-    let mut figures = QueueFigures::default();
-    let consumers = std::iter::once(workpool_core::names::WORK_CONSUMER.to_owned()).chain(
-        keyed_consumers(names, spec)
-            .into_iter()
-            .filter_map(|c| c.durable_name),
-    );
-    for name in consumers {
-        let mut consumer: jetstream::consumer::PullConsumer =
-            stream.get_consumer(&name).await.map_err(|source| {
-                // Only an answer from JetStream means the consumer is missing.
-                let missing = answered_by_jetstream(source.as_ref());
-                let err = NatsError::GetConsumer {
-                    consumer: name.clone(),
-                    source,
-                };
-                figures_error(missing, err)
-            })?;
-        let info = consumer.info().await.map_err(|source| {
-            Error::NatsUnreachable(NatsError::ConsumerInfo {
-                consumer: name.clone(),
+    let state = stream
+        .info()
+        .await
+        .map_err(|source| {
+            Error::NatsUnreachable(NatsError::StreamInfo {
+                stream: names.stream(),
                 source,
             })
-        })?;
+        })?
+        .state
+        .clone();
+    let mut figures = QueueFigures {
+        published: state.last_sequence,
+        stored: state.messages,
+        ..QueueFigures::default()
+    };
+    let consumers = std::iter::once((
+        workpool_core::names::WORK_CONSUMER.to_owned(),
+        names.work_filter(),
+    ))
+    .chain(keyed_consumers(names, spec).into_iter().filter_map(|c| {
+        let filter = c
+            .filter_subjects
+            .first()
+            .cloned()
+            .unwrap_or(c.filter_subject);
+        Some((c.durable_name?, filter))
+    }));
+    for (name, filter) in consumers {
+        let info = consumer_info(&stream, &name).await?;
         figures.pending += info.num_pending;
         figures.in_flight += info.num_ack_pending as u64;
+        if info.num_pending > 0 {
+            let queued_at = next_queued_at(&stream, &filter, info.delivered.stream_sequence).await;
+            figures.oldest_pending = match (figures.oldest_pending, queued_at) {
+                (Some(oldest), Some(queued_at)) => Some(oldest.min(queued_at)),
+                (oldest, queued_at) => oldest.or(queued_at),
+            };
+        }
     }
+    let delayed = consumer_info(&stream, DELAYED_CONSUMER).await?;
+    figures.scheduled = delayed.num_pending + delayed.num_ack_pending as u64;
     let mut dead = js
         .get_stream(names.dead_letter_stream())
         .await
@@ -249,6 +275,45 @@ pub async fn figures(
         .state
         .messages;
     Ok(figures)
+}
+
+async fn consumer_info(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+) -> Result<jetstream::consumer::Info, Error> {
+    let mut consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer(name).await.map_err(|source| {
+            // Only an answer from JetStream means the consumer is missing.
+            let missing = answered_by_jetstream(source.as_ref());
+            let err = NatsError::GetConsumer {
+                consumer: name.to_owned(),
+                source,
+            };
+            figures_error(missing, err)
+        })?;
+    let info = consumer.info().await.map_err(|source| {
+        Error::NatsUnreachable(NatsError::ConsumerInfo {
+            consumer: name.to_owned(),
+            source,
+        })
+    })?;
+    Ok(info.clone())
+}
+
+/// When the first message on `filter` after `delivered` (a consumer's last delivered
+/// stream sequence) was stored: its oldest work not yet delivered. `None` if it cannot
+/// be read: the figure is left out rather than failing the others.
+async fn next_queued_at(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    delivered: u64,
+) -> Option<DateTime<Utc>> {
+    let message = stream
+        .direct_get_next_for_subject(filter, Some(delivered + 1))
+        .await
+        .ok()?;
+    let nanos = i64::try_from(message.time.unix_timestamp_nanos()).ok()?;
+    Some(DateTime::from_timestamp_nanos(nanos))
 }
 
 /// Whether an error is JetStream's answer (rather than no answer at all).

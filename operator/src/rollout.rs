@@ -84,6 +84,11 @@ pub fn desired_workers(
     current: Option<i32>,
 ) -> i32 {
     match (&worker.autoscale, figures) {
+        // Delayed work is queued by a worker when it is due: with any waiting, one worker
+        // stays, even where `min` would allow none.
+        (Some(scale), Ok(figures)) if figures.scheduled > 0 && figures.backlog() == 0 => {
+            scale.min.max(1).min(scale.max)
+        }
         (Some(scale), Ok(figures)) => queue::autoscaled_replicas(
             figures.backlog(),
             scale.target_backlog_per_replica,
@@ -116,7 +121,7 @@ mod tests {
         Ok(QueueFigures {
             pending,
             in_flight,
-            dead_letters: 0,
+            ..QueueFigures::default()
         })
     }
 
@@ -150,6 +155,15 @@ mod tests {
             desired_workers(&worker(1, Some((0, 10, 100))), &figures(0, 0), Some(3)),
             0,
             "scales to zero when min allows it"
+        );
+        let delayed = Ok(QueueFigures {
+            scheduled: 3,
+            ..QueueFigures::default()
+        });
+        assert_eq!(
+            desired_workers(&worker(1, Some((0, 10, 100))), &delayed, Some(0)),
+            1,
+            "never to zero while delayed work waits: a worker queues it when due"
         );
     }
 

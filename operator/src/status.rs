@@ -67,6 +67,8 @@ pub struct Observed<'a> {
     pub held: Option<&'a str>,
     pub api: Pods,
     pub workers: Pods,
+    /// Work in and out per second since the previous look, if there was one.
+    pub rates: Option<crate::rates::Rates>,
 }
 
 /// The pool's status after a reconcile. Queue figures and the provisioned generation
@@ -83,6 +85,10 @@ pub fn pool_status(seen: &Observed<'_>, previous: &WorkPoolStatus) -> WorkPoolSt
         pending: f.pending,
         in_flight: f.in_flight,
         dead_letters: f.dead_letters,
+        scheduled: f.scheduled,
+        oldest_pending: f.oldest_pending.map(|at| at.to_rfc3339()),
+        in_per_second: seen.rates.map(|r| r.in_per_second),
+        out_per_second: seen.rates.map(|r| r.out_per_second),
     });
     WorkPoolStatus {
         observed_generation: seen.generation,
@@ -278,16 +284,22 @@ mod tests {
     use crate::rollout;
     use workpool_core::crd::AdoptedStatus;
 
-    const FIGURES: QueueFigures = QueueFigures {
-        pending: 5,
-        in_flight: 2,
-        dead_letters: 1,
-    };
+    fn figures() -> QueueFigures {
+        QueueFigures {
+            pending: 5,
+            in_flight: 2,
+            dead_letters: 1,
+            scheduled: 4,
+            oldest_pending: "2026-12-07T10:00:00Z".parse().ok(),
+            published: 100,
+            stored: 12,
+        }
+    }
 
     fn accepted() -> QueueOutcome {
         QueueOutcome {
             accepted: true,
-            figures: Ok(FIGURES),
+            figures: Ok(figures()),
             adopted: None,
             ticks: None,
         }
@@ -313,6 +325,10 @@ mod tests {
                 ready: workers.0,
                 wanted: workers.1,
             },
+            rates: Some(crate::rates::Rates {
+                in_per_second: 12.5,
+                out_per_second: 10.0,
+            }),
         }
     }
 
@@ -403,7 +419,11 @@ mod tests {
             Some(QueueStatus {
                 pending: 5,
                 in_flight: 2,
-                dead_letters: 1
+                dead_letters: 1,
+                scheduled: 4,
+                oldest_pending: Some("2026-12-07T10:00:00+00:00".into()),
+                in_per_second: Some(12.5),
+                out_per_second: Some(10.0),
             })
         );
         assert_eq!(status.endpoint.as_deref(), Some("http://demo-api.ns.svc"));
