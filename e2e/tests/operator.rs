@@ -975,6 +975,38 @@ async fn the_status_shows_the_oldest_pending_work_scheduled_work_and_rates() {
     assert!(!row.contains("<none>"), "every column has a value:\n{wide}");
 }
 
+#[tokio::test]
+async fn a_pool_scaled_to_zero_wakes_on_its_first_submission() {
+    let extra = "  worker:\n    autoscale:\n      min: 0\n      max: 2\n";
+    let (_plane, client, ns, nats, _operator) = running_pool("wake", extra).await;
+    wait_worker_replicas(&client, &ns, 0, "no work, no workers").await;
+    // What the api does for a submission: the message, then the `accepted` event.
+    let names = PoolNames::new(&ns, "demo").unwrap();
+    let nats_client = nats.client().await.expect("client");
+    let js = async_nats::jetstream::new(nats_client.clone());
+    let id = workpool_core::WorkId::from_idempotency_key("first");
+    js.publish(names.work_subject("default", &id), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let submitted = std::time::Instant::now();
+    nats_client
+        .publish(
+            names.event_subject("work", "accepted", "default"),
+            "{}".into(),
+        )
+        .await
+        .expect("event");
+    wait_worker_replicas(&client, &ns, 1, "the first submission wakes a worker").await;
+    // An autoscaled pool is looked at every 10 s anyway; the event came first.
+    assert!(
+        submitted.elapsed() < Duration::from_secs(5),
+        "woken {:?} after the submission, as by a resync",
+        submitted.elapsed()
+    );
+}
+
 /// Deletes the pool `demo` and waits until it is finalized and its children collected.
 async fn delete_and_wait_gone(client: &kube::Client, ns: &str) {
     let api: Api<WorkPool> = Api::namespaced(client.clone(), ns);

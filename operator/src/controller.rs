@@ -14,7 +14,7 @@ use kube::runtime::Controller;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,6 +34,7 @@ use crate::rollout::{self, QueueOutcome};
 use crate::schedules::{self, TickNotQueued};
 use crate::status::{self, Observed, Pods};
 use crate::triggers;
+use crate::wake::Waker;
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "workpool-operator";
@@ -64,6 +65,8 @@ pub struct Context {
     pub pool_users: Option<Arc<AccountKey>>,
     /// Each pool's last look at its work stream, for the rates in its status.
     pub samples: Samples,
+    /// Pools held at no workers, woken by their first submission.
+    pub waker: Waker,
 }
 
 impl Context {
@@ -86,6 +89,7 @@ impl Context {
             pools: std::sync::OnceLock::new(),
             pool_users: None,
             samples: Samples::default(),
+            waker: Waker::default(),
         }
     }
 
@@ -146,6 +150,7 @@ pub async fn run(
             scoped::<Service>(&client, namespace),
             applied,
         ))
+        .reconcile_on(ctx.waker.woken())
         .graceful_shutdown_on(until)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -244,6 +249,9 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
         context = context.with_minted_nats_user();
     }
     let deployments = apply_children(ctx, &context, rollout.as_ref(), current, workers).await?;
+    if workers == 0 && pool.spec.worker.autoscale.is_some() {
+        wake_on_work(ctx, pool, &names, &spec).await;
+    }
 
     let rates = outcome.figures.as_ref().ok().and_then(|figures| {
         let sample = Sample {
@@ -324,6 +332,21 @@ async fn reach_queue(
         figures,
         adopted,
         ticks,
+    }
+}
+
+/// Reconciles the pool, held at no workers by its autoscaler, as soon as work arrives.
+async fn wake_on_work(ctx: &Context, pool: &WorkPool, names: &PoolNames, spec: &PoolSpec) {
+    let armed = match ctx.nats.jetstream(&spec.nats.url).await {
+        Ok(js) => ctx
+            .waker
+            .arm(&js.client(), names, ObjectRef::from_obj(pool))
+            .await
+            .map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = armed {
+        tracing::warn!(%err, "not listening for the first work of a pool with no workers; the resync will see it");
     }
 }
 

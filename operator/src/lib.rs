@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod schedules;
 pub mod status;
 pub mod triggers;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
