@@ -137,8 +137,14 @@ async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
 }
 
-/// Counts a write (to the bucket or the work stream) against the id its subject ends in.
+/// Counts a write for its work id: the key of a bucket write (`$KV.<bucket>.<id>`), the
+/// token after the kind of a work message (`wp.<ns>.<pool>.work.<id>.<task>`).
 fn count_write(per_id: &mut HashMap<String, usize>, write: &async_nats::Message) {
-    let id = write.subject.rsplit('.').next().unwrap_or_default();
+    let subject = write.subject.as_str();
+    let id = match subject.strip_prefix("$KV.") {
+        Some(key) => key.rsplit('.').next(),
+        None => subject.split('.').nth(4),
+    }
+    .unwrap_or_default();
     *per_id.entry(id.to_owned()).or_default() += 1;
 }
