@@ -10,6 +10,9 @@ chart="$root/charts/workpool"
 
 # As on a cluster with the Prometheus Operator: PodMonitors and the PrometheusRule.
 monitoring=(--api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule)
+# The bundled NATS and a KEDA ScaledObject for the demo pool, scaling to zero.
+keda=(--set nats.enabled=true --set 'keda.scaledObjects[0].pool=demo'
+  --set 'keda.scaledObjects[0].namespace=default' --set 'keda.scaledObjects[0].account=WORKPOOL')
 
 render() {
   "$helm" template workpool "$chart" --namespace workpool-system "$@"
@@ -21,6 +24,7 @@ case "${1:-check}" in
     render > "$root/charts/rendered/workpool.yaml"
     render --set nats.enabled=true > "$root/charts/rendered/workpool-with-nats.yaml"
     render "${monitoring[@]}" > "$root/charts/rendered/workpool-with-monitoring.yaml"
+    render "${keda[@]}" > "$root/charts/rendered/workpool-with-keda.yaml"
     ;;
   check)
     diff -u "$root/crds/workpool.dev_workpools.yaml" "$chart/crds/workpool.dev_workpools.yaml" \
@@ -31,6 +35,7 @@ case "${1:-check}" in
       --set operator.natsCAConfigMap=nats-ca
     "$helm" lint --strict "$chart" --set monitoring.podMonitor.enabled=true \
       --set monitoring.prometheusRule.enabled=true
+    "$helm" lint --strict "$chart" "${keda[@]}"
     echo "chart: lint checks passed"
     ;;
   *) echo "usage: scripts/chart.sh [check|generate]" >&2; exit 2 ;;
