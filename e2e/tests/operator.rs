@@ -1073,16 +1073,24 @@ async fn a_pool_recreated_over_retained_objects_adopts_them_and_says_what_it_too
         bucket.get("kept").await.expect("get").is_some(),
         "the record too"
     );
-    let events = Api::<Event>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .expect("events");
-    let note = events
-        .items
-        .iter()
-        .find(|e| e.reason.as_deref() == Some("Adopted"))
-        .and_then(|e| e.message.clone())
-        .expect("an Adopted event");
+    // The event follows the status patch of the same reconcile.
+    let adopted_note = || async {
+        let events = Api::<Event>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .expect("events");
+        events
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Adopted"))
+            .and_then(|e| e.message)
+    };
+    wait_until("an Adopted event", WAIT, || async {
+        adopted_note().await.is_some()
+    })
+    .await
+    .expect("an Adopted event");
+    let note = adopted_note().await.unwrap();
     assert!(note.contains("1 messages"), "{note}");
 }
 
