@@ -10,13 +10,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use workpool_core::WorkId;
-use workpool_core::events::WorkEventKind;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dead_letters::{DeadLetter, DeadLetterView, Retried};
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::{SubmitAnswer, announce, parse_id};
+use crate::routes::{SubmitAnswer, count_accepted, parse_id};
 
 /// Letters per page unless `limit` says otherwise, and the most it may say.
 const DEFAULT_PAGE: usize = 50;
@@ -203,16 +202,7 @@ async fn retry_letter(state: &AppState, letter: &DeadLetter) -> Result<Retried, 
     let queue = state.queue()?;
     let retried = queue.retry_dead_letter(letter, state.pod()).await?;
     if let (Retried::Queued, Some(work)) = (&retried, &letter.work) {
-        state.metrics().accepted(&work.task);
-        announce(
-            state,
-            queue,
-            WorkEventKind::Accepted,
-            &work.id,
-            &work.task,
-            0,
-        )
-        .await;
+        count_accepted(state, queue, &work.id, &work.task).await;
     }
     Ok(retried)
 }

@@ -12,7 +12,6 @@ use workpool_core::expiry::is_expired;
 use workpool_core::message::{
     RECORD_REVISION_HEADER, SubmissionError, WorkMessage, WorkSubmission,
 };
-use workpool_core::names::partition_of;
 use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
@@ -166,14 +165,10 @@ impl Queue {
 
     /// Where `message` goes: its queue, or, delayed, where it waits for its time.
     fn subject(&self, message: &WorkMessage) -> String {
-        let (id, task) = (&message.id, message.task.as_str());
-        match (&message.run_at, &message.key) {
-            (Some(_), _) => self.names.delayed_subject(task, id),
-            (None, Some(key)) => {
-                let partition = partition_of(key, self.partitions);
-                self.names.keyed_subject(partition, id, task)
-            }
-            (None, None) => self.names.work_subject(task, id),
+        let (id, task, key) = (&message.id, &message.task, message.key.as_deref());
+        match message.run_at {
+            Some(_) => self.names.delayed_subject(task, id),
+            None => self.names.queue_subject(id, task, key, self.partitions),
         }
     }
 

@@ -188,8 +188,7 @@ pub(crate) async fn outcome(
 ) -> (StatusCode, SubmitAnswer) {
     match submitted {
         Submitted::Accepted => {
-            state.metrics().accepted(work.task());
-            announce(state, queue, WorkEventKind::Accepted, id, work.task(), 0).await;
+            count_accepted(state, queue, id, work.task()).await;
             let answer = SubmitAnswer {
                 status: "accepted".into(),
                 callback: id.clone(),
@@ -207,6 +206,17 @@ pub(crate) async fn outcome(
             (StatusCode::OK, answer)
         }
     }
+}
+
+/// Counts new work as accepted and announces it (`work.accepted`).
+pub(crate) async fn count_accepted(
+    state: &AppState,
+    queue: &crate::queue::Queue,
+    id: &WorkId,
+    task: &str,
+) {
+    state.metrics().accepted(task);
+    announce(state, queue, WorkEventKind::Accepted, id, task, 0).await;
 }
 
 /// Whether the first byte that is not white space is `first`.

@@ -85,6 +85,21 @@ impl PoolNames {
         format!("{}.work.{id}.{task}", self.prefix())
     }
 
+    /// Where queued work of `id` goes: its key's partition (of `partitions`), or the
+    /// unkeyed queue.
+    pub fn queue_subject(
+        &self,
+        id: &WorkId,
+        task: &str,
+        key: Option<&str>,
+        partitions: u32,
+    ) -> String {
+        match key {
+            Some(key) => self.keyed_subject(partition_of(key, partitions), id, task),
+            None => self.work_subject(task, id),
+        }
+    }
+
     /// Delayed work waiting for its time: `wp.<ns>.<pool>.delayed.<id>.<task>`, the id in
     /// the same place as queued work's.
     pub fn delayed_subject(&self, task: &str, id: &WorkId) -> String {

@@ -15,7 +15,6 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
-use workpool_core::names::partition_of;
 use workpool_runtime::publish_errors::is_subject_taken;
 
 use crate::Worker;
@@ -91,14 +90,12 @@ impl Worker {
         if self.records.is_handled(work).await? {
             return Ok(());
         }
-        let names = &self.config.names;
-        let subject = match &work.key {
-            Some(key) => {
-                let partition = partition_of(key, self.config.spec.worker.partitions);
-                names.keyed_subject(partition, &work.id, &work.task)
-            }
-            None => names.work_subject(&work.task, &work.id),
-        };
+        let partitions = self.config.spec.worker.partitions;
+        let key = work.key.as_deref();
+        let subject = self
+            .config
+            .names
+            .queue_subject(&work.id, &work.task, key, partitions);
         let revision = message
             .headers
             .as_ref()
