@@ -49,6 +49,17 @@ pub struct BatchItem {
     #[serde(default)]
     #[schema(example = "10m")]
     pub delay: Option<String>,
+    /// `high`, `normal` (the default) or `low`; unkeyed work only.
+    #[serde(default)]
+    pub priority: Option<workpool_core::priority::Priority>,
+    /// Where to POST the record once the work ends (a host the pool allows).
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub callback_url: Option<String>,
+    /// Run within the pool's limits for this group (unkeyed work only).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
+    pub group: Option<String>,
     /// Derive the id from this instead of the content, as the header does for a single
     /// POST (1-256 visible ASCII characters).
     #[serde(default)]
@@ -222,6 +233,9 @@ fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, Option<String
         ttl: item.ttl,
         run_at: item.run_at,
         delay: item.delay,
+        priority: item.priority,
+        callback_url: item.callback_url,
+        group: item.group,
     };
     work.validate()
         .map_err(|err| ApiError::bad_request("invalid_work", err.to_string()))?;

@@ -14,6 +14,7 @@ use workpool_core::message::{
 };
 use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
+use workpool_core::webhook::WebhookSpec;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
 use workpool_runtime::publish_errors::{has_code, is_stream_full, is_subject_taken};
 use workpool_runtime::records::RecordStore;
@@ -36,6 +37,8 @@ pub struct Queue {
     partitions: u32,
     /// When terminal records expire for clients (`resultTTL`).
     result_ttl: Duration,
+    /// The callback URLs submissions may name.
+    webhooks: WebhookSpec,
     /// `queue.maxPayloadBytes`, the limit a 413 names.
     max_message_bytes: usize,
     /// The key peer requests are signed with (none: workers are not asked).
@@ -135,6 +138,7 @@ impl Queue {
             stream,
             partitions: spec.worker.partitions,
             result_ttl: spec.result_ttl,
+            webhooks: spec.webhooks.clone(),
             peer_key,
             max_message_bytes: spec.queue.max_payload_bytes,
             unrecorded_limit: unrecorded_run_limit(spec.worker.ack_wait),
@@ -165,10 +169,9 @@ impl Queue {
 
     /// Where `message` goes: its queue, or, delayed, where it waits for its time.
     fn subject(&self, message: &WorkMessage) -> String {
-        let (id, task, key) = (&message.id, &message.task, message.key.as_deref());
         match message.run_at {
-            Some(_) => self.names.delayed_subject(task, id),
-            None => self.names.queue_subject(id, task, key, self.partitions),
+            Some(_) => self.names.delayed_subject(&message.task, &message.id),
+            None => self.names.queue_subject(message, self.partitions),
         }
     }
 
@@ -182,6 +185,11 @@ impl Queue {
         accepted: Accepted<'_>,
     ) -> Result<Submitted, ApiError> {
         self.ensure_connected()?;
+        if let Some(url) = &work.callback_url {
+            self.webhooks
+                .allow(url)
+                .map_err(|err| ApiError::bad_request("callback_not_allowed", err.to_string()))?;
+        }
         let message = new_message(id, work, accepted, self.result_ttl)?;
         // Delayed work waits on another subject than queued work of the same id, so the
         // stream's one-message-per-subject rule cannot refuse the one for the other.
@@ -702,6 +710,10 @@ fn new_message(
         tenant: accepted.tenant.map(str::to_owned),
         ttl: work.ttl_within(result_ttl).map_err(invalid)?,
         run_at: work.not_before(now).map_err(invalid)?,
+        priority: work.priority.unwrap_or_default(),
+        callback_url: work.callback_url.clone(),
+        group: work.group.clone(),
+        parked: 0,
     })
 }
 

@@ -183,9 +183,9 @@ async fn bodies_that_are_not_a_json_object_are_400_invalid_json() {
     }
     let missing = call(&api, post(r#"{"task":"x"}"#)).await;
     assert!(missing.error(400, "invalid_json").contains("data"));
-    let unknown = call(&api, post(r#"{"data":1,"priority":9}"#)).await;
+    let unknown = call(&api, post(r#"{"data":1,"colour":9}"#)).await;
     assert!(
-        unknown.error(400, "invalid_json").contains("priority"),
+        unknown.error(400, "invalid_json").contains("colour"),
         "names the unknown field"
     );
     let wrong_type = call(&api, post(r#"{"data": 1, "task": 5}"#)).await;

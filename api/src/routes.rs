@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use workpool_core::WorkId;
 use workpool_core::events::{WorkEvent, WorkEventKind};
 use workpool_core::message::WorkSubmission;
-use workpool_core::{WorkId, WorkRecord};
 use workpool_runtime::events::PublishEvent;
 
 use crate::AppState;
@@ -34,13 +34,7 @@ pub struct SubmitAnswer {
     pub accepted_by: String,
 }
 
-/// A work record with its id.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkView {
-    pub id: WorkId,
-    #[serde(flatten)]
-    pub record: WorkRecord,
-}
+pub use workpool_core::record::WorkView;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

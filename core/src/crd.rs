@@ -99,6 +99,15 @@ pub struct WorkPoolSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub schedules: Vec<crate::schedule::ScheduleSpec>,
+    /// Completion webhooks: the hosts a submission's `callback_url` may name, and how
+    /// deliveries are retried. Deliveries are signed with the key in the Secret
+    /// `<name>-workpool-webhook`.
+    #[serde(default)]
+    pub webhooks: crate::webhook::WebhookSpec,
+    /// Limits of the work of each group (a submission's `group`): how many run at once
+    /// across the pool, and how many start per interval.
+    #[serde(default)]
+    pub groups: crate::group::GroupLimits,
 }
 
 fn default_result_ttl() -> String {
@@ -632,6 +641,8 @@ impl WorkPoolSpec {
                 partitions: self.worker.partitions,
                 ack_wait: duration("worker.ackWait", &self.worker.ack_wait)?,
             },
+            webhooks: self.webhooks.clone(),
+            groups: self.groups.clone(),
         };
         pool.validate().map_err(|err| InvalidSpec {
             field: "spec",

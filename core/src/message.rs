@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::{IdScope, WorkId};
+use crate::priority::Priority;
 use crate::record::WorkRecord;
 
 /// The task name used when a submission names none.
@@ -56,6 +57,24 @@ pub struct WorkSubmission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "10m")]
     pub delay: Option<String>,
+    /// `high` work starts before `normal` and `low` work of the pool under a backlog;
+    /// `low` still gets at least one start in ten (docs/worker.md, "Priorities").
+    /// Unkeyed work only: keyed work runs in its key's order. Default `normal`. Not
+    /// part of the content, like `ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Where to POST the record, signed, once the work ends (docs/api.md, "Completion
+    /// webhooks"): an http or https URL whose host the pool's `spec.webhooks.allowedHosts`
+    /// lists. Not part of the content, like `ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048, example = "https://hooks.example.com/workpool")]
+    pub callback_url: Option<String>,
+    /// Work of one group runs within the pool's `spec.groups` limits: at most so many at
+    /// once, and so many starts per interval, across the pool (1-256 bytes; docs/worker.md,
+    /// "Group limits"). Unkeyed work only. Not part of the content, like `ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub group: Option<String>,
 }
 
 /// The longest a submission may be delayed.
@@ -79,6 +98,12 @@ pub enum SubmissionError {
     RunAtAndDelay,
     #[error("run_at and delay may be at most a year ahead")]
     TooFarAhead,
+    #[error("keyed work runs in the order of its key: a priority is for unkeyed work")]
+    KeyedPriority,
+    #[error("group must be 1-256 bytes")]
+    BadGroup,
+    #[error("keyed work runs one at a time per key already: a group is for unkeyed work")]
+    KeyedGroup,
 }
 
 impl WorkSubmission {
@@ -94,6 +119,17 @@ impl WorkSubmission {
             && !(1..=256).contains(&key.len())
         {
             return Err(SubmissionError::BadKey);
+        }
+        if self.key.is_some() && !self.priority.unwrap_or_default().is_normal() {
+            return Err(SubmissionError::KeyedPriority);
+        }
+        if let Some(group) = &self.group {
+            if !(1..=256).contains(&group.len()) {
+                return Err(SubmissionError::BadGroup);
+            }
+            if self.key.is_some() {
+                return Err(SubmissionError::KeyedGroup);
+            }
         }
         self.ttl()?;
         self.not_before(Utc::now()).map(|_| ())
@@ -186,6 +222,22 @@ pub struct WorkMessage {
     /// ([`crate::PoolNames::delayed_subject`]) until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
+    /// Where the record is POSTed once the work ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// The group whose limits it runs within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Times it was put aside because its group was at a limit (it waits as delayed work
+    /// meanwhile); spaces out its next tries.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parked: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl WorkMessage {
@@ -209,6 +261,9 @@ impl WorkMessage {
             tenant: self.tenant.clone(),
             ttl: self.ttl,
             run_at: self.run_at,
+            priority: self.priority,
+            callback_url: self.callback_url.clone(),
+            group: self.group.clone(),
             ..WorkRecord::pending(
                 &self.task,
                 self.key.as_deref(),
@@ -242,6 +297,9 @@ mod tests {
             ttl: None,
             run_at: None,
             delay: None,
+            priority: None,
+            callback_url: None,
+            group: None,
         };
         assert_eq!(work.validate(), Ok(()));
         for bad in [
@@ -276,6 +334,9 @@ mod tests {
             ttl: Some(ttl.into()),
             run_at: None,
             delay: None,
+            priority: None,
+            callback_url: None,
+            group: None,
         };
         let pool = Duration::from_secs(600);
         assert_eq!(
@@ -304,6 +365,10 @@ mod tests {
             tenant: None,
             ttl: Some(Duration::from_secs(5)),
             run_at: None,
+            priority: Default::default(),
+            callback_url: None,
+            group: None,
+            parked: 0,
         };
         let back: WorkMessage = serde_json::from_slice(&message.to_json()).expect("json");
         assert_eq!(back, message);
@@ -338,6 +403,9 @@ mod tests {
             ttl: None,
             run_at: None,
             delay: None,
+            priority: None,
+            callback_url: None,
+            group: None,
         };
         let b = WorkSubmission {
             data: json!(2),
@@ -346,6 +414,9 @@ mod tests {
             ttl: None,
             run_at: None,
             delay: None,
+            priority: None,
+            callback_url: None,
+            group: None,
         };
         assert_ne!(
             a.id(IdScope::default(), None),

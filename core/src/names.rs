@@ -2,6 +2,8 @@
 //! DNS labels, which are valid in stream, bucket and subject names alike.
 
 use crate::ids::WorkId;
+use crate::message::WorkMessage;
+use crate::priority::Priority;
 
 /// All NATS names of one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +17,10 @@ pub const WORK_CONSUMER: &str = "workers";
 
 /// The durable consumer of delayed work, which workers move to its queue once due.
 pub const DELAYED_CONSUMER: &str = "delayed";
+
+/// The durable consumer, on the results bucket's stream, of the record writes workers
+/// deliver completion webhooks from.
+pub const WEBHOOK_CONSUMER: &str = "webhooks";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -68,35 +74,58 @@ impl PoolNames {
         self.stream()
     }
 
-    /// Subjects the work stream captures.
-    pub fn stream_subjects(&self) -> Vec<String> {
-        vec![
-            format!("{}.work.>", self.prefix()),
-            format!("{}.keyed.>", self.prefix()),
-            format!("{}.delayed.>", self.prefix()),
-        ]
+    /// The stream under the results bucket.
+    pub fn bucket_stream(&self) -> String {
+        format!("KV_{}", self.bucket())
     }
 
-    /// The subject of unkeyed work: `wp.<ns>.<pool>.work.<id>.<task>`. The id lets the
+    /// Subjects the work stream captures.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        Priority::ALL
+            .into_iter()
+            .map(|priority| self.unkeyed_filter(priority))
+            .chain([
+                format!("{}.keyed.>", self.prefix()),
+                format!("{}.delayed.>", self.prefix()),
+            ])
+            .collect()
+    }
+
+    /// The subject of unkeyed `normal` work: `wp.<ns>.<pool>.work.<id>.<task>`. The id lets the
     /// api ask the stream whether a message is still queued; the task ends it, so that a
     /// subscriber filters work by task, or by a task's leading tokens
     /// (`work.*.addressing.>`).
     pub fn work_subject(&self, task: &str, id: &WorkId) -> String {
-        format!("{}.work.{id}.{task}", self.prefix())
+        self.unkeyed_subject(Priority::Normal, task, id)
     }
 
-    /// Where queued work of `id` goes: its key's partition (of `partitions`), or the
-    /// unkeyed queue.
-    pub fn queue_subject(
-        &self,
-        id: &WorkId,
-        task: &str,
-        key: Option<&str>,
-        partitions: u32,
-    ) -> String {
-        match key {
+    /// Where queued `work` goes: its key's partition (of `partitions`), or the unkeyed
+    /// queue of its priority.
+    pub fn queue_subject(&self, work: &WorkMessage, partitions: u32) -> String {
+        let (id, task) = (&work.id, work.task.as_str());
+        match &work.key {
             Some(key) => self.keyed_subject(partition_of(key, partitions), id, task),
-            None => self.work_subject(task, id),
+            None => self.unkeyed_subject(work.priority, task, id),
+        }
+    }
+
+    /// Unkeyed work of `priority`: `wp.<ns>.<pool>.<kind>.<id>.<task>`, the kind `work`
+    /// for `normal` (as before priorities), `high` or `low`.
+    pub fn unkeyed_subject(&self, priority: Priority, task: &str, id: &WorkId) -> String {
+        format!("{}.{}.{id}.{task}", self.prefix(), unkeyed_kind(priority))
+    }
+
+    /// What the consumer of `priority`'s unkeyed work takes.
+    pub fn unkeyed_filter(&self, priority: Priority) -> String {
+        format!("{}.{}.>", self.prefix(), unkeyed_kind(priority))
+    }
+
+    /// The durable consumer of unkeyed work of `priority`.
+    pub fn unkeyed_consumer(priority: Priority) -> &'static str {
+        match priority {
+            Priority::High => "workers-high",
+            Priority::Normal => WORK_CONSUMER,
+            Priority::Low => "workers-low",
         }
     }
 
@@ -117,7 +146,7 @@ impl PoolNames {
     }
 
     pub fn work_filter(&self) -> String {
-        format!("{}.work.>", self.prefix())
+        self.unkeyed_filter(Priority::Normal)
     }
 
     /// The subject of keyed work: `wp.<ns>.<pool>.keyed.<id>.<partition>.<task>`, the id
@@ -185,11 +214,19 @@ impl PoolNames {
     }
 }
 
-/// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is
-/// fixed forever (unlike std's hasher), so every component agrees on the partition.
+fn unkeyed_kind(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "high",
+        Priority::Normal => "work",
+        Priority::Low => "low",
+    }
+}
+
 /// The names of the per-partition consumers start with this.
 const KEYED_CONSUMER_PREFIX: &str = "keyed-";
 
+/// The partition of a key: FNV-1a over its bytes, modulo the partition count. FNV is
+/// fixed forever (unlike std's hasher), so every component agrees on the partition.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     u32::try_from(fnv1a(key.as_bytes()) % u64::from(partitions.max(1))).unwrap_or(0)
 }
@@ -218,7 +255,9 @@ mod tests {
         assert_eq!(
             names.stream_subjects(),
             [
+                "wp.default.demo.high.>",
                 "wp.default.demo.work.>",
+                "wp.default.demo.low.>",
                 "wp.default.demo.keyed.>",
                 "wp.default.demo.delayed.>"
             ]
@@ -226,6 +265,14 @@ mod tests {
         assert_eq!(
             names.work_subject("echo", &id),
             format!("wp.default.demo.work.{id}.echo")
+        );
+        assert_eq!(
+            names.unkeyed_subject(Priority::Low, "echo", &id),
+            format!("wp.default.demo.low.{id}.echo")
+        );
+        assert_eq!(
+            names.unkeyed_filter(Priority::High),
+            "wp.default.demo.high.>"
         );
         assert_eq!(
             names.keyed_subject(3, &id, "addressing.address.reconcile"),

@@ -8,7 +8,7 @@
 //! or a durable consumer (the operator does that with its own user). The one purge
 //! allowed is of the pool's own dead letters, which the api's dead-letter routes remove.
 
-use crate::names::PoolNames;
+use crate::names::{PoolNames, WEBHOOK_CONSUMER};
 
 /// Allowed subjects, as the NATS user JWT's `pub.allow` and `sub.allow` lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,11 @@ impl PoolNames {
             // Pulling from the durable consumers the operator made.
             format!("$JS.API.CONSUMER.INFO.{work}.*"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{work}.*"),
+            // Completion webhooks: pulling the bucket's writes from its one durable
+            // consumer, and acknowledging them.
+            format!("$JS.API.CONSUMER.INFO.{kv}.{WEBHOOK_CONSUMER}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{kv}.{WEBHOOK_CONSUMER}"),
+            format!("$JS.ACK.{kv}.>"),
             // Reading results, and watching them: an ordered consumer on the bucket's
             // stream, with its flow control, made again (by name, the old one deleted)
             // after a reconnect.

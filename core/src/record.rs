@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::priority::Priority;
 use crate::progress::Progress;
+use crate::webhook::WebhookDelivery;
 
 /// Where a piece of work stands. `accepted` is only the POST answer, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -96,6 +98,27 @@ pub struct WorkRecord {
     /// What the handler of the latest attempt last reported of its progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// As submitted; `normal` is not shown.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
+    /// Where the record is POSTed once the work ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// The group whose limits it runs within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// How the completion webhook's delivery stands; absent until its first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDelivery>,
+}
+
+/// A work record with its id: what `GET /api/v1/work/{id}` answers and a completion
+/// webhook sends.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkView {
+    pub id: crate::WorkId,
+    #[serde(flatten)]
+    pub record: WorkRecord,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -124,6 +147,10 @@ impl WorkRecord {
             ttl: None,
             run_at: None,
             progress: None,
+            priority: Priority::Normal,
+            callback_url: None,
+            group: None,
+            webhook: None,
         }
     }
 

@@ -102,6 +102,9 @@ impl Schedule {
             ttl: None,
             run_at: None,
             delay: None,
+            priority: None,
+            callback_url: None,
+            group: None,
         };
         submission.validate().map_err(|err| ScheduleError::Work {
             name,
@@ -190,6 +193,10 @@ impl Schedule {
             tenant: None,
             ttl: None,
             run_at: Some(tick),
+            priority: Default::default(),
+            callback_url: None,
+            group: None,
+            parked: 0,
         }
     }
 }

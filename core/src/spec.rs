@@ -16,6 +16,8 @@ pub struct PoolSpec {
     pub queue: QueueSpec,
     pub nats: NatsSpec,
     pub worker: WorkerSpec,
+    pub webhooks: crate::webhook::WebhookSpec,
+    pub groups: crate::group::GroupLimits,
 }
 
 /// Limits of the work stream.
@@ -96,6 +98,8 @@ impl Default for PoolSpec {
             queue: QueueSpec::default(),
             nats: NatsSpec::default(),
             worker: WorkerSpec::default(),
+            webhooks: crate::webhook::WebhookSpec::default(),
+            groups: crate::group::GroupLimits::default(),
         }
     }
 }
@@ -164,6 +168,10 @@ pub enum SpecError {
     },
     #[error("invalid pool spec JSON: {0}")]
     Parse(String),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
+    #[error("groups: {0}")]
+    Groups(String),
 }
 
 impl PoolSpec {
@@ -205,6 +213,8 @@ impl PoolSpec {
         if self.worker.ack_wait < Duration::from_millis(500) {
             return invalid("worker.ackWait", "at least 500ms");
         }
+        self.webhooks.validate().map_err(SpecError::Webhooks)?;
+        self.groups.validate().map_err(SpecError::Groups)?;
         match &self.worker.handler {
             HandlerSpec::Exec { command } if command.is_empty() => {
                 invalid("worker.handler.exec.command", "a non-empty list")

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
 
-use crate::names::{DELAYED_CONSUMER, PoolNames, WORK_CONSUMER};
+use crate::names::{DELAYED_CONSUMER, PoolNames, WEBHOOK_CONSUMER};
+use crate::priority::Priority;
 use crate::spec::PoolSpec;
 
 /// How long the stream remembers message ids for deduplication, at most.
@@ -120,14 +121,26 @@ fn pull_consumer(
     }
 }
 
-/// The consumer all workers pull unkeyed work from.
-pub fn work_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Config {
+/// The consumer all workers pull unkeyed work of `priority` from.
+pub fn work_consumer(
+    names: &PoolNames,
+    spec: &PoolSpec,
+    priority: Priority,
+) -> consumer::pull::Config {
     pull_consumer(
-        WORK_CONSUMER.to_owned(),
-        vec![names.work_filter()],
+        PoolNames::unkeyed_consumer(priority).to_owned(),
+        vec![names.unkeyed_filter(priority)],
         WORK_MAX_ACK_PENDING,
         spec,
     )
+}
+
+/// The consumers of unkeyed work, highest priority first.
+pub fn work_consumers(names: &PoolNames, spec: &PoolSpec) -> Vec<consumer::pull::Config> {
+    Priority::ALL
+        .into_iter()
+        .map(|priority| work_consumer(names, spec, priority))
+        .collect()
 }
 
 /// The consumer workers pull delayed work from, to queue it once it is due.
@@ -139,6 +152,26 @@ pub fn delayed_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::C
         spec,
     )
 }
+
+/// The consumer of the results bucket's writes that workers deliver completion webhooks
+/// from (made only for a pool that allows callbacks). It starts at the writes made after
+/// it; an attempt may take `webhooks.timeout`, so its `ackWait` is longer than that.
+pub fn webhook_consumer(names: &PoolNames, spec: &PoolSpec) -> consumer::pull::Config {
+    consumer::pull::Config {
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_wait: spec.webhooks.timeout + Duration::from_secs(30),
+        ..pull_consumer(
+            WEBHOOK_CONSUMER.to_owned(),
+            vec![format!("$KV.{}.>", names.bucket())],
+            WEBHOOK_MAX_ACK_PENDING,
+            spec,
+        )
+    }
+}
+
+/// Most bucket writes handed to workers for webhooks and not yet acknowledged: retrying
+/// deliveries wait unacknowledged for their next attempt.
+pub const WEBHOOK_MAX_ACK_PENDING: i64 = 100_000;
 
 /// One consumer per partition; `max_ack_pending: 1` makes a key's work serial.
 pub fn keyed_consumers(names: &PoolNames, spec: &PoolSpec) -> Vec<consumer::pull::Config> {
@@ -223,10 +256,22 @@ mod tests {
                 .iter()
                 .all(|c| c.max_ack_pending == 1 && c.ack_wait == Duration::from_secs(4))
         );
-        let work = work_consumer(&names, &spec);
-        assert_eq!(work.durable_name.as_deref(), Some("workers"));
-        assert_eq!(work.filter_subject, "wp.default.demo.work.>");
-        assert_eq!(work.max_deliver, -1);
+        let unkeyed: Vec<(String, String)> = work_consumers(&names, &spec)
+            .into_iter()
+            .map(|c| (c.durable_name.unwrap_or_default(), c.filter_subject))
+            .collect();
+        assert_eq!(
+            unkeyed,
+            [
+                ("workers-high".into(), "wp.default.demo.high.>".into()),
+                ("workers".into(), "wp.default.demo.work.>".into()),
+                ("workers-low".into(), "wp.default.demo.low.>".into()),
+            ]
+        );
+        assert_eq!(
+            work_consumer(&names, &spec, Priority::Normal).max_deliver,
+            -1
+        );
     }
 
     #[test]

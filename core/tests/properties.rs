@@ -341,7 +341,7 @@ proptest! {
         key in prop::option::of(".{0,300}"),
         idempotency_key in prop::option::of(".{1,20}"),
     ) {
-        let submission = WorkSubmission { data, task, key, ttl: None, run_at: None, delay: None, };
+        let submission = WorkSubmission { data, task, key, ttl: None, run_at: None, delay: None, priority: None, callback_url: None, group: None, };
         let bytes = serde_json::to_vec(&submission).unwrap();
         let parsed: WorkSubmission = serde_json::from_slice(&bytes).unwrap();
         prop_assert_eq!(&parsed, &submission);
@@ -370,7 +370,7 @@ proptest! {
     /// floats came back one ulp off (-3.2816173337235715e+260 as -3.281617333723572e+260).
     #[test]
     fn every_float_in_the_data_round_trips(data in json()) {
-        let submission = WorkSubmission { data, task: None, key: None, ttl: None, run_at: None, delay: None, };
+        let submission = WorkSubmission { data, task: None, key: None, ttl: None, run_at: None, delay: None, priority: None, callback_url: None, group: None, };
         let parsed: WorkSubmission =
             serde_json::from_slice(&serde_json::to_vec(&submission).unwrap()).unwrap();
         prop_assert_eq!(parsed, submission);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use workpool_core::peer_auth::{KEY_BYTES, PEER_KEY_ENV, PeerKey};
+use workpool_core::webhook::WEBHOOK_KEY_ENV;
 use workpool_core::{PoolNames, PoolSpec};
 
 use workpool_local_cluster::nats::NatsServer;
@@ -83,6 +84,9 @@ pub struct TestPool<N: PoolNats = NatsServer> {
     extra_api_env: Vec<(String, String)>,
     /// The pool's peer key, as the operator would keep it in the pool's Secret.
     pub peer_key: PeerKey,
+    /// The key the pool's completion webhooks are signed with (as the operator keeps it
+    /// in the pool's webhook Secret).
+    pub webhook_key: PeerKey,
     /// The pool's NATS user, when the server runs with auth on.
     creds_file: Option<PathBuf>,
     dir: tempfile::TempDir,
@@ -195,6 +199,7 @@ impl<N: PoolNats> TestPool<N> {
             http: workpool_local_cluster::http::client(),
             extra_api_env: api_env,
             peer_key: random_peer_key(),
+            webhook_key: random_peer_key(),
             creds_file,
             dir,
         })
@@ -232,6 +237,7 @@ impl<N: PoolNats> TestPool<N> {
             ("WORKPOOL_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("RUST_LOG".into(), "info,async_nats=warn".into()),
             (PEER_KEY_ENV.into(), self.peer_key.to_hex()),
+            (WEBHOOK_KEY_ENV.into(), self.webhook_key.to_hex()),
         ];
         if let Some(file) = &self.creds_file {
             env.push(("NATS_CREDS_FILE".into(), file.display().to_string()));

@@ -9,7 +9,7 @@ use kube::Resource;
 use serde_json::Value;
 use workpool_core::PoolNames;
 use workpool_core::crd::WorkPool;
-use workpool_core::names::WORK_CONSUMER;
+use workpool_core::priority::Priority;
 
 fn rendered_documents() -> Vec<Value> {
     let path =
@@ -33,11 +33,23 @@ fn the_keda_recipe_scales_a_workpool_from_its_own_consumer() {
     assert_eq!(target["kind"], WorkPool::kind(&()).as_ref());
     assert_eq!(target["name"], "demo");
     assert_eq!(scaled["spec"]["minReplicaCount"], 0, "scales to zero");
-    let trigger = &scaled["spec"]["triggers"][0];
-    assert_eq!(trigger["type"], "nats-jetstream");
+    let triggers = scaled["spec"]["triggers"].as_array().unwrap();
     let names = PoolNames::new("default", "demo").unwrap();
-    assert_eq!(trigger["metadata"]["stream"], names.stream().as_str());
-    assert_eq!(trigger["metadata"]["consumer"], WORK_CONSUMER);
+    for trigger in triggers {
+        assert_eq!(trigger["type"], "nats-jetstream");
+        assert_eq!(trigger["metadata"]["stream"], names.stream().as_str());
+    }
+    // One trigger per unkeyed consumer: backlog of any priority wakes the pool.
+    let consumers: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["metadata"]["consumer"].as_str().unwrap())
+        .collect();
+    let wanted: Vec<&str> = Priority::ALL
+        .into_iter()
+        .map(PoolNames::unkeyed_consumer)
+        .collect();
+    assert_eq!(consumers, wanted);
+    let trigger = &triggers[0];
     // The endpoint's port is one the bundled NATS Service serves.
     let endpoint = trigger["metadata"]["natsServerMonitoringEndpoint"]
         .as_str()

@@ -147,6 +147,10 @@ async fn a_redelivery_after_the_record_expired_does_not_run_again() {
         tenant: None,
         ttl: None,
         run_at: None,
+        priority: Default::default(),
+        callback_url: None,
+        group: None,
+        parked: 0,
     };
     let js = async_nats::jetstream::new(pool.nats.client().await.expect("nats"));
     let subject = pool.names.work_subject("default", &message.id);

@@ -131,6 +131,10 @@ async fn keyed_work_queued_in_the_earlier_subject_layout_still_runs() {
         tenant: None,
         ttl: None,
         run_at: None,
+        priority: Default::default(),
+        callback_url: None,
+        group: None,
+        parked: 0,
     };
     let partition = workpool_core::names::partition_of("k", pool.spec.worker.partitions);
     let prefix = format!("wp.{}.{}", pool.names.namespace, pool.names.pool);

@@ -103,8 +103,33 @@ pub fn peer_secret_name(pool: &str) -> String {
     format!("{pool}-workpool-peer")
 }
 
+/// An environment variable from one key of a Secret the pod cannot start without.
+fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The key of the peer key in its Secret.
 pub const PEER_SECRET_KEY: &str = "peer-key";
+
+/// The Secret holding the key the pool's completion webhooks are signed with; receivers
+/// read it from there to check signatures.
+pub fn webhook_secret_name(pool: &str) -> String {
+    format!("{pool}-workpool-webhook")
+}
+
+/// The key of the webhook key (hex) in its Secret.
+pub const WEBHOOK_SECRET_KEY: &str = "webhook-key";
 
 /// The Secret holding the NATS user the operator minted for the pool.
 pub fn nats_user_secret_name(pool: &str) -> String {
@@ -260,6 +285,16 @@ impl<'a> PoolContext<'a> {
         }
     }
 
+    /// The pool's webhook key, made once like the peer key: replacing it would break
+    /// every receiver's check.
+    pub fn webhook_secret(&self, key_hex: String) -> Secret {
+        Secret {
+            metadata: self.meta(webhook_secret_name(&self.name), None),
+            string_data: Some([(WEBHOOK_SECRET_KEY.to_owned(), key_hex)].into()),
+            ..Default::default()
+        }
+    }
+
     pub fn service_account(&self) -> ServiceAccount {
         ServiceAccount {
             metadata: self.meta(service_account_name(&self.name), None),
@@ -345,18 +380,11 @@ impl<'a> PoolContext<'a> {
             // (and, for the cluster view, of the api Service).
             value("WORKPOOL_WORKERS_SERVICE", worker_service_name(&self.name)),
         ];
-        env.push(EnvVar {
-            name: workpool_core::peer_auth::PEER_KEY_ENV.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: peer_secret_name(&self.name),
-                    key: PEER_SECRET_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        env.push(secret_env(
+            workpool_core::peer_auth::PEER_KEY_ENV,
+            peer_secret_name(&self.name),
+            PEER_SECRET_KEY,
+        ));
         if component == Component::Api {
             let admin = format!("0.0.0.0:{API_ADMIN_PORT}");
             env.push(value("WORKPOOL_ADMIN_LISTEN", admin));
@@ -367,6 +395,11 @@ impl<'a> PoolContext<'a> {
         }
         if component == Component::Worker {
             env.push(value("WORKPOOL_DRAIN_TIMEOUT", "25s".into()));
+            env.push(secret_env(
+                workpool_core::webhook::WEBHOOK_KEY_ENV,
+                webhook_secret_name(&self.name),
+                WEBHOOK_SECRET_KEY,
+            ));
         }
         if let (Component::Api, Some(auth)) = (component, &self.pool.spec.api.auth) {
             match &auth.jwks_url {

@@ -447,6 +447,7 @@ async fn apply_children(
         return Ok(current);
     }
     ensure_peer_secret(client, context).await?;
+    ensure_webhook_secret(client, context).await?;
     ensure_nats_user(ctx, context).await?;
     apply_child(client, namespace, &account).await?;
     apply_child(client, namespace, &role).await?;
@@ -475,6 +476,15 @@ async fn ensure_peer_secret(client: &Client, context: &PoolContext<'_>) -> Resul
     getrandom::fill(&mut bytes).map_err(|err| Error::Random(err.to_string()))?;
     let key = workpool_core::peer_auth::PeerKey::from_bytes(bytes);
     create_once(client, context, &context.peer_secret(&key)).await
+}
+
+/// Creates the pool's webhook key where none exists (never replaced: receivers check
+/// signatures with it). Every pool has one, so turning callbacks on later needs no restart
+/// of anything but the workers the spec change rolls anyway.
+async fn ensure_webhook_secret(client: &Client, context: &PoolContext<'_>) -> Result<(), Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| Error::Random(err.to_string()))?;
+    create_once(client, context, &context.webhook_secret(hex::encode(bytes))).await
 }
 
 /// Mints the pool's NATS user where none exists, unless the pool brings its own

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 use workpool_core::crd::AdoptedStatus;
 use workpool_core::names::DELAYED_CONSUMER;
-use workpool_core::streams::keyed_consumers;
+use workpool_core::streams::{keyed_consumers, work_consumers};
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::provision::{deprovision, provision};
 
@@ -233,18 +233,17 @@ pub async fn figures(
         stored: state.messages,
         ..QueueFigures::default()
     };
-    let consumers = std::iter::once((
-        workpool_core::names::WORK_CONSUMER.to_owned(),
-        names.work_filter(),
-    ))
-    .chain(keyed_consumers(names, spec).into_iter().filter_map(|c| {
-        let filter = c
-            .filter_subjects
-            .first()
-            .cloned()
-            .unwrap_or(c.filter_subject);
-        Some((c.durable_name?, filter))
-    }));
+    let consumers = work_consumers(names, spec)
+        .into_iter()
+        .chain(keyed_consumers(names, spec))
+        .filter_map(|c| {
+            let filter = c
+                .filter_subjects
+                .first()
+                .cloned()
+                .unwrap_or(c.filter_subject);
+            Some((c.durable_name?, filter))
+        });
     for (name, filter) in consumers {
         let info = consumer_info(&stream, &name).await?;
         figures.pending += info.num_pending;

@@ -86,6 +86,27 @@ impl ProvisionError {
     }
 }
 
+/// The consumer of the results bucket's writes for completion webhooks.
+async fn provision_webhook_consumer(
+    js: &jetstream::Context,
+    names: &PoolNames,
+    spec: &PoolSpec,
+) -> Result<(), ProvisionError> {
+    let stream = js.get_stream(names.bucket_stream()).await.map_err(|err| {
+        ProvisionError::ListConsumers {
+            stream: names.bucket_stream(),
+            message: err.to_string(),
+        }
+    })?;
+    let config = streams::webhook_consumer(names, spec);
+    let name = config.durable_name.clone().unwrap_or_default();
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|source| ProvisionError::Consumer { name, source })?;
+    Ok(())
+}
+
 /// Makes the pool's stream, dead-letter stream, bucket and consumers match `spec`.
 /// Idempotent; safe to call on every reconcile.
 pub async fn provision(
@@ -110,6 +131,9 @@ pub async fn provision(
             source,
         })?;
 
+    if spec.webhooks.enabled() {
+        provision_webhook_consumer(js, names, spec).await?;
+    }
     let stream =
         js.get_stream(names.stream())
             .await
@@ -117,13 +141,11 @@ pub async fn provision(
                 stream: names.stream(),
                 message: err.to_string(),
             })?;
-    let wanted: Vec<consumer::pull::Config> = [
-        streams::work_consumer(names, spec),
-        streams::delayed_consumer(names, spec),
-    ]
-    .into_iter()
-    .chain(streams::keyed_consumers(names, spec))
-    .collect();
+    let wanted: Vec<consumer::pull::Config> = streams::work_consumers(names, spec)
+        .into_iter()
+        .chain([streams::delayed_consumer(names, spec)])
+        .chain(streams::keyed_consumers(names, spec))
+        .collect();
     check_partition_count(&stream, &wanted).await?;
     for config in &wanted {
         let name = config.durable_name.clone().unwrap_or_default();

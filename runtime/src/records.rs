@@ -33,12 +33,24 @@ impl RecordStore {
         record: &WorkRecord,
     ) -> Result<u64, kv::UpdateError> {
         let lives = record.ttl.unwrap_or(self.result_ttl);
-        let Some(ttl) = record_ttl(lives, record.status) else {
-            return self.kv.update(key, value, revision).await;
-        };
+        match record_ttl(lives, record.status) {
+            Some(ttl) => self.update_expiring(key, value, revision, ttl).await,
+            None => self.kv.update(key, value, revision).await,
+        }
+    }
+
+    /// Compare-and-set of `key` at `revision` with `value`, which the server removes
+    /// `ttl` after this write (whole seconds, at least one) unless it is written again.
+    pub async fn update_expiring(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+        ttl: Duration,
+    ) -> Result<u64, kv::UpdateError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string());
-        headers.insert("Nats-TTL", ttl.as_secs().to_string());
+        headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string());
         let subject = format!(
             "{}{key}",
             self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix)

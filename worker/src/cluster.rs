@@ -208,7 +208,7 @@ impl Worker {
                     ..lanes.clone()
                 };
                 let name = workpool_core::PoolNames::keyed_consumer(partition);
-                tasks.spawn(self.clone().pull_loop(name, consumer.clone(), None, lanes));
+                tasks.spawn(self.clone().pull_loop(name, consumer.clone(), lanes));
             }
             if self.membership.set_owned(owned.clone()) {
                 tracing::info!(partitions = ?owned, members = members.len(), "keyed partitions owned");

@@ -90,12 +90,10 @@ impl Worker {
         if self.records.is_handled(work).await? {
             return Ok(());
         }
-        let partitions = self.config.spec.worker.partitions;
-        let key = work.key.as_deref();
         let subject = self
             .config
             .names
-            .queue_subject(&work.id, &work.task, key, partitions);
+            .queue_subject(work, self.config.spec.worker.partitions);
         let revision = message
             .headers
             .as_ref()
@@ -107,7 +105,7 @@ impl Worker {
         };
         let publish = jetstream::message::PublishMessage::build()
             .payload(queued.to_json().into())
-            .message_id(format!("{}.{revision}.due", work.id).as_str())
+            .message_id(due_message_id(work, revision).as_str())
             .header(RECORD_REVISION_HEADER, revision);
         match self.js.send_publish(subject, publish).await?.await {
             Ok(_) => Ok(()),
@@ -115,5 +113,15 @@ impl Worker {
             Err(err) if is_subject_taken(&err) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+/// The `Nats-Msg-Id` of due work's queued copy: the same for every delivery of one
+/// delayed message (a repeat is dropped as a duplicate), and new each time work put
+/// aside by its group comes due again.
+fn due_message_id(work: &WorkMessage, revision: &str) -> String {
+    match work.parked {
+        0 => format!("{}.{revision}.due", work.id),
+        parked => format!("{}.{revision}.due.{parked}", work.id),
     }
 }

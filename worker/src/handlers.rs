@@ -483,7 +483,7 @@ async fn read_body_tail(
 
 /// `err` and its causes, so the record says why a request failed (a refused
 /// certificate, a refused connection), not only that it did.
-fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
     let chain = std::iter::successors(Some(err), |err| err.source());
     chain
         .map(ToString::to_string)
@@ -553,6 +553,10 @@ mod tests {
             tenant: None,
             ttl: None,
             run_at: None,
+            priority: Default::default(),
+            callback_url: None,
+            group: None,
+            parked: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 mod delayed;
+mod groups;
 pub mod guard;
 pub mod handlers;
 mod hold;
@@ -12,6 +13,8 @@ pub mod process;
 pub mod progress;
 mod pull;
 pub mod records;
+mod unkeyed;
+mod webhooks;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -24,7 +27,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use workpool_core::PoolNames;
-use workpool_core::names::{DELAYED_CONSUMER, WORK_CONSUMER};
+use workpool_core::names::{DELAYED_CONSUMER, WEBHOOK_CONSUMER};
+use workpool_core::priority::Priority;
 use workpool_runtime::admin::Admin;
 use workpool_runtime::config::{PoolArgs, PoolConfig};
 use workpool_runtime::records::RecordStore;
@@ -84,6 +88,8 @@ pub enum WorkerError {
     Serve(#[from] std::io::Error),
     #[error("the http handler's client: {0}")]
     HttpClient(#[from] http_client::ClientError),
+    #[error("completion webhooks: {0}")]
+    Webhooks(#[from] webhooks::WebhookKeyError),
 }
 
 /// Everything one worker process shares across its jobs.
@@ -96,6 +102,8 @@ pub struct Worker {
     metrics: WorkerMetrics,
     running: cluster::Running,
     membership: cluster::Membership,
+    /// Signs and sends completion webhooks, when the pool allows callbacks.
+    signer: Option<webhooks::Signer>,
 }
 
 /// The consumers a worker pulls from, bound once they exist.
@@ -105,8 +113,10 @@ struct Bound {
 }
 
 struct Consumers {
-    work: PullConsumer,
+    unkeyed: unkeyed::Queues,
     delayed: PullConsumer,
+    /// The bucket's writes, when the pool allows completion webhooks.
+    webhooks: Option<PullConsumer>,
     partitions: HashMap<u32, PullConsumer>,
 }
 
@@ -161,8 +171,16 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Bin
                 })
         }
     };
-    let work: PullConsumer = consumer(WORK_CONSUMER.to_owned()).await?;
+    let mut unkeyed = Vec::new();
+    for priority in Priority::ALL {
+        let name = PoolNames::unkeyed_consumer(priority).to_owned();
+        unkeyed.push((priority, consumer(name).await?));
+    }
     let delayed: PullConsumer = consumer(DELAYED_CONSUMER.to_owned()).await?;
+    let webhooks = match config.spec.webhooks.enabled() {
+        true => Some(webhook_consumer(js, names).await?),
+        false => None,
+    };
     let mut partitions = HashMap::new();
     for partition in 0..config.spec.worker.partitions {
         let name = PoolNames::keyed_consumer(partition);
@@ -175,11 +193,33 @@ async fn bind(js: &jetstream::Context, config: &PoolConfig) -> Result<Bound, Bin
             config.spec.worker.ack_wait,
         ),
         consumers: Consumers {
-            work,
+            unkeyed,
             delayed,
+            webhooks,
             partitions,
         },
     })
+}
+
+async fn webhook_consumer(
+    js: &jetstream::Context,
+    names: &PoolNames,
+) -> Result<PullConsumer, BindError> {
+    let name = names.bucket_stream();
+    let stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|source| BindError::Stream {
+            stream: name,
+            source,
+        })?;
+    stream
+        .get_consumer(WEBHOOK_CONSUMER)
+        .await
+        .map_err(|source| BindError::Consumer {
+            consumer: WEBHOOK_CONSUMER.to_owned(),
+            source,
+        })
 }
 
 /// Binds the pool's NATS objects, trying again for as long as it takes; `None` if
@@ -245,6 +285,10 @@ pub async fn run(
         workers_service,
     } = args;
     let config = pool.load()?;
+    let signer = match config.spec.webhooks.enabled() {
+        true => Some(webhooks::Signer::from_env()?),
+        false => None,
+    };
     let client = workpool_runtime::config::connect_nats(&config, "workpool-worker").await?;
     let js = jetstream::new(client.clone());
     let metrics = WorkerMetrics::new(&config.names.namespace, &config.names.pool)?;
@@ -267,6 +311,7 @@ pub async fn run(
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
             handler: handler(&config.spec)?,
+            signer,
             records: bound.records,
             config,
             client,
@@ -324,22 +369,21 @@ impl Worker {
         // Unkeyed work shares the pod's concurrency; each keyed partition adds at most
         // one job, since the server allows one in flight per partition.
         let Consumers {
-            work,
+            unkeyed,
             delayed,
+            webhooks,
             partitions,
         } = consumers;
-        loops.spawn(self.clone().pull_loop(
-            WORK_CONSUMER.to_owned(),
-            work,
-            Some(limit),
-            lanes.clone(),
-        ));
+        loops.spawn(self.clone().unkeyed_loop(unkeyed, limit, lanes.clone()));
         loops.spawn(
             self.clone()
                 .pull_owned_partitions(partitions, lanes.clone()),
         );
         // Delayed work only moves to its queue when due; it takes none of the slots.
         loops.spawn(self.clone().delayed_loop(delayed, stop.clone()));
+        if let Some(hooks) = webhooks {
+            loops.spawn(self.clone().webhook_loop(hooks, stop.clone()));
+        }
         stop.cancelled().await;
         tracing::info!(
             in_flight = self.metrics.in_flight.get(),

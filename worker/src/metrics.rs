@@ -22,6 +22,7 @@ pub struct WorkerMetrics {
     retried: IntCounterVec,
     skipped: IntCounterVec,
     cancelled: IntCounterVec,
+    parked: IntCounterVec,
     handler_duration: HistogramVec,
     latency: HistogramVec,
     pub in_flight: IntGauge,
@@ -60,6 +61,11 @@ impl WorkerMetrics {
         )?;
         registry.register(Box::new(in_flight.clone()))?;
         let metrics = Self {
+            parked: counter(
+                &registry,
+                "workpool_work_parked_total",
+                "Deliveries put aside because their group was at a limit, by task.",
+            )?,
             started: counter(
                 &registry,
                 "workpool_work_started_total",
@@ -114,6 +120,7 @@ impl WorkerMetrics {
             &metrics.retried,
             &metrics.skipped,
             &metrics.cancelled,
+            &metrics.parked,
         ] {
             counter.with_label_values(&task);
         }
@@ -150,6 +157,12 @@ impl WorkerMetrics {
 
     pub fn retried(&self, task: &str) {
         self.retried
+            .with_label_values(&[self.task(task).as_str()])
+            .inc();
+    }
+
+    pub fn parked(&self, task: &str) {
+        self.parked
             .with_label_values(&[self.task(task).as_str()])
             .inc();
     }

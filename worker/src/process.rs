@@ -75,9 +75,18 @@ impl Worker {
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
         // JetStream's delivery count is the attempt number (each retry is a redelivery).
         let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, attempt = delivered);
-        self.process_work(message, work, delivered, pulled_at, abort)
-            .instrument(span)
-            .await;
+        async {
+            let crate::groups::Admission::Run(slot) = self.admit(&message, &work).await else {
+                return;
+            };
+            self.process_work(message, work, delivered, pulled_at, abort)
+                .await;
+            if let Some(slot) = slot {
+                self.release(slot).await;
+            }
+        }
+        .instrument(span)
+        .await;
     }
 
     async fn process_work(
@@ -97,7 +106,8 @@ impl Worker {
             let until = self.records.lease_from_now();
             return self.wait_for_holder(&message, &work, until, &abort).await;
         };
-        let hint = revision_hint(message.headers.as_ref(), delivered);
+        // Work put aside by its group may have a record of earlier attempts: read it.
+        let hint = revision_hint(message.headers.as_ref(), delivered).filter(|_| work.parked == 0);
         let ack_wait = spec.ack_wait;
         if let Some(revision) = hint
             && unrecorded::may_start_unrecorded(pulled_at.elapsed(), ack_wait)

@@ -1,10 +1,10 @@
-//! Pull loops: one for unkeyed work (bounded by the pod's concurrency) and one per keyed
-//! partition (the server lets one message per partition be in flight cluster-wide).
+//! Pull loops of keyed partitions (the server lets one message per partition be in
+//! flight cluster-wide), and what they share with the unkeyed loop (`unkeyed.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ pub(crate) struct Lanes {
 }
 
 /// Reserves up to `max` permits, waiting for the first; `None` once stopping.
-async fn reserve(
+pub(crate) async fn reserve(
     limit: &Arc<Semaphore>,
     max: usize,
     stop: &CancellationToken,
@@ -46,34 +46,46 @@ async fn reserve(
     Some(permits)
 }
 
+/// Gives a message back for immediate redelivery: it was not started here.
+pub(crate) async fn hand_back(message: &jetstream::Message) {
+    if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(%err, "nak not sent; the server will redeliver after ackWait");
+    }
+}
+
 impl Worker {
-    /// Pulls from `consumer` until `lanes.stop`. With a `limit`, each pull asks for as
-    /// many messages as there are free permits, so no message waits in this process
-    /// while another worker is idle.
+    /// Runs a pulled message to its end on the lanes' tracker, holding `permit` (a slot
+    /// of the pod's concurrency, if the message takes one) until then.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        message: jetstream::Message,
+        pulled_at: tokio::time::Instant,
+        permit: Option<OwnedSemaphorePermit>,
+        lanes: &Lanes,
+    ) {
+        let worker = self.clone();
+        let abort = lanes.abort.clone();
+        lanes.tracker.spawn(async move {
+            worker.process(message, pulled_at, abort).await;
+            drop(permit);
+        });
+    }
+
+    /// Pulls a keyed partition's consumer until `lanes.stop`. The server hands out one
+    /// message of the partition at a time, so each pull asks for one.
     pub(crate) async fn pull_loop(
         self: Arc<Self>,
         name: String,
         consumer: PullConsumer,
-        limit: Option<Arc<Semaphore>>,
         lanes: Lanes,
     ) {
         let mut failures = workpool_runtime::retry::UntilAnswered::new();
         while !lanes.stop.is_cancelled() {
-            let mut permits = match &limit {
-                Some(limit) => {
-                    match reserve(limit, self.config.spec.worker.concurrency, &lanes.stop).await {
-                        Some(permits) => permits,
-                        None => break,
-                    }
-                }
-                None => Vec::new(),
-            };
-            let wanted = permits.len().max(1);
             // Every message of this pull was delivered after this instant.
             let pulled_at = tokio::time::Instant::now();
             let mut batch = match consumer
                 .batch()
-                .max_messages(wanted)
+                .max_messages(1)
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
@@ -101,18 +113,10 @@ impl Worker {
                     }
                 };
                 if lanes.stop.is_cancelled() {
-                    if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
-                        tracing::debug!(%err, "nak on stop not sent; the server will redeliver");
-                    }
+                    hand_back(&message).await;
                     continue;
                 }
-                let permit = permits.pop();
-                let worker = self.clone();
-                let abort = lanes.abort.clone();
-                lanes.tracker.spawn(async move {
-                    worker.process(message, pulled_at, abort).await;
-                    drop(permit);
-                });
+                self.start(message, pulled_at, None, &lanes);
             }
         }
         tracing::debug!(consumer = %name, "pull loop stopped");

@@ -129,11 +129,45 @@ impl Records {
         })
     }
 
+    /// The record of `id` and its revision, as [`Self::read`], for the webhook loop.
+    pub(crate) async fn current(
+        &self,
+        id: &WorkId,
+    ) -> Result<(Option<WorkRecord>, u64), RecordError> {
+        self.read(id).await
+    }
+
+    /// Writes a finished record again with its webhook's delivery state, if it is still
+    /// at `revision`; false if a newer revision took its place.
+    pub(crate) async fn write_delivery(
+        &self,
+        id: &WorkId,
+        record: &WorkRecord,
+        revision: u64,
+    ) -> Result<bool, RecordError> {
+        Ok(matches!(
+            self.write(id, record, revision).await?,
+            Cas::Done(_)
+        ))
+    }
+
     /// Whether the bucket shows `work` handled: a record of its submission or a later
     /// one (its `created_at` is its message's), whatever its status.
+    ///
+    /// Work put aside by its group's limits (`parked`) may have a record of its own
+    /// earlier attempts: it is handled only once that record is finished.
     pub async fn is_handled(&self, work: &WorkMessage) -> Result<bool, RecordError> {
         let (record, _) = self.read(&work.id).await?;
-        Ok(record.is_some_and(|record| record.created_at >= work.created_at))
+        Ok(record.is_some_and(|record| {
+            record.created_at > work.created_at
+                || (record.created_at == work.created_at
+                    && (work.parked == 0 || record.status.is_terminal()))
+        }))
+    }
+
+    /// The bucket, for state kept beside the records (group limits).
+    pub(crate) fn store(&self) -> &RecordStore {
+        &self.store
     }
 
     /// Compare-and-set of the record at `revision`.

@@ -1,0 +1,119 @@
+//! Group limits against a real nats-server and the real api and workers: at most N jobs
+//! of a group run at once across two workers, at most M start per interval, and a busy
+//! group holds back neither other groups nor ungrouped work.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests state their expectations
+
+use std::time::Duration;
+
+use serde_json::json;
+use workpool_core::PoolSpec;
+use workpool_e2e::pool::TestPool;
+
+/// A handler that runs 300 ms and answers `[start, end]` in nanoseconds.
+fn timed_pool_spec(groups: serde_json::Value) -> PoolSpec {
+    let script = r#"s=$(date +%s%N); sleep 0.3; e=$(date +%s%N); echo "[$s,$e]""#;
+    let spec = json!({
+        "worker": {"concurrency": 8, "handler": {"exec": {"command": ["sh", "-c", script]}}},
+        "groups": groups,
+    });
+    PoolSpec::from_json(&spec.to_string()).unwrap()
+}
+
+/// Submits `count` jobs of `group` (or none) and returns their ids.
+async fn submit(pool: &TestPool, group: Option<&str>, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let mut body = json!({"data": format!("{group:?}-{n}")});
+        if let Some(group) = group {
+            body["group"] = json!(group);
+        }
+        ids.push(pool.submit(&body).await.expect("submit"));
+    }
+    ids
+}
+
+/// Waits for every job and returns their `(start, end)` in nanoseconds.
+async fn runs(pool: &TestPool, ids: &[String]) -> Vec<(i64, i64)> {
+    let mut runs = Vec::new();
+    for id in ids {
+        let worked = pool
+            .wait_status(id, "worked", Duration::from_secs(60))
+            .await
+            .expect("worked");
+        let result = worked.body["result"]
+            .as_array()
+            .expect("[start, end]")
+            .clone();
+        runs.push((result[0].as_i64().unwrap(), result[1].as_i64().unwrap()));
+    }
+    runs
+}
+
+/// The most runs overlapping at any instant.
+fn most_at_once(runs: &[(i64, i64)]) -> usize {
+    runs.iter()
+        .map(|(start, _)| runs.iter().filter(|(s, e)| s <= start && start < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_group_runs_at_most_its_concurrency_and_holds_back_no_one_else() {
+    let spec = timed_pool_spec(json!({"concurrency": 2}));
+    let pool = TestPool::start(spec, 1, 2).await.expect("pool");
+    let busy = submit(&pool, Some("busy"), 10).await;
+    let other = submit(&pool, Some("other"), 2).await;
+    let free = submit(&pool, None, 4).await;
+
+    let busy_runs = runs(&pool, &busy).await;
+    let other_runs = runs(&pool, &other).await;
+    let free_runs = runs(&pool, &free).await;
+    assert_eq!(most_at_once(&busy_runs), 2, "{busy_runs:?}");
+    assert!(most_at_once(&other_runs) <= 2);
+    // Ten jobs of 300 ms two at a time take at least 1.5 s; the others did not wait
+    // for them.
+    let busy_end = busy_runs.iter().map(|(_, e)| *e).max().unwrap();
+    let busy_start = busy_runs.iter().map(|(s, _)| *s).min().unwrap();
+    assert!(busy_end - busy_start >= 1_500_000_000, "{busy_runs:?}");
+    for (start, _) in other_runs.iter().chain(&free_runs) {
+        assert!(*start < busy_end - 600_000_000, "waited for the busy group");
+    }
+    let shown = pool.get(&busy[0]).await.expect("get");
+    assert_eq!(shown.str("group"), "busy");
+}
+
+#[tokio::test]
+async fn a_group_starts_at_most_its_rate_per_interval() {
+    let spec = timed_pool_spec(json!({"rate": {"jobs": 3, "per": "1s"}}));
+    let pool = TestPool::start(spec, 1, 2).await.expect("pool");
+    let limited = submit(&pool, Some("rated"), 9).await;
+    let mut starts: Vec<i64> = runs(&pool, &limited)
+        .await
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    starts.sort_unstable();
+    // No second holds more than three starts (a little slack for the clocks of the
+    // worker that admitted and the shell that stamped).
+    for (i, start) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|s| **s < start + 900_000_000)
+            .count();
+        assert!(within <= 3, "{within} starts within 0.9 s: {starts:?}");
+    }
+    assert!(starts[8] - starts[0] >= 1_900_000_000, "{starts:?}");
+
+    for bad in [
+        json!({"data": 1, "group": ""}),
+        json!({"data": 1, "group": "g", "key": "k"}),
+    ] {
+        let refused = pool.post(&bad).await.expect("post");
+        assert_eq!(
+            (refused.status, refused.str("code")),
+            (400, "invalid_work"),
+            "{bad}"
+        );
+    }
+}
