@@ -142,7 +142,10 @@ impl GroupState {
 /// rate.
 pub fn park_for(refused: Refused, parked: u32, now: DateTime<Utc>) -> Duration {
     match refused {
-        Refused::Rate { until } => (until - now).to_std().unwrap_or_default(),
+        Refused::Rate { until } => (until - now)
+            .to_std()
+            .unwrap_or_default()
+            .max(Duration::from_millis(50)),
         Refused::Full { until } => {
             let backoff = Duration::from_millis(250)
                 .saturating_mul(1u32.checked_shl(parked.min(8)).unwrap_or(u32::MAX))

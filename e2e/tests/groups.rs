@@ -37,10 +37,13 @@ async fn submit(pool: &TestPool, group: Option<&str>, count: usize) -> Vec<Strin
 async fn runs(pool: &TestPool, ids: &[String]) -> Vec<(i64, i64)> {
     let mut runs = Vec::new();
     for id in ids {
-        let worked = pool
-            .wait_status(id, "worked", Duration::from_secs(60))
+        let worked = match pool
+            .wait_status(id, "worked", Duration::from_secs(30))
             .await
-            .expect("worked");
+        {
+            Ok(worked) => worked,
+            Err(err) => panic!("{id} not worked: {err}\n{}", pool.logs()),
+        };
         let result = worked.body["result"]
             .as_array()
             .expect("[start, end]")

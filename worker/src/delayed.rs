@@ -22,6 +22,14 @@ use crate::process::acknowledge;
 
 /// Delayed messages asked for per pull.
 const BATCH: usize = 256;
+/// Whether due work is in its queue now.
+enum Queued {
+    Yes,
+    NotYet,
+}
+
+/// How soon parked work whose earlier queued message is still there is tried again.
+const PARKED_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 /// How soon a due message whose queuing failed is tried again.
 const QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -72,7 +80,11 @@ impl Worker {
             return acknowledge(&message, AckKind::Nak(Some(left))).await;
         }
         match self.queue_due(&message, &work).await {
-            Ok(()) => acknowledge(&message, AckKind::Ack).await,
+            Ok(Queued::Yes) => acknowledge(&message, AckKind::Ack).await,
+            Ok(Queued::NotYet) => {
+                tracing::debug!(id = %work.id, "the queued message it was put aside from is still there");
+                acknowledge(&message, AckKind::Nak(Some(PARKED_QUEUE_RETRY))).await;
+            }
             Err(err) => {
                 tracing::warn!(id = %work.id, %err, "due work not queued yet; trying again");
                 acknowledge(&message, AckKind::Nak(Some(QUEUE_RETRY))).await;
@@ -82,13 +94,19 @@ impl Worker {
 
     /// Queues due work where undelayed work of its kind goes, unless it was handled
     /// already (queued before, cancelled, or superseded by a later submission).
+    ///
+    /// A queued message already on the subject means "queued before" for delayed work,
+    /// but not for work its group put aside (`parked`): that may be the very message it
+    /// was put aside from, whose acknowledgement has not landed yet. Parked work is
+    /// queued only onto a free subject ([`Queued::NotYet`] until then); a copy made
+    /// before by this same delayed message is then refused as a duplicate by its id.
     async fn queue_due(
         &self,
         message: &jetstream::Message,
         work: &WorkMessage,
-    ) -> Result<(), async_nats::Error> {
+    ) -> Result<Queued, async_nats::Error> {
         if self.records.is_handled(work).await? {
-            return Ok(());
+            return Ok(Queued::Yes);
         }
         let subject = self
             .config
@@ -108,9 +126,10 @@ impl Worker {
             .message_id(due_message_id(work, revision).as_str())
             .header(RECORD_REVISION_HEADER, revision);
         match self.js.send_publish(subject, publish).await?.await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Queued::Yes),
+            Err(err) if is_subject_taken(&err) && work.parked > 0 => Ok(Queued::NotYet),
             // Queued before, by this worker or another, and not finished yet.
-            Err(err) if is_subject_taken(&err) => Ok(()),
+            Err(err) if is_subject_taken(&err) => Ok(Queued::Yes),
             Err(err) => Err(err.into()),
         }
     }

@@ -19,6 +19,8 @@ use crate::process::acknowledge;
 const CAS_ROUNDS: usize = 16;
 /// How soon work whose group could not be read or written is tried again.
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+/// How soon work is put aside again when its previous copy, just due, is still there.
+const PREVIOUS_COPY_RETRY: Duration = Duration::from_millis(200);
 
 /// A slot of a group held by one job, freed after its attempt.
 pub(crate) struct Slot {
@@ -150,8 +152,13 @@ impl Worker {
     }
 
     /// Puts refused work aside: a delayed copy, due when its group may take it, then
-    /// the acknowledgement of this one. Dying between the two leaves this message, which
-    /// is refused or admitted again; the copy's second publish is then refused.
+    /// the acknowledgement of this one, only once a new copy is stored. Dying between the
+    /// two leaves this message, which is admitted or put aside again (a second copy).
+    ///
+    /// The copy's message id is new on every try, never a duplicate: a duplicate would
+    /// look stored while its original may have come due and gone already. A copy refused
+    /// because the delayed subject still holds the previous one (just due, its
+    /// acknowledgement not yet in) leaves this message to be tried again shortly.
     async fn park(&self, message: &jetstream::Message, work: &WorkMessage, refused: Refused) {
         let now = Utc::now();
         let wait = park_for(refused, work.parked, now);
@@ -167,27 +174,35 @@ impl Worker {
             .map_or("0", |value| value.as_str());
         let publish = jetstream::message::PublishMessage::build()
             .payload(parked.to_json().into())
-            .message_id(format!("{}.{revision}.park.{}", work.id, parked.parked).as_str())
+            .message_id(
+                format!(
+                    "{}.{revision}.park.{}.{}",
+                    work.id,
+                    parked.parked,
+                    now.timestamp_micros()
+                )
+                .as_str(),
+            )
             .header(RECORD_REVISION_HEADER, revision);
         let subject = self.config.names.delayed_subject(&work.task, &work.id);
         let stored = match self.js.send_publish(subject, publish).await {
-            Ok(ack) => ack.await.map(|_| ()).or_else(|err| {
-                // Put aside before (this delivery is a repeat): the copy waits already.
-                if is_subject_taken(&err) {
-                    Ok(())
-                } else {
-                    Err(err.into())
-                }
+            Ok(ack) => ack.await.map_err(|err| {
+                let previous_copy = is_subject_taken(&err);
+                (async_nats::Error::from(err), previous_copy)
             }),
-            Err(err) => Err(async_nats::Error::from(err)),
+            Err(err) => Err((async_nats::Error::from(err), false)),
         };
         match stored {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::debug!(?refused, ?wait, "group at its limit: work put aside");
                 self.metrics.parked(&work.task);
                 acknowledge(message, AckKind::Ack).await;
             }
-            Err(err) => {
+            Err((_, true)) => {
+                tracing::debug!("the previous copy is still waiting to go; trying again");
+                acknowledge(message, AckKind::Nak(Some(PREVIOUS_COPY_RETRY))).await;
+            }
+            Err((err, false)) => {
                 tracing::warn!(%err, "work not put aside; trying again");
                 acknowledge(message, AckKind::Nak(Some(UNREACHABLE_RETRY))).await;
             }
