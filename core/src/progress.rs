@@ -10,6 +10,10 @@ use utoipa::ToSchema;
 /// `workpool-progress: resizing`.
 pub const PROGRESS_LINE_PREFIX: &str = "workpool-progress:";
 
+/// The header of an `http` handler's request naming where it may POST progress:
+/// `{"percent"?: 0-100, "message"?: "..."}` (a loopback URL, good for that attempt only).
+pub const PROGRESS_URL_HEADER: &str = "Workpool-Progress-Url";
+
 /// The longest message kept, in characters.
 pub const MAX_PROGRESS_MESSAGE_CHARS: usize = 256;
 

@@ -22,6 +22,8 @@ use workpool_core::progress::Progress;
 use crate::guard::ExecGuard;
 use crate::http_client::{ClientError, http_client};
 use crate::progress::{Reporter, read_stderr};
+use crate::progress_endpoint::{ProgressEndpoint, Registration};
+use workpool_core::progress::PROGRESS_URL_HEADER;
 
 /// How a failed attempt should be treated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +64,8 @@ pub struct Handler {
     max_result_bytes: usize,
     /// Runs `exec` programs under the guard (the worker binary does; tests may not).
     guard: Option<ExecGuard>,
+    /// Where `http` handlers report progress (none: their requests name no URL).
+    progress: Option<ProgressEndpoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +93,19 @@ impl Handler {
             kind,
             max_result_bytes: spec.queue.max_payload_bytes,
             guard: None,
+            progress: None,
         })
+    }
+
+    /// Whether the handler is `http`, whose requests may name a progress URL.
+    pub fn is_http(&self) -> bool {
+        matches!(self.kind, Kind::Http { .. })
+    }
+
+    /// Names `endpoint` in each `http` request as where to report progress.
+    pub fn with_progress_endpoint(mut self, endpoint: ProgressEndpoint) -> Self {
+        self.progress = Some(endpoint);
+        self
     }
 
     /// Runs `exec` programs under `guard`, which stops them if the worker is stopped or
@@ -116,7 +132,12 @@ impl Handler {
                 let guard = self.guard.as_ref();
                 run_exec(command, guard, &input, limit, progress).await?
             }
-            Kind::Http { url, client } => run_http(client, url, &input, limit).await?,
+            Kind::Http { url, client } => {
+                // Registered for this attempt only: reports after it ends are refused.
+                let registration = self.progress.as_ref().map(|e| e.register(progress.clone()));
+                let progress_url = registration.as_ref().map(Registration::url);
+                run_http(client, url, &input, limit, progress_url).await?
+            }
         };
         // The stored form is what must fit: text with control characters or invalid
         // UTF-8 grows when it becomes a JSON string.
@@ -496,10 +517,13 @@ async fn run_http(
     url: &str,
     input: &HandlerInput<'_>,
     limit: usize,
+    progress_url: Option<&str>,
 ) -> Result<serde_json::Value, HandlerError> {
-    let mut response = client
-        .post(url)
-        .json(input)
+    let mut request = client.post(url).json(input);
+    if let Some(progress_url) = progress_url {
+        request = request.header(PROGRESS_URL_HEADER, progress_url);
+    }
+    let mut response = request
         .send()
         .await
         .map_err(|err| HandlerError::Retryable(format!("POST {url}: {}", with_causes(&err))))?;

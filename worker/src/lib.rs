@@ -11,6 +11,7 @@ pub use workpool_runtime::http_client;
 pub mod metrics;
 pub mod process;
 pub mod progress;
+pub mod progress_endpoint;
 mod pull;
 pub mod records;
 mod unkeyed;
@@ -59,9 +60,14 @@ pub struct Args {
 }
 
 /// The pool's handler; `exec` programs run under the guard when the worker binary is
-/// known (it always is, except in odd test setups).
-fn handler(spec: &workpool_core::PoolSpec) -> Result<Handler, http_client::ClientError> {
-    let handler = Handler::new(spec)?;
+/// known (it always is, except in odd test setups); an `http` handler gets a loopback
+/// endpoint to report progress to.
+async fn handler(spec: &workpool_core::PoolSpec) -> Result<Handler, WorkerError> {
+    let mut handler = Handler::new(spec)?;
+    if handler.is_http() {
+        let endpoint = progress_endpoint::ProgressEndpoint::start().await?;
+        handler = handler.with_progress_endpoint(endpoint);
+    }
     Ok(match std::env::current_exe() {
         Ok(program) => handler.with_exec_guard(guard::ExecGuard {
             program,
@@ -310,7 +316,7 @@ pub async fn run(
         let worker = Arc::new(Worker {
             running: cluster::Running::default(),
             membership: cluster::Membership::new(config.pod.clone(), members),
-            handler: handler(&config.spec)?,
+            handler: handler(&config.spec).await?,
             signer,
             records: bound.records,
             config,

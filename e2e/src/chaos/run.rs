@@ -126,7 +126,10 @@ fn spec(config: &Config, ledger: &str) -> serde_json::Value {
             "maxAttempts": 20,
             "backoff": ["100ms", "500ms"],
             "handler": {"exec": {"command": [program, ledger]}},
-        }
+        },
+        // Grouped work is put aside and queued again while its group is full: the
+        // checker holds that path to the same invariants.
+        "groups": {"concurrency": 2, "rate": {"jobs": 40, "per": "1s"}},
     })
 }
 
@@ -356,7 +359,19 @@ async fn workload(config: Config, client: Client, history: Arc<Mutex<History>>) 
         } else {
             rng.u64(5..60)
         };
-        let body = json!({"data": {"n": n, "seed": config.seed, "ms": ms}, "key": key});
+        let mut body = json!({"data": {"n": n, "seed": config.seed, "ms": ms}, "key": key});
+        if key.is_none() {
+            // Unkeyed work: some of it prioritised, some of it in one of a few groups.
+            let priority = match roll % 10 {
+                0 | 1 => Some("high"),
+                2 => Some("low"),
+                _ => None,
+            };
+            body["priority"] = json!(priority);
+            if roll.is_multiple_of(3) {
+                body["group"] = json!(format!("g{}", roll % 4));
+            }
+        }
         let idempotency = roll
             .is_multiple_of(13)
             .then(|| format!("idem-{}-{n}", config.seed));
