@@ -62,6 +62,32 @@ async fn scale_workers(
     worker_pods(&cluster.client, ns).await
 }
 
+/// Submits `count` unkeyed jobs that run 15 s each; their ids.
+async fn start_medium_jobs(http: &reqwest::Client, api: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let body = json!({"data": {"medium": n}});
+        let answer = post_json(http, &format!("{api}/api/v1/work"), &body)
+            .await
+            .expect("post");
+        ids.push(answer["callback"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Waits until the work's record shows `status`; the record.
+async fn wait_for_status(http: &reqwest::Client, api: &str, id: &str, status: &str) -> Value {
+    let url = format!("{api}/api/v1/work/{id}");
+    wait_until("the job's status", WAIT, || async {
+        get_json(http, &url)
+            .await
+            .is_ok_and(|r| r["status"] == status)
+    })
+    .await
+    .expect(status);
+    get_json(http, &url).await.expect("get")
+}
+
 /// Worker pod -> partitions, from a view.
 fn owners(view: &Value) -> BTreeMap<String, Vec<u32>> {
     view["workers"]
@@ -321,9 +347,44 @@ spec:
         assert_eq!(record["status"], "worked", "{record}");
     }
 
+    // Scale-in spares busy workers: with two 15 s jobs running, 3 -> 2 workers removes
+    // an idle pod (the operator set each pod's deletion cost from its in-flight jobs
+    // first), so both jobs end in their first attempt.
+    let busy_jobs = start_medium_jobs(&http, &apis[0], 2).await;
+    let mut busy = BTreeSet::new();
+    for id in &busy_jobs {
+        let running = wait_for_status(&http, &apis[0], id, "working").await;
+        busy.insert(running["worker"].as_str().unwrap().to_owned());
+    }
+    let two = scale_workers(&cluster, &ns, 2, "2 ready worker endpoints").await;
+    assert!(
+        busy.is_subset(&two),
+        "busy {busy:?} should outlive the scale-in: {two:?}"
+    );
+    for pod in &busy {
+        let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get(pod)
+            .await
+            .expect("busy pod");
+        let annotations = pod.metadata.annotations.unwrap_or_default();
+        let cost = annotations
+            .get(workpool_operator::deletion_cost::POD_DELETION_COST)
+            .and_then(|cost| cost.parse::<i32>().ok());
+        assert!(cost.is_some_and(|jobs| jobs >= 1), "{annotations:?}");
+    }
+    for id in &busy_jobs {
+        let record = get_json(&http, &format!("{}/api/v1/work/{id}?wait=60s", apis[0]))
+            .await
+            .expect("get");
+        assert_eq!(
+            (record["status"].as_str(), record["attempts"].as_u64()),
+            (Some("worked"), Some(1)),
+            "{record}"
+        );
+    }
+
     // Scaling 2 -> 5 workers: the view follows within 5 s of the pods being ready, and
     // partitions spread evenly (nobody more than twice the mean).
-    let two = scale_workers(&cluster, &ns, 2, "2 ready worker endpoints").await;
     wait_until("the view to show 2 workers", WAIT, || async {
         settled_on(&cluster_view(&http, &apis[0]).await, &two)
     })

@@ -24,6 +24,7 @@ const OPERATOR: &[&str] = &[
     "endpointslices.discovery.k8s.io [] [] [list watch]",
     "events.events.k8s.io [] [] [create patch]",
     "poddisruptionbudgets.policy [] [] [create patch]",
+    "pods [] [] [list patch]",
     "rolebindings.rbac.authorization.k8s.io [] [] [create patch]",
     "roles.rbac.authorization.k8s.io [] [] [create patch]",
     "secrets [] [] [create]",

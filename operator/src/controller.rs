@@ -244,6 +244,10 @@ async fn apply(pool: &WorkPool, ctx: &Context) -> Result<Action, Error> {
     let workers = rollout::desired_workers(&pool.spec.worker, &outcome.figures, current_workers);
     let rollout = rollout::rollout_spec(&outcome, &spec, current.deployed_spec());
     let held = rollout::held_back(&outcome, &spec, rollout.as_ref());
+    if current_workers.is_some_and(|current| workers < current) {
+        // Before the Deployment shrinks, so the idle workers are the ones removed.
+        crate::deletion_cost::mark_workers(&ctx.client, &namespace, &name).await;
+    }
     let mut context = PoolContext::new(pool, &spec, &ctx.image)?;
     if ctx.pool_users.is_some() {
         context = context.with_minted_nats_user();

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod children;
 pub mod controller;
 pub mod deletion;
+pub mod deletion_cost;
 pub mod error;
 #[cfg(test)]
 mod fixtures;

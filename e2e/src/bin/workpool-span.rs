@@ -1,6 +1,6 @@
 //! A test `exec` handler that shows when it ran: it prints its start and end times in
 //! nanoseconds since the epoch, one per line, and sleeps between them (60 s when its
-//! input mentions `long`, else 20 ms). The keyed cluster test checks overlaps with it;
+//! input mentions `long`, 15 s when it mentions `medium`, else 20 ms). The keyed cluster test checks overlaps with it;
 //! it is in the test image, which has no shell.
 
 use std::io::Read;
@@ -20,9 +20,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let start = now_ns();
-    let pause = match input.contains("long") {
-        true => Duration::from_secs(60),
-        false => Duration::from_millis(20),
+    let pause = if input.contains("long") {
+        Duration::from_secs(60)
+    } else if input.contains("medium") {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_millis(20)
     };
     std::thread::sleep(pause);
     println!("{start}\n{}", now_ns());
