@@ -43,7 +43,8 @@ impl Priority {
         *self == Priority::Normal
     }
 
-    fn index(self) -> usize {
+    /// 0 for high, 1 for normal, 2 for low.
+    pub fn index(self) -> usize {
         match self {
             Priority::High => 0,
             Priority::Normal => 1,
