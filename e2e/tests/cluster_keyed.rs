@@ -350,6 +350,17 @@ spec:
     // Scale-in spares busy workers: with two 15 s jobs running, 3 -> 2 workers removes
     // an idle pod (the operator set each pod's deletion cost from its in-flight jobs
     // first), so both jobs end in their first attempt.
+    // All three Ready first: Kubernetes removes a pod that is not Ready (such as the one
+    // that replaced the killed owner, which pulls work before its probe passes) before
+    // it looks at costs.
+    wait_until("3 ready worker endpoints", WAIT, || async {
+        ready_endpoints(&client, &ns, "keyed-workers")
+            .await
+            .expect("slices")
+            == 3
+    })
+    .await
+    .expect("3 ready workers");
     let busy_jobs = start_medium_jobs(&http, &apis[0], 2).await;
     let mut busy = BTreeSet::new();
     for id in &busy_jobs {

@@ -33,7 +33,15 @@ async fn provisioning_is_idempotent_and_follows_the_spec() {
         .expect("second provision changes nothing");
     assert_eq!(
         consumer_names(&js, &names).await,
-        ["delayed", "keyed-0", "keyed-1", "keyed-2", "workers"]
+        [
+            "delayed",
+            "keyed-0",
+            "keyed-1",
+            "keyed-2",
+            "workers",
+            "workers-high",
+            "workers-low"
+        ]
     );
 
     spec.queue.max_pending = 42;
@@ -70,7 +78,14 @@ async fn provisioning_is_idempotent_and_follows_the_spec() {
     assert_eq!(consumer.ack_wait, Duration::from_secs(3));
     assert_eq!(
         consumer_names(&js, &names).await,
-        ["delayed", "keyed-0", "keyed-1", "workers"],
+        [
+            "delayed",
+            "keyed-0",
+            "keyed-1",
+            "workers",
+            "workers-high",
+            "workers-low"
+        ],
         "surplus partition removed"
     );
 
@@ -116,7 +131,14 @@ async fn another_partition_count_is_refused_while_keyed_work_is_queued() {
     }
     assert_eq!(
         consumer_names(&js, &names).await,
-        ["delayed", "keyed-0", "keyed-1", "workers"],
+        [
+            "delayed",
+            "keyed-0",
+            "keyed-1",
+            "workers",
+            "workers-high",
+            "workers-low"
+        ],
         "a refusal changes no consumer"
     );
     spec.worker.partitions = 2;
