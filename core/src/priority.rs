@@ -18,6 +18,7 @@ use utoipa::ToSchema;
     Serialize,
     Deserialize,
     ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {

@@ -39,6 +39,13 @@ pub struct ScheduleSpec {
     /// The key of the work each tick submits, if it is keyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The priority of the work each tick submits (unkeyed work only); default normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::priority::Priority>,
+    /// The group whose limits the work each tick submits runs within (unkeyed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub group: Option<String>,
 }
 
 /// `time` without its fraction of a second: ticks fall on whole seconds.
@@ -102,9 +109,9 @@ impl Schedule {
             ttl: None,
             run_at: None,
             delay: None,
-            priority: None,
+            priority: spec.priority,
             callback_url: None,
-            group: None,
+            group: spec.group.clone(),
         };
         submission.validate().map_err(|err| ScheduleError::Work {
             name,
@@ -193,9 +200,9 @@ impl Schedule {
             tenant: None,
             ttl: None,
             run_at: Some(tick),
-            priority: Default::default(),
+            priority: self.spec.priority.unwrap_or_default(),
             callback_url: None,
-            group: None,
+            group: self.spec.group.clone(),
             parked: 0,
         }
     }
@@ -215,6 +222,8 @@ mod tests {
             task: Some("reports.nightly.build".into()),
             data: serde_json::json!({"n": 1}),
             key: None,
+            priority: None,
+            group: None,
         }
     }
 
@@ -251,6 +260,18 @@ mod tests {
         assert_ne!(a.id, schedule.tick_message(&names, "uid-2", tick).id);
         let later = tick + chrono::Duration::hours(1);
         assert_ne!(a.id, schedule.tick_message(&names, "uid-1", later).id);
+
+        // A tick's work carries the schedule's priority and group.
+        let mut low = spec("@hourly", None);
+        low.priority = Some(crate::priority::Priority::Low);
+        low.group = Some("reports".into());
+        let work = Schedule::new(&low)
+            .expect("valid")
+            .tick_message(&names, "uid-1", tick);
+        assert_eq!(
+            (work.priority, work.group.as_deref()),
+            (crate::priority::Priority::Low, Some("reports"))
+        );
     }
 
     #[test]
@@ -267,6 +288,13 @@ mod tests {
         bad_task.task = Some("a..b".into());
         assert!(matches!(
             Schedule::new(&bad_task),
+            Err(ScheduleError::Work { .. })
+        ));
+        let mut keyed_high = spec("@daily", None);
+        keyed_high.key = Some("k".into());
+        keyed_high.priority = Some(crate::priority::Priority::High);
+        assert!(matches!(
+            Schedule::new(&keyed_high),
             Err(ScheduleError::Work { .. })
         ));
         let twice = [spec("@daily", None), spec("@hourly", None)];

@@ -25,6 +25,8 @@ fn every_second() -> Schedule {
         task: Some("clock.tick.run".into()),
         data: json!({"from": "schedule"}),
         key: None,
+        priority: None,
+        group: None,
     })
     .expect("schedule")
 }
