@@ -511,9 +511,10 @@ impl Queue {
                 continue;
             }
             self.remove_or_keep_removing(id, &record).await?;
-            if was_pending {
+            if was_pending && record.key.is_none() {
                 // A first attempt may have started unrecorded before the cancel; it
-                // finds the record cancelled, or stops, within this limit.
+                // finds the record cancelled, or stops, within this limit. (Keyed work
+                // records its start first: the cancel won, so none runs.)
                 tokio::time::sleep(self.unrecorded_limit).await;
             }
             return Ok(Cancel::Done {

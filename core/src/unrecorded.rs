@@ -10,6 +10,11 @@
 //! an unrecorded attempt is over before anyone else can start one. A DELETE that finds
 //! work `pending` waits the limit out after cancelling, so it never answers while an
 //! unrecorded attempt may still run.
+//!
+//! Keyed work never starts unrecorded. That DELETE also removes the message, and the
+//! server then frees the key's partition at once: its next job would start while the
+//! unrecorded attempt ran on. Recorded first, a running keyed job is `working`, and the
+//! DELETE stops it through its worker instead.
 
 use std::time::Duration;
 
@@ -27,10 +32,10 @@ pub fn first_record_after(ack_wait: Duration) -> Duration {
     unrecorded_run_limit(ack_wait) / 2
 }
 
-/// Whether a delivery pulled `since_pull` ago may start unrecorded: only while a
-/// quarter of the limit has passed, so the attempt has time to run.
-pub fn may_start_unrecorded(since_pull: Duration, ack_wait: Duration) -> bool {
-    since_pull < unrecorded_run_limit(ack_wait) / 4
+/// Whether a delivery pulled `since_pull` ago may start unrecorded: unkeyed work only,
+/// and only while a quarter of the limit has passed, so the attempt has time to run.
+pub fn may_start_unrecorded(keyed: bool, since_pull: Duration, ack_wait: Duration) -> bool {
+    !keyed && since_pull < unrecorded_run_limit(ack_wait) / 4
 }
 
 #[cfg(test)]
@@ -54,8 +59,26 @@ mod tests {
     #[test]
     fn only_a_delivery_fresh_from_its_pull_starts_unrecorded() {
         let ack_wait = Duration::from_secs(30);
-        assert!(may_start_unrecorded(Duration::from_millis(10), ack_wait));
-        assert!(!may_start_unrecorded(Duration::from_millis(125), ack_wait));
-        assert!(!may_start_unrecorded(Duration::from_secs(2), ack_wait));
+        assert!(may_start_unrecorded(
+            false,
+            Duration::from_millis(10),
+            ack_wait
+        ));
+        assert!(!may_start_unrecorded(
+            false,
+            Duration::from_millis(125),
+            ack_wait
+        ));
+        assert!(!may_start_unrecorded(
+            false,
+            Duration::from_secs(2),
+            ack_wait
+        ));
+    }
+
+    #[test]
+    fn keyed_work_always_records_its_start() {
+        let ack_wait = Duration::from_secs(30);
+        assert!(!may_start_unrecorded(true, Duration::ZERO, ack_wait));
     }
 }

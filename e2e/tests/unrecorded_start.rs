@@ -137,6 +137,58 @@ async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
     assert_eq!(pool.queued_messages().await.expect("stream"), 0);
 }
 
+/// Cancelling a key's job in its first moments must not free the key while the handler
+/// still runs. An unrecorded start would leave the DELETE to remove a message whose
+/// handler runs on for up to the unrecorded limit; removing it hands the partition's single
+/// slot to the key's next job at once, and the two overlapped. So keyed work records
+/// `working` before its handler starts, and the DELETE finds it running.
+#[tokio::test]
+async fn a_delete_of_a_starting_keyed_job_does_not_let_the_next_job_of_its_key_overlap_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    // The lock is the key: the kernel frees it when the handler's processes are gone,
+    // however they were stopped.
+    let script = format!(
+        "exec 9>>{lock}; flock -n 9 || echo overlap >> {log}; \
+         echo \"start $WORKPOOL_WORK_ID\" >> {log}; exec sleep 2",
+        lock = dir.path().join("lock").display(),
+        log = log.display(),
+    );
+    let spec = PoolSpec {
+        worker: WorkerSpec {
+            handler: HandlerSpec::Exec {
+                command: vec!["sh".into(), "-c".into(), script],
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
+    let first = pool
+        .submit(&json!({"key": "k", "data": "first"}))
+        .await
+        .expect("submit");
+    let next = pool
+        .submit(&json!({"key": "k", "data": "next"}))
+        .await
+        .expect("submit");
+    pool.add_worker().await.expect("worker");
+    let started = format!("start {first}");
+    while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&started)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancelled = pool.cancel(&first).await.expect("delete");
+    assert_eq!(cancelled.str("status"), "cancelled", "{cancelled:?}");
+    pool.wait_status(&next, "worked", WAIT)
+        .await
+        .expect("the next job runs");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains("overlap"),
+        "two jobs of key k ran at once:\n{text}"
+    );
+}
+
 /// Counts a write for its work id: the key of a bucket write (`$KV.<bucket>.<id>`), the
 /// token after the kind of a work message (`wp.<ns>.<pool>.work.<id>.<task>`).
 fn count_write(per_id: &mut HashMap<String, usize>, write: &async_nats::Message) {

@@ -110,7 +110,7 @@ impl Worker {
         let hint = revision_hint(message.headers.as_ref(), delivered).filter(|_| work.parked == 0);
         let ack_wait = spec.ack_wait;
         if let Some(revision) = hint
-            && unrecorded::may_start_unrecorded(pulled_at.elapsed(), ack_wait)
+            && unrecorded::may_start_unrecorded(work.key.is_some(), pulled_at.elapsed(), ack_wait)
         {
             // Fresh work starts at once; the hold records `working` if it runs on.
             let current = Current {

@@ -298,14 +298,21 @@ fn check_keys(runs: &[Execution], run_ms: &HashMap<&str, u64>, report: &mut Repo
     }
     for runs in by_key.values_mut() {
         runs.sort_by_key(|run| run.start_ns);
-        let mut busy_until = 0u128;
+        let mut busy: Option<(u128, &Execution)> = None;
         for run in runs.iter() {
-            if run.start_ns < busy_until {
+            if let Some((busy_until, earlier)) = busy.filter(|(until, _)| run.start_ns < *until) {
                 report.keyed_overlaps += 1;
-                report.note(|| format!("keyed overlap: {run:?} started before {busy_until}"));
+                report.note(|| {
+                    format!(
+                        "keyed overlap: {run:?} started before {busy_until}, the end of {earlier:?}"
+                    )
+                });
             }
             let ms = run_ms.get(run.id.as_str()).copied().unwrap_or(0);
-            busy_until = busy_until.max(end_of(run, ms));
+            let end = end_of(run, ms);
+            if busy.is_none_or(|(until, _)| end > until) {
+                busy = Some((end, run));
+            }
         }
     }
 }
@@ -383,6 +390,7 @@ mod tests {
             end_ns: Some(ms(end)),
             last_seen_ns: ms(end),
             gone_ns: None,
+            origin: "-".into(),
         }
     }
 

@@ -25,8 +25,9 @@ pub enum Edge {
 /// plus this.
 pub const TICK_NS: u128 = 100_000_000;
 
-/// One ledger line: `<edge> <id> <created_at> <key or -> <unix ns> <run>`. A run is one
-/// connection to the server, which numbers them (process ids repeat across containers).
+/// One ledger line: `<edge> <id> <created_at> <key or -> <unix ns> <run> <origin>`. A run
+/// is one connection to the server, which numbers them (process ids repeat across
+/// containers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub edge: Edge,
@@ -37,6 +38,24 @@ pub struct Line {
     pub at_ns: u128,
     /// The run: the program's pid as sent, the server's connection number once received.
     pub pid: u32,
+    /// Where it ran, for the evidence of a failed check: `<host>/<attempt>` (the pod's
+    /// name and the worker's fencing token, `-` where unknown).
+    pub origin: String,
+}
+
+/// `<host>/<attempt>` of this process: the pod's name is its hostname, and the attempt
+/// is in the environment a worker gives its handler.
+fn origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let attempt = std::env::var("WORKPOOL_ATTEMPT").unwrap_or_default();
+    let or_dash = |text: &str| {
+        if text.is_empty() {
+            "-".to_owned()
+        } else {
+            text.replace(' ', "_")
+        }
+    };
+    format!("{}/{}", or_dash(host.trim()), or_dash(&attempt))
 }
 
 pub fn now_ns() -> u128 {
@@ -55,6 +74,7 @@ impl Line {
             key: work["key"].as_str().map(str::to_owned),
             at_ns: now_ns(),
             pid: std::process::id(),
+            origin: origin(),
         }
     }
 
@@ -68,8 +88,8 @@ impl Line {
         // Keys of the workload are plain tokens; spaces would break the format.
         let key = self.key.as_deref().unwrap_or("-").replace(' ', "_");
         format!(
-            "{edge} {} {} {key} {} {}\n",
-            self.id, self.created_at, self.at_ns, self.pid
+            "{edge} {} {} {key} {} {} {}\n",
+            self.id, self.created_at, self.at_ns, self.pid, self.origin
         )
     }
 
@@ -89,6 +109,7 @@ impl Line {
             .map(str::to_owned);
         let at_ns = fields.next()?.parse().ok()?;
         let pid = fields.next()?.parse().ok()?;
+        let origin = fields.next().unwrap_or("-").to_owned();
         Some(Self {
             edge,
             id,
@@ -96,6 +117,7 @@ impl Line {
             key,
             at_ns,
             pid,
+            origin,
         })
     }
 }
@@ -112,6 +134,8 @@ pub struct Execution {
     pub last_seen_ns: u128,
     /// When its witness saw it die without an end.
     pub gone_ns: Option<u128>,
+    /// Where it ran ([`Line::origin`]).
+    pub origin: String,
 }
 
 impl Execution {
@@ -139,6 +163,7 @@ pub fn executions(text: &str) -> Vec<Execution> {
                     end_ns: None,
                     last_seen_ns: line.at_ns,
                     gone_ns: None,
+                    origin: line.origin,
                 };
                 // A run that started twice (not sent by the program): keep both.
                 if let Some(unfinished) = open.insert(line.pid, execution) {

@@ -255,7 +255,12 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         Target::Pods(pods) => pods.stop_keeping_state()?,
         Target::Processes(_) => Vec::new(),
     };
-    let report = check(&history, &executions(&ledger.text()));
+    let ledger_text = ledger.text();
+    let report = check(&history, &executions(&ledger_text));
+    if let Some(dir) = kept.first().filter(|_| report.violations() > 0) {
+        // The executions behind the evidence, line by line.
+        let _ = std::fs::write(dir.join("ledger.txt"), &ledger_text);
+    }
     for dir in kept {
         if report.violations() == 0 {
             let _ = std::fs::remove_dir_all(&dir);
