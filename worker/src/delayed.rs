@@ -19,6 +19,7 @@ use workpool_runtime::publish_errors::is_subject_taken;
 
 use crate::Worker;
 use crate::process::acknowledge;
+use crate::pull::LongPulls;
 
 /// Delayed messages asked for per pull.
 const BATCH: usize = 256;
@@ -40,26 +41,8 @@ impl Worker {
         consumer: PullConsumer,
         stop: CancellationToken,
     ) {
-        let mut failures = workpool_runtime::retry::UntilAnswered::new();
-        while !stop.is_cancelled() {
-            let pulled = consumer
-                .batch()
-                .max_messages(BATCH)
-                .expires(crate::pull::PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match pulled {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(%err, "pull of delayed work failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(failures.next_delay()) => {}
-                        () = stop.cancelled() => {}
-                    }
-                    continue;
-                }
-            };
-            failures = workpool_runtime::retry::UntilAnswered::new();
+        let mut pulls = LongPulls::new(&consumer, "delayed work", &stop);
+        while let Some(mut batch) = pulls.next(BATCH).await {
             while let Some(Ok(message)) = batch.next().await {
                 self.wait_or_queue(message).await;
             }

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use workpool_runtime::retry::UntilAnswered;
 
 use crate::Worker;
 
@@ -24,6 +26,55 @@ pub(crate) struct Lanes {
     pub stop: CancellationToken,
     /// Cancelled when the drain grace period is over: abort running attempts.
     pub abort: CancellationToken,
+}
+
+/// Long pulls of one consumer until a stop: after a failed pull it pauses (longer each
+/// time, from the shortest again once a pull worked) and tries again.
+pub(crate) struct LongPulls<'a> {
+    consumer: &'a PullConsumer,
+    /// What the consumer serves, for the log.
+    serves: &'a str,
+    stop: &'a CancellationToken,
+    failures: UntilAnswered,
+}
+
+impl<'a> LongPulls<'a> {
+    pub(crate) fn new(consumer: &'a PullConsumer, serves: &'a str, stop: &'a CancellationToken) -> Self {
+        Self {
+            consumer,
+            serves,
+            stop,
+            failures: UntilAnswered::new(),
+        }
+    }
+
+    /// The next pull of at most `max` messages, ending within [`PULL_EXPIRES`]; `None`
+    /// once stopping.
+    pub(crate) async fn next(&mut self, max: usize) -> Option<Batch> {
+        while !self.stop.is_cancelled() {
+            let pulled = self
+                .consumer
+                .batch()
+                .max_messages(max)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            match pulled {
+                Ok(batch) => {
+                    self.failures = UntilAnswered::new();
+                    return Some(batch);
+                }
+                Err(err) => {
+                    tracing::warn!(serves = self.serves, %err, "pull failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.failures.next_delay()) => {}
+                        () = self.stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Reserves up to `max` permits, waiting for the first; `None` once stopping.
@@ -79,29 +130,13 @@ impl Worker {
         consumer: PullConsumer,
         lanes: Lanes,
     ) {
-        let mut failures = workpool_runtime::retry::UntilAnswered::new();
-        while !lanes.stop.is_cancelled() {
+        let mut pulls = LongPulls::new(&consumer, &name, &lanes.stop);
+        loop {
             // Every message of this pull was delivered after this instant.
             let pulled_at = tokio::time::Instant::now();
-            let mut batch = match consumer
-                .batch()
-                .max_messages(1)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-            {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(consumer = %name, %err, "pull failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(failures.next_delay()) => {}
-                        () = lanes.stop.cancelled() => {}
-                    }
-                    continue;
-                }
+            let Some(mut batch) = pulls.next(1).await else {
+                break;
             };
-            // A pull that worked starts the next run of failures from the shortest pause.
-            failures = workpool_runtime::retry::UntilAnswered::new();
             // The batch ends within PULL_EXPIRES; messages that arrive after a stop are
             // handed straight back.
             while let Some(item) = batch.next().await {

@@ -25,6 +25,7 @@ use workpool_core::{WorkId, WorkRecord};
 
 use crate::Worker;
 use crate::process::acknowledge;
+use crate::pull::LongPulls;
 
 /// Deliveries one worker makes at once.
 const DELIVERIES_AT_ONCE: usize = 16;
@@ -77,27 +78,8 @@ impl Worker {
     ) {
         let limit = Arc::new(Semaphore::new(DELIVERIES_AT_ONCE));
         let tracker = TaskTracker::new();
-        let mut failures = workpool_runtime::retry::UntilAnswered::new();
-        while !stop.is_cancelled() {
-            let free = limit.available_permits().max(1);
-            let pulled = consumer
-                .batch()
-                .max_messages(free)
-                .expires(crate::pull::PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match pulled {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(%err, "pull of record changes for webhooks failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(failures.next_delay()) => {}
-                        () = stop.cancelled() => {}
-                    }
-                    continue;
-                }
-            };
-            failures = workpool_runtime::retry::UntilAnswered::new();
+        let mut pulls = LongPulls::new(&consumer, "record changes for webhooks", &stop);
+        while let Some(mut batch) = pulls.next(limit.available_permits().max(1)).await {
             while let Some(Ok(message)) = batch.next().await {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
