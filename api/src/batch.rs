@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use workpool_core::WorkId;
-use workpool_core::message::WorkSubmission;
+use workpool_core::message::{TraceContext, WorkSubmission};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::{SubmitAnswer, body_error, outcome, starts_with};
+use crate::send_span::SendSpan;
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 1_000;
@@ -110,6 +111,10 @@ pub struct BatchAnswer {
             (String = "application/x-ndjson"),
         )
     ),
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: every item's spans join this trace (one `send` span for the batch)"),
+        ("tracestate" = Option<String>, Header, description = "W3C Trace Context vendor data, carried with `traceparent`"),
+    ),
     responses(
         (status = 200, description = "Every item answered, in order: accepted, already known, or refused with the error a single POST would have got", body = BatchAnswer),
         (status = 400, description = "Not an array of items (or NDJSON), no items, or more than 1,000", body = crate::error::ErrorBody),
@@ -134,13 +139,16 @@ pub async fn submit_batch(
         .map(|item| body.slice_ref(item))
         .collect();
     let queue = state.queue()?;
+    let send = SendSpan::start(&headers, state.names(), items.len());
+    let trace = send.carried();
     let answers: Vec<BatchItemAnswer> = futures::stream::iter(items)
-        .map(|item| submit_item(&state, &caller, queue, item))
+        .map(|item| submit_item(&state, &caller, queue, item, trace.as_ref()))
         .buffered(PIPELINE)
         .collect()
         .await;
     let refused = answers.iter().filter(|a| a.error.is_some()).count();
     let accepted = answers.iter().filter(|a| a.status == "accepted").count();
+    send.end(Ok(&format!("{accepted} accepted, {refused} refused")));
     Ok((
         StatusCode::OK,
         Json(BatchAnswer {
@@ -161,6 +169,7 @@ async fn submit_item(
     caller: &Caller,
     queue: &crate::queue::Queue,
     item: Bytes,
+    trace: Option<&TraceContext>,
 ) -> BatchItemAnswer {
     let (work, idempotency_key) = match read_item(&item, state.max_body_bytes()) {
         Ok(read) => read,
@@ -171,6 +180,7 @@ async fn submit_item(
         pod: state.pod(),
         tenant: caller.tenant.as_deref(),
         from_content: idempotency_key.is_none(),
+        trace,
     };
     match queue.submit(&id, &work, accepted).await {
         Ok(submitted) => answered(outcome(state, queue, &id, &work, submitted).await.1),
@@ -200,10 +210,8 @@ fn refused(err: ApiError) -> BatchItemAnswer {
     }
 }
 
-/// One item's work and id, with a single POST's checks in its order.
-/// An item's work, its id, and whether the id is from the content (not its
-/// `idempotency_key`).
-/// The item's work and its idempotency key, if it has one.
+/// The item's work and its idempotency key, if it has one, with a single POST's checks
+/// in its order.
 fn read_item(item: &[u8], limit: usize) -> Result<(WorkSubmission, Option<String>), ApiError> {
     if item.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });

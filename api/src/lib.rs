@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod queue;
 pub mod routes;
+mod send_span;
 pub mod waiters;
 
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::expiry::is_expired;
 use workpool_core::message::{
-    RECORD_REVISION_HEADER, SubmissionError, WorkMessage, WorkSubmission,
+    RECORD_REVISION_HEADER, SubmissionError, TraceContext, WorkMessage, WorkSubmission,
 };
 use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
@@ -681,14 +681,16 @@ fn finished(status: WorkStatus) -> ApiError {
     }
 }
 
-/// How a submission came: the api pod that accepts it, the tenant it is for, and
-/// whether its id is from its content (false for an `Idempotency-Key`, whose work may
-/// travel on another subject than an earlier submission of the same key).
+/// How a submission came: the api pod that accepts it, the tenant it is for, whether its
+/// id is from its content (false for an `Idempotency-Key`, whose work may travel on
+/// another subject than an earlier submission of the same key), and the trace it was
+/// sent in.
 #[derive(Debug, Clone, Copy)]
 pub struct Accepted<'a> {
     pub pod: &'a str,
     pub tenant: Option<&'a str>,
     pub from_content: bool,
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// The message of a new submission, accepted now; `400` for a `ttl` over the pool's
@@ -715,6 +717,7 @@ fn new_message(
         callback_url: work.callback_url.clone(),
         group: work.group.clone(),
         parked: 0,
+        trace: accepted.trace.cloned(),
     })
 }
 

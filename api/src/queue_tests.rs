@@ -22,6 +22,7 @@ fn accepted_by(pod: &str, from_content: bool) -> Accepted<'_> {
         pod,
         tenant: None,
         from_content,
+        trace: None,
     }
 }
 

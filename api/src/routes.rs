@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::queue::{self, Cancel, Submitted};
+use crate::send_span::SendSpan;
 
 /// The longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -128,7 +129,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 #[utoipa::path(
     post, path = "/api/v1/work", tag = "work",
     request_body(content = WorkSubmission, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Derive the id from this key instead of the content (1-256 visible ASCII characters)", min_length = 1, max_length = 256)),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Derive the id from this key instead of the content (1-256 visible ASCII characters)", min_length = 1, max_length = 256),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: the work's spans join this trace, and the handler gets it (a malformed one starts a new trace)"),
+        ("tracestate" = Option<String>, Header, description = "W3C Trace Context vendor data, carried with `traceparent`"),
+    ),
     responses(
         (status = 202, description = "Accepted and durably queued", body = SubmitAnswer,
          headers(("Location" = String, description = "Where to GET the work"))),
@@ -152,13 +157,24 @@ pub async fn submit(
     let idempotency = idempotency_key(&headers)?;
     let id = work.id(state.id_scope(&caller), idempotency);
     let queue = state.queue()?;
+    let send = SendSpan::start(&headers, state.names(), 1);
+    send.work(&id, work.task());
+    let trace = send.carried();
     let accepted = queue::Accepted {
         pod: state.pod(),
         tenant: caller.tenant.as_deref(),
         from_content: idempotency.is_none(),
+        trace: trace.as_ref(),
     };
-    let submitted = queue.submit(&id, &work, accepted).await?;
+    let submitted = match queue.submit(&id, &work, accepted).await {
+        Ok(submitted) => submitted,
+        Err(err) => {
+            send.end(Err(&err));
+            return Err(err);
+        }
+    };
     let (status, answer) = outcome(&state, queue, &id, &work, submitted).await;
+    send.end(Ok(&answer.status));
     let location = [(header::LOCATION, work_location(&id))];
     Ok((status, location, Json(answer)).into_response())
 }

@@ -108,6 +108,38 @@ pub struct WorkPoolSpec {
     /// across the pool, and how many start per interval.
     #[serde(default)]
     pub groups: crate::group::GroupLimits,
+    /// Traces of the work: where the api and the workers send their spans (OTLP over
+    /// HTTP). Without it nothing is recorded; a caller's `traceparent` still reaches the
+    /// handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+/// Span export of a pool's pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The OTLP/HTTP endpoint of a collector, for example
+    /// `http://otel-collector.observability:4318`; spans go to `<endpoint>/v1/traces`.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded, from 0 to 1 (default 1). A caller's decision,
+    /// in its `traceparent`, is followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: Option<f64>,
+}
+
+impl TracingSpec {
+    /// The SDK settings the pods get: the endpoint and, if set, the sampler.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint.clone())];
+        if let Some(ratio) = self.sample_ratio {
+            env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+            env.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+        }
+        env
+    }
 }
 
 fn default_result_ttl() -> String {

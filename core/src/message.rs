@@ -234,6 +234,19 @@ pub struct WorkMessage {
     /// meanwhile); spaces out its next tries.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub parked: u32,
+    /// The W3C trace context the work was sent in (the api's span), so the worker's
+    /// spans join the submitter's trace. A handler gets its attempt's own context in
+    /// `TRACEPARENT` (exec) or the `traceparent` header (http).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C Trace Context (www.w3.org/TR/trace-context) as a message carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -369,6 +382,7 @@ mod tests {
             callback_url: None,
             group: None,
             parked: 0,
+            trace: None,
         };
         let back: WorkMessage = serde_json::from_slice(&message.to_json()).expect("json");
         assert_eq!(back, message);

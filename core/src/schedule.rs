@@ -204,6 +204,7 @@ impl Schedule {
             callback_url: None,
             group: self.spec.group.clone(),
             parked: 0,
+            trace: None,
         }
     }
 }

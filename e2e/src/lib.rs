@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod nats_cluster;
 pub mod operator;
+pub mod otlp;
 pub mod pods;
 pub mod pool;
 

@@ -151,6 +151,7 @@ async fn a_redelivery_after_the_record_expired_does_not_run_again() {
         callback_url: None,
         group: None,
         parked: 0,
+        trace: None,
     };
     let js = async_nats::jetstream::new(pool.nats.client().await.expect("nats"));
     let subject = pool.names.work_subject("default", &message.id);

@@ -135,6 +135,7 @@ async fn keyed_work_queued_in_the_earlier_subject_layout_still_runs() {
         callback_url: None,
         group: None,
         parked: 0,
+        trace: None,
     };
     let partition = workpool_core::names::partition_of("k", pool.spec.worker.partitions);
     let prefix = format!("wp.{}.{}", pool.names.namespace, pool.names.pool);

@@ -401,6 +401,14 @@ impl<'a> PoolContext<'a> {
                 WEBHOOK_SECRET_KEY,
             ));
         }
+        if let Some(tracing) = &self.pool.spec.tracing {
+            env.extend(
+                tracing
+                    .env()
+                    .into_iter()
+                    .map(|(name, text)| value(name, text)),
+            );
+        }
         if let (Component::Api, Some(auth)) = (component, &self.pool.spec.api.auth) {
             match &auth.jwks_url {
                 Some(url) => env.push(value("WORKPOOL_JWT_JWKS_URL", url.clone())),
@@ -883,6 +891,27 @@ mod tests {
                 (Component::Api.port(), Component::Worker.port()),
                 (8080, 8081)
             );
+        });
+    }
+
+    #[test]
+    fn pods_send_their_spans_where_the_pool_says() {
+        let tracing = json!({"otlpEndpoint": "http://collector:4318", "sampleRatio": 0.25});
+        with_children(json!({"tracing": tracing}), |context| {
+            for component in [Component::Api, Component::Worker] {
+                let env = env(&context.deployment(component, 1));
+                for (name, value) in [
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+                ] {
+                    assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+                }
+            }
+        });
+        with_children(json!({}), |context| {
+            let env = env(&context.deployment(Component::Worker, 1));
+            assert!(!env.keys().any(|name| name.starts_with("OTEL_")), "{env:?}");
         });
     }
 

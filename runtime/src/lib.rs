@@ -12,6 +12,7 @@ pub mod http_client;
 pub mod membership;
 pub mod metrics;
 pub mod nats_auth;
+pub mod otel;
 pub mod provision;
 pub mod publish_errors;
 pub mod records;

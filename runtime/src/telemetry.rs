@@ -66,6 +66,15 @@ where
 {
     init_logging();
     let args = A::parse();
+    // Started outside the async runtime (its HTTP client blocks on a thread of its
+    // own); dropped after it, which sends the last spans.
+    let _export = match crate::otel::start_export(binary) {
+        Ok(export) => export,
+        Err(err) => {
+            tracing::warn!(error = %err, "traces are not exported");
+            None
+        }
+    };
     let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

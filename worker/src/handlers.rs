@@ -14,7 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use workpool_core::PoolSpec;
-use workpool_core::message::WorkMessage;
+use workpool_core::message::{TraceContext, WorkMessage};
 use workpool_core::spec::{BuiltinHandler, HandlerSpec};
 
 use workpool_core::progress::Progress;
@@ -43,6 +43,10 @@ pub struct HandlerInput<'a> {
     pub work: &'a WorkMessage,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The attempt's trace context: `exec` programs get it in `TRACEPARENT` and
+    /// `TRACESTATE`, `http` handlers in the `traceparent` and `tracestate` headers.
+    #[serde(skip)]
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// Default pause of the `sleep` builtin, as in the original demo ("pause a few seconds").
@@ -124,7 +128,22 @@ impl Handler {
         attempt: u32,
         progress: &Reporter,
     ) -> Result<serde_json::Value, HandlerError> {
-        let input = HandlerInput { work, attempt };
+        self.run_traced(work, attempt, None, progress).await
+    }
+
+    /// [`Self::run`] within the trace `trace`, which the handler gets.
+    pub async fn run_traced(
+        &self,
+        work: &WorkMessage,
+        attempt: u32,
+        trace: Option<&TraceContext>,
+        progress: &Reporter,
+    ) -> Result<serde_json::Value, HandlerError> {
+        let input = HandlerInput {
+            work,
+            attempt,
+            trace,
+        };
         let limit = self.max_result_bytes;
         let result = match &self.kind {
             Kind::Builtin(builtin) => run_builtin(*builtin, &work.data, progress).await,
@@ -371,9 +390,9 @@ async fn run_exec(
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Starts `program` (under the guard, if there is one) in its own process group, with
-/// its three pipes open. Its environment is the work's id, task and attempt and `PATH`,
-/// nothing of the worker's own: not the pool's spec, the NATS URL or credentials file,
-/// nor the addresses Kubernetes gives the pod.
+/// its three pipes open. Its environment is the work's id, task and attempt, its trace
+/// context, and `PATH`, nothing of the worker's own: not the pool's spec, the NATS URL
+/// or credentials file, nor the addresses Kubernetes gives the pod.
 fn spawn(
     program: &str,
     args: &[String],
@@ -389,8 +408,14 @@ fn spawn(
         }
     };
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    command.env_clear();
+    if let Some(trace) = input.trace {
+        command.env("TRACEPARENT", &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            command.env("TRACESTATE", state);
+        }
+    }
     command
-        .env_clear()
         .env("PATH", path)
         .env("WORKPOOL_WORK_ID", input.work.id.as_str())
         .env("WORKPOOL_TASK", &input.work.task)
@@ -520,6 +545,12 @@ async fn run_http(
     progress_url: Option<&str>,
 ) -> Result<serde_json::Value, HandlerError> {
     let mut request = client.post(url).json(input);
+    if let Some(trace) = input.trace {
+        request = request.header("traceparent", &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            request = request.header("tracestate", state);
+        }
+    }
     if let Some(progress_url) = progress_url {
         request = request.header(PROGRESS_URL_HEADER, progress_url);
     }
@@ -581,6 +612,7 @@ mod tests {
             callback_url: None,
             group: None,
             parked: 0,
+            trace: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod progress_endpoint;
 mod pull;
 pub mod records;
+mod spans;
 mod unkeyed;
 mod webhooks;
 

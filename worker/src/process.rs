@@ -25,7 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use workpool_core::WorkStatus;
 use workpool_core::events::{WorkEvent, WorkEventKind};
-use workpool_core::message::{RECORD_REVISION_HEADER, WorkMessage};
+use workpool_core::message::{RECORD_REVISION_HEADER, TraceContext, WorkMessage};
 use workpool_core::spec::WorkerSpec;
 use workpool_core::unrecorded;
 use workpool_runtime::events::PublishEvent;
@@ -35,6 +35,7 @@ use crate::cluster::RunningGuard;
 use crate::handlers::HandlerError;
 use crate::hold::{Beat, Current, Hold, beat_interval, fence};
 use crate::records::{Begin, RecordError, Settled};
+use crate::spans::AttemptSpan;
 
 use workpool_core::message::{DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_ERROR_HEADER};
 
@@ -73,6 +74,7 @@ impl Worker {
             Err(err) => return self.dead_letter_unreadable(message, &err.to_string()).await,
         };
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        crate::spans::queue_wait(&message, &work, &self.config.names);
         // JetStream's delivery count is the attempt number (each retry is a redelivery).
         let span = tracing::info_span!("work", id = %work.id, pool = %self.config.names.pool, task = %work.task, attempt = delivered);
         async {
@@ -169,11 +171,15 @@ impl Worker {
         self.metrics.started(&work.task);
         self.event(WorkEventKind::Started, work, attempt, None)
             .await;
+        let span = AttemptSpan::start(message, work, attempt, &self.config.names);
         let stopped = self
-            .run_attempt(work, attempt, &hold, &running, abort)
+            .run_attempt(work, attempt, &hold, &running, abort, span.trace())
             .await;
         let spec = &self.config.spec.worker;
-        match verdict(stopped, spec.timeout) {
+        let verdict = verdict(stopped, spec.timeout);
+        let (outcome, error) = verdict.traced();
+        span.end(outcome, error);
+        match verdict {
             // The message stays unacknowledged: whoever holds it next decides.
             Verdict::Lost => {}
             Verdict::Cancelled(why) => {
@@ -254,6 +260,7 @@ impl Worker {
         hold: &Hold,
         running: &RunningGuard<'_>,
         abort: &CancellationToken,
+        trace: Option<&TraceContext>,
     ) -> Stop {
         self.metrics.in_flight.inc();
         let started = Instant::now();
@@ -261,7 +268,7 @@ impl Worker {
         // The select only decides; acting on it comes after, once the handler's future
         // (and with it an exec child) is gone, so no outcome is written while it runs.
         let stopped = tokio::select! {
-            outcome = tokio::time::timeout(timeout, self.handler.run(work, attempt, hold.reporter())) => {
+            outcome = tokio::time::timeout(timeout, self.handler.run_traced(work, attempt, trace, hold.reporter())) => {
                 outcome.map_or(Stop::TimedOut, Stop::Ran)
             }
             () = abort.cancelled() => Stop::Shutdown,
@@ -622,6 +629,20 @@ enum Verdict {
     FailedForGood(String),
     /// Worth another attempt, if one is left ([`retry_plan`]).
     Failed(String),
+}
+
+impl Verdict {
+    /// How the attempt's span ends: its outcome, and the error of one that did not work.
+    fn traced(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Verdict::Lost => ("lost", Some("the attempt lost its hold on the work")),
+            Verdict::Cancelled(why) => ("cancelled", Some(why)),
+            Verdict::HandBack => ("handed back", None),
+            Verdict::Worked(_) => ("worked", None),
+            Verdict::FailedForGood(error) => ("failed", Some(error)),
+            Verdict::Failed(error) => ("failed, to retry", Some(error)),
+        }
+    }
 }
 
 fn verdict(stopped: Stop, timeout: Duration) -> Verdict {

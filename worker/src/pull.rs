@@ -39,7 +39,11 @@ pub(crate) struct LongPulls<'a> {
 }
 
 impl<'a> LongPulls<'a> {
-    pub(crate) fn new(consumer: &'a PullConsumer, serves: &'a str, stop: &'a CancellationToken) -> Self {
+    pub(crate) fn new(
+        consumer: &'a PullConsumer,
+        serves: &'a str,
+        stop: &'a CancellationToken,
+    ) -> Self {
         Self {
             consumer,
             serves,
