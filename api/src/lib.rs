@@ -11,7 +11,9 @@ pub mod jwks;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod overview;
 pub mod queue;
+pub mod recent;
 pub mod routes;
 mod send_span;
 pub mod waiters;
@@ -80,6 +82,10 @@ pub struct Args {
     /// DELETEs of running work); past it they get `429 too_many_waiters`.
     #[arg(long, env = "WORKPOOL_MAX_WAITERS", default_value_t = waiters::DEFAULT_MAX_WAITERS)]
     pub max_waiters: usize,
+    /// How often this pod looks at its queue for the console's charts
+    /// (`GET /api/v1/queue` keeps the last 120 looks).
+    #[arg(long, env = "WORKPOOL_QUEUE_SAMPLE_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_sample_every: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +128,8 @@ struct Inner {
     id_key: Option<IdKey>,
     members: cluster::Members,
     max_waiters: usize,
+    /// This pod's looks at the queue, for the console.
+    history: overview::History,
 }
 
 impl AppState {
@@ -141,7 +149,12 @@ impl AppState {
             auth,
             members,
             max_waiters,
+            history: overview::History::default(),
         })))
+    }
+
+    pub fn history(&self) -> &overview::History {
+        &self.0.history
     }
 
     pub fn members(&self) -> &cluster::Members {
@@ -244,7 +257,10 @@ fn admin_routes() -> Router<AppState> {
 
 fn public_routes(state: &AppState) -> Router<AppState> {
     let work = Router::new()
-        .route("/api/v1/work", axum::routing::post(routes::submit))
+        .route(
+            "/api/v1/work",
+            axum::routing::post(routes::submit).get(recent::recent),
+        )
         .route(
             "/api/v1/work/batch",
             axum::routing::post(batch::submit_batch)
@@ -253,6 +269,7 @@ fn public_routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/work/{id}", get(routes::get).delete(routes::cancel))
         .route("/api/v1/work/{id}/events", get(live::events))
         .route("/api/v1/cluster", get(cluster::view))
+        .route("/api/v1/queue", get(overview::overview))
         .route(
             "/api/v1/dead",
             get(dead_routes::list).delete(dead_routes::purge_all),
@@ -357,6 +374,7 @@ pub async fn run(
     let state = AppState::new(config, auth, members, args.max_waiters)?;
     let binder = state.clone();
     tokio::spawn(async move { binder.bind(client).await });
+    tokio::spawn(overview::sample(state.clone(), args.queue_sample_every));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, pod = state.pod(), "api serving");
     let Some(admin_listen) = args.admin_listen else {

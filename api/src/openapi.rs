@@ -19,7 +19,9 @@ use crate::routes::{self, SubmitAnswer, WorkView};
         routes::get,
         routes::cancel,
         crate::live::events,
+        crate::recent::recent,
         crate::cluster::view,
+        crate::overview::overview,
         crate::dead_routes::list,
         crate::dead_routes::inspect,
         crate::dead_routes::retry,
@@ -45,7 +47,10 @@ use crate::routes::{self, SubmitAnswer, WorkView};
         ErrorBody,
         workpool_core::WorkStatus,
         workpool_core::message::WorkSubmission,
-        workpool_core::cluster::ClusterView
+        workpool_core::cluster::ClusterView,
+        crate::recent::RecentWork,
+        crate::overview::QueueOverview,
+        crate::overview::QueuePoint
     ))
 )]
 pub struct ApiDoc;

@@ -175,6 +175,25 @@ impl Queue {
         }
     }
 
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The work stream.
+    pub(crate) fn work_stream(&self) -> &jetstream::stream::Stream {
+        &self.stream
+    }
+
+    /// The stream of the results bucket: every record write.
+    pub(crate) fn records_stream(&self) -> &jetstream::stream::Stream {
+        &self.kv.stream
+    }
+
+    /// When terminal records expire for clients.
+    pub(crate) fn result_ttl(&self) -> Duration {
+        self.result_ttl
+    }
+
     /// Queues new work, or answers what is known of the same work: one JetStream write,
     /// the message, which is the work's `pending` state until a worker writes a record.
     /// `202` comes only after the stream's ack.

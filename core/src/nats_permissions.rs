@@ -42,6 +42,8 @@ impl PoolNames {
             format!("$JS.API.STREAM.INFO.{work}"),
             format!("$JS.API.STREAM.MSG.GET.{work}"),
             format!("$JS.API.STREAM.MSG.DELETE.{work}"),
+            // The console: the work stream's latest messages and the oldest waiting one.
+            format!("$JS.API.DIRECT.GET.{work}"),
             // Dead letters: listed, read, retried (then removed) and purged.
             format!("$JS.API.STREAM.INFO.{dead}"),
             format!("$JS.API.DIRECT.GET.{dead}"),
@@ -61,6 +63,8 @@ impl PoolNames {
             // after a reconnect.
             format!("$JS.API.STREAM.INFO.{kv}"),
             format!("$JS.API.DIRECT.GET.{kv}.>"),
+            // The console's recent work: the bucket's latest writes, by sequence.
+            format!("$JS.API.DIRECT.GET.{kv}"),
             format!("$JS.API.CONSUMER.CREATE.{kv}"),
             format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
             format!("$JS.API.CONSUMER.DELETE.{kv}.*"),

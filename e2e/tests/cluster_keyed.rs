@@ -441,7 +441,7 @@ spec:
     // an owner for every partition, and the counts; the screenshot is kept in
     // artifacts/ for people to look at.
     let browser = Browser::find().expect("headless chromium");
-    let url = format!("{}/console", apis[0]);
+    let url = format!("{}/console#view=cluster", apis[0]);
     let dom = browser.dom(&url, 5000).await.expect("console DOM");
     for pod in &five {
         assert!(
@@ -455,7 +455,7 @@ spec:
         "every partition shows its owner:\n{dom}"
     );
     assert!(dom.contains("5 worker pod(s)"), "{dom}");
-    let shot = workpool_local_cluster::paths::repo_root().join("artifacts/console.png");
+    let shot = workpool_local_cluster::paths::repo_root().join("artifacts/console-cluster.png");
     browser
         .screenshot(&url, 5000, &shot)
         .await

@@ -5,7 +5,6 @@
 //! (a redacted server URL, a stream, a consumer, a Secret) and includes its source's
 //! message; the source stays reachable through [`std::error::Error::source`] as well.
 
-use async_nats::jetstream;
 use kube::runtime::finalizer;
 use workpool_core::crd::InvalidSpec;
 use workpool_core::names::InvalidName;
@@ -56,30 +55,8 @@ pub enum NatsError {
     /// Provisioning or deprovisioning failed without a refusal from NATS.
     #[error(transparent)]
     Provision(ProvisionError),
-    #[error("stream {stream}: {source}")]
-    GetStream {
-        stream: String,
-        #[source]
-        source: jetstream::context::GetStreamError,
-    },
-    #[error("stream {stream}: {source}")]
-    StreamInfo {
-        stream: String,
-        #[source]
-        source: jetstream::stream::InfoError,
-    },
-    #[error("consumer {consumer}: {source}")]
-    GetConsumer {
-        consumer: String,
-        #[source]
-        source: async_nats::Error,
-    },
-    #[error("consumer {consumer}: {source}")]
-    ConsumerInfo {
-        consumer: String,
-        #[source]
-        source: jetstream::context::ConsumerInfoError,
-    },
+    #[error(transparent)]
+    Figures(workpool_runtime::queue_figures::FiguresError),
 }
 
 /// Why the operator's own NATS credentials could not be used. A pool's credentials

@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 use workpool_core::crd::AdoptedStatus;
-use workpool_core::names::DELAYED_CONSUMER;
-use workpool_core::streams::{keyed_consumers, work_consumers};
 use workpool_core::{PoolNames, PoolSpec};
 use workpool_runtime::provision::{deprovision, provision};
+pub use workpool_runtime::queue_figures::{self, FiguresError, QueueFigures};
 
 use crate::error::{CredentialsError, Error, NatsError};
 
@@ -32,29 +30,6 @@ pub struct NatsClients {
 impl std::fmt::Debug for NatsClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NatsClients")
-    }
-}
-
-/// Queue figures of one pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueFigures {
-    pub pending: u64,
-    pub in_flight: u64,
-    pub dead_letters: u64,
-    /// Delayed work waiting for its time (module `delayed` of the worker).
-    pub scheduled: u64,
-    /// When the oldest work not yet delivered to a worker was queued.
-    pub oldest_pending: Option<DateTime<Utc>>,
-    /// The work stream's last sequence (every message it ever stored) and what it holds
-    /// now: two looks give the rates in and out ([`crate::rates`]).
-    pub published: u64,
-    pub stored: u64,
-}
-
-impl QueueFigures {
-    /// Work that still needs a worker: queued plus running.
-    pub fn backlog(&self) -> u64 {
-        self.pending + self.in_flight
     }
 }
 
@@ -173,13 +148,14 @@ pub async fn existing(
         let mut found = match js.get_stream(&stream).await {
             Ok(found) => found,
             Err(err) if is_not_found(&err) => continue,
-            Err(err) => return Err(stream_error(&stream, err)),
+            Err(source) => {
+                let stream = stream.clone();
+                return Err(figures_error(FiguresError::GetStream { stream, source }));
+            }
         };
         let info = found.info().await.map_err(|source| {
-            Error::NatsUnreachable(NatsError::StreamInfo {
-                stream: stream.clone(),
-                source,
-            })
+            let stream = stream.clone();
+            figures_error(FiguresError::StreamInfo { stream, source })
         })?;
         let held = info.state.messages;
         match object {
@@ -206,146 +182,24 @@ pub async fn remove(js: &jetstream::Context, names: &PoolNames) -> Result<(), Er
         .map_err(|err| Error::NatsUnreachable(NatsError::Provision(err)))
 }
 
-/// Reads the backlog through the JetStream API. A missing consumer is an error: guessing
-/// (and scaling to max) would be worse than not scaling.
+/// Reads the backlog through the JetStream API ([`queue_figures::figures`]): a figure
+/// JetStream refused (an object is missing) is a queue problem, no answer an outage.
 pub async fn figures(
     js: &jetstream::Context,
     names: &PoolNames,
     spec: &PoolSpec,
 ) -> Result<QueueFigures, Error> {
-    let mut stream = js
-        .get_stream(names.stream())
+    queue_figures::figures(js, names, spec)
         .await
-        .map_err(|err| stream_error(&names.stream(), err))?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|source| {
-            Error::NatsUnreachable(NatsError::StreamInfo {
-                stream: names.stream(),
-                source,
-            })
-        })?
-        .state
-        .clone();
-    let mut figures = QueueFigures {
-        published: state.last_sequence,
-        stored: state.messages,
-        ..QueueFigures::default()
-    };
-    let consumers = work_consumers(names, spec)
-        .into_iter()
-        .chain(keyed_consumers(names, spec))
-        .filter_map(|c| {
-            let filter = c
-                .filter_subjects
-                .first()
-                .cloned()
-                .unwrap_or(c.filter_subject);
-            Some((c.durable_name?, filter))
-        });
-    for (name, filter) in consumers {
-        let info = consumer_info(&stream, &name).await?;
-        figures.pending += info.num_pending;
-        figures.in_flight += info.num_ack_pending as u64;
-        if info.num_pending > 0 {
-            let queued_at = next_queued_at(&stream, &filter, info.delivered.stream_sequence).await;
-            figures.oldest_pending = match (figures.oldest_pending, queued_at) {
-                (Some(oldest), Some(queued_at)) => Some(oldest.min(queued_at)),
-                (oldest, queued_at) => oldest.or(queued_at),
-            };
-        }
-    }
-    let delayed = consumer_info(&stream, DELAYED_CONSUMER).await?;
-    figures.scheduled = delayed.num_pending + delayed.num_ack_pending as u64;
-    let mut dead = js
-        .get_stream(names.dead_letter_stream())
-        .await
-        .map_err(|err| stream_error(&names.dead_letter_stream(), err))?;
-    figures.dead_letters = dead
-        .info()
-        .await
-        .map_err(|source| {
-            Error::NatsUnreachable(NatsError::StreamInfo {
-                stream: names.dead_letter_stream(),
-                source,
-            })
-        })?
-        .state
-        .messages;
-    Ok(figures)
+        .map_err(figures_error)
 }
 
-async fn consumer_info(
-    stream: &jetstream::stream::Stream,
-    name: &str,
-) -> Result<jetstream::consumer::Info, Error> {
-    let mut consumer: jetstream::consumer::PullConsumer =
-        stream.get_consumer(name).await.map_err(|source| {
-            // Only an answer from JetStream means the consumer is missing.
-            let missing = answered_by_jetstream(source.as_ref());
-            let err = NatsError::GetConsumer {
-                consumer: name.to_owned(),
-                source,
-            };
-            figures_error(missing, err)
-        })?;
-    let info = consumer.info().await.map_err(|source| {
-        Error::NatsUnreachable(NatsError::ConsumerInfo {
-            consumer: name.to_owned(),
-            source,
-        })
-    })?;
-    Ok(info.clone())
-}
-
-/// When the first message on `filter` after `delivered` (a consumer's last delivered
-/// stream sequence) was stored: its oldest work not yet delivered. `None` if it cannot
-/// be read: the figure is left out rather than failing the others.
-async fn next_queued_at(
-    stream: &jetstream::stream::Stream,
-    filter: &str,
-    delivered: u64,
-) -> Option<DateTime<Utc>> {
-    let message = stream
-        .direct_get_next_for_subject(filter, Some(delivered + 1))
-        .await
-        .ok()?;
-    let nanos = i64::try_from(message.time.unix_timestamp_nanos()).ok()?;
-    Some(DateTime::from_timestamp_nanos(nanos))
-}
-
-/// Whether an error is JetStream's answer (rather than no answer at all).
-fn answered_by_jetstream(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<jetstream::Error>().is_some()
-            || e.downcast_ref::<jetstream::stream::ConsumerError>()
-                .is_some_and(|c| {
-                    matches!(c.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_))
-                })
-    })
-}
-
-/// A stream JetStream says is missing is a queue problem; no answer is an outage.
-/// A figure JetStream refused (the object is missing), or NATS that did not answer.
-fn figures_error(answered_missing: bool, err: NatsError) -> Error {
-    if answered_missing {
-        Error::QueueFigures(err)
+fn figures_error(err: FiguresError) -> Error {
+    if err.is_missing() {
+        Error::QueueFigures(NatsError::Figures(err))
     } else {
-        Error::NatsUnreachable(err)
+        Error::NatsUnreachable(NatsError::Figures(err))
     }
-}
-
-fn stream_error(stream: &str, source: jetstream::context::GetStreamError) -> Error {
-    let missing = matches!(
-        source.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(_)
-    );
-    let err = NatsError::GetStream {
-        stream: stream.to_owned(),
-        source,
-    };
-    figures_error(missing, err)
 }
 
 /// Workers the backlog asks for, within the autoscale bounds.

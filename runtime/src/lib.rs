@@ -15,6 +15,7 @@ pub mod nats_auth;
 pub mod otel;
 pub mod provision;
 pub mod publish_errors;
+pub mod queue_figures;
 pub mod records;
 pub mod retry;
 pub mod telemetry;
