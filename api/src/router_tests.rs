@@ -331,9 +331,9 @@ async fn a_method_a_route_does_not_take_is_405_method_not_allowed() {
     let api = open_api();
     let work = format!("/api/v1/work/{ID}");
     for (method, path, allow) in [
-        (Method::PUT, "/api/v1/work", "POST"),
-        (Method::GET, "/api/v1/work", "POST"),
-        (Method::DELETE, "/api/v1/work", "POST"),
+        (Method::PUT, "/api/v1/work", "POST,GET,HEAD"),
+        (Method::DELETE, "/api/v1/work", "POST,GET,HEAD"),
+        (Method::POST, "/api/v1/queue", "GET,HEAD"),
         (Method::POST, work.as_str(), "GET,HEAD,DELETE"),
         (Method::PATCH, work.as_str(), "GET,HEAD,DELETE"),
         (Method::POST, "/api/v1/cluster", "GET,HEAD"),
