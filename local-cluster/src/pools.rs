@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use workpool_core::crd::WorkPool;
 
 use crate::control_plane::ControlPlane;
@@ -63,9 +64,69 @@ pub async fn wait_pool(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(Error::Timeout(format!(
-        "WorkPool {namespace}/{name}; last seen {:?}",
-        last.map(|p| p.status)
+        "WorkPool {namespace}/{name}; last seen {:?}; the cluster then:\n{}",
+        last.map(|p| p.status),
+        cluster_state(client).await
     )))
+}
+
+/// What keeps pods from running, for a timeout's message: node conditions that are not
+/// as they should be (a `DiskPressure` node admits no pod), and every pod's phase with
+/// the reason its containers wait or ended.
+async fn cluster_state(client: &kube::Client) -> String {
+    let mut lines = Vec::new();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for node in nodes
+        .list(&ListParams::default())
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let name = node.metadata.name.unwrap_or_default();
+        let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        for c in conditions {
+            let healthy = (c.type_ == "Ready") == (c.status == "True");
+            if !healthy {
+                let why = c.message.unwrap_or_default();
+                lines.push(format!("node {name}: {}={} {why}", c.type_, c.status));
+            }
+        }
+    }
+    let pods: Api<Pod> = Api::all(client.clone());
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let name = format!(
+            "{}/{}",
+            pod.metadata.namespace.unwrap_or_default(),
+            pod.metadata.name.unwrap_or_default()
+        );
+        let status = pod.status.unwrap_or_default();
+        let mut line = format!(
+            "pod {name}: {} {}",
+            status.phase.unwrap_or_default(),
+            status.reason.unwrap_or_default()
+        );
+        for container in status.container_statuses.unwrap_or_default() {
+            let state = container.state.unwrap_or_default();
+            if let Some(waiting) = state.waiting {
+                let reason = waiting.reason.unwrap_or_default();
+                line.push_str(&format!("; {} waiting: {reason}", container.name));
+            }
+            if let Some(ended) = state.terminated {
+                let reason = ended.reason.unwrap_or_default();
+                line.push_str(&format!(
+                    "; {} ended: {reason} ({})",
+                    container.name, ended.exit_code
+                ));
+            }
+        }
+        lines.push(line);
+    }
+    lines.join("\n")
 }
 
 /// The status of condition `kind` and its reason.

@@ -253,7 +253,7 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
     // state is kept until the verdict, and only a failed run keeps it.
     let kept = match target {
         Target::Pods(pods) => pods.stop_keeping_state()?,
-        Target::Processes(_) => Vec::new(),
+        Target::Processes(pool) => vec![keep_process_logs(&pool)?],
     };
     let ledger_text = ledger.text();
     let report = check(&history, &executions(&ledger_text));
@@ -269,6 +269,19 @@ pub async fn run(config: &Config) -> Result<(Report, History)> {
         }
     }
     Ok((report, history))
+}
+
+/// The api and worker processes' logs, in a directory of their own (removed again unless
+/// the run failed).
+fn keep_process_logs(pool: &TestPool<Nats>) -> Result<std::path::PathBuf> {
+    let dir = tempfile::Builder::new()
+        .prefix("workpool-chaos-processes-")
+        .tempdir()
+        .map_err(HarnessError::io("a directory for the processes' logs"))?
+        .keep();
+    std::fs::write(dir.join("processes.log"), pool.logs())
+        .map_err(HarnessError::io("writing the processes' logs"))?;
+    Ok(dir)
 }
 
 /// Where the checker reads the pool's NATS objects, and as whom.
