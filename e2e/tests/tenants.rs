@@ -172,24 +172,56 @@ async fn a_tenants_work_runs_and_its_result_is_its_own() {
 }
 
 #[tokio::test]
-async fn the_cluster_view_needs_the_admin_claim() {
+async fn the_cluster_view_and_the_queue_figures_need_the_admin_claim() {
     let (pool, _dir) = pool_with_auth(0).await;
     let tenant = token(json!({"sub": "a"}));
     let admin = token(json!({"sub": "ops", "workpool_admin": true}));
-    let view = "/api/v1/cluster";
-    let anonymous = pool
-        .send(pool.http.get(format!("{}{view}", pool.api_url(0))))
+    for view in ["/api/v1/cluster", "/api/v1/queue"] {
+        let anonymous = pool
+            .send(pool.http.get(format!("{}{view}", pool.api_url(0))))
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status, 401, "{view}: {anonymous:?}");
+        let refused = as_tenant(&pool, &tenant, reqwest::Method::GET, view).await;
+        assert_eq!(
+            (refused.status, refused.str("code")),
+            (403, "forbidden"),
+            "{view}: {refused:?}"
+        );
+        let allowed = as_tenant(&pool, &admin, reqwest::Method::GET, view).await;
+        assert_eq!(allowed.status, 200, "{view}: {allowed:?}");
+    }
+}
+
+/// The ids `GET /api/v1/work` lists for `token`.
+async fn listed(pool: &TestPool, token: &str) -> Vec<String> {
+    let answer = as_tenant(pool, token, reqwest::Method::GET, "/api/v1/work").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_lists_only_its_own_recent_work() {
+    let (pool, _dir) = pool_with_auth(0).await;
+    let (a, b) = (token(json!({"sub": "a"})), token(json!({"sub": "b"})));
+    let admin = token(json!({"sub": "ops", "workpool_admin": true}));
+    let a_work = post(&pool, &a, &json!({"data": "a's"}))
         .await
-        .unwrap();
-    assert_eq!(anonymous.status, 401, "{anonymous:?}");
-    let refused = as_tenant(&pool, &tenant, reqwest::Method::GET, view).await;
-    assert_eq!(
-        (refused.status, refused.str("code")),
-        (403, "forbidden"),
-        "{refused:?}"
-    );
-    let allowed = as_tenant(&pool, &admin, reqwest::Method::GET, view).await;
-    assert_eq!(allowed.status, 200, "{allowed:?}");
+        .str("callback")
+        .to_owned();
+    let b_work = post(&pool, &b, &json!({"data": "b's"}))
+        .await
+        .str("callback")
+        .to_owned();
+    assert_eq!(listed(&pool, &a).await, std::slice::from_ref(&a_work));
+    assert_eq!(listed(&pool, &b).await, std::slice::from_ref(&b_work));
+    let all = listed(&pool, &admin).await;
+    assert!(all.contains(&a_work) && all.contains(&b_work), "{all:?}");
 }
 
 /// The ids of the dead letters `token` lists.
