@@ -929,6 +929,51 @@ mod tests {
         (url, server)
     }
 
+    /// The attempt's W3C trace context reaches an http handler in its headers, and an exec
+    /// program in its environment.
+    #[tokio::test]
+    async fn handlers_get_the_attempts_trace_context() {
+        let trace = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: Some("vendor=1".into()),
+        };
+        let expected = json!({"traceparent": trace.traceparent, "tracestate": "vendor=1"});
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        let echo_headers = |headers: axum::http::HeaderMap| async move {
+            let header = |name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            axum::Json(
+                json!({"traceparent": header("traceparent"), "tracestate": header("tracestate")}),
+            )
+        };
+        let app = axum::Router::new().route("/", axum::routing::post(echo_headers));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let sidecar = handler(HandlerSpec::Http { url }, 1 << 20);
+        let unheard = Reporter::unheard();
+        let answer = sidecar
+            .run_traced(&work(json!(null)), 1, Some(&trace), &unheard)
+            .await
+            .expect("answered");
+        assert_eq!(answer, expected);
+        let script =
+            r#"printf '{"traceparent": "%s", "tracestate": "%s"}' "$TRACEPARENT" "$TRACESTATE""#;
+        let exec = pooled(HandlerSpec::Exec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+        });
+        let answer = exec
+            .run_traced(&work(json!(null)), 1, Some(&trace), &unheard)
+            .await
+            .expect("ran");
+        assert_eq!(answer, expected);
+    }
+
     #[tokio::test]
     async fn http_bodies_over_the_limit_are_permanent_and_not_read_to_the_end() {
         const HUGE: usize = 64 * 1024 * 1024;

@@ -60,11 +60,13 @@ volumePluginDir: {volume_plugin_dir}
 # The images are imported, never pulled: garbage collecting them would lose them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-# A busy shared disk must not evict the test's pods.
+# A busy shared disk must not evict the test's pods: absolute floors, since a share of a
+# large, thinly provisioned disk can exceed what is really free (at 1% of a 252 GB
+# volume, a node with 1.3 GB free refused every pod with DiskPressure).
 evictionHard:
   memory.available: "1Mi"
-  nodefs.available: "1%"
-  imagefs.available: "1%"
+  nodefs.available: "256Mi"
+  imagefs.available: "256Mi"
   nodefs.inodesFree: "1%"
 # Pods come up and go away promptly in tests.
 nodeStatusUpdateFrequency: 4s
