@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 
 /// How many of the bucket's latest writes a listing looks at.
-const SCAN_RECORDS: u64 = 2_000;
+const SCAN_RECORDS: u64 = 1_000;
 /// How many of the work stream's latest messages it looks at for queued work.
 const SCAN_QUEUED: u64 = 500;
 const DEFAULT_LIMIT: usize = 50;

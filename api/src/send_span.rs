@@ -11,6 +11,8 @@ use workpool_runtime::otel;
 
 pub(crate) struct SendSpan {
     cx: Context,
+    /// Whether a span is recorded: without one, nothing is worth formatting for it.
+    recording: bool,
 }
 
 impl SendSpan {
@@ -23,7 +25,10 @@ impl SendSpan {
         };
         if !otel::exporting() {
             // Nothing is recorded: the caller's context goes on as it came.
-            return Self { cx: parent };
+            return Self {
+                cx: parent,
+                recording: false,
+            };
         }
         let destination = names.stream();
         let mut attributes = vec![
@@ -46,6 +51,7 @@ impl SendSpan {
             .start_with_context(&tracer, &parent);
         Self {
             cx: parent.with_span(span),
+            recording: true,
         }
     }
 
@@ -56,6 +62,9 @@ impl SendSpan {
 
     /// Names the one piece of work sent.
     pub(crate) fn work(&self, id: &WorkId, task: &str) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         span.set_attribute(KeyValue::new("messaging.message.id", id.to_string()));
         span.set_attribute(KeyValue::new("workpool.task", task.to_owned()));
@@ -64,6 +73,9 @@ impl SendSpan {
     /// Ends the span: `outcome` is how the submission was answered (`accepted`, the
     /// status of work already known), or the error that refused it.
     pub(crate) fn end(self, outcome: Result<&str, &dyn std::fmt::Display>) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         match outcome {
             Ok(answer) => span.set_attribute(KeyValue::new("workpool.answer", answer.to_owned())),
