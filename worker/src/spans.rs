@@ -43,6 +43,8 @@ pub(crate) fn queue_wait(message: &jetstream::Message, work: &WorkMessage, names
 /// The span of one attempt.
 pub(crate) struct AttemptSpan {
     cx: Context,
+    /// Whether a span is recorded: without one, ending it costs nothing.
+    recording: bool,
     /// What the handler gets: the span's context, or (nothing recorded) the sender's.
     trace: Option<TraceContext>,
 }
@@ -58,6 +60,7 @@ impl AttemptSpan {
         if !otel::exporting() {
             return Self {
                 cx: parent,
+                recording: false,
                 trace: work.trace.clone(),
             };
         }
@@ -81,7 +84,11 @@ impl AttemptSpan {
             .start_with_context(&tracer, &parent);
         let cx = parent.with_span(span);
         let trace = otel::carry(&cx);
-        Self { cx, trace }
+        Self {
+            cx,
+            recording: true,
+            trace,
+        }
     }
 
     /// The attempt's trace context, for the handler.
@@ -92,6 +99,9 @@ impl AttemptSpan {
     /// Ends the span with how the attempt ended (`worked`, `failed`, ...) and, when it
     /// did not work, why.
     pub(crate) fn end(self, outcome: &'static str, error: Option<&str>) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         span.set_attribute(KeyValue::new("workpool.outcome", outcome));
         if let Some(error) = error {
