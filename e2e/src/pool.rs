@@ -441,6 +441,15 @@ impl<N: PoolNats> TestPool<N> {
     }
 }
 
+/// A pool spec whose handler runs `script` with `sh -c`, the rest default.
+pub fn shell_handler_spec(script: impl Into<String>) -> PoolSpec {
+    let mut spec = PoolSpec::default();
+    spec.worker.handler = workpool_core::spec::HandlerSpec::Exec {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+    };
+    spec
+}
+
 /// A fresh peer key: std's randomly seeded hasher is random enough for a test pool.
 fn random_peer_key() -> PeerKey {
     use std::hash::{BuildHasher, Hasher};

@@ -7,10 +7,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use workpool_core::PoolSpec;
-use workpool_core::spec::{HandlerSpec, WorkerSpec};
 use workpool_e2e::otlp::{CONSUMER, INTERNAL, OtlpReceiver, PRODUCER, ReceivedSpan, STATUS_ERROR};
-use workpool_e2e::pool::TestPool;
+use workpool_e2e::pool::{TestPool, shell_handler_spec};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -81,16 +79,8 @@ async fn each_job_is_one_connected_trace_from_the_post_to_the_handler() {
         // Spans go out within a tenth of a second instead of five.
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ];
-    let spec = PoolSpec {
-        worker: WorkerSpec {
-            handler: HandlerSpec::Exec {
-                command: vec!["sh".into(), "-c".into(), HANDLER.into()],
-            },
-            backoff: vec![Duration::from_millis(100)],
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mut spec = shell_handler_spec(HANDLER);
+    spec.worker.backoff = vec![Duration::from_millis(100)];
     let mut pool = TestPool::start_with_api_env(spec, 1, 0, env.clone())
         .await
         .expect("pool");
@@ -206,15 +196,7 @@ async fn each_job_is_one_connected_trace_from_the_post_to_the_handler() {
 /// handler unchanged.
 #[tokio::test]
 async fn without_export_the_callers_traceparent_reaches_the_handler() {
-    let spec = PoolSpec {
-        worker: WorkerSpec {
-            handler: HandlerSpec::Exec {
-                command: vec!["sh".into(), "-c".into(), HANDLER.into()],
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let spec = shell_handler_spec(HANDLER);
     let pool = TestPool::start(spec, 1, 1).await.expect("pool");
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let answer = pool

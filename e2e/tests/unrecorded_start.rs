@@ -12,8 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use workpool_core::PoolSpec;
-use workpool_core::spec::{HandlerSpec, WorkerSpec};
-use workpool_e2e::pool::TestPool;
+use workpool_e2e::pool::{TestPool, shell_handler_spec};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,15 +100,7 @@ async fn a_delete_of_pending_work_answers_once_no_unrecorded_attempt_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pids = dir.path().join("pids");
     let script = format!("echo $$ >> {}; exec sleep 30", pids.display());
-    let spec = PoolSpec {
-        worker: WorkerSpec {
-            handler: HandlerSpec::Exec {
-                command: vec!["sh".into(), "-c".into(), script],
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let spec = shell_handler_spec(script);
     let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
     let id = pool.submit(&json!({"data": "long"})).await.expect("submit");
     pool.add_worker().await.expect("worker");
@@ -154,15 +145,7 @@ async fn a_delete_of_a_starting_keyed_job_does_not_let_the_next_job_of_its_key_o
         lock = dir.path().join("lock").display(),
         log = log.display(),
     );
-    let spec = PoolSpec {
-        worker: WorkerSpec {
-            handler: HandlerSpec::Exec {
-                command: vec!["sh".into(), "-c".into(), script],
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let spec = shell_handler_spec(script);
     let mut pool = TestPool::start(spec, 1, 0).await.expect("pool");
     let first = pool
         .submit(&json!({"key": "k", "data": "first"}))
