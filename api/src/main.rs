@@ -1,6 +1,7 @@
-// glibc malloc spent a fifth of the api's CPU under load (perf); mimalloc does not fragment that way.
+// mimalloc: glibc malloc spent a fifth of the api's CPU under load (perf). The runtime
+// (workpool_runtime::telemetry::serve) returns its free memory after a burst.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: workpool_alloc::Allocator = workpool_alloc::Allocator;
 
 use workpool_runtime::telemetry;
 

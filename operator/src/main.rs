@@ -1,3 +1,7 @@
+// The allocator of every service binary (api and worker: docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: workpool_alloc::Allocator = workpool_alloc::Allocator;
+
 use workpool_runtime::telemetry;
 
 fn main() -> std::process::ExitCode {

@@ -75,10 +75,7 @@ where
             None
         }
     };
-    let result = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let result = match workpool_alloc::runtime() {
         Ok(runtime) => runtime.block_on(run(args, Box::pin(shutdown_signal()))),
         Err(err) => {
             tracing::error!(error = %err, "{binary}: no async runtime");

