@@ -179,7 +179,6 @@ async fn submit_item(
     let accepted = crate::queue::Accepted {
         pod: state.pod(),
         tenant: caller.tenant.as_deref(),
-        from_content: idempotency_key.is_none(),
         trace,
     };
     match queue.submit(&id, &work, accepted).await {

@@ -16,7 +16,9 @@ use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
 use workpool_core::webhook::WebhookSpec;
 use workpool_core::{PoolNames, PoolSpec, WorkId, WorkRecord, WorkStatus};
-use workpool_runtime::publish_errors::{has_code, is_stream_full, is_subject_taken};
+use workpool_runtime::publish_errors::{
+    has_code, is_sequence_check_failed, is_stream_full, is_subject_taken,
+};
 use workpool_runtime::records::RecordStore;
 
 use crate::cluster::peer_payload;
@@ -210,9 +212,6 @@ impl Queue {
                 .map_err(|err| ApiError::bad_request("callback_not_allowed", err.to_string()))?;
         }
         let message = new_message(id, work, accepted, self.result_ttl)?;
-        // Delayed work waits on another subject than queued work of the same id, so the
-        // stream's one-message-per-subject rule cannot refuse the one for the other.
-        let look_first = !accepted.from_content || message.run_at.is_some();
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.stored(id).await?;
             if let Some(record) = self.live(&stored)
@@ -220,14 +219,16 @@ impl Queue {
             {
                 return Ok(Submitted::Existing(Box::new(record.clone())));
             }
-            if look_first && let Some(queued) = self.queued(id, &stored).await? {
-                return Ok(Submitted::Existing(Box::new(queued.pending_record())));
-            }
             match self.publish(&message, stored.revision).await? {
                 Published::New => return Ok(Submitted::Accepted),
                 Published::Duplicate { sequence } => {
                     // A concurrent POST (or a retried publish) queued it first.
                     if let Some(queued) = self.message_at(sequence).await? {
+                        return Ok(Submitted::Existing(Box::new(queued.pending_record())));
+                    }
+                    // Taken from there, perhaps onto another subject: put aside by its
+                    // group's limits, it waits on the delayed one.
+                    if let Some(queued) = self.queued(id, &stored).await? {
                         return Ok(Submitted::Existing(Box::new(queued.pending_record())));
                     }
                 }
@@ -302,10 +303,18 @@ impl Queue {
         // The message id names what the work was accepted on, not only its content: once
         // a record has expired, the same content is a new submission and must not be
         // deduplicated against the old message (docs/reliability.md).
+        // Refused if the work has a message on any of its subjects (queued, keyed, or
+        // delayed: put aside, or to run later): the same work is never in the stream
+        // twice, and no lookup before the publish is needed to know it.
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.to_json().into())
             .message_id(message_id(&message.id, revision).as_str())
-            .header(RECORD_REVISION_HEADER, revision.to_string().as_str());
+            .header(RECORD_REVISION_HEADER, revision.to_string().as_str())
+            .expected_last_subject_sequence(0)
+            .header(
+                EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                self.names.any_work_subject(&message.id).as_str(),
+            );
         let ack = match self.js.send_publish(subject, publish).await {
             Ok(ack) => ack.await,
             Err(err) => Err(err),
@@ -315,7 +324,9 @@ impl Queue {
                 sequence: ack.sequence,
             }),
             Ok(_) => Ok(Published::New),
-            Err(err) if is_subject_taken(&err) => Ok(Published::SubjectTaken),
+            Err(err) if is_subject_taken(&err) || is_sequence_check_failed(&err) => {
+                Ok(Published::SubjectTaken)
+            }
             Err(err) => Err(self.publish_error(err)),
         }
     }
@@ -700,15 +711,12 @@ fn finished(status: WorkStatus) -> ApiError {
     }
 }
 
-/// How a submission came: the api pod that accepts it, the tenant it is for, whether its
-/// id is from its content (false for an `Idempotency-Key`, whose work may travel on
-/// another subject than an earlier submission of the same key), and the trace it was
-/// sent in.
+/// How a submission came: the api pod that accepts it, the tenant it is for, and the
+/// trace it was sent in.
 #[derive(Debug, Clone, Copy)]
 pub struct Accepted<'a> {
     pub pod: &'a str,
     pub tenant: Option<&'a str>,
-    pub from_content: bool,
     pub trace: Option<&'a TraceContext>,
 }
 
@@ -740,6 +748,11 @@ fn new_message(
     })
 }
 
+/// The header naming the subjects (a wildcard) that `Nats-Expected-Last-Subject-Sequence`
+/// checks instead of the message's own (nats-server 2.11 and later; async-nats has no
+/// name for it).
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
 /// What the stream said of a publish.
 pub(crate) enum Published {
     /// Stored: the work is queued.
@@ -747,8 +760,8 @@ pub(crate) enum Published {
     /// The stream holds a message of this id accepted on the same revision already, at
     /// `sequence` (or held one, in its dedupe window).
     Duplicate { sequence: u64 },
-    /// The work's subject holds a message already (one per subject): work of this id
-    /// is queued, or a finished message of it was never acked.
+    /// A subject of the work holds a message already: work of this id is queued or
+    /// delayed (put aside), or a finished message of it was never acked.
     SubjectTaken,
 }
 

@@ -17,11 +17,10 @@ use workpool_core::ids::IdScope;
 use super::{Accepted, Queue, Submitted};
 
 /// Accepted by `pod`, for no tenant.
-fn accepted_by(pod: &str, from_content: bool) -> Accepted<'_> {
+fn accepted_by(pod: &str) -> Accepted<'_> {
     Accepted {
         pod,
         tenant: None,
-        from_content,
         trace: None,
     }
 }
@@ -72,7 +71,7 @@ async fn concurrent_posts_of_the_same_work_queue_it_once() {
         let (queue, work, id) = (queue.clone(), work.clone(), id.clone());
         tokio::spawn(async move {
             queue
-                .submit(&id, &work, accepted_by(&format!("api-{n}"), true))
+                .submit(&id, &work, accepted_by(&format!("api-{n}")))
                 .await
         })
     });
@@ -105,14 +104,14 @@ async fn an_idempotency_key_again_with_another_key_is_the_queued_work() {
     let first = work(json!({"data": 1, "key": "customer-7"}));
     let id = first.id(IdScope::default(), Some("order-7"));
     let submitted = queue
-        .submit(&id, &first, accepted_by("api-0", false))
+        .submit(&id, &first, accepted_by("api-0"))
         .await
         .expect("post");
     assert!(accepted(&submitted));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let again = work(json!({"data": 2}));
     let submitted = queue
-        .submit(&id, &again, accepted_by("api-0", false))
+        .submit(&id, &again, accepted_by("api-0"))
         .await
         .expect("again");
     assert!(
@@ -134,7 +133,7 @@ async fn a_finished_message_never_acked_gives_way_to_the_same_content_after_expi
     let id = work.id(IdScope::default(), None);
     assert!(accepted(
         &queue
-            .submit(&id, &work, accepted_by("api-0", true))
+            .submit(&id, &work, accepted_by("api-0"))
             .await
             .expect("post")
     ));
@@ -145,7 +144,7 @@ async fn a_finished_message_never_acked_gives_way_to_the_same_content_after_expi
     assert!(queue.record(&id).await.expect("read").is_none(), "expired");
 
     let again = queue
-        .submit(&id, &work, accepted_by("api-0", true))
+        .submit(&id, &work, accepted_by("api-0"))
         .await
         .expect("again");
     assert!(accepted(&again), "{again:?}");

@@ -163,7 +163,6 @@ pub async fn submit(
     let accepted = queue::Accepted {
         pod: state.pod(),
         tenant: caller.tenant.as_deref(),
-        from_content: idempotency.is_none(),
         trace: trace.as_ref(),
     };
     let submitted = match queue.submit(&id, &work, accepted).await {

@@ -2,9 +2,9 @@
 //! with a plain client and nothing else in the path.
 //!
 //! - **ingest**: the dedupe read of the results bucket (a key that is not there), the
-//!   publish of the work with a message id on a subject that ends in its id (one message
-//!   per subject, as a pool's stream keeps it), waiting for its ack, and the
-//!   `work.accepted` event;
+//!   publish of the work with a message id on a subject that ends in its id, refused
+//!   while any subject of that id holds a message (as the api publishes), waiting for
+//!   its ack, and the `work.accepted` event;
 //! - **drain**: for each queued message, the outcome written as a bucket create, the
 //!   `work.started` and `work.worked` events, and the ack;
 //! - **job**: both at once on one stream, submissions and a consumer racing, until every
@@ -91,7 +91,12 @@ impl Queue {
         }
         let publish = jetstream::message::PublishMessage::build()
             .payload(bytes::Bytes::from_static(PAYLOAD))
-            .message_id(format!("{key}.0").as_str());
+            .message_id(format!("{key}.0").as_str())
+            .expected_last_subject_sequence(0)
+            .header(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                format!("{}.*.{key}", self.name).as_str(),
+            );
         self.js
             .send_publish(format!("{}.work.{key}", self.name), publish)
             .await

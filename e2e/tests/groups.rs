@@ -120,3 +120,86 @@ async fn a_group_starts_at_most_its_rate_per_interval() {
         );
     }
 }
+
+/// Work its group's limits put aside waits on the delayed subject, not on the queue's.
+/// The same content POSTed meanwhile is that work (`200 pending`), inside the stream's
+/// dedupe window and after it: not a second generation on the queue subject, which
+/// would run in its place and leave the first one's copy to be dropped unrun. (Before:
+/// `503` inside the window, `202` and a second generation after it; found by the chaos
+/// checker on a NATS cluster as a `lost` first generation.)
+#[tokio::test]
+async fn the_same_content_posted_while_its_work_is_put_aside_is_that_work() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("runs");
+    let script = format!(
+        r#"d=$(cat); echo "$d" >> {log}; case "$d" in *hold*) sleep 5;; esac; echo '"done"'"#,
+        log = log.display()
+    );
+    let mut spec = workpool_e2e::pool::shell_handler_spec(script);
+    spec.groups = serde_json::from_value(json!({"concurrency": 1})).expect("groups");
+    // The stream's dedupe window is the result TTL: 1 s, so the test outlives it.
+    spec.result_ttl = Duration::from_secs(1);
+    let pool = TestPool::start(spec, 1, 1).await.expect("pool");
+    let metrics = format!("http://127.0.0.1:{}/metrics", pool.workers[0].port);
+
+    let hold = pool
+        .submit(&json!({"data": "hold", "group": "g"}))
+        .await
+        .expect("submit");
+    let aside_body = json!({"data": "aside", "group": "g"});
+    let aside = pool.submit(&aside_body).await.expect("submit");
+    wait_parked(&pool, &metrics).await;
+
+    let within_window = pool.post(&aside_body).await.expect("post");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_window = pool.post(&aside_body).await.expect("post");
+    for (when, answer) in [("inside", &within_window), ("after", &after_window)] {
+        assert_eq!(
+            (answer.status, answer.str("callback"), answer.str("status")),
+            (200, aside.as_str(), "pending"),
+            "POSTed again {when} the dedupe window while put aside: {:?}\n{}",
+            answer.body,
+            pool.logs()
+        );
+    }
+
+    for id in [&hold, &aside] {
+        if let Err(err) = pool
+            .wait_status(id, "worked", Duration::from_secs(30))
+            .await
+        {
+            panic!("{id} not worked: {err}\n{}", pool.logs());
+        }
+    }
+    let runs = std::fs::read_to_string(&log).expect("runs");
+    assert_eq!(
+        runs.lines().filter(|line| line.contains("aside")).count(),
+        1,
+        "{runs}"
+    );
+}
+
+/// Waits until the worker has put work aside.
+async fn wait_parked(pool: &TestPool, metrics: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match pool.http.get(metrics).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let parked = text
+            .lines()
+            .filter(|line| line.starts_with("workpool_work_parked_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        if parked >= 1.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing put aside\n{}",
+            pool.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -25,6 +25,16 @@ pub fn is_subject_taken(err: &PublishError) -> bool {
             .is_some_and(|js_err| js_err.to_string().contains(PER_SUBJECT_LIMIT))
 }
 
+/// A publish refused by its expected-last-subject-sequence check: the subjects it named
+/// hold a message already, or one is being stored.
+pub fn is_sequence_check_failed(err: &PublishError) -> bool {
+    has_code(err, jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
+        || has_code(
+            err,
+            jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+        )
+}
+
 /// A publish refused because the stream hit `max_messages` (or its byte limit).
 pub fn is_stream_full(err: &PublishError) -> bool {
     has_code(err, STORE_FAILED) || has_code(err, jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED)
