@@ -5,7 +5,7 @@
 //! thread allocates again or collects; an api that had served some 800 connections at
 //! once held more than twice its idle size afterwards, for as long as it stayed idle
 //! ([BENCHMARKS.md](../../docs/BENCHMARKS.md#reading-the-current-figures)).
-//! [`runtime`] builds the binaries' async runtime so that it does not: each thread
+//! [`runtime`] builds the binaries' async runtime so that its threads give it back: each
 //! collects its heap when it parks ([`release_if_due`], at most every [`RELEASE_EVERY`]),
 //! and [`wake_for_release`] wakes the threads that often, so a burst's memory goes back
 //! within a second or two of its end.
