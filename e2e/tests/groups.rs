@@ -146,6 +146,16 @@ async fn the_same_content_posted_while_its_work_is_put_aside_is_that_work() {
         .submit(&json!({"data": "hold", "group": "g"}))
         .await
         .expect("submit");
+    // Running first, so that it is the one holding the group's slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|runs| runs.contains("hold")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not started\n{}",
+            pool.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let aside_body = json!({"data": "aside", "group": "g"});
     let aside = pool.submit(&aside_body).await.expect("submit");
     wait_parked(&pool, &metrics).await;
