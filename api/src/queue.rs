@@ -10,7 +10,8 @@ use chrono::Utc;
 use workpool_core::cluster::{PeerReply, PeerRequest};
 use workpool_core::expiry::is_expired;
 use workpool_core::message::{
-    RECORD_REVISION_HEADER, SubmissionError, TraceContext, WorkMessage, WorkSubmission,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, RECORD_REVISION_HEADER, SubmissionError, TraceContext,
+    WorkMessage, WorkSubmission,
 };
 use workpool_core::peer_auth::PeerKey;
 use workpool_core::unrecorded::unrecorded_run_limit;
@@ -747,11 +748,6 @@ fn new_message(
         trace: accepted.trace.cloned(),
     })
 }
-
-/// The header naming the subjects (a wildcard) that `Nats-Expected-Last-Subject-Sequence`
-/// checks instead of the message's own (nats-server 2.11 and later; async-nats has no
-/// name for it).
-const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
 /// What the stream said of a publish.
 pub(crate) enum Published {

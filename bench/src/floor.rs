@@ -18,6 +18,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
+use workpool_core::message::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT;
 use workpool_e2e::{HarnessError as Error, Result};
 
 use crate::raw::{DRAIN_FLOOR, INGEST_FLOOR, JOB_FLOOR, RawSizes, pull};
@@ -94,7 +95,7 @@ impl Queue {
             .message_id(format!("{key}.0").as_str())
             .expected_last_subject_sequence(0)
             .header(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
+                EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
                 format!("{}.*.{key}", self.name).as_str(),
             );
         self.js

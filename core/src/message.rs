@@ -18,6 +18,12 @@ pub const DEFAULT_TASK: &str = "default";
 /// first compare-and-set goes on it, with no read.
 pub const RECORD_REVISION_HEADER: &str = "Workpool-Record-Revision";
 
+/// NATS's header naming the subjects (a wildcard) that `Nats-Expected-Last-Subject-Sequence`
+/// checks instead of the message's own (nats-server 2.11 and later; async-nats has no
+/// name for it). The api's work publishes check every subject of their id with it.
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+
 /// Header of a dead letter: the error that ended the work.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "Workpool-Error";
 /// Header of a dead letter: attempts made.

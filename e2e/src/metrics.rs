@@ -54,6 +54,18 @@ pub fn families(text: &str) -> BTreeMap<String, Family> {
     families
 }
 
+/// The sum of the samples of `name` over all its label sets in a `/metrics` answer; 0 for
+/// none.
+pub fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Label names of `a="x",b="y, z"` (values may hold commas and escaped quotes).
 fn label_names(labels: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -116,6 +128,14 @@ pub fn metric_names(query: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sum_takes_every_label_set_of_the_name_and_no_other_name() {
+        let text = "# TYPE a_total counter\na_total{task=\"x\"} 2\na_total{task=\"y\"} 3\na_total_more 7\nb 1\n";
+        assert_eq!(sum_of(text, "a_total"), 5.0);
+        assert_eq!(sum_of(text, "b"), 1.0);
+        assert_eq!(sum_of(text, "c"), 0.0);
+    }
 
     #[test]
     fn families_carry_kind_help_and_label_names() {

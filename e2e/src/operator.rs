@@ -96,13 +96,7 @@ impl RunningOperator {
             return 0.0;
         };
         let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| {
-                line.rsplit_once(' ')
-                    .and_then(|(_, v)| v.parse::<f64>().ok())
-            })
-            .sum()
+        crate::metrics::sum_of(&text, name)
     }
 }
 

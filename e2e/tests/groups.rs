@@ -197,12 +197,7 @@ async fn wait_parked(pool: &TestPool, metrics: &str) {
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let parked = text
-            .lines()
-            .filter(|line| line.starts_with("workpool_work_parked_total"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-        if parked >= 1.0 {
+        if workpool_e2e::metrics::sum_of(&text, "workpool_work_parked_total") >= 1.0 {
             return;
         }
         assert!(
